@@ -1,0 +1,1 @@
+//! Pure compilation of a `State` into an `Image`: all NetworkPolicy semantics live here.

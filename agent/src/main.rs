@@ -1,0 +1,4 @@
+//! The `netfence` command line.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
