@@ -1,5 +1,12 @@
-//! The kernel side, seen from userspace: load the TC programs, attach them, sync maps,
-//! read events.
+//! The kernel side, seen from userspace: load the TC programs (`loader`), find and
+//! follow the interfaces to enforce on (`links`), attach to them (`attach`), make the
+//! maps equal to the compiled image (`sync`), and read verdict events (`events`).
+
+pub mod attach;
+pub mod events;
+pub mod links;
+pub mod loader;
+pub mod sync;
 
 /// The compiled TC programs (the `netfence-ebpf` crate, built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfence-ebpf"));

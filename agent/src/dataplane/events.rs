@@ -1,0 +1,180 @@
+//! Verdict events from the EVENTS ring buffer, decoded and written to the log in a
+//! form a person can read, with pod names filled in from the current image.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use aya::maps::{MapData, RingBuf};
+use netfence_common::{Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, VERDICT_DROP};
+use tokio::io::unix::AsyncFd;
+
+use crate::image::Image;
+
+/// Address → `ns/pod`, for the log.
+pub type Names = BTreeMap<IpAddr, String>;
+
+/// Names of every pod address an image knows (local endpoints and peers).
+pub fn names(image: &Image) -> Names {
+    image
+        .endpoints
+        .iter()
+        .map(|(addr, endpoint)| (*addr, format!("{}/{}", endpoint.namespace, endpoint.pod)))
+        .collect()
+}
+
+/// Decodes one ring-buffer record; `None` if it is not a whole `Event`.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: `Event` is `#[repr(C)]`, valid for any bit pattern (common's size
+    // assertion fixes its layout) and the slice holds at least that many bytes;
+    // `read_unaligned` makes no alignment assumption.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// An address from its 16-byte map form (IPv4-mapped → IPv4).
+pub fn addr_of(addr: &Addr) -> IpAddr {
+    let v6 = Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if *addr == [0; 16] => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// An event with names, printable as one log line.
+#[derive(Debug)]
+pub struct Described<'a> {
+    pub event: &'a Event,
+    pub names: &'a Names,
+}
+
+impl fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.event;
+        let verdict = if e.verdict == VERDICT_DROP { "drop" } else { "allow" };
+        let reason = Reason::from_code(e.reason).map_or("unknown", Reason::name);
+        let direction = if e.direction == DIR_EGRESS { "egress" } else { "ingress" };
+        let protocol = match e.protocol {
+            PROTO_TCP => "TCP".to_owned(),
+            PROTO_UDP => "UDP".to_owned(),
+            PROTO_SCTP => "SCTP".to_owned(),
+            PROTO_ICMP => "ICMP".to_owned(),
+            PROTO_ICMPV6 => "ICMPv6".to_owned(),
+            other => format!("proto-{other}"),
+        };
+        let (src, dst) = (addr_of(&e.src), addr_of(&e.dst));
+        write!(
+            f,
+            "{verdict} {direction} {protocol} {} -> {} reason={reason} ifindex={}",
+            endpoint(src, e.src_port, e.protocol, self.names),
+            endpoint(dst, e.dst_port, e.protocol, self.names),
+            e.ifindex,
+        )?;
+        if e.rule != 0 {
+            write!(f, " rule={}", e.rule)?;
+        }
+        Ok(())
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16, protocol: u8, names: &Names) -> String {
+    let with_port = match (addr, protocol) {
+        (_, PROTO_ICMP | PROTO_ICMPV6) => addr.to_string(),
+        (IpAddr::V4(v4), _) => format!("{v4}:{port}"),
+        (IpAddr::V6(v6), _) => format!("[{v6}]:{port}"),
+    };
+    match names.get(&addr) {
+        Some(name) => format!("{with_port} ({name})"),
+        None => with_port,
+    }
+}
+
+/// Reads events until the task is dropped, logging each with the latest names.
+pub async fn read(
+    ring: RingBuf<MapData>,
+    names: tokio::sync::watch::Receiver<Arc<Names>>,
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same for as
+    // long as the `AsyncFd` owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    loop {
+        let mut guard = ring.readable_mut().await?;
+        let current = Arc::clone(&names.borrow());
+        while let Some(item) = guard.get_inner_mut().next() {
+            match decode(&item) {
+                Some(event) => {
+                    let line = Described { event: &event, names: &current };
+                    if event.verdict == VERDICT_DROP {
+                        tracing::warn!(target: "netfence::flow", "{line}");
+                    } else {
+                        tracing::info!(target: "netfence::flow", "{line}");
+                    }
+                }
+                None => tracing::warn!("short event record ({} bytes)", item.len()),
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netfence_common::v4_mapped;
+
+    #[test]
+    fn drop_event_reads_with_names_ports_and_reason() {
+        let event = Event {
+            src: v4_mapped([198, 18, 0, 2]),
+            dst: v4_mapped([198, 18, 0, 3]),
+            ifindex: 7,
+            reason: Reason::DropPolicy.code(),
+            policy: 9,
+            rule: 0,
+            src_port: 40000,
+            dst_port: 3306,
+            protocol: PROTO_TCP,
+            direction: netfence_common::DIR_INGRESS,
+            verdict: VERDICT_DROP,
+            _pad: 0,
+        };
+        let names = Names::from([(IpAddr::from([198, 18, 0, 3]), "prod/db".to_owned())]);
+        let line = Described { event: &event, names: &names }.to_string();
+        assert_eq!(
+            line,
+            "drop ingress TCP 198.18.0.2:40000 -> 198.18.0.3:3306 (prod/db) reason=policy_deny ifindex=7"
+        );
+    }
+
+    #[test]
+    fn decode_rejects_short_records_and_round_trips_whole_ones() {
+        assert!(decode(&[0u8; 10]).is_none());
+        let mut event = Event {
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 1,
+            reason: 17,
+            policy: 2,
+            rule: 3,
+            src_port: 4,
+            dst_port: 5,
+            protocol: 6,
+            direction: 1,
+            verdict: 0,
+            _pad: 0,
+        };
+        event.src[15] = 1;
+        // SAFETY: reading a repr(C) value's bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<Event>())
+        };
+        assert_eq!(decode(bytes), Some(event));
+        assert_eq!(addr_of(&event.src), IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(addr_of(&v4_mapped([10, 1, 2, 3])), IpAddr::from([10, 1, 2, 3]));
+    }
+}

@@ -1,0 +1,321 @@
+//! Sync: turn (what the maps hold, what they should hold) into an ordered list of map
+//! operations, and apply it through a `MapBackend`.
+//!
+//! Order (no packet sees a rule disappear before its replacement exists):
+//! 1. new rule counters, then new and changed POLICY entries;
+//! 2. new and changed IDENTITIES prefixes;
+//! 3. new and changed ENDPOINTS — this is where an endpoint switches to a new endpoint
+//!    policy, in one map write, after every entry of that policy is in place
+//!    (endpoint-policy ids are content hashes, so a changed policy is a new id);
+//! 4. removed ENDPOINTS, then removed IDENTITIES prefixes, then removed POLICY entries,
+//!    then removed rule counters.
+//!
+//! A failed operation is reported and leaves that entry as it was; `Live` records only
+//! what was applied, so the next sync retries the rest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue};
+
+use crate::image::{Image, PolicyEntry};
+
+/// The exact contents of the maps the agent manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub identities: BTreeMap<IpNet, u32>,
+    pub endpoints: BTreeMap<IpAddr, EndpointValue>,
+    pub policy: BTreeMap<PolicyEntry, u32>,
+    pub rules: BTreeSet<u32>,
+}
+
+impl Contents {
+    /// What the maps should hold for `image`, with pod addresses bound to their host
+    /// interfaces where known (`bindings`: address → ifindex).
+    pub fn from_image(image: &Image, bindings: &BTreeMap<IpAddr, u32>) -> Self {
+        let endpoints = image
+            .endpoints
+            .iter()
+            .map(|(addr, endpoint)| {
+                let mut flags = 0;
+                if endpoint.isolated_ingress {
+                    flags |= EP_ISOLATED_INGRESS;
+                }
+                if endpoint.isolated_egress {
+                    flags |= EP_ISOLATED_EGRESS;
+                }
+                let value = EndpointValue {
+                    policy: endpoint.policy,
+                    flags,
+                    ifindex: bindings.get(addr).copied().unwrap_or(0),
+                    identity: endpoint.identity,
+                };
+                (*addr, value)
+            })
+            .collect();
+        Self {
+            identities: image.identities.clone(),
+            endpoints,
+            policy: image.policy.clone(),
+            rules: image.rules.keys().copied().collect(),
+        }
+    }
+}
+
+/// One map write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutRule(u32),
+    PutPolicy(PolicyEntry, u32),
+    PutIdentity(IpNet, u32),
+    PutEndpoint(IpAddr, EndpointValue),
+    DeleteEndpoint(IpAddr),
+    DeleteIdentity(IpNet),
+    DeletePolicy(PolicyEntry),
+    DeleteRule(u32),
+}
+
+/// The operations that turn `live` into `target`, in the safe order above.
+pub fn plan(live: &Contents, target: &Contents) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    ops.extend(target.rules.difference(&live.rules).map(|r| MapOp::PutRule(*r)));
+    ops.extend(changed(&live.policy, &target.policy).map(|(k, v)| MapOp::PutPolicy(*k, *v)));
+    ops.extend(changed(&live.identities, &target.identities).map(|(k, v)| MapOp::PutIdentity(*k, *v)));
+    ops.extend(changed(&live.endpoints, &target.endpoints).map(|(k, v)| MapOp::PutEndpoint(*k, *v)));
+    ops.extend(removed(&live.endpoints, &target.endpoints).map(|k| MapOp::DeleteEndpoint(*k)));
+    ops.extend(removed(&live.identities, &target.identities).map(|k| MapOp::DeleteIdentity(*k)));
+    ops.extend(removed(&live.policy, &target.policy).map(|k| MapOp::DeletePolicy(*k)));
+    ops.extend(live.rules.difference(&target.rules).map(|r| MapOp::DeleteRule(*r)));
+    ops
+}
+
+fn changed<'a, K: Ord, V: PartialEq>(
+    live: &'a BTreeMap<K, V>,
+    target: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'a K, &'a V)> {
+    target.iter().filter(move |(k, v)| live.get(k) != Some(v))
+}
+
+fn removed<'a, K: Ord, V>(
+    live: &'a BTreeMap<K, V>,
+    target: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = &'a K> {
+    live.keys().filter(move |k| !target.contains_key(k))
+}
+
+/// Where map operations go: the real BPF maps, or a plain map in tests.
+pub trait MapBackend {
+    type Error: std::error::Error;
+    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+}
+
+/// What one sync did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub applied: usize,
+    /// Operations that failed, with the error text; they are retried next sync.
+    pub failed: Vec<(MapOp, String)>,
+}
+
+/// Applies `plan(live, target)` and records in `live` what was applied.
+pub fn sync<B: MapBackend>(backend: &mut B, live: &mut Contents, target: &Contents) -> SyncReport {
+    let mut report = SyncReport::default();
+    for op in plan(live, target) {
+        match backend.apply(&op) {
+            Ok(()) => {
+                record(live, &op);
+                report.applied += 1;
+            }
+            Err(error) => report.failed.push((op, error.to_string())),
+        }
+    }
+    report
+}
+
+fn record(live: &mut Contents, op: &MapOp) {
+    match op {
+        MapOp::PutRule(r) => {
+            live.rules.insert(*r);
+        }
+        MapOp::PutPolicy(k, v) => {
+            live.policy.insert(*k, *v);
+        }
+        MapOp::PutIdentity(k, v) => {
+            live.identities.insert(*k, *v);
+        }
+        MapOp::PutEndpoint(k, v) => {
+            live.endpoints.insert(*k, *v);
+        }
+        MapOp::DeleteEndpoint(k) => {
+            live.endpoints.remove(k);
+        }
+        MapOp::DeleteIdentity(k) => {
+            live.identities.remove(k);
+        }
+        MapOp::DeletePolicy(k) => {
+            live.policy.remove(k);
+        }
+        MapOp::DeleteRule(r) => {
+            live.rules.remove(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// The fake backend: applies to a `Contents`, and fails on chosen operations.
+    #[derive(Default)]
+    struct Fake {
+        maps: Contents,
+        fail_on: Option<MapOp>,
+        log: Vec<MapOp>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("map full")]
+    struct Full;
+
+    impl MapBackend for Fake {
+        type Error = Full;
+        fn apply(&mut self, op: &MapOp) -> Result<(), Full> {
+            if self.fail_on.as_ref() == Some(op) {
+                return Err(Full);
+            }
+            self.log.push(op.clone());
+            record(&mut self.maps, op);
+            Ok(())
+        }
+    }
+
+    fn entry(policy: u32, peer: u32, port: u16) -> PolicyEntry {
+        PolicyEntry {
+            policy,
+            peer,
+            direction: netfence_common::DIR_INGRESS,
+            protocol: netfence_common::PROTO_TCP,
+            port,
+            port_bits: 16,
+        }
+    }
+
+    fn endpoint(policy: u32) -> EndpointValue {
+        EndpointValue {
+            policy,
+            flags: EP_ISOLATED_INGRESS,
+            ifindex: 0,
+            identity: 20,
+        }
+    }
+
+    fn pod(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, last))
+    }
+
+    fn contents(policy_id: u32, peer: u32) -> Contents {
+        let mut c = Contents::default();
+        c.rules.insert(7);
+        c.policy.insert(entry(policy_id, peer, 80), 7);
+        c.identities.insert(IpNet::from(pod(3)), peer);
+        c.endpoints.insert(pod(2), endpoint(policy_id));
+        c
+    }
+
+    #[test]
+    fn first_sync_writes_everything_in_dependency_order() {
+        let target = contents(100, 30);
+        let ops = plan(&Contents::default(), &target);
+        assert_eq!(
+            ops,
+            vec![
+                MapOp::PutRule(7),
+                MapOp::PutPolicy(entry(100, 30, 80), 7),
+                MapOp::PutIdentity(IpNet::from(pod(3)), 30),
+                MapOp::PutEndpoint(pod(2), endpoint(100)),
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_image_writes_nothing() {
+        let target = contents(100, 30);
+        assert!(plan(&target, &target).is_empty());
+    }
+
+    #[test]
+    fn policy_switch_adds_new_entries_before_the_endpoint_flip_and_deletes_after() {
+        let old = contents(100, 30);
+        let new = contents(200, 30);
+        let ops = plan(&old, &new);
+        let put_new = ops.iter().position(|o| *o == MapOp::PutPolicy(entry(200, 30, 80), 7));
+        let flip = ops.iter().position(|o| *o == MapOp::PutEndpoint(pod(2), endpoint(200)));
+        let del_old = ops.iter().position(|o| *o == MapOp::DeletePolicy(entry(100, 30, 80)));
+        let (put_new, flip, del_old) = (put_new.expect("put"), flip.expect("flip"), del_old.expect("del"));
+        assert!(put_new < flip && flip < del_old, "{ops:?}");
+        assert_eq!(ops.len(), 3, "rule and identity unchanged: {ops:?}");
+    }
+
+    #[test]
+    fn removed_pod_is_deleted_endpoint_first() {
+        let old = contents(100, 30);
+        let new = Contents::default();
+        let ops = plan(&old, &new);
+        assert_eq!(ops.first(), Some(&MapOp::DeleteEndpoint(pod(2))));
+        assert_eq!(ops.last(), Some(&MapOp::DeleteRule(7)));
+        assert_eq!(ops.len(), 4);
+    }
+
+    #[test]
+    fn failed_operation_is_reported_and_retried_next_sync() {
+        let target = contents(100, 30);
+        let mut backend = Fake {
+            fail_on: Some(MapOp::PutIdentity(IpNet::from(pod(3)), 30)),
+            ..Fake::default()
+        };
+        let mut live = Contents::default();
+        let report = sync(&mut backend, &mut live, &target);
+        assert_eq!(report.applied, 3);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.failed[0].1, "map full");
+        assert!(!live.identities.contains_key(&IpNet::from(pod(3))));
+
+        backend.fail_on = None;
+        let report = sync(&mut backend, &mut live, &target);
+        assert_eq!(report.applied, 1, "only the failed write is retried");
+        assert!(report.failed.is_empty());
+        assert_eq!(live, target);
+        assert_eq!(backend.maps, target);
+    }
+
+    #[test]
+    fn bindings_fill_the_endpoint_ifindex() {
+        let mut image = Image::default();
+        image.endpoints.insert(
+            pod(2),
+            crate::image::Endpoint {
+                namespace: "x".into(),
+                pod: "a".into(),
+                policy: 5,
+                isolated_ingress: true,
+                isolated_egress: true,
+                identity: 40,
+            },
+        );
+        let bindings = BTreeMap::from([(pod(2), 17)]);
+        let contents = Contents::from_image(&image, &bindings);
+        assert_eq!(
+            contents.endpoints[&pod(2)],
+            EndpointValue {
+                policy: 5,
+                flags: EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS,
+                ifindex: 17,
+                identity: 40
+            }
+        );
+        let unbound = Contents::from_image(&image, &BTreeMap::new());
+        assert_eq!(unbound.endpoints[&pod(2)].ifindex, 0);
+    }
+}
