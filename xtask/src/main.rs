@@ -1,1 +1,31 @@
-fn main() {}
+//! `cargo xtask`: developer tasks. `setup` installs the toolchain, `test` runs the
+//! build, lints and every test (CI runs this), `demo` runs the NetworkPolicy example of
+//! `deploy/examples/` in network namespaces and prints what passes and what is dropped.
+
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "netfence developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what this Debian machine lacks to build and test (idempotent).
+    Setup,
+    /// Setup, build, clippy, then every unit, integration and packet test (needs root).
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test => test::test(),
+    }
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask setup`: installs what a Debian 12 machine lacks to build and test
+//! netfence (Debian packages, the `debian-web` linked toolchain that builds the BPF
+//! object, bpf-linker). Every step checks first, so a second run installs nothing and
+//! takes seconds. The facts behind each step are in `shared/TOOLCHAIN.md`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{cargo, run, tool_path};
+
+/// Debian packages the build and the tests need, and why.
+const PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "Rust 1.96 with LLVM 22: the `debian-web` toolchain for the BPF build"),
+    ("cargo-web", "cargo of the `debian-web` toolchain"),
+    ("rust-web-src", "std source, for `-Z build-std=core` on the BPF target"),
+    ("llvm-22-dev", "libLLVM 22, linked by bpf-linker"),
+    ("iproute2", "`ip netns`, veth, bridge; `tc` for clsact"),
+    ("iputils-ping", "ICMP probes in the packet tests and the demo"),
+    ("coreutils", "`timeout` around every probe command"),
+    ("bpftool", "inspecting loaded programs and maps"),
+    ("nftables", "node-side NAT and filtering in multi-node tests and benches"),
+    ("iperf3", "throughput benches"),
+    ("containernetworking-plugins", "the real CNI bridge/host-local plugins"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LINKED_TOOLCHAIN: &str = "debian-web";
+
+/// Runs every step, installing only what is missing.
+pub fn setup() -> anyhow::Result<()> {
+    check_platform()?;
+    install_packages()?;
+    link_toolchain()?;
+    install_bpf_linker()?;
+    Ok(())
+}
+
+fn check_platform() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!(
+            "cargo xtask setup must run as root (euid is {euid}): it installs Debian packages, \
+             and the tests create network namespaces and load BPF programs"
+        );
+    }
+    if !Path::new("/etc/debian_version").exists() {
+        bail!(
+            "this machine is not Debian-like (/etc/debian_version is missing); setup knows how \
+             to install the toolchain only with apt (Debian 12 bookworm, with bookworm-security)"
+        );
+    }
+    Ok(())
+}
+
+fn package_installed(name: &str) -> anyhow::Result<bool> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .stdin(Stdio::null())
+        .output()
+        .context("running dpkg-query")?;
+    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn install_packages() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for (name, why) in PACKAGES {
+        if package_installed(name)? {
+            println!("ok: package {name} present");
+        } else {
+            println!("installing: package {name} ({why})");
+            missing.push(*name);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(apt().arg("update")).context("apt-get update")?;
+    run(apt()
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))
+    .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+    for name in &missing {
+        if !package_installed(name)? {
+            bail!("apt-get reported success but package {name} is still not installed");
+        }
+    }
+    Ok(())
+}
+
+fn apt() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+    cmd
+}
+
+fn link_toolchain() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .env("PATH", tool_path())
+        .stdin(Stdio::null())
+        .output()
+        .context("running `rustup toolchain list` (is rustup installed and on PATH?)")?;
+    if !out.status.success() {
+        bail!("`rustup toolchain list` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(LINKED_TOOLCHAIN));
+    if listed {
+        println!("ok: rustup toolchain {LINKED_TOOLCHAIN} linked");
+        return Ok(());
+    }
+    println!("installing: rustup toolchain link {LINKED_TOOLCHAIN} /usr");
+    run(Command::new("rustup")
+        .args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"])
+        .env("PATH", tool_path()))
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let found = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", tool_path())
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
+    match found {
+        Some(version) if version == wanted => {
+            println!("ok: {wanted} present");
+            return Ok(());
+        }
+        Some(version) => println!("installing: {wanted} (found {version})"),
+        None => println!("installing: {wanted} (not found)"),
+    }
+    // Without LLVM_PREFIX, bpf-linker's build finds /usr/bin/llvm-config (LLVM 14)
+    // and links fail later with "unable to find library -lLLVM".
+    run(cargo()
+        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
