@@ -96,3 +96,148 @@ fn serialize_policy<S: serde::Serializer>(
     }
     seq.end()
 }
+
+// ---------------------------------------------------------------------------------
+// The userspace mirror of the kernel lookup.
+
+/// An address as the datapath keys it: an IPv4-mapped IPv6 address is its IPv4
+/// address (the kernel stores both forms as the same 16 bytes).
+pub fn canonical_addr(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// The first packet of a new connection, as the TC programs see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number (`PROTO_*`).
+    pub protocol: u8,
+    pub src_port: u16,
+    /// The port policy matches: always the destination port of the new connection.
+    pub dst_port: u16,
+}
+
+/// The verdict of one direction's check, at one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum DirectionVerdict {
+    /// The address is no endpoint of this image: its own node judges it.
+    NotLocal,
+    /// The endpoint is not isolated in this direction: no policy lookup.
+    NotIsolated,
+    /// A policy entry allows it.
+    Allowed { rule: u32 },
+    /// The endpoint is isolated and no entry allows it.
+    Denied,
+}
+
+impl DirectionVerdict {
+    /// True unless the check drops the packet.
+    pub fn passes(&self) -> bool {
+        !matches!(self, DirectionVerdict::Denied)
+    }
+}
+
+/// The verdict for a new connection: the source's egress check and the destination's
+/// ingress check, both of which must pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Verdict {
+    /// At the source endpoint.
+    pub egress: DirectionVerdict,
+    /// At the destination endpoint.
+    pub ingress: DirectionVerdict,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.egress.passes() && self.ingress.passes()
+    }
+}
+
+impl Image {
+    /// The verdict the TC programs give the first packet of a new connection.
+    pub fn lookup(&self, packet: &Packet) -> Verdict {
+        let src = canonical_addr(packet.src);
+        let dst = canonical_addr(packet.dst);
+        Verdict {
+            egress: self.check(src, dst, netfence_common::DIR_EGRESS, packet),
+            ingress: self.check(dst, src, netfence_common::DIR_INGRESS, packet),
+        }
+    }
+
+    /// One direction at endpoint `local`, talking to `remote`.
+    fn check(&self, local: IpAddr, remote: IpAddr, direction: u8, packet: &Packet) -> DirectionVerdict {
+        let Some(endpoint) = self.endpoints.get(&local) else {
+            return DirectionVerdict::NotLocal;
+        };
+        let isolated = if direction == netfence_common::DIR_INGRESS {
+            endpoint.isolated_ingress
+        } else {
+            endpoint.isolated_egress
+        };
+        if !isolated {
+            return DirectionVerdict::NotIsolated;
+        }
+        let peer = self.identity_of(remote);
+        match self.policy_lookup(endpoint.policy, peer, direction, packet.protocol, packet.dst_port) {
+            Some(rule) => DirectionVerdict::Allowed { rule },
+            None => DirectionVerdict::Denied,
+        }
+    }
+
+    /// The kernel's policy lookups, in order; the first hit allows:
+    /// 1. (policy, peer, direction, protocol, port), longest port prefix;
+    /// 2. (policy, IDENTITY_ANY, direction, protocol, port), longest port prefix;
+    /// 3. (policy, peer, direction, PROTO_ANY, any port);
+    /// 4. (policy, IDENTITY_ANY, direction, PROTO_ANY, any port).
+    ///
+    /// ICMP and ICMPv6 have no ports and skip 1 and 2: only a rule without ports
+    /// allows them.
+    pub fn policy_lookup(&self, policy: u32, peer: u32, direction: u8, protocol: u8, port: u16) -> Option<u32> {
+        use netfence_common::{IDENTITY_ANY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6};
+        let with_ports = protocol != PROTO_ICMP && protocol != PROTO_ICMPV6;
+        let port_lookup = |peer: u32| {
+            (0..=16u8).rev().find_map(|port_bits| {
+                let mask = if port_bits == 0 { 0 } else { u16::MAX << (16 - port_bits) };
+                let key = PolicyEntry { policy, peer, direction, protocol, port: port & mask, port_bits };
+                self.policy.get(&key).copied()
+            })
+        };
+        let any_port = |peer: u32| {
+            let key = PolicyEntry { policy, peer, direction, protocol: PROTO_ANY, port: 0, port_bits: 0 };
+            self.policy.get(&key).copied()
+        };
+        let ported = if with_ports { port_lookup(peer).or_else(|| port_lookup(IDENTITY_ANY)) } else { None };
+        ported.or_else(|| any_port(peer)).or_else(|| any_port(IDENTITY_ANY))
+    }
+
+    /// The identity the IDENTITIES trie gives `addr` (`IDENTITY_WORLD` on a miss): the
+    /// longest prefix wins, in the kernel's IPv4-mapped address space (an IPv6 prefix
+    /// covering `::ffff:0:0/96` also covers IPv4 addresses).
+    pub fn identity_of(&self, addr: IpAddr) -> u32 {
+        use ipnet::{Ipv4Net, Ipv6Net};
+        let found = match canonical_addr(addr) {
+            IpAddr::V4(v4) => (0..=32u8)
+                .rev()
+                .find_map(|len| {
+                    let net = Ipv4Net::new(v4, len).ok()?.trunc();
+                    self.identities.get(&IpNet::V4(net)).copied()
+                })
+                .or_else(|| {
+                    let mapped = v4.to_ipv6_mapped();
+                    (0..=96u8).rev().find_map(|len| {
+                        let net = Ipv6Net::new(mapped, len).ok()?.trunc();
+                        self.identities.get(&IpNet::V6(net)).copied()
+                    })
+                }),
+            IpAddr::V6(v6) => (0..=128u8).rev().find_map(|len| {
+                let net = Ipv6Net::new(v6, len).ok()?.trunc();
+                self.identities.get(&IpNet::V6(net)).copied()
+            }),
+        };
+        found.unwrap_or(netfence_common::IDENTITY_WORLD)
+    }
+}

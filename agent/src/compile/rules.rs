@@ -1,0 +1,219 @@
+//! NetworkPolicy rules → POLICY entries: rule ids, peer expansion to identities, and
+//! the entries of one endpoint policy (the policies that select a group of endpoints).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netfence_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY};
+
+use super::identity::{Block, Identities};
+use super::ids::{Fnv, IdAllocator, reserved_zero};
+use super::ports::{NamedPorts, PortMatch, rule_uses_named_port, spec_matches};
+use super::selector::{NamespaceLabels, matches};
+use crate::image::RuleInfo;
+use crate::model::{Peer, Policy, Port, Rule, State};
+
+/// A rule's place: (policy index in `state.policies`, direction, rule index).
+pub type RuleRef = (usize, u8, usize);
+
+/// The rules of a policy in a direction it isolates (rules of a direction the policy
+/// does not isolate have no effect).
+pub fn effective_rules(policy: &Policy, direction: u8) -> &[Rule] {
+    match direction {
+        DIR_INGRESS if policy.isolates_ingress => &policy.ingress,
+        DIR_EGRESS if policy.isolates_egress => &policy.egress,
+        _ => &[],
+    }
+}
+
+fn direction_name(direction: u8) -> &'static str {
+    if direction == DIR_INGRESS { "ingress" } else { "egress" }
+}
+
+/// Rule ids: a hash of `ns/name/direction/index` (never 0), for every effective rule.
+pub fn rule_ids(state: &State) -> (BTreeMap<RuleRef, u32>, BTreeMap<u32, RuleInfo>) {
+    let mut described: BTreeMap<String, RuleRef> = BTreeMap::new();
+    for (p, policy) in state.policies.iter().enumerate() {
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            for index in 0..effective_rules(policy, direction).len() {
+                let text = format!("{}/{}/{}/{index}", policy.namespace, policy.name, direction_name(direction));
+                described.insert(text, (p, direction, index));
+            }
+        }
+    }
+    let mut allocator = IdAllocator::new(reserved_zero);
+    let ids = allocator.allocate_all(described.keys().cloned(), |text| Fnv::default().str(text).finish());
+    let mut by_ref = BTreeMap::new();
+    let mut infos = BTreeMap::new();
+    for (text, id) in ids {
+        let Some(&(p, direction, index)) = described.get(&text) else { continue };
+        let policy = &state.policies[p];
+        by_ref.insert((p, direction, index), id);
+        infos.insert(
+            id,
+            RuleInfo { namespace: policy.namespace.clone(), policy: policy.name.clone(), direction, index },
+        );
+    }
+    (by_ref, infos)
+}
+
+/// The peers of a rule: every identity (`IDENTITY_ANY`), or a set of identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peers {
+    Any,
+    Some(BTreeSet<u32>),
+}
+
+/// Expands the peers of a rule of `policy` into identities.
+pub fn expand_peers(rule: &Rule, policy: &Policy, identities: &Identities, namespaces: &NamespaceLabels) -> Peers {
+    if rule.peers.is_empty() {
+        return Peers::Any;
+    }
+    let mut set = BTreeSet::new();
+    for peer in &rule.peers {
+        match peer {
+            Peer::Pods { namespace_selector, pod_selector } => {
+                for (id, description) in &identities.described {
+                    let Some(group) = &description.group else { continue };
+                    let namespace_ok = match namespace_selector {
+                        None => group.namespace == policy.namespace,
+                        Some(selector) => namespaces.matches(selector, &group.namespace),
+                    };
+                    let pod_ok = pod_selector.as_ref().is_none_or(|selector| matches(selector, &group.labels));
+                    if namespace_ok && pod_ok {
+                        set.insert(*id);
+                    }
+                }
+            }
+            Peer::IpBlock { cidr, except } => {
+                let block = Block::new(cidr, except);
+                for (id, description) in &identities.described {
+                    if description.blocks.contains(&block) {
+                        set.insert(*id);
+                    }
+                }
+            }
+        }
+    }
+    Peers::Some(set)
+}
+
+/// The expanded peers of every effective rule, computed once per compile.
+pub type ExpandedPeers = BTreeMap<RuleRef, Peers>;
+
+pub fn expand_all(state: &State, identities: &Identities, namespaces: &NamespaceLabels) -> ExpandedPeers {
+    let mut all = BTreeMap::new();
+    for (p, policy) in state.policies.iter().enumerate() {
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            for (index, rule) in effective_rules(policy, direction).iter().enumerate() {
+                all.insert((p, direction, index), expand_peers(rule, policy, identities, namespaces));
+            }
+        }
+    }
+    all
+}
+
+/// One POLICY entry without its endpoint-policy id: (peer, direction, port match).
+pub type EntryKey = (u32, u8, PortMatch);
+
+/// The entries of an endpoint policy: the effective rules of `selecting` (policy
+/// indices, in order) for an endpoint whose own named ports are `named` (ingress named
+/// ports resolve against it). When two rules give one key, the first keeps it.
+pub fn endpoint_entries(
+    state: &State,
+    selecting: &[usize],
+    named: &NamedPorts,
+    identities: &Identities,
+    peers: &ExpandedPeers,
+    rule_ids: &BTreeMap<RuleRef, u32>,
+) -> BTreeMap<EntryKey, u32> {
+    let mut entries = BTreeMap::new();
+    for &p in selecting {
+        let policy = &state.policies[p];
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            for (index, rule) in effective_rules(policy, direction).iter().enumerate() {
+                let key = (p, direction, index);
+                let (Some(rule_peers), Some(&rule_id)) = (peers.get(&key), rule_ids.get(&key)) else { continue };
+                for (peer, port) in rule_entries(rule, direction, rule_peers, named, identities) {
+                    entries.entry((peer, direction, port)).or_insert(rule_id);
+                }
+            }
+        }
+    }
+    entries
+}
+
+/// (peer, port match) pairs one rule allows at an endpoint with named ports `named`.
+fn rule_entries(
+    rule: &Rule,
+    direction: u8,
+    peers: &Peers,
+    named: &NamedPorts,
+    identities: &Identities,
+) -> BTreeSet<(u32, PortMatch)> {
+    let peer_ids: Vec<u32> = match peers {
+        Peers::Any => vec![IDENTITY_ANY],
+        Peers::Some(set) => set.iter().copied().collect(),
+    };
+    let mut out = BTreeSet::new();
+    if rule.ports.is_empty() {
+        out.extend(peer_ids.iter().map(|peer| (*peer, PortMatch::ANY)));
+        return out;
+    }
+    for spec in &rule.ports {
+        let egress_named = direction == DIR_EGRESS && matches!(spec.port, Some(Port::Name(_)));
+        if !egress_named {
+            // Numeric ports, protocol-only, and ingress named ports (the endpoint is
+            // the destination pod).
+            let ports = spec_matches(spec, Some(named));
+            out.extend(peer_ids.iter().flat_map(|peer| ports.iter().map(move |port| (*peer, *port))));
+            continue;
+        }
+        // Egress named port: resolved against each destination pod; a peer that is no
+        // pod (an address outside the cluster) has no named ports.
+        let candidates: Box<dyn Iterator<Item = &u32>> = match peers {
+            Peers::Any => Box::new(identities.described.keys()),
+            Peers::Some(set) => Box::new(set.iter()),
+        };
+        for id in candidates {
+            let Some(group) = identities.described.get(id).and_then(|d| d.group.as_ref()) else { continue };
+            for port in spec_matches(spec, group.named_ports.as_ref()) {
+                out.insert((*id, port));
+            }
+        }
+    }
+    out
+}
+
+/// True when some effective rule in `direction` of any policy names a port.
+pub fn any_named_port(state: &State, direction: u8) -> bool {
+    state
+        .policies
+        .iter()
+        .any(|policy| effective_rules(policy, direction).iter().any(rule_uses_named_port))
+}
+
+/// True when some effective ingress rule of the policies `selecting` names a port.
+pub fn selecting_uses_named_port(state: &State, selecting: &[usize]) -> bool {
+    selecting
+        .iter()
+        .any(|&p| effective_rules(&state.policies[p], DIR_INGRESS).iter().any(rule_uses_named_port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PortSpec, Protocol};
+
+    #[test]
+    fn rule_without_ports_allows_every_protocol() {
+        let rule = Rule { peers: vec![], ports: vec![] };
+        let out = rule_entries(&rule, DIR_INGRESS, &Peers::Any, &NamedPorts::new(), &Identities::default());
+        assert_eq!(out, BTreeSet::from([(IDENTITY_ANY, PortMatch::ANY)]));
+        let rule = Rule {
+            peers: vec![],
+            ports: vec![PortSpec { protocol: Protocol::Udp, port: Some(Port::Number(53)), end_port: None }],
+        };
+        let out = rule_entries(&rule, DIR_EGRESS, &Peers::Some(BTreeSet::from([20])), &NamedPorts::new(), &Identities::default());
+        assert_eq!(out, BTreeSet::from([(20, PortMatch { protocol: 17, port: 53, port_bits: 16 })]));
+    }
+}
