@@ -65,12 +65,20 @@ impl Agent {
         }
         // Plain text log lines, info level unless the caller asked for more.
         cmd.env("NO_COLOR", "1")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out));
         let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
-        let mut agent = Agent { child: Some(child), log };
-        agent.wait_for(READY_TIMEOUT, "`netfence: ready`", |log| log.contains("netfence: ready"))?;
+        let mut agent = Agent {
+            child: Some(child),
+            log,
+        };
+        agent.wait_for(READY_TIMEOUT, "`netfence: ready`", |log| {
+            log.contains("netfence: ready")
+        })?;
         Ok(agent)
     }
 
@@ -96,7 +104,12 @@ impl Agent {
         let matches = |line: &str| needles.iter().all(|n| line.contains(n));
         let what = format!("a line containing {needles:?}");
         self.wait_for(SYNC_TIMEOUT, &what, |log| log.lines().any(matches))?;
-        Ok(self.log().lines().find(|l| matches(l)).unwrap_or_default().to_owned())
+        Ok(self
+            .log()
+            .lines()
+            .find(|l| matches(l))
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// Polls the log until `done` holds, the agent exits, or `timeout` passes.
@@ -115,14 +128,20 @@ impl Agent {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                bail!("netfence exited ({status}) before {what}; its log:\n{}", self.log());
+                bail!(
+                    "netfence exited ({status}) before {what}; its log:\n{}",
+                    self.log()
+                );
             }
             if start.elapsed() > timeout {
                 break;
             }
             std::thread::sleep(POLL);
         }
-        bail!("netfence did not log {what} within {timeout:?}; its log:\n{}", self.log())
+        bail!(
+            "netfence did not log {what} within {timeout:?}; its log:\n{}",
+            self.log()
+        )
     }
 
     /// Sends SIGTERM and waits for the exit (SIGKILL after a bound); returns the status.
@@ -163,7 +182,11 @@ impl Drop for Agent {
             eprintln!("testbed: stopping netfence: {error:#}");
         }
         if std::thread::panicking() {
-            eprintln!("--- netfence log ({}) ---\n{}--- end ---", self.log.display(), self.log());
+            eprintln!(
+                "--- netfence log ({}) ---\n{}--- end ---",
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }

@@ -61,15 +61,32 @@ impl TestBed {
     /// a per-process counter, so beds of parallel tests and processes never collide.
     pub fn new(prefix: &str) -> anyhow::Result<TestBed> {
         crate::require_root()?;
-        let id = format!("{prefix}{}x{}", std::process::id(), BEDS.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{prefix}{}x{}",
+            std::process::id(),
+            BEDS.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = TempDir::new(&std::env::temp_dir().join(&id))?;
         std::fs::create_dir(dir.path.join("manifests"))?;
         let node = Netns::new(&format!("{id}-node"))?;
         node.ip(&["link", "add", "br0", "type", "bridge"])?;
         node.ip(&["addr", "add", &format!("{NODE_V4}/24"), "dev", "br0"])?;
-        node.ip(&["addr", "add", &format!("{NODE_V6}/64"), "dev", "br0", "nodad"])?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_V6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ])?;
         node.ip(&["link", "set", "br0", "up"])?;
-        Ok(TestBed { id, node, dir, namespaces: Vec::new(), pods: Vec::new() })
+        Ok(TestBed {
+            id,
+            node,
+            dir,
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -87,7 +104,10 @@ impl TestBed {
 
     /// Declares a Namespace (written by [`TestBed::write_cluster`]).
     pub fn namespace(&mut self, name: &str, labels: &[(&str, &str)]) {
-        self.namespaces.push(NamespaceSpec { name: name.into(), labels: owned(labels) });
+        self.namespaces.push(NamespaceSpec {
+            name: name.into(),
+            labels: owned(labels),
+        });
     }
 
     /// Creates a pod namespace at `198.18.0.<host>` and `fd00:18::<host>` (hex as
@@ -130,15 +150,31 @@ impl TestBed {
         let netns = Netns::new(&format!("{}-{name}", self.id))?;
         let (v4, v6) = host_addresses(host);
         self.node.ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", netns.name(),
+            "link",
+            "add",
+            &host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
         ])?;
-        self.node.ip(&["link", "set", &host_if, "master", "br0", "up"])?;
+        self.node
+            .ip(&["link", "set", &host_if, "master", "br0", "up"])?;
         netns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
         netns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", "default", "via", &NODE_V4.to_string()])?;
         netns.ip(&["-6", "route", "add", "default", "via", &NODE_V6.to_string()])?;
-        Ok(PodNs { name: name.into(), v4, v6, host_if, netns })
+        Ok(PodNs {
+            name: name.into(),
+            v4,
+            v6,
+            host_if,
+            netns,
+        })
     }
 
     /// Writes the declared Namespaces and Pods to `cluster.yaml` (one `kind: List`).
@@ -156,7 +192,8 @@ impl TestBed {
     }
 
     pub fn remove_manifest(&self, file: &str) -> anyhow::Result<()> {
-        std::fs::remove_file(self.manifests().join(file)).with_context(|| format!("removing {file}"))
+        std::fs::remove_file(self.manifests().join(file))
+            .with_context(|| format!("removing {file}"))
     }
 
     /// Starts `netfence run` on this node over the pod veths and waits until ready.
@@ -168,7 +205,9 @@ impl TestBed {
             &self.manifests(),
             &[POD_INTERFACES],
             attach,
-            self.dir.path.join(format!("agent-{}.log", attach_name(attach))),
+            self.dir
+                .path
+                .join(format!("agent-{}.log", attach_name(attach))),
         )
     }
 }
@@ -184,11 +223,17 @@ fn attach_name(attach: Attach) -> &'static str {
 /// `198.18.0.<host>` and `fd00:18::<host>` with the same digits, for readability.
 fn host_addresses(host: u8) -> (Ipv4Addr, Ipv6Addr) {
     let digits = u16::from_str_radix(&host.to_string(), 16).unwrap_or(u16::from(host));
-    (Ipv4Addr::new(198, 18, 0, host), Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, digits))
+    (
+        Ipv4Addr::new(198, 18, 0, host),
+        Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, digits),
+    )
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// A directory removed with its contents on drop.
@@ -200,7 +245,9 @@ struct TempDir {
 impl TempDir {
     fn new(path: &Path) -> anyhow::Result<TempDir> {
         std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path: path.to_owned() })
+        Ok(TempDir {
+            path: path.to_owned(),
+        })
     }
 }
 

@@ -21,9 +21,7 @@ pub use agent::{Agent, Attach};
 pub use bed::{PodNs, TestBed};
 pub use manifest::{NamespaceSpec, PodSpec, cluster_yaml};
 pub use netns::Netns;
-pub use probe::{
-    CONNECT_TIMEOUT, UdpOutcome, ping, tcp_connects, udp_exchange, udp_from_address,
-};
+pub use probe::{CONNECT_TIMEOUT, UdpOutcome, ping, tcp_connects, udp_exchange, udp_from_address};
 
 /// Fails with a clear message unless running as root: the beds create network
 /// namespaces and the agent loads BPF programs.

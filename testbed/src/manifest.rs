@@ -127,13 +127,19 @@ fn write_labels(out: &mut String, labels: &[(String, String)]) {
 /// would otherwise read as a number, a boolean, null, or contain YAML syntax.
 fn scalar(value: &str) -> String {
     let plain = !value.is_empty()
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         && value.starts_with(|c: char| c.is_ascii_alphabetic())
         && !matches!(
             value.to_ascii_lowercase().as_str(),
             "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "null"
         );
-    if plain { value.to_owned() } else { format!("{value:?}") }
+    if plain {
+        value.to_owned()
+    } else {
+        format!("{value:?}")
+    }
 }
 
 /// A stable, UUID-shaped id derived from the object's kind and names.
@@ -142,10 +148,19 @@ fn uid(parts: &[&str]) -> String {
     let mut b: u64 = 0x8422_2325_cbf2_9ce4;
     for byte in parts.join("/").bytes() {
         a = (a ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-        b = (b ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(7);
+        b = (b ^ u64::from(byte))
+            .wrapping_mul(0x0000_0100_0000_01b3)
+            .rotate_left(7);
     }
     let hex = format!("{a:016x}{b:016x}");
-    format!("{}-{}-4{}-8{}-{}", &hex[0..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -156,14 +171,20 @@ mod tests {
     #[test]
     fn pod_list_reads_like_kubectl() {
         let yaml = cluster_yaml(
-            &[NamespaceSpec { name: "prod".into(), labels: vec![("team".into(), "1".into())] }],
+            &[NamespaceSpec {
+                name: "prod".into(),
+                labels: vec![("team".into(), "1".into())],
+            }],
             &[PodSpec {
                 namespace: "prod".into(),
                 name: "web".into(),
                 labels: vec![("app".into(), "web".into())],
                 node_name: "node1".into(),
                 host_ip: "198.18.0.1".parse().unwrap(),
-                ips: vec!["198.18.0.10".parse().unwrap(), "fd00:18::10".parse().unwrap()],
+                ips: vec![
+                    "198.18.0.10".parse().unwrap(),
+                    "fd00:18::10".parse().unwrap(),
+                ],
                 ports: vec![("http".into(), 80)],
             }],
         );

@@ -18,7 +18,9 @@ impl Netns {
     /// Creates the namespace and brings its loopback up.
     pub fn new(name: &str) -> anyhow::Result<Netns> {
         run(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Netns { name: name.to_owned() };
+        let ns = Netns {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -35,7 +37,8 @@ impl Netns {
     /// A command that runs `program` inside the namespace (`ip netns exec`).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]).stdin(Stdio::null());
+        cmd.args(["netns", "exec", &self.name, program])
+            .stdin(Stdio::null());
         cmd
     }
 

@@ -81,7 +81,12 @@ pub struct UdpOutcome {
 
 /// Sends one datagram from `from` to `to_ip:port` (a socket bound there inside `to`),
 /// which answers it to the sender's address.
-pub fn udp_exchange(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> anyhow::Result<UdpOutcome> {
+pub fn udp_exchange(
+    from: &Netns,
+    to: &Netns,
+    to_ip: IpAddr,
+    port: u16,
+) -> anyhow::Result<UdpOutcome> {
     udp_probe(from, None, to, to_ip, port)
 }
 
@@ -122,12 +127,20 @@ fn udp_probe(
         .with_context(|| format!("sending to {target} from {}", from.name()))?;
     let mut buf = [0; 16];
     let Ok((len, sender)) = server.recv_from(&mut buf) else {
-        return Ok(UdpOutcome { request_arrived: false, reply_arrived: false });
+        return Ok(UdpOutcome {
+            request_arrived: false,
+            reply_arrived: false,
+        });
     };
     let request_arrived = &buf[..len] == REQUEST;
-    server.send_to(REPLY, sender)?;
-    let reply_arrived = matches!(client.recv(&mut buf), Ok(len) if &buf[..len] == REPLY);
-    Ok(UdpOutcome { request_arrived, reply_arrived })
+    // A reply that cannot even be sent (no route) is a reply that did not arrive.
+    let reply_sent = server.send_to(REPLY, sender).is_ok();
+    let reply_arrived =
+        reply_sent && matches!(client.recv(&mut buf), Ok(len) if &buf[..len] == REPLY);
+    Ok(UdpOutcome {
+        request_arrived,
+        reply_arrived,
+    })
 }
 
 /// Whether an ICMP (or ICMPv6) echo from `from` to `to_ip` is answered: `ping` sends

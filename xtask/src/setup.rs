@@ -12,17 +12,32 @@ use crate::cmd::{cargo, run, tool_path};
 
 /// Debian packages the build and the tests need, and why.
 const PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "Rust 1.96 with LLVM 22: the `debian-web` toolchain for the BPF build"),
+    (
+        "rustc-web",
+        "Rust 1.96 with LLVM 22: the `debian-web` toolchain for the BPF build",
+    ),
     ("cargo-web", "cargo of the `debian-web` toolchain"),
-    ("rust-web-src", "std source, for `-Z build-std=core` on the BPF target"),
+    (
+        "rust-web-src",
+        "std source, for `-Z build-std=core` on the BPF target",
+    ),
     ("llvm-22-dev", "libLLVM 22, linked by bpf-linker"),
     ("iproute2", "`ip netns`, veth, bridge; `tc` for clsact"),
-    ("iputils-ping", "ICMP probes in the packet tests and the demo"),
+    (
+        "iputils-ping",
+        "ICMP probes in the packet tests and the demo",
+    ),
     ("coreutils", "`timeout` around every probe command"),
     ("bpftool", "inspecting loaded programs and maps"),
-    ("nftables", "node-side NAT and filtering in multi-node tests and benches"),
+    (
+        "nftables",
+        "node-side NAT and filtering in multi-node tests and benches",
+    ),
     ("iperf3", "throughput benches"),
-    ("containernetworking-plugins", "the real CNI bridge/host-local plugins"),
+    (
+        "containernetworking-plugins",
+        "the real CNI bridge/host-local plugins",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -61,7 +76,8 @@ fn package_installed(name: &str) -> anyhow::Result<bool> {
         .stdin(Stdio::null())
         .output()
         .context("running dpkg-query")?;
-    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
 fn install_packages() -> anyhow::Result<()> {
@@ -92,7 +108,8 @@ fn install_packages() -> anyhow::Result<()> {
 
 fn apt() -> Command {
     let mut cmd = Command::new("apt-get");
-    cmd.env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null());
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -104,7 +121,10 @@ fn link_toolchain() -> anyhow::Result<()> {
         .output()
         .context("running `rustup toolchain list` (is rustup installed and on PATH?)")?;
     if !out.status.success() {
-        bail!("`rustup toolchain list` failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`rustup toolchain list` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let listed = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -140,7 +160,11 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     // Without LLVM_PREFIX, bpf-linker's build finds /usr/bin/llvm-config (LLVM 14)
     // and links fail later with "unable to find library -lLLVM".
     run(cargo()
-        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"])
+        .args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }

@@ -8,7 +8,14 @@ use crate::setup::setup;
 pub fn test() -> anyhow::Result<()> {
     setup()?;
     run(cargo().arg("build"))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // `cargo test` (the default members: everything but the BPF-only crate, which has
     // no tests) shares the agent's build-script configuration with `cargo build`, so
     // the BPF object is built once for both; `--workspace` would build it again.

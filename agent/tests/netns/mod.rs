@@ -1,0 +1,171 @@
+//! Harness for the packet tests: the shared test bed (`netfence-testbed`: node
+//! namespace, pod namespaces, kubectl-style manifests, agent guard, probes) bound to the
+//! `netfence` binary cargo built for these tests, plus [`Verdicts`], which runs probes
+//! and reports every verdict that differs from the expected one at once.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub use netfence_testbed::{Agent, Attach, PodNs, TestBed, UdpOutcome};
+use netfence_testbed::{ping, tcp_connects, udp_exchange};
+
+/// The agent binary under test.
+pub fn netfence_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_netfence"))
+}
+
+/// A fresh node for one test (names `nft<pid>x<n>-*`). Fails clearly when not root.
+pub fn bed() -> TestBed {
+    match TestBed::new("nft") {
+        Ok(bed) => bed,
+        Err(error) => panic!("setting up the test node: {error:#}"),
+    }
+}
+
+/// Starts the agent on `bed` and waits until it is ready.
+pub fn start(bed: &TestBed, attach: Attach) -> Agent {
+    match bed.start_agent(netfence_bin(), attach) {
+        Ok(agent) => agent,
+        Err(error) => panic!("starting netfence: {error:#}"),
+    }
+}
+
+pub const ALLOW: bool = true;
+pub const DENY: bool = false;
+
+/// Address family of a probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+fn target(to: &PodNs, family: Family) -> std::net::IpAddr {
+    match family {
+        Family::V4 => to.ip4(),
+        Family::V6 => to.ip6(),
+    }
+}
+
+/// Probes with their expected verdicts; [`Verdicts::check`] panics listing every
+/// probe whose observed verdict differs.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    lines: Vec<(String, bool, bool)>,
+}
+
+impl Verdicts {
+    pub fn new() -> Verdicts {
+        Verdicts::default()
+    }
+
+    fn record(&mut self, what: String, expected: bool, observed: anyhow::Result<bool>) {
+        match observed {
+            Ok(observed) => self.lines.push((what, expected, observed)),
+            Err(error) => panic!("probe {what} could not run: {error:#}"),
+        }
+    }
+
+    /// A new TCP connection (handshake plus one request and reply).
+    pub fn tcp(&mut self, from: &PodNs, to: &PodNs, port: u16, expected: bool) -> &mut Self {
+        self.tcp_family(from, to, port, Family::V4, expected)
+    }
+
+    pub fn tcp6(&mut self, from: &PodNs, to: &PodNs, port: u16, expected: bool) -> &mut Self {
+        self.tcp_family(from, to, port, Family::V6, expected)
+    }
+
+    fn tcp_family(
+        &mut self,
+        from: &PodNs,
+        to: &PodNs,
+        port: u16,
+        family: Family,
+        expected: bool,
+    ) -> &mut Self {
+        let ip = target(to, family);
+        let what = format!("TCP  {} → {} [{ip}]:{port}", from.name, to.name);
+        self.record(
+            what,
+            expected,
+            tcp_connects(&from.netns, &to.netns, ip, port),
+        );
+        self
+    }
+
+    /// A UDP request and its reply: `expected` is the verdict of the request; an
+    /// arrived request must always get its reply back (conntrack).
+    pub fn udp(&mut self, from: &PodNs, to: &PodNs, port: u16, expected: bool) -> &mut Self {
+        let ip = to.ip4();
+        let outcome = udp_exchange(&from.netns, &to.netns, ip, port);
+        let what = format!("UDP  {} → {} [{ip}]:{port}", from.name, to.name);
+        match outcome {
+            Ok(UdpOutcome {
+                request_arrived,
+                reply_arrived,
+            }) => {
+                self.lines.push((what.clone(), expected, request_arrived));
+                if request_arrived {
+                    self.lines
+                        .push((format!("{what} (reply)"), ALLOW, reply_arrived));
+                }
+            }
+            Err(error) => panic!("probe {what} could not run: {error:#}"),
+        }
+        self
+    }
+
+    /// An ICMP echo and its reply.
+    pub fn ping(&mut self, from: &PodNs, to: &PodNs, expected: bool) -> &mut Self {
+        self.ping_family(from, to, Family::V4, expected)
+    }
+
+    pub fn ping6(&mut self, from: &PodNs, to: &PodNs, expected: bool) -> &mut Self {
+        self.ping_family(from, to, Family::V6, expected)
+    }
+
+    fn ping_family(
+        &mut self,
+        from: &PodNs,
+        to: &PodNs,
+        family: Family,
+        expected: bool,
+    ) -> &mut Self {
+        let ip = target(to, family);
+        let what = format!("ICMP {} → {} [{ip}]", from.name, to.name);
+        self.record(what, expected, ping(&from.netns, ip));
+        self
+    }
+
+    /// Records a verdict observed some other way.
+    pub fn observed(&mut self, what: &str, expected: bool, observed: bool) -> &mut Self {
+        self.lines.push((what.to_owned(), expected, observed));
+        self
+    }
+
+    /// Panics with the whole table if any verdict differs from its expectation.
+    pub fn check(&mut self) {
+        let word = |allowed: bool| if allowed { "allowed" } else { "denied" };
+        let mut table = String::new();
+        let mut wrong = 0;
+        for (what, expected, observed) in self.lines.drain(..) {
+            let mark = if expected == observed { "ok" } else { "WRONG" };
+            wrong += usize::from(expected != observed);
+            let _ = writeln!(
+                table,
+                "  {what:<44} expected {:<7} observed {:<7} {mark}",
+                word(expected),
+                word(observed)
+            );
+        }
+        assert!(
+            wrong == 0,
+            "{wrong} verdict(s) differ from the policy:\n{table}"
+        );
+    }
+}
