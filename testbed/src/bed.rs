@@ -121,15 +121,8 @@ impl TestBed {
         ports: &[(&str, u16)],
     ) -> anyhow::Result<PodNs> {
         let pod = self.attach(name, host, "nfp-")?;
-        self.pods.push(PodSpec {
-            namespace: namespace.into(),
-            name: name.into(),
-            labels: owned(labels),
-            node_name: NODE_NAME.into(),
-            host_ip: IpAddr::V4(NODE_V4),
-            ips: vec![pod.ip4(), pod.ip6()],
-            ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
-        });
+        self.pods
+            .push(pod_spec(namespace, name, labels, host, ports));
         Ok(pod)
     }
 
@@ -177,9 +170,14 @@ impl TestBed {
         })
     }
 
-    /// Writes the declared Namespaces and Pods to `cluster.yaml` (one `kind: List`).
+    /// The declared Namespaces and Pods as one `kind: List`.
+    pub fn cluster_yaml(&self) -> String {
+        cluster_yaml(&self.namespaces, &self.pods)
+    }
+
+    /// Writes the declared Namespaces and Pods to `cluster.yaml`.
     pub fn write_cluster(&self) -> anyhow::Result<()> {
-        self.write_manifest("cluster.yaml", &cluster_yaml(&self.namespaces, &self.pods))
+        self.write_manifest("cluster.yaml", &self.cluster_yaml())
     }
 
     /// Writes (or replaces) a manifest atomically: a hidden temporary file renamed into
@@ -209,6 +207,35 @@ impl TestBed {
                 .path
                 .join(format!("agent-{}.log", attach_name(attach))),
         )
+    }
+}
+
+/// The Pod a [`TestBed::pod`] call declares, without creating anything: for callers
+/// that need the manifest alone (the demo checks its example files against it).
+pub fn pod_spec(
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    host: u8,
+    ports: &[(&str, u16)],
+) -> PodSpec {
+    let (v4, v6) = host_addresses(host);
+    PodSpec {
+        namespace: namespace.into(),
+        name: name.into(),
+        labels: owned(labels),
+        node_name: NODE_NAME.into(),
+        host_ip: IpAddr::V4(NODE_V4),
+        ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+        ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+    }
+}
+
+/// The Namespace a [`TestBed::namespace`] call declares.
+pub fn namespace_spec(name: &str, labels: &[(&str, &str)]) -> NamespaceSpec {
+    NamespaceSpec {
+        name: name.into(),
+        labels: owned(labels),
     }
 }
 

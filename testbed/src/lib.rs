@@ -18,7 +18,9 @@ mod netns;
 mod probe;
 
 pub use agent::{Agent, Attach};
-pub use bed::{PodNs, TestBed};
+pub use bed::{
+    NODE_NAME, NODE_V4, NODE_V6, POD_INTERFACES, PodNs, TestBed, namespace_spec, pod_spec,
+};
 pub use manifest::{NamespaceSpec, PodSpec, cluster_yaml};
 pub use netns::Netns;
 pub use probe::{CONNECT_TIMEOUT, UdpOutcome, ping, tcp_connects, udp_exchange, udp_from_address};

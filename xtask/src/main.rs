@@ -3,6 +3,7 @@
 //! `deploy/examples/` in network namespaces and prints what passes and what is dropped.
 
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -21,11 +22,19 @@ enum Task {
     Setup,
     /// Setup, build, clippy, then every unit, integration and packet test (needs root).
     Test,
+    /// Setup, build, then run the example of deploy/examples in network namespaces and
+    /// print which probes pass (needs root).
+    Demo {
+        /// Print the example's cluster.yaml (Namespace and Pods) and exit.
+        #[arg(long)]
+        print_cluster: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test => test::test(),
+        Task::Demo { print_cluster } => demo::demo(print_cluster),
     }
 }

@@ -1,0 +1,229 @@
+//! `cargo xtask demo`: the NetworkPolicy example of `deploy/examples/` (namespace
+//! `prod` with `web`, `api` and `db`, and a `backup` server outside the cluster) built
+//! in network namespaces, enforced by the real `netfence run`, and probed with real
+//! connections. Prints one row per probe and fails if any verdict differs from the
+//! policy. Everything it creates (`nfx*` namespaces, a temp directory) is removed on
+//! exit, Ctrl-C included.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context as _, bail};
+use netfence_testbed::{
+    Attach, NODE_V4, PodNs, TestBed, cluster_yaml, namespace_spec, ping, pod_spec, tcp_connects,
+};
+
+use crate::cmd::{cargo, run};
+use crate::setup::setup;
+
+/// The example's pods: name, host number (198.18.0.N, fd00:18::N), label, port.
+const PODS: [(&str, u8, &str, (&str, u16)); 3] = [
+    ("web", 10, "web", ("http", 80)),
+    ("api", 11, "api", ("api", 5000)),
+    ("db", 12, "db", ("mysql", 3306)),
+];
+const NAMESPACE: &str = "prod";
+/// The backup server: not a pod, reachable from db through an ipBlock /32.
+const BACKUP: (&str, u8) = ("backup", 200);
+
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    Tcp(u16),
+    Icmp,
+}
+
+const ALLOWED: bool = true;
+const DENIED: bool = false;
+
+/// from, to, what, expected verdict.
+const PROBES: &[(&str, &str, Probe, bool)] = &[
+    ("web", "api", Probe::Tcp(5000), ALLOWED),
+    ("web", "api", Probe::Tcp(80), DENIED),
+    ("web", "api", Probe::Icmp, DENIED),
+    ("api", "db", Probe::Tcp(3306), ALLOWED),
+    ("web", "db", Probe::Tcp(3306), DENIED),
+    ("backup", "db", Probe::Tcp(3306), DENIED),
+    ("db", "backup", Probe::Tcp(873), ALLOWED),
+    ("db", "backup", Probe::Tcp(22), DENIED),
+    ("db", "web", Probe::Tcp(80), DENIED),
+    ("db", "api", Probe::Tcp(5000), DENIED),
+    ("api", "web", Probe::Tcp(80), ALLOWED),
+    ("backup", "web", Probe::Tcp(80), ALLOWED),
+    ("api", "web", Probe::Icmp, ALLOWED),
+];
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn repo_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_owned()
+}
+
+/// The Namespace and Pods of the example, as `deploy/examples/cluster.yaml` holds them.
+pub fn example_cluster_yaml() -> String {
+    let namespaces = [namespace_spec(NAMESPACE, &[])];
+    let pods: Vec<_> = PODS
+        .iter()
+        .map(|(name, host, app, port)| pod_spec(NAMESPACE, name, &[("app", app)], *host, &[*port]))
+        .collect();
+    format!(
+        "# The cluster state of the example, as `kubectl get namespace prod; kubectl get pods -n prod\n\
+         # -o yaml` would print it on node1 (pod IPs as `cargo xtask demo` assigns them).\n{}",
+        cluster_yaml(&namespaces, &pods)
+    )
+}
+
+pub fn demo(print_cluster: bool) -> anyhow::Result<()> {
+    if print_cluster {
+        print!("{}", example_cluster_yaml());
+        return Ok(());
+    }
+    setup()?;
+    run(cargo().args(["build", "-p", "netfence"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let binary = target.join("debug/netfence");
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    let result = run_demo(&binary);
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; the namespaces and files of the demo were removed");
+    }
+    result
+}
+
+fn run_demo(binary: &Path) -> anyhow::Result<()> {
+    let examples = repo_root().join("deploy/examples");
+    let mut bed = TestBed::new("nfx")?;
+    bed.namespace(NAMESPACE, &[]);
+    let mut hosts: Vec<PodNs> = Vec::new();
+    for (name, host, app, port) in PODS {
+        hosts.push(bed.pod(NAMESPACE, name, &[("app", app)], host, &[port])?);
+    }
+    hosts.push(bed.external(BACKUP.0, BACKUP.1)?);
+    check_examples(&examples)?;
+    for entry in
+        std::fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            bed.write_manifest(&name, &std::fs::read_to_string(&path)?)?;
+        }
+    }
+    println!(
+        "node {} (bridge br0 {NODE_V4}/24), netfence enforcing {}:",
+        bed.node().name(),
+        examples.display()
+    );
+    for host in &hosts {
+        let role = if host.name == BACKUP.0 {
+            "outside the cluster"
+        } else {
+            "pod prod/"
+        };
+        let pod = if host.name == BACKUP.0 {
+            String::new()
+        } else {
+            host.name.clone()
+        };
+        println!(
+            "  {:<7} {:<15} {:<14} {role}{pod}",
+            host.name, host.v4, host.v6
+        );
+    }
+    let agent = bed.start_agent(binary, Attach::Auto)?;
+    println!();
+    println!(
+        "{:<7}   {:<7} {:<6} {:<9} {:<9}",
+        "from", "to", "port", "expected", "observed"
+    );
+    let word = |allowed: bool| if allowed { "allowed" } else { "denied" };
+    let mut wrong = 0;
+    for &(from, to, probe, expected) in PROBES {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        let (from, to) = (find(&hosts, from)?, find(&hosts, to)?);
+        let ip = IpAddr::V4(to.v4);
+        let (port, observed) = match probe {
+            Probe::Tcp(port) => (
+                format!(":{port}"),
+                tcp_connects(&from.netns, &to.netns, ip, port)?,
+            ),
+            Probe::Icmp => ("icmp".to_owned(), ping(&from.netns, ip)?),
+        };
+        let mark = if observed == expected { "✓" } else { "✗" };
+        wrong += usize::from(observed != expected);
+        println!(
+            "{:<7} → {:<7} {port:<6} {:<9} {:<9} {mark}",
+            from.name,
+            to.name,
+            word(expected),
+            word(observed)
+        );
+    }
+    let drops = agent
+        .log()
+        .lines()
+        .filter(|line| line.contains("drop"))
+        .count();
+    println!("\nnetfence logged {drops} drop line(s).");
+    let status = agent.stop()?;
+    if !status.success() {
+        bail!("netfence exited with {status} on SIGTERM");
+    }
+    if wrong > 0 {
+        bail!("{wrong} of {} probes differ from the policy", PROBES.len());
+    }
+    println!("all {} probes match the policy.", PROBES.len());
+    Ok(())
+}
+
+fn find<'a>(hosts: &'a [PodNs], name: &str) -> anyhow::Result<&'a PodNs> {
+    hosts
+        .iter()
+        .find(|h| h.name == name)
+        .with_context(|| format!("no host {name} in the demo"))
+}
+
+/// `deploy/examples/cluster.yaml` must describe the namespaces the demo builds.
+fn check_examples(examples: &Path) -> anyhow::Result<()> {
+    let path = examples.join("cluster.yaml");
+    let written =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if written != example_cluster_yaml() {
+        bail!(
+            "{} does not match the pods the demo creates; regenerate it with \
+             `cargo xtask demo --print-cluster > deploy/examples/cluster.yaml`",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_cluster_file_matches_the_demo() {
+        let path = repo_root().join("deploy/examples/cluster.yaml");
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == example_cluster_yaml(),
+            "{} is stale: cargo xtask demo --print-cluster > deploy/examples/cluster.yaml",
+            path.display()
+        );
+    }
+}
