@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context as _, bail};
@@ -61,6 +62,7 @@ impl TestBed {
     /// a per-process counter, so beds of parallel tests and processes never collide.
     pub fn new(prefix: &str) -> anyhow::Result<TestBed> {
         crate::require_root()?;
+        remove_stale(prefix);
         let id = format!(
             "{prefix}{}x{}",
             std::process::id(),
@@ -208,6 +210,44 @@ impl TestBed {
                 .join(format!("agent-{}.log", attach_name(attach))),
         )
     }
+}
+
+/// Removes the namespaces and directories of beds whose process is gone (killed
+/// before its guards could run). Only names `<prefix><pid>x...` whose PID no longer
+/// exists are touched, so live beds of other processes are left alone.
+fn remove_stale(prefix: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dead_owner = |name: &str| {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                return false;
+            };
+            let Some((pid, _)) = rest.split_once('x') else {
+                return false;
+            };
+            !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && !Path::new("/proc").join(pid).exists()
+        };
+        let listed = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten();
+        for entry in listed {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if dead_owner(&name) {
+                eprintln!("testbed: removing namespace {name} left by a killed run");
+                let _ignored = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+        let temp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if dead_owner(&name) {
+                let _ignored = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
 }
 
 /// The Pod a [`TestBed::pod`] call declares, without creating anything: for callers
