@@ -1,24 +1,35 @@
 //! `cargo xtask test`: what CI runs. Setup, then build, clippy with warnings denied,
 //! then every test of the default members (unit, integration, and the privileged
-//! packet tests in network namespaces, which need root).
+//! packet tests in network namespaces, which need root). Each step prints its
+//! wall-clock time.
+
+use std::time::Instant;
 
 use crate::cmd::{cargo, run};
 use crate::setup::setup;
 
 pub fn test() -> anyhow::Result<()> {
-    setup()?;
-    run(cargo().arg("build"))?;
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let start = Instant::now();
+    timed("setup", setup)?;
+    timed("cargo build", || run(cargo().arg("build")))?;
+    // Clippy makes its own cold BPF build (about 30 s), affordable within CI's budget.
+    timed("cargo clippy", || {
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    })?;
     // `cargo test` (the default members: everything but the BPF-only crate, which has
     // no tests) shares the agent's build-script configuration with `cargo build`, so
     // the BPF object is built once for both; `--workspace` would build it again.
-    run(cargo().arg("test"))?;
+    // Tests run in parallel (one per core by default): each packet test owns its
+    // namespaces, and most of its time is spent waiting for probes of dropped packets.
+    timed("cargo test", || run(cargo().arg("test")))?;
+    println!("xtask test: all passed in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn timed(step: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let result = f();
+    let verdict = if result.is_ok() { "done" } else { "FAILED" };
+    println!("xtask test: {verdict}: {step} ({:.1} s)", start.elapsed().as_secs_f64());
+    result
 }
