@@ -4,6 +4,7 @@
 //! → `compile` (pure) → `image::Image` → `dataplane` (load, attach, sync the BPF maps,
 //! read events).
 
+pub mod cli;
 pub mod compile;
 pub mod dataplane;
 pub mod image;

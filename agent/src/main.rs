@@ -1,4 +1,31 @@
-//! The `netfence` command line.
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! The `netfence` binary: parses the command line and runs one subcommand.
+
+use clap::Parser as _;
+use netfence::cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(netfence::cli::run::run(args))),
+        Command::Compile(args) => netfence::cli::compile::compile(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("netfence: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

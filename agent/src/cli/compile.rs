@@ -1,0 +1,45 @@
+//! `netfence compile`: the image a manifest directory compiles to, as JSON or a
+//! short text summary. Invalid objects are listed on stderr and make the exit code 1.
+
+use std::process::ExitCode;
+
+use super::{CompileArgs, Output};
+use crate::source::ManifestDir;
+
+pub fn compile(args: &CompileArgs) -> anyhow::Result<ExitCode> {
+    let load = ManifestDir::new(&args.manifests).load();
+    for error in &load.errors {
+        eprintln!("netfence: invalid, skipped: {error}");
+    }
+    for warning in &load.warnings {
+        eprintln!("netfence: warning: {warning}");
+    }
+    let image = crate::compile::compile(&load.state, args.node_name.as_deref());
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&image)?),
+        Output::Text => {
+            println!(
+                "{} endpoints, {} identity prefixes, {} identities, {} endpoint policies, {} policy entries, {} rules",
+                image.endpoints.len(),
+                image.identities.len(),
+                image.identity_info.len(),
+                image.endpoint_policies.len(),
+                image.policy.len(),
+                image.rules.len()
+            );
+            for (addr, endpoint) in &image.endpoints {
+                let isolation = match (endpoint.isolated_ingress, endpoint.isolated_egress) {
+                    (true, true) => "isolated ingress+egress",
+                    (true, false) => "isolated ingress",
+                    (false, true) => "isolated egress",
+                    (false, false) => "not isolated",
+                };
+                println!(
+                    "  {addr:<40} {}/{}  identity={} policy={} {isolation}",
+                    endpoint.namespace, endpoint.pod, endpoint.identity, endpoint.policy
+                );
+            }
+        }
+    }
+    Ok(if load.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,82 @@
+//! The `netfence` command line: argument types (clap derive) and one module per
+//! subcommand.
+
+pub mod compile;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::dataplane::attach::AttachMode;
+
+#[derive(Debug, Parser)]
+#[command(name = "netfence", version, about = "Kubernetes NetworkPolicy for plain-veth CNIs, enforced with eBPF")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enforce policy on this node until stopped (SIGINT/SIGTERM detach and exit 0).
+    Run(RunArgs),
+    /// Compile manifests and print the map contents netfence would enforce.
+    Compile(CompileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// This node's name: pods with this `spec.nodeName` are enforced here.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Directory of Kubernetes manifests (Namespaces, Pods, NetworkPolicies), watched
+    /// for changes.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// Attach to interfaces whose name matches this glob (repeatable), e.g. 'veth*'.
+    #[arg(long = "interfaces", value_name = "GLOB")]
+    pub interfaces: Vec<String>,
+    /// Attach to every port of this bridge (Flannel: cni0), following new ports.
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// How to attach the TC programs.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
+    /// Seconds an idle TCP connection stays in conntrack.
+    #[arg(long, default_value_t = 6 * 3600)]
+    pub ct_tcp_timeout: u64,
+    /// Seconds an idle UDP/SCTP/ICMP flow stays in conntrack.
+    #[arg(long, default_value_t = 120)]
+    pub ct_other_timeout: u64,
+    /// Also log every allowed new flow (drops are always logged).
+    #[arg(long)]
+    pub log_allows: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompileArgs {
+    /// Directory of Kubernetes manifests.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// Compile for this node only (default: every pod is local).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}

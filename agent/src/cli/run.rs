@@ -1,0 +1,207 @@
+//! `netfence run`: enforce on this node. One task owns the loaded programs and reacts
+//! to three things, always recomputing from the whole state (level-triggered):
+//! a manifest change (reload, compile, sync), an interface change or a periodic tick
+//! (attach to new interfaces, forget gone ones, rebind pod addresses), and a signal
+//! (detach and exit).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::RunArgs;
+use crate::compile::compile;
+use crate::dataplane::attach::Attachments;
+use crate::dataplane::events::{self, Names};
+use crate::dataplane::links::{self, Interface, Selection};
+use crate::dataplane::loader::{Datapath, LoadOptions};
+use crate::dataplane::sync::{self, Contents};
+use crate::image::Image;
+use crate::source::ManifestDir;
+
+/// How often interfaces are re-listed and bindings refreshed without a netlink event
+/// (a pod's address appears in its namespace after its veth does).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Everything `run` keeps between events.
+struct Enforcer {
+    node: String,
+    datapath: Datapath,
+    attachments: Attachments,
+    selection: Selection,
+    handle: rtnetlink::Handle,
+    image: Image,
+    bindings: BTreeMap<IpAddr, u32>,
+    live: Contents,
+    generation: u64,
+    names: tokio::sync::watch::Sender<Arc<Names>>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.interfaces.is_empty() && args.bridge.is_none() {
+        anyhow::bail!("nothing to enforce on: give --bridge NAME (Flannel: cni0) or --interfaces GLOB");
+    }
+    let selection = Selection::new(&args.interfaces, args.bridge.clone())?;
+    let options = LoadOptions {
+        ct_tcp_timeout_ns: args.ct_tcp_timeout.saturating_mul(1_000_000_000),
+        ct_other_timeout_ns: args.ct_other_timeout.saturating_mul(1_000_000_000),
+        event_allows: args.log_allows,
+    };
+    let mut datapath = Datapath::load(&options)?;
+    let ring = datapath.events.take().context("event ring buffer already taken")?;
+    let (names, names_rx) = tokio::sync::watch::channel(Arc::new(Names::new()));
+    let event_reader = tokio::spawn(events::read(ring, names_rx));
+
+    let mut source = ManifestDir::new(&args.manifests);
+    let (_watcher, mut changes) = crate::source::watch(&args.manifests)
+        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    let handle = links::connect()?;
+    let mut link_changes = links::subscribe()?;
+    let attachments = Attachments::new(args.attach);
+    tracing::info!(mode = ?attachments.mode(), "attach mode");
+
+    let mut enforcer = Enforcer {
+        node: args.node_name.clone(),
+        datapath,
+        attachments,
+        selection,
+        handle,
+        image: Image::default(),
+        bindings: BTreeMap::new(),
+        live: Contents::default(),
+        generation: 0,
+        names,
+    };
+    // Maps first, then attach: the first packet a program sees meets the policy.
+    enforcer.reload(&mut source);
+    enforcer.reconcile_interfaces().await;
+    tracing::info!(
+        node = %enforcer.node,
+        interfaces = enforcer.attachments.indexes().count(),
+        endpoints = enforcer.image.endpoints.len(),
+        generation = enforcer.generation,
+        "netfence: ready"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            change = changes.recv() => match change {
+                Some(()) => enforcer.reload(&mut source),
+                None => anyhow::bail!("the manifest watcher stopped"),
+            },
+            change = link_changes.recv() => match change {
+                Some(()) => enforcer.reconcile_interfaces().await,
+                None => anyhow::bail!("the netlink link monitor stopped"),
+            },
+            _ = tick.tick() => enforcer.reconcile_interfaces().await,
+        }
+    }
+    event_reader.abort();
+    let detached = enforcer.attachments.detach_all(&mut enforcer.datapath.ebpf);
+    tracing::info!(interfaces = detached, "detached; exiting");
+    enforcer.log_counters();
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Enforcer {
+    /// Re-reads the manifests, compiles, syncs. Invalid objects are reported; their
+    /// last good version (or nothing) stays enforced.
+    fn reload(&mut self, source: &mut ManifestDir) {
+        let load = source.load();
+        for error in &load.errors {
+            tracing::error!("invalid manifest, skipped (last good version kept): {error}");
+        }
+        for warning in &load.warnings {
+            tracing::warn!("manifest accepted with a change: {warning}");
+        }
+        self.image = compile(&load.state, Some(&self.node));
+        let _ = self.names.send(Arc::new(events::names(&self.image)));
+        self.sync("manifests");
+    }
+
+    /// Lists interfaces, attaches to new managed ones, forgets gone ones, refreshes
+    /// the address bindings, and syncs if they changed.
+    async fn reconcile_interfaces(&mut self) {
+        let all = match links::list(&self.handle).await {
+            Ok(all) => all,
+            Err(error) => {
+                tracing::error!("listing interfaces: {error}");
+                return;
+            }
+        };
+        let managed: Vec<&Interface> = self.selection.managed(&all);
+        let gone: Vec<u32> = self
+            .attachments
+            .indexes()
+            .filter(|index| !managed.iter().any(|i| i.index == *index))
+            .collect();
+        for index in gone {
+            if let Some(name) = self.attachments.forget(&mut self.datapath.ebpf, index) {
+                tracing::info!(interface = %name, index, "interface gone; forgotten");
+            }
+        }
+        for interface in &managed {
+            if self.attachments.is_attached(interface.index) {
+                continue;
+            }
+            match self.attachments.attach(&mut self.datapath.ebpf, interface) {
+                Ok(()) => tracing::info!(interface = %interface.name, index = interface.index, "attached"),
+                // Retried on the next tick: an interface can vanish or be mid-setup.
+                Err(error) => tracing::warn!("{error}; retrying"),
+            }
+        }
+        let (bindings, problems) = links::bindings(&self.handle, &managed).await;
+        for problem in problems {
+            tracing::debug!("{problem}");
+        }
+        if bindings != self.bindings {
+            self.bindings = bindings;
+            self.sync("interfaces");
+        }
+    }
+
+    fn sync(&mut self, cause: &str) {
+        let target = Contents::from_image(&self.image, &self.bindings);
+        let report = sync::sync(&mut self.datapath.maps, &mut self.live, &target);
+        for (op, error) in &report.failed {
+            tracing::error!("map write failed, will retry: {op:?}: {error}");
+        }
+        self.generation += 1;
+        tracing::info!(
+            generation = self.generation,
+            cause,
+            writes = report.applied,
+            failed = report.failed.len(),
+            endpoints = self.live.endpoints.len(),
+            identities = self.live.identities.len(),
+            policy_entries = self.live.policy.len(),
+            "synced generation={}",
+            self.generation
+        );
+    }
+
+    fn log_counters(&self) {
+        match self.datapath.maps.counters() {
+            Ok(counters) => {
+                let text: Vec<String> = counters
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .filter_map(|(code, n)| {
+                        netfence_common::Reason::from_code(*code).map(|r| format!("{}={n}", r.name()))
+                    })
+                    .collect();
+                tracing::info!("counters: {}", text.join(" "));
+            }
+            Err(error) => tracing::warn!("reading counters: {error}"),
+        }
+    }
+}
