@@ -169,7 +169,13 @@ impl Image {
     }
 
     /// One direction at endpoint `local`, talking to `remote`.
-    fn check(&self, local: IpAddr, remote: IpAddr, direction: u8, packet: &Packet) -> DirectionVerdict {
+    fn check(
+        &self,
+        local: IpAddr,
+        remote: IpAddr,
+        direction: u8,
+        packet: &Packet,
+    ) -> DirectionVerdict {
         let Some(endpoint) = self.endpoints.get(&local) else {
             return DirectionVerdict::NotLocal;
         };
@@ -182,7 +188,13 @@ impl Image {
             return DirectionVerdict::NotIsolated;
         }
         let peer = self.identity_of(remote);
-        match self.policy_lookup(endpoint.policy, peer, direction, packet.protocol, packet.dst_port) {
+        match self.policy_lookup(
+            endpoint.policy,
+            peer,
+            direction,
+            packet.protocol,
+            packet.dst_port,
+        ) {
             Some(rule) => DirectionVerdict::Allowed { rule },
             None => DirectionVerdict::Denied,
         }
@@ -196,22 +208,53 @@ impl Image {
     ///
     /// ICMP and ICMPv6 have no ports and skip 1 and 2: only a rule without ports
     /// allows them.
-    pub fn policy_lookup(&self, policy: u32, peer: u32, direction: u8, protocol: u8, port: u16) -> Option<u32> {
+    pub fn policy_lookup(
+        &self,
+        policy: u32,
+        peer: u32,
+        direction: u8,
+        protocol: u8,
+        port: u16,
+    ) -> Option<u32> {
         use netfence_common::{IDENTITY_ANY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6};
         let with_ports = protocol != PROTO_ICMP && protocol != PROTO_ICMPV6;
         let port_lookup = |peer: u32| {
             (0..=16u8).rev().find_map(|port_bits| {
-                let mask = if port_bits == 0 { 0 } else { u16::MAX << (16 - port_bits) };
-                let key = PolicyEntry { policy, peer, direction, protocol, port: port & mask, port_bits };
+                let mask = if port_bits == 0 {
+                    0
+                } else {
+                    u16::MAX << (16 - port_bits)
+                };
+                let key = PolicyEntry {
+                    policy,
+                    peer,
+                    direction,
+                    protocol,
+                    port: port & mask,
+                    port_bits,
+                };
                 self.policy.get(&key).copied()
             })
         };
         let any_port = |peer: u32| {
-            let key = PolicyEntry { policy, peer, direction, protocol: PROTO_ANY, port: 0, port_bits: 0 };
+            let key = PolicyEntry {
+                policy,
+                peer,
+                direction,
+                protocol: PROTO_ANY,
+                port: 0,
+                port_bits: 0,
+            };
             self.policy.get(&key).copied()
         };
-        let ported = if with_ports { port_lookup(peer).or_else(|| port_lookup(IDENTITY_ANY)) } else { None };
-        ported.or_else(|| any_port(peer)).or_else(|| any_port(IDENTITY_ANY))
+        let ported = if with_ports {
+            port_lookup(peer).or_else(|| port_lookup(IDENTITY_ANY))
+        } else {
+            None
+        };
+        ported
+            .or_else(|| any_port(peer))
+            .or_else(|| any_port(IDENTITY_ANY))
     }
 
     /// The identity the IDENTITIES trie gives `addr` (`IDENTITY_WORLD` on a miss): the

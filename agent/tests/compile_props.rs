@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use common_state::{ip, ip_block, named, packet, port, port_range, proto_only};
 use netfence::compile::{compile, defaulted_policy_types};
 use netfence::model::{
-    ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port, PortSpec,
-    Protocol, Requirement, Rule, State,
+    ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
+    PortSpec, Protocol, Requirement, Rule, State,
 };
 use netfence_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use proptest::prelude::*;
@@ -22,7 +22,10 @@ use proptest::prelude::*;
 // every rule, every peer, for one connection.
 
 fn ref_selector(selector: &LabelSelector, labels: &Labels) -> bool {
-    let labels_ok = selector.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v));
     let exprs_ok = selector.match_expressions.iter().all(|r| {
         let value = labels.get(&r.key);
         match r.operator {
@@ -36,29 +39,50 @@ fn ref_selector(selector: &LabelSelector, labels: &Labels) -> bool {
 }
 
 fn ref_namespace_labels(state: &State, namespace: &str) -> Labels {
-    state.namespaces.get(namespace).map(|n| n.labels.clone()).unwrap_or_else(|| {
-        Labels::from([("kubernetes.io/metadata.name".to_owned(), namespace.to_owned())])
-    })
+    state
+        .namespaces
+        .get(namespace)
+        .map(|n| n.labels.clone())
+        .unwrap_or_else(|| {
+            Labels::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                namespace.to_owned(),
+            )])
+        })
 }
 
 /// The live pod that owns `addr` (the first in order), if any.
 fn ref_pod_at(state: &State, addr: IpAddr) -> Option<&Pod> {
     state.pods.iter().find(|p| {
-        !p.host_network && !matches!(p.phase, PodPhase::Succeeded | PodPhase::Failed) && p.ips.contains(&addr)
+        !p.host_network
+            && !matches!(p.phase, PodPhase::Succeeded | PodPhase::Failed)
+            && p.ips.contains(&addr)
     })
 }
 
 fn ref_peer(state: &State, policy: &Policy, peer: &Peer, addr: IpAddr) -> bool {
     match peer {
-        Peer::Pods { namespace_selector, pod_selector } => {
-            let Some(pod) = ref_pod_at(state, addr) else { return false };
+        Peer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => {
+            let Some(pod) = ref_pod_at(state, addr) else {
+                return false;
+            };
             let namespace_ok = match namespace_selector {
                 None => pod.namespace == policy.namespace,
-                Some(selector) => ref_selector(selector, &ref_namespace_labels(state, &pod.namespace)),
+                Some(selector) => {
+                    ref_selector(selector, &ref_namespace_labels(state, &pod.namespace))
+                }
             };
-            namespace_ok && pod_selector.as_ref().is_none_or(|s| ref_selector(s, &pod.labels))
+            namespace_ok
+                && pod_selector
+                    .as_ref()
+                    .is_none_or(|s| ref_selector(s, &pod.labels))
         }
-        Peer::IpBlock { cidr, except } => cidr.contains(&addr) && !except.iter().any(|e| e.contains(&addr)),
+        Peer::IpBlock { cidr, except } => {
+            cidr.contains(&addr) && !except.iter().any(|e| e.contains(&addr))
+        }
     }
 }
 
@@ -74,37 +98,67 @@ fn ref_port(spec: &PortSpec, dst_pod: Option<&Pod>, protocol: u8, dst_port: u16)
             None => dst_port == *first,
         },
         Some(Port::Name(name)) => dst_pod.is_some_and(|pod| {
-            pod.ports.iter().any(|p| p.name.as_deref() == Some(name) && p.protocol == spec.protocol && p.port == dst_port)
+            pod.ports.iter().any(|p| {
+                p.name.as_deref() == Some(name) && p.protocol == spec.protocol && p.port == dst_port
+            })
         }),
     }
 }
 
 /// Is the connection allowed at `local` in one direction (`ingress`), `remote` being
 /// the other end?
-fn ref_direction(state: &State, local: &Pod, ingress: bool, remote: IpAddr, dst: IpAddr, protocol: u8, dst_port: u16) -> bool {
+fn ref_direction(
+    state: &State,
+    local: &Pod,
+    ingress: bool,
+    remote: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    dst_port: u16,
+) -> bool {
     let selecting: Vec<&Policy> = state
         .policies
         .iter()
         .filter(|p| p.namespace == local.namespace && ref_selector(&p.pod_selector, &local.labels))
-        .filter(|p| if ingress { p.isolates_ingress } else { p.isolates_egress })
+        .filter(|p| {
+            if ingress {
+                p.isolates_ingress
+            } else {
+                p.isolates_egress
+            }
+        })
         .collect();
     if selecting.is_empty() {
         return true;
     }
     let dst_pod = ref_pod_at(state, dst);
     selecting.iter().any(|policy| {
-        let rules = if ingress { &policy.ingress } else { &policy.egress };
+        let rules = if ingress {
+            &policy.ingress
+        } else {
+            &policy.egress
+        };
         rules.iter().any(|rule| {
-            let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|peer| ref_peer(state, policy, peer, remote));
-            let port_ok = rule.ports.is_empty() || rule.ports.iter().any(|s| ref_port(s, dst_pod, protocol, dst_port));
+            let peer_ok = rule.peers.is_empty()
+                || rule
+                    .peers
+                    .iter()
+                    .any(|peer| ref_peer(state, policy, peer, remote));
+            let port_ok = rule.ports.is_empty()
+                || rule
+                    .ports
+                    .iter()
+                    .any(|s| ref_port(s, dst_pod, protocol, dst_port));
             peer_ok && port_ok
         })
     })
 }
 
 fn ref_allowed(state: &State, src: IpAddr, dst: IpAddr, protocol: u8, dst_port: u16) -> bool {
-    let egress = ref_pod_at(state, src).is_none_or(|pod| ref_direction(state, pod, false, dst, dst, protocol, dst_port));
-    let ingress = ref_pod_at(state, dst).is_none_or(|pod| ref_direction(state, pod, true, src, dst, protocol, dst_port));
+    let egress = ref_pod_at(state, src)
+        .is_none_or(|pod| ref_direction(state, pod, false, dst, dst, protocol, dst_port));
+    let ingress = ref_pod_at(state, dst)
+        .is_none_or(|pod| ref_direction(state, pod, true, src, dst, protocol, dst_port));
     egress && ingress
 }
 
@@ -113,7 +167,14 @@ fn ref_allowed(state: &State, src: IpAddr, dst: IpAddr, protocol: u8, dst_port: 
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const VALUES: [&str; 2] = ["a", "b"];
-const EXTERNAL: [&str; 6] = ["198.19.0.5", "198.19.1.5", "198.20.0.1", "198.18.0.9", "fd00::ff", "fd01::1"];
+const EXTERNAL: [&str; 6] = [
+    "198.19.0.5",
+    "198.19.1.5",
+    "198.20.0.1",
+    "198.18.0.9",
+    "fd00::ff",
+    "fd01::1",
+];
 const PROBES: [(u8, u16); 9] = [
     (PROTO_TCP, 80),
     (PROTO_TCP, 81),
@@ -151,12 +212,20 @@ fn port_spec(i: usize) -> PortSpec {
 }
 
 fn container_ports(mask: usize) -> Vec<ContainerPort> {
-    let all = [("http", Protocol::Tcp, 80), ("http", Protocol::Tcp, 8080), ("dns", Protocol::Udp, 53)];
+    let all = [
+        ("http", Protocol::Tcp, 80),
+        ("http", Protocol::Tcp, 8080),
+        ("dns", Protocol::Udp, 53),
+    ];
     // At most one "http": bit 0 → 80, else bit 1 → 8080.
     all.iter()
         .enumerate()
         .filter(|(i, _)| mask & (1 << i) != 0 && !(*i == 1 && mask & 1 != 0))
-        .map(|(_, (name, protocol, port))| ContainerPort { name: Some((*name).to_owned()), port: *port, protocol: *protocol })
+        .map(|(_, (name, protocol, port))| ContainerPort {
+            name: Some((*name).to_owned()),
+            port: *port,
+            protocol: *protocol,
+        })
         .collect()
 }
 
@@ -171,33 +240,62 @@ fn labels_of(keys: &[&str], choice: &[usize]) -> Labels {
 
 fn requirement(keys: &'static [&'static str]) -> impl Strategy<Value = Requirement> {
     (0..keys.len(), 0..4usize, 1..4usize).prop_map(move |(k, op, mask)| {
-        let operator = [Operator::In, Operator::NotIn, Operator::Exists, Operator::DoesNotExist][op];
+        let operator = [
+            Operator::In,
+            Operator::NotIn,
+            Operator::Exists,
+            Operator::DoesNotExist,
+        ][op];
         let values = if op < 2 {
-            VALUES.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, v)| (*v).to_owned()).collect()
+            VALUES
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, v)| (*v).to_owned())
+                .collect()
         } else {
             vec![]
         };
-        Requirement { key: keys[k].to_owned(), operator, values }
+        Requirement {
+            key: keys[k].to_owned(),
+            operator,
+            values,
+        }
     })
 }
 
 fn pod_selector() -> impl Strategy<Value = LabelSelector> {
     static KEYS: [&str; 2] = ["app", "tier"];
-    (prop::collection::vec(0..4usize, 2), prop::collection::vec(requirement(&KEYS), 0..2)).prop_map(|(choice, exprs)| {
-        // 2 and 3 mean "not in matchLabels", to keep selectors broad.
-        LabelSelector { match_labels: labels_of(&KEYS, &choice), match_expressions: exprs }
-    })
+    (
+        prop::collection::vec(0..4usize, 2),
+        prop::collection::vec(requirement(&KEYS), 0..2),
+    )
+        .prop_map(|(choice, exprs)| {
+            // 2 and 3 mean "not in matchLabels", to keep selectors broad.
+            LabelSelector {
+                match_labels: labels_of(&KEYS, &choice),
+                match_expressions: exprs,
+            }
+        })
 }
 
 fn namespace_selector() -> impl Strategy<Value = LabelSelector> {
     static KEYS: [&str; 1] = ["team"];
-    (0..4usize, 0..4usize, prop::collection::vec(requirement(&KEYS), 0..2)).prop_map(|(ns, team, exprs)| {
-        let mut match_labels = labels_of(&["team"], &[team]);
-        if let Some(name) = NAMESPACES.get(ns) {
-            match_labels.insert("ns".to_owned(), (*name).to_owned());
-        }
-        LabelSelector { match_labels, match_expressions: exprs }
-    })
+    (
+        0..4usize,
+        0..4usize,
+        prop::collection::vec(requirement(&KEYS), 0..2),
+    )
+        .prop_map(|(ns, team, exprs)| {
+            let mut match_labels = labels_of(&["team"], &[team]);
+            if let Some(name) = NAMESPACES.get(ns) {
+                match_labels.insert("ns".to_owned(), (*name).to_owned());
+            }
+            LabelSelector {
+                match_labels,
+                match_expressions: exprs,
+            }
+        })
 }
 
 fn peer() -> impl Strategy<Value = Peer> {
@@ -209,17 +307,34 @@ fn peer() -> impl Strategy<Value = Peer> {
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
-    (prop::collection::vec(peer(), 0..3), prop::collection::vec((0..8usize).prop_map(port_spec), 0..3))
+    (
+        prop::collection::vec(peer(), 0..3),
+        prop::collection::vec((0..8usize).prop_map(port_spec), 0..3),
+    )
         .prop_map(|(peers, ports)| Rule { peers, ports })
 }
 
 fn policy_strategy() -> impl Strategy<Value = (usize, LabelSelector, usize, Vec<Rule>, Vec<Rule>)> {
-    (0..3usize, pod_selector(), 0..4usize, prop::collection::vec(rule(), 0..3), prop::collection::vec(rule(), 0..3))
+    (
+        0..3usize,
+        pod_selector(),
+        0..4usize,
+        prop::collection::vec(rule(), 0..3),
+        prop::collection::vec(rule(), 0..3),
+    )
 }
 
 fn pod_strategy() -> impl Strategy<Value = (usize, Vec<usize>, usize, bool, usize, usize, usize)> {
     // (namespace, label choice, phase, host network, families, named ports, node)
-    (0..3usize, prop::collection::vec(0..3usize, 2), 0..8usize, prop::bool::weighted(0.1), 0..4usize, 0..8usize, 0..2usize)
+    (
+        0..3usize,
+        prop::collection::vec(0..3usize, 2),
+        0..8usize,
+        prop::bool::weighted(0.1),
+        0..4usize,
+        0..8usize,
+        0..2usize,
+    )
 }
 
 fn state_strategy() -> impl Strategy<Value = State> {
@@ -236,11 +351,22 @@ fn state_strategy() -> impl Strategy<Value = State> {
                 if has_object[n] {
                     let mut labels = labels_of(&["team"], &[teams[n]]);
                     labels.insert("ns".to_owned(), NAMESPACES[n].to_owned());
-                    labels.insert("kubernetes.io/metadata.name".to_owned(), NAMESPACES[n].to_owned());
-                    state.namespaces.insert(NAMESPACES[n].to_owned(), Namespace { name: NAMESPACES[n].to_owned(), labels });
+                    labels.insert(
+                        "kubernetes.io/metadata.name".to_owned(),
+                        NAMESPACES[n].to_owned(),
+                    );
+                    state.namespaces.insert(
+                        NAMESPACES[n].to_owned(),
+                        Namespace {
+                            name: NAMESPACES[n].to_owned(),
+                            labels,
+                        },
+                    );
                 }
             }
-            for (i, (ns, choice, phase, host_network, families, ports, node)) in pods.into_iter().enumerate() {
+            for (i, (ns, choice, phase, host_network, families, ports, node)) in
+                pods.into_iter().enumerate()
+            {
                 let mut ips = Vec::new();
                 if families != 1 {
                     ips.push(ip(&format!("198.18.0.{}", i + 1)));
@@ -265,14 +391,16 @@ fn state_strategy() -> impl Strategy<Value = State> {
                     ports: container_ports(ports),
                 });
             }
-            for (i, (ns, pod_selector, types, ingress, egress)) in policies.into_iter().enumerate() {
+            for (i, (ns, pod_selector, types, ingress, egress)) in policies.into_iter().enumerate()
+            {
                 let listed: &[&str] = match types {
                     0 => &[],
                     1 => &["Ingress"],
                     2 => &["Egress"],
                     _ => &["Ingress", "Egress"],
                 };
-                let (isolates_ingress, isolates_egress) = defaulted_policy_types(Some(listed), egress.len());
+                let (isolates_ingress, isolates_egress) =
+                    defaulted_policy_types(Some(listed), egress.len());
                 state.policies.push(Policy {
                     namespace: NAMESPACES[ns % namespace_count].to_owned(),
                     name: format!("np{i}"),
@@ -283,21 +411,32 @@ fn state_strategy() -> impl Strategy<Value = State> {
                     egress,
                 });
             }
-            state.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-            state.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            state
+                .pods
+                .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            state
+                .policies
+                .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             state
         })
 }
 
 /// Every address worth probing: every pod's (live or not) and a few outside ones.
 fn addresses(state: &State) -> Vec<IpAddr> {
-    let mut all: Vec<IpAddr> = state.pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
+    let mut all: Vec<IpAddr> = state
+        .pods
+        .iter()
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
     all.extend(EXTERNAL.iter().map(|a| ip(a)));
     all
 }
 
 fn cases() -> u32 {
-    std::env::var("NFC_PROP_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
+    std::env::var("NFC_PROP_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
 }
 
 proptest! {

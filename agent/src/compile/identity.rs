@@ -51,7 +51,10 @@ impl Block {
         let mut except: Vec<IpNet> = except.iter().map(IpNet::trunc).collect();
         except.sort();
         except.dedup();
-        Block { cidr: cidr.trunc(), except }
+        Block {
+            cidr: cidr.trunc(),
+            except,
+        }
     }
 
     /// True when the whole of prefix `net` lies in this block.
@@ -121,7 +124,11 @@ pub struct Identities {
 impl Identities {
     /// Builds the identities of `state`. `blocks` are the ipBlocks rules name;
     /// `group_by_named_ports` splits pod groups by their named container ports.
-    pub fn build(state: &State, blocks: &BTreeSet<Block>, group_by_named_ports: bool) -> Identities {
+    pub fn build(
+        state: &State,
+        blocks: &BTreeSet<Block>,
+        group_by_named_ports: bool,
+    ) -> Identities {
         // Pod IPs, first live pod wins when two claim one address.
         let mut pod_of_ip: BTreeMap<IpAddr, &Pod> = BTreeMap::new();
         for pod in live_pods(state) {
@@ -150,7 +157,11 @@ impl Identities {
             .iter()
             .map(|net| {
                 let is_host = net.prefix_len() == net.max_prefix_len();
-                let group = if is_host { pod_of_ip.get(&net.addr()).map(|pod| group_of(pod)) } else { None };
+                let group = if is_host {
+                    pod_of_ip.get(&net.addr()).map(|pod| group_of(pod))
+                } else {
+                    None
+                };
                 let blocks = blocks.iter().filter(|b| b.covers(net)).cloned().collect();
                 (*net, Description { group, blocks })
             })
@@ -158,7 +169,10 @@ impl Identities {
 
         let mut allocator = IdAllocator::new(reserved_identity);
         let ids = allocator.allocate_all(
-            regions.values().filter(|d| d.group.is_some() || !d.blocks.is_empty()).cloned(),
+            regions
+                .values()
+                .filter(|d| d.group.is_some() || !d.blocks.is_empty())
+                .cloned(),
             Description::hash,
         );
         let id_of = |d: &Description| ids.get(d).copied().unwrap_or(IDENTITY_WORLD);
@@ -168,8 +182,11 @@ impl Identities {
             identities.described.insert(*id, description.clone());
         }
         // Only non-host prefixes can contain another prefix.
-        let containers: Vec<(&IpNet, u32)> =
-            regions.iter().filter(|(net, _)| net.prefix_len() < net.max_prefix_len()).map(|(n, d)| (n, id_of(d))).collect();
+        let containers: Vec<(&IpNet, u32)> = regions
+            .iter()
+            .filter(|(net, _)| net.prefix_len() < net.max_prefix_len())
+            .map(|(n, d)| (n, id_of(d)))
+            .collect();
         for (net, description) in &regions {
             let id = id_of(description);
             if id == IDENTITY_WORLD {
@@ -187,7 +204,11 @@ impl Identities {
         for (ip, pod) in &pod_of_ip {
             if let Some(id) = identities.trie.get(&IpNet::from(*ip)) {
                 identities.of_pod_ip.insert(*ip, *id);
-                identities.pods.entry(*id).or_default().insert(format!("{}/{}", pod.namespace, pod.name));
+                identities
+                    .pods
+                    .entry(*id)
+                    .or_default()
+                    .insert(format!("{}/{}", pod.namespace, pod.name));
             }
         }
         identities
@@ -199,7 +220,11 @@ impl Identities {
             .iter()
             .map(|(id, description)| {
                 let info = IdentityInfo {
-                    pods: self.pods.get(id).map(|p| p.iter().cloned().collect()).unwrap_or_default(),
+                    pods: self
+                        .pods
+                        .get(id)
+                        .map(|p| p.iter().cloned().collect())
+                        .unwrap_or_default(),
                     ip_blocks: description.blocks.iter().map(Block::text).collect(),
                 };
                 (*id, info)
@@ -250,7 +275,11 @@ pub fn mapped_contains(outer: &IpNet, inner: &IpNet) -> bool {
     if outer_len > inner_len {
         return false;
     }
-    let mask = if outer_len == 0 { 0 } else { u128::MAX << (128 - u32::from(outer_len)) };
+    let mask = if outer_len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(outer_len))
+    };
     outer_addr & mask == inner_addr & mask
 }
 
@@ -301,7 +330,10 @@ mod tests {
     fn ipv6_default_route_block_does_not_swallow_ipv4() {
         let blocks = BTreeSet::from([Block::new(&net("::/0"), &[])]);
         let identities = Identities::build(&State::default(), &blocks, false);
-        assert_eq!(identities.trie.get(&net("0.0.0.0/0")), Some(&IDENTITY_WORLD));
+        assert_eq!(
+            identities.trie.get(&net("0.0.0.0/0")),
+            Some(&IDENTITY_WORLD)
+        );
         assert_ne!(identities.trie[&net("::/0")], IDENTITY_WORLD);
     }
 }

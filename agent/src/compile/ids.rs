@@ -55,7 +55,10 @@ pub struct IdAllocator {
 impl IdAllocator {
     /// `reserved(id)` is true for ids that must never be handed out.
     pub fn new(reserved: fn(u32) -> bool) -> Self {
-        IdAllocator { reserved, taken: BTreeSet::new() }
+        IdAllocator {
+            reserved,
+            taken: BTreeSet::new(),
+        }
     }
 
     /// The id for a description whose hash is `hash`. Call in a deterministic order.
@@ -110,7 +113,10 @@ mod tests {
             h = h.wrapping_mul(FNV_PRIME);
         }
         assert_eq!(h, 0xe40c_292c);
-        assert_ne!(Fnv::default().str("ab").str("c").finish(), Fnv::default().str("a").str("bc").finish());
+        assert_ne!(
+            Fnv::default().str("ab").str("c").finish(),
+            Fnv::default().str("a").str("bc").finish()
+        );
     }
 
     #[test]

@@ -28,7 +28,9 @@ use netfence_common::{DIR_EGRESS, IDENTITY_WORLD};
 use self::identity::{Identities, blocks_of, live_pods};
 use self::ids::{Fnv, IdAllocator, reserved_zero};
 use self::ports::{NamedPorts, named_ports};
-use self::rules::{EntryKey, any_named_port, endpoint_entries, expand_all, rule_ids, selecting_uses_named_port};
+use self::rules::{
+    EntryKey, any_named_port, endpoint_entries, expand_all, rule_ids, selecting_uses_named_port,
+};
 use self::selector::{NamespaceLabels, matches};
 use crate::image::{Endpoint, EndpointPolicyInfo, Image, PolicyEntry, canonical_addr};
 use crate::model::{Pod, Policy, State};
@@ -45,9 +47,10 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
     let peers = expand_all(state, &identities, &namespaces);
 
     // Local endpoints, grouped by what decides their entries.
-    let mut groups: BTreeMap<(Vec<usize>, NamedPorts), Vec<(IpAddr, &Pod)>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<(IpAddr, &Pod)>> = BTreeMap::new();
     let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
-    let local = live_pods(state).filter(|pod| node.is_none_or(|n| pod.node_name.as_deref() == Some(n)));
+    let local =
+        live_pods(state).filter(|pod| node.is_none_or(|n| pod.node_name.as_deref() == Some(n)));
     for pod in local {
         let selecting: Vec<usize> = state
             .policies
@@ -56,7 +59,11 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
             .filter(|(_, policy)| selects(policy, pod))
             .map(|(p, _)| p)
             .collect();
-        let named = if selecting_uses_named_port(state, &selecting) { named_ports(&pod.ports) } else { Vec::new() };
+        let named = if selecting_uses_named_port(state, &selecting) {
+            named_ports(&pod.ports)
+        } else {
+            Vec::new()
+        };
         let members = groups.entry((selecting, named)).or_default();
         for ip in &pod.ips {
             let ip = canonical_addr(*ip);
@@ -68,7 +75,7 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
     }
 
     // The content of every isolated group's endpoint policy.
-    let mut contents: BTreeMap<&(Vec<usize>, NamedPorts), Content> = BTreeMap::new();
+    let mut contents: BTreeMap<&GroupKey, Content> = BTreeMap::new();
     for key in groups.keys() {
         let (selecting, named) = key;
         if selecting.is_empty() {
@@ -111,13 +118,20 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
             };
             image.policy.insert(entry, *rule);
         }
-        image
-            .endpoint_policies
-            .insert(*id, EndpointPolicyInfo { ingress: content.ingress.clone(), egress: content.egress.clone() });
+        image.endpoint_policies.insert(
+            *id,
+            EndpointPolicyInfo {
+                ingress: content.ingress.clone(),
+                egress: content.egress.clone(),
+            },
+        );
     }
     for (key, members) in &groups {
         let content = contents.get(key);
-        let policy = content.and_then(|c| policy_ids.get(c)).copied().unwrap_or(0);
+        let policy = content
+            .and_then(|c| policy_ids.get(c))
+            .copied()
+            .unwrap_or(0);
         for (ip, pod) in members {
             let endpoint = Endpoint {
                 namespace: pod.namespace.clone(),
@@ -125,13 +139,21 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
                 policy,
                 isolated_ingress: content.is_some_and(|c| !c.ingress.is_empty()),
                 isolated_egress: content.is_some_and(|c| !c.egress.is_empty()),
-                identity: identities.of_pod_ip.get(ip).copied().unwrap_or(IDENTITY_WORLD),
+                identity: identities
+                    .of_pod_ip
+                    .get(ip)
+                    .copied()
+                    .unwrap_or(IDENTITY_WORLD),
             };
             image.endpoints.insert(*ip, endpoint);
         }
     }
     image
 }
+
+/// What decides an endpoint's entries: the indices of the policies selecting it, and
+/// its own named ports when one of their ingress rules names a port (else empty).
+type GroupKey = (Vec<usize>, NamedPorts);
 
 /// True when `policy` selects `pod` and isolates it in some direction.
 fn selects(policy: &Policy, pod: &Pod) -> bool {
@@ -175,7 +197,10 @@ impl Content {
 /// isolates_egress)`: the listed types when the list is non-empty; otherwise Ingress,
 /// plus Egress when `spec.egress` has at least one rule (`egress: []` alone does not
 /// isolate egress).
-pub fn defaulted_policy_types<S: AsRef<str>>(policy_types: Option<&[S]>, egress_rules: usize) -> (bool, bool) {
+pub fn defaulted_policy_types<S: AsRef<str>>(
+    policy_types: Option<&[S]>,
+    egress_rules: usize,
+) -> (bool, bool) {
     match policy_types {
         Some(types) if !types.is_empty() => (
             types.iter().any(|t| t.as_ref() == "Ingress"),

@@ -15,7 +15,11 @@ pub struct PortMatch {
 
 impl PortMatch {
     /// A rule without ports: every protocol, every port (ICMP included).
-    pub const ANY: PortMatch = PortMatch { protocol: netfence_common::PROTO_ANY, port: 0, port_bits: 0 };
+    pub const ANY: PortMatch = PortMatch {
+        protocol: netfence_common::PROTO_ANY,
+        port: 0,
+        port_bits: 0,
+    };
 }
 
 /// A pod's named container ports, sorted: `(name, protocol, port)`. Part of identity
@@ -26,7 +30,11 @@ pub type NamedPorts = Vec<(String, Protocol, u16)>;
 pub fn named_ports(ports: &[ContainerPort]) -> NamedPorts {
     let mut named: NamedPorts = ports
         .iter()
-        .filter_map(|p| p.name.as_ref().map(|name| (name.clone(), p.protocol, p.port)))
+        .filter_map(|p| {
+            p.name
+                .as_ref()
+                .map(|name| (name.clone(), p.protocol, p.port))
+        })
         .collect();
     named.sort();
     named.dedup();
@@ -35,7 +43,9 @@ pub fn named_ports(ports: &[ContainerPort]) -> NamedPorts {
 
 /// True when any port of `rule` is a named port.
 pub fn rule_uses_named_port(rule: &Rule) -> bool {
-    rule.ports.iter().any(|spec| matches!(spec.port, Some(Port::Name(_))))
+    rule.ports
+        .iter()
+        .any(|spec| matches!(spec.port, Some(Port::Name(_))))
 }
 
 /// The port matches of one port spec. A named port is looked up (by name and
@@ -45,19 +55,35 @@ pub fn rule_uses_named_port(rule: &Rule) -> bool {
 pub fn spec_matches(spec: &PortSpec, named: Option<&NamedPorts>) -> Vec<PortMatch> {
     let protocol = spec.protocol.number();
     match &spec.port {
-        None => vec![PortMatch { protocol, port: 0, port_bits: 0 }],
+        None => vec![PortMatch {
+            protocol,
+            port: 0,
+            port_bits: 0,
+        }],
         Some(Port::Number(port)) => match spec.end_port {
             Some(end) if end > *port => range_prefixes(*port, end)
                 .into_iter()
-                .map(|(port, port_bits)| PortMatch { protocol, port, port_bits })
+                .map(|(port, port_bits)| PortMatch {
+                    protocol,
+                    port,
+                    port_bits,
+                })
                 .collect(),
-            _ => vec![PortMatch { protocol, port: *port, port_bits: 16 }],
+            _ => vec![PortMatch {
+                protocol,
+                port: *port,
+                port_bits: 16,
+            }],
         },
         Some(Port::Name(name)) => named
             .into_iter()
             .flatten()
             .filter(|(n, p, _)| n == name && *p == spec.protocol)
-            .map(|(_, _, port)| PortMatch { protocol, port: *port, port_bits: 16 })
+            .map(|(_, _, port)| PortMatch {
+                protocol,
+                port: *port,
+                port_bits: 16,
+            })
             .collect(),
     }
 }
@@ -70,7 +96,11 @@ pub fn range_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
     let end = u32::from(last);
     while start <= end {
         // Largest block 2^k aligned at `start` that stays inside the range.
-        let mut k = if start == 0 { 16 } else { start.trailing_zeros().min(16) };
+        let mut k = if start == 0 {
+            16
+        } else {
+            start.trailing_zeros().min(16)
+        };
         while start + (1 << k) - 1 > end {
             k -= 1;
         }
@@ -104,25 +134,57 @@ mod tests {
         assert_eq!(range_prefixes(1024, 2047), vec![(1024, 6)]);
         assert_eq!(range_prefixes(80, 81), vec![(80, 15)]);
         assert_eq!(range_prefixes(81, 82), vec![(81, 16), (82, 16)]);
-        assert_eq!(range_prefixes(32000, 32768), vec![(32000, 8), (32256, 7), (32768, 16)]);
+        assert_eq!(
+            range_prefixes(32000, 32768),
+            vec![(32000, 8), (32256, 7), (32768, 16)]
+        );
         assert!(range_prefixes(10, 9).is_empty());
-        for (first, last) in [(1, 65535), (80, 443), (32000, 32768), (65535, 65535), (7, 9)] {
+        for (first, last) in [
+            (1, 65535),
+            (80, 443),
+            (32000, 32768),
+            (65535, 65535),
+            (7, 9),
+        ] {
             let ports = covered(&range_prefixes(first, last));
-            assert_eq!(ports, (u32::from(first)..=u32::from(last)).collect::<Vec<_>>());
+            assert_eq!(
+                ports,
+                (u32::from(first)..=u32::from(last)).collect::<Vec<_>>()
+            );
         }
     }
 
     #[test]
     fn named_ports_resolve_by_name_and_protocol() {
         let named = named_ports(&[
-            ContainerPort { name: Some("http".into()), port: 8080, protocol: Protocol::Tcp },
-            ContainerPort { name: Some("dns".into()), port: 53, protocol: Protocol::Udp },
-            ContainerPort { name: None, port: 9090, protocol: Protocol::Tcp },
+            ContainerPort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            },
+            ContainerPort {
+                name: Some("dns".into()),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            ContainerPort {
+                name: None,
+                port: 9090,
+                protocol: Protocol::Tcp,
+            },
         ]);
-        let spec = |name: &str, protocol| PortSpec { protocol, port: Some(Port::Name(name.into())), end_port: None };
+        let spec = |name: &str, protocol| PortSpec {
+            protocol,
+            port: Some(Port::Name(name.into())),
+            end_port: None,
+        };
         assert_eq!(
             spec_matches(&spec("http", Protocol::Tcp), Some(&named)),
-            vec![PortMatch { protocol: 6, port: 8080, port_bits: 16 }]
+            vec![PortMatch {
+                protocol: 6,
+                port: 8080,
+                port_bits: 16
+            }]
         );
         assert!(spec_matches(&spec("http", Protocol::Udp), Some(&named)).is_empty());
         assert!(spec_matches(&spec("dns", Protocol::Tcp), Some(&named)).is_empty());

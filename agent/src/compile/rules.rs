@@ -26,7 +26,11 @@ pub fn effective_rules(policy: &Policy, direction: u8) -> &[Rule] {
 }
 
 fn direction_name(direction: u8) -> &'static str {
-    if direction == DIR_INGRESS { "ingress" } else { "egress" }
+    if direction == DIR_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
 }
 
 /// Rule ids: a hash of `ns/name/direction/index` (never 0), for every effective rule.
@@ -35,22 +39,36 @@ pub fn rule_ids(state: &State) -> (BTreeMap<RuleRef, u32>, BTreeMap<u32, RuleInf
     for (p, policy) in state.policies.iter().enumerate() {
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for index in 0..effective_rules(policy, direction).len() {
-                let text = format!("{}/{}/{}/{index}", policy.namespace, policy.name, direction_name(direction));
+                let text = format!(
+                    "{}/{}/{}/{index}",
+                    policy.namespace,
+                    policy.name,
+                    direction_name(direction)
+                );
                 described.insert(text, (p, direction, index));
             }
         }
     }
     let mut allocator = IdAllocator::new(reserved_zero);
-    let ids = allocator.allocate_all(described.keys().cloned(), |text| Fnv::default().str(text).finish());
+    let ids = allocator.allocate_all(described.keys().cloned(), |text| {
+        Fnv::default().str(text).finish()
+    });
     let mut by_ref = BTreeMap::new();
     let mut infos = BTreeMap::new();
     for (text, id) in ids {
-        let Some(&(p, direction, index)) = described.get(&text) else { continue };
+        let Some(&(p, direction, index)) = described.get(&text) else {
+            continue;
+        };
         let policy = &state.policies[p];
         by_ref.insert((p, direction, index), id);
         infos.insert(
             id,
-            RuleInfo { namespace: policy.namespace.clone(), policy: policy.name.clone(), direction, index },
+            RuleInfo {
+                namespace: policy.namespace.clone(),
+                policy: policy.name.clone(),
+                direction,
+                index,
+            },
         );
     }
     (by_ref, infos)
@@ -64,21 +82,33 @@ pub enum Peers {
 }
 
 /// Expands the peers of a rule of `policy` into identities.
-pub fn expand_peers(rule: &Rule, policy: &Policy, identities: &Identities, namespaces: &NamespaceLabels) -> Peers {
+pub fn expand_peers(
+    rule: &Rule,
+    policy: &Policy,
+    identities: &Identities,
+    namespaces: &NamespaceLabels,
+) -> Peers {
     if rule.peers.is_empty() {
         return Peers::Any;
     }
     let mut set = BTreeSet::new();
     for peer in &rule.peers {
         match peer {
-            Peer::Pods { namespace_selector, pod_selector } => {
+            Peer::Pods {
+                namespace_selector,
+                pod_selector,
+            } => {
                 for (id, description) in &identities.described {
-                    let Some(group) = &description.group else { continue };
+                    let Some(group) = &description.group else {
+                        continue;
+                    };
                     let namespace_ok = match namespace_selector {
                         None => group.namespace == policy.namespace,
                         Some(selector) => namespaces.matches(selector, &group.namespace),
                     };
-                    let pod_ok = pod_selector.as_ref().is_none_or(|selector| matches(selector, &group.labels));
+                    let pod_ok = pod_selector
+                        .as_ref()
+                        .is_none_or(|selector| matches(selector, &group.labels));
                     if namespace_ok && pod_ok {
                         set.insert(*id);
                     }
@@ -100,12 +130,19 @@ pub fn expand_peers(rule: &Rule, policy: &Policy, identities: &Identities, names
 /// The expanded peers of every effective rule, computed once per compile.
 pub type ExpandedPeers = BTreeMap<RuleRef, Peers>;
 
-pub fn expand_all(state: &State, identities: &Identities, namespaces: &NamespaceLabels) -> ExpandedPeers {
+pub fn expand_all(
+    state: &State,
+    identities: &Identities,
+    namespaces: &NamespaceLabels,
+) -> ExpandedPeers {
     let mut all = BTreeMap::new();
     for (p, policy) in state.policies.iter().enumerate() {
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for (index, rule) in effective_rules(policy, direction).iter().enumerate() {
-                all.insert((p, direction, index), expand_peers(rule, policy, identities, namespaces));
+                all.insert(
+                    (p, direction, index),
+                    expand_peers(rule, policy, identities, namespaces),
+                );
             }
         }
     }
@@ -132,7 +169,10 @@ pub fn endpoint_entries(
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for (index, rule) in effective_rules(policy, direction).iter().enumerate() {
                 let key = (p, direction, index);
-                let (Some(rule_peers), Some(&rule_id)) = (peers.get(&key), rule_ids.get(&key)) else { continue };
+                let (Some(rule_peers), Some(&rule_id)) = (peers.get(&key), rule_ids.get(&key))
+                else {
+                    continue;
+                };
                 for (peer, port) in rule_entries(rule, direction, rule_peers, named, identities) {
                     entries.entry((peer, direction, port)).or_insert(rule_id);
                 }
@@ -165,7 +205,11 @@ fn rule_entries(
             // Numeric ports, protocol-only, and ingress named ports (the endpoint is
             // the destination pod).
             let ports = spec_matches(spec, Some(named));
-            out.extend(peer_ids.iter().flat_map(|peer| ports.iter().map(move |port| (*peer, *port))));
+            out.extend(
+                peer_ids
+                    .iter()
+                    .flat_map(|peer| ports.iter().map(move |port| (*peer, *port))),
+            );
             continue;
         }
         // Egress named port: resolved against each destination pod; a peer that is no
@@ -175,7 +219,9 @@ fn rule_entries(
             Peers::Some(set) => Box::new(set.iter()),
         };
         for id in candidates {
-            let Some(group) = identities.described.get(id).and_then(|d| d.group.as_ref()) else { continue };
+            let Some(group) = identities.described.get(id).and_then(|d| d.group.as_ref()) else {
+                continue;
+            };
             for port in spec_matches(spec, group.named_ports.as_ref()) {
                 out.insert((*id, port));
             }
@@ -186,17 +232,20 @@ fn rule_entries(
 
 /// True when some effective rule in `direction` of any policy names a port.
 pub fn any_named_port(state: &State, direction: u8) -> bool {
-    state
-        .policies
-        .iter()
-        .any(|policy| effective_rules(policy, direction).iter().any(rule_uses_named_port))
+    state.policies.iter().any(|policy| {
+        effective_rules(policy, direction)
+            .iter()
+            .any(rule_uses_named_port)
+    })
 }
 
 /// True when some effective ingress rule of the policies `selecting` names a port.
 pub fn selecting_uses_named_port(state: &State, selecting: &[usize]) -> bool {
-    selecting
-        .iter()
-        .any(|&p| effective_rules(&state.policies[p], DIR_INGRESS).iter().any(rule_uses_named_port))
+    selecting.iter().any(|&p| {
+        effective_rules(&state.policies[p], DIR_INGRESS)
+            .iter()
+            .any(rule_uses_named_port)
+    })
 }
 
 #[cfg(test)]
@@ -206,14 +255,43 @@ mod tests {
 
     #[test]
     fn rule_without_ports_allows_every_protocol() {
-        let rule = Rule { peers: vec![], ports: vec![] };
-        let out = rule_entries(&rule, DIR_INGRESS, &Peers::Any, &NamedPorts::new(), &Identities::default());
+        let rule = Rule {
+            peers: vec![],
+            ports: vec![],
+        };
+        let out = rule_entries(
+            &rule,
+            DIR_INGRESS,
+            &Peers::Any,
+            &NamedPorts::new(),
+            &Identities::default(),
+        );
         assert_eq!(out, BTreeSet::from([(IDENTITY_ANY, PortMatch::ANY)]));
         let rule = Rule {
             peers: vec![],
-            ports: vec![PortSpec { protocol: Protocol::Udp, port: Some(Port::Number(53)), end_port: None }],
+            ports: vec![PortSpec {
+                protocol: Protocol::Udp,
+                port: Some(Port::Number(53)),
+                end_port: None,
+            }],
         };
-        let out = rule_entries(&rule, DIR_EGRESS, &Peers::Some(BTreeSet::from([20])), &NamedPorts::new(), &Identities::default());
-        assert_eq!(out, BTreeSet::from([(20, PortMatch { protocol: 17, port: 53, port_bits: 16 })]));
+        let out = rule_entries(
+            &rule,
+            DIR_EGRESS,
+            &Peers::Some(BTreeSet::from([20])),
+            &NamedPorts::new(),
+            &Identities::default(),
+        );
+        assert_eq!(
+            out,
+            BTreeSet::from([(
+                20,
+                PortMatch {
+                    protocol: 17,
+                    port: 53,
+                    port_bits: 16
+                }
+            )])
+        );
     }
 }

@@ -41,7 +41,9 @@ pub struct NamespaceLabels<'a> {
 
 impl<'a> NamespaceLabels<'a> {
     pub fn new(state: &'a State) -> Self {
-        NamespaceLabels { known: &state.namespaces }
+        NamespaceLabels {
+            known: &state.namespaces,
+        }
     }
 
     /// True when namespace `name` matches `selector`.
@@ -62,7 +64,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn expr(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {

@@ -1,8 +1,14 @@
 //! Shared test builders for `model::State`: namespaces, pods, policies and rules in a
 //! few words, the upstream e2e "x, y, z × a, b, c" cluster, and a reachability table
 //! checked through the compiled image's `lookup`. Any test crate can `mod common_state;`.
-#![allow(dead_code, reason = "each test crate uses a different subset of the builders")]
-#![allow(clippy::expect_used, reason = "test builders panic on malformed literals")]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different subset of the builders"
+)]
+#![allow(
+    clippy::expect_used,
+    reason = "test builders panic on malformed literals"
+)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,19 +18,25 @@ use ipnet::IpNet;
 use netfence::compile::defaulted_policy_types;
 use netfence::image::{Image, Packet};
 use netfence::model::{
-    ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port, PortSpec,
-    Protocol, Requirement, Rule, State,
+    ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
+    PortSpec, Protocol, Requirement, Rule, State,
 };
 
 pub const NODE: &str = "node-1";
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// `matchLabels` only.
 pub fn sel(pairs: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector { match_labels: labels(pairs), match_expressions: vec![] }
+    LabelSelector {
+        match_labels: labels(pairs),
+        match_expressions: vec![],
+    }
 }
 
 /// One matchExpression.
@@ -48,16 +60,29 @@ pub fn ip(s: &str) -> IpAddr {
 }
 
 /// A `from`/`to` element with selectors.
-pub fn pods(namespace_selector: Option<LabelSelector>, pod_selector: Option<LabelSelector>) -> Peer {
-    Peer::Pods { namespace_selector, pod_selector }
+pub fn pods(
+    namespace_selector: Option<LabelSelector>,
+    pod_selector: Option<LabelSelector>,
+) -> Peer {
+    Peer::Pods {
+        namespace_selector,
+        pod_selector,
+    }
 }
 
 pub fn ip_block(cidr: &str, except: &[&str]) -> Peer {
-    Peer::IpBlock { cidr: net(cidr), except: except.iter().map(|e| net(e)).collect() }
+    Peer::IpBlock {
+        cidr: net(cidr),
+        except: except.iter().map(|e| net(e)).collect(),
+    }
 }
 
 pub fn port(protocol: Protocol, number: u16) -> PortSpec {
-    PortSpec { protocol, port: Some(Port::Number(number)), end_port: None }
+    PortSpec {
+        protocol,
+        port: Some(Port::Number(number)),
+        end_port: None,
+    }
 }
 
 pub fn tcp(number: u16) -> PortSpec {
@@ -69,16 +94,28 @@ pub fn udp(number: u16) -> PortSpec {
 }
 
 pub fn port_range(protocol: Protocol, first: u16, last: u16) -> PortSpec {
-    PortSpec { protocol, port: Some(Port::Number(first)), end_port: Some(last) }
+    PortSpec {
+        protocol,
+        port: Some(Port::Number(first)),
+        end_port: Some(last),
+    }
 }
 
 pub fn named(protocol: Protocol, name: &str) -> PortSpec {
-    PortSpec { protocol, port: Some(Port::Name(name.to_owned())), end_port: None }
+    PortSpec {
+        protocol,
+        port: Some(Port::Name(name.to_owned())),
+        end_port: None,
+    }
 }
 
 /// `protocol` with no port: every port of it.
 pub fn proto_only(protocol: Protocol) -> PortSpec {
-    PortSpec { protocol, port: None, end_port: None }
+    PortSpec {
+        protocol,
+        port: None,
+        end_port: None,
+    }
 }
 
 pub fn rule(peers: Vec<Peer>, ports: Vec<PortSpec>) -> Rule {
@@ -136,7 +173,8 @@ impl PolicyBuilder {
     }
 
     pub fn build(mut self) -> Policy {
-        let (ingress, egress) = defaulted_policy_types(self.types.as_deref(), self.policy.egress.len());
+        let (ingress, egress) =
+            defaulted_policy_types(self.types.as_deref(), self.policy.egress.len());
         self.policy.isolates_ingress = ingress;
         self.policy.isolates_egress = egress;
         self.policy
@@ -158,7 +196,13 @@ impl StateBuilder {
     pub fn namespace(mut self, name: &str, pairs: &[(&str, &str)]) -> Self {
         let mut labels = labels(pairs);
         labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
-        self.state.namespaces.insert(name.to_owned(), Namespace { name: name.to_owned(), labels });
+        self.state.namespaces.insert(
+            name.to_owned(),
+            Namespace {
+                name: name.to_owned(),
+                labels,
+            },
+        );
         self
     }
 
@@ -184,8 +228,12 @@ impl StateBuilder {
 
     /// The state, with pods and policies sorted as sources deliver them.
     pub fn build(mut self) -> State {
-        self.state.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        self.state.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.state
+            .pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.state
+            .policies
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.state
     }
 }
@@ -204,7 +252,11 @@ pub fn running_pod(namespace: &str, name: &str, pairs: &[(&str, &str)], ips: &[&
 }
 
 pub fn container_port(name: &str, protocol: Protocol, port: u16) -> ContainerPort {
-    ContainerPort { name: Some(name.to_owned()), port, protocol }
+    ContainerPort {
+        name: Some(name.to_owned()),
+        port,
+        protocol,
+    }
 }
 
 /// The upstream e2e cluster: namespaces x, y, z (label `ns=<name>`), each with pods
@@ -218,9 +270,17 @@ pub fn xyz() -> StateBuilder {
             let v4 = format!("198.18.{}.{}", n + 1, p + 1);
             let v6 = format!("fd00::{}:{}", n + 1, p + 1);
             let mut pod = running_pod(ns, pod, &[("pod", pod)], &[v4.as_str(), v6.as_str()]);
-            for (protocol, text) in [(Protocol::Tcp, "tcp"), (Protocol::Udp, "udp"), (Protocol::Sctp, "sctp")] {
+            for (protocol, text) in [
+                (Protocol::Tcp, "tcp"),
+                (Protocol::Udp, "udp"),
+                (Protocol::Sctp, "sctp"),
+            ] {
                 for number in [80, 81] {
-                    pod.ports.push(container_port(&format!("serve-{number}-{text}"), protocol, number));
+                    pod.ports.push(container_port(
+                        &format!("serve-{number}-{text}"),
+                        protocol,
+                        number,
+                    ));
                 }
             }
             builder = builder.pod_with(pod);
@@ -229,7 +289,9 @@ pub fn xyz() -> StateBuilder {
     builder
 }
 
-pub const XYZ_PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
+pub const XYZ_PODS: [&str; 9] = [
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];
 
 /// The pod `ns/name`.
 pub fn find_pod<'a>(state: &'a State, pod: &str) -> &'a Pod {
@@ -243,17 +305,57 @@ pub fn find_pod<'a>(state: &'a State, pod: &str) -> &'a Pod {
 /// The pod's address of the given family (`v6`), or its first address.
 pub fn pod_addr(state: &State, pod: &str, v6: bool) -> IpAddr {
     let pod = find_pod(state, pod);
-    pod.ips.iter().copied().find(|a| a.is_ipv6() == v6).unwrap_or_else(|| panic!("{} has no such address", pod.name))
+    pod.ips
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv6() == v6)
+        .unwrap_or_else(|| panic!("{} has no such address", pod.name))
 }
 
 pub fn packet(src: IpAddr, dst: IpAddr, protocol: u8, dst_port: u16) -> Packet {
-    Packet { src, dst, protocol, src_port: 40_000, dst_port }
+    Packet {
+        src,
+        dst,
+        protocol,
+        src_port: 40_000,
+        dst_port,
+    }
 }
 
 /// A new connection from pod to pod over IPv4 (or IPv6), through `image.lookup`.
-pub fn probe(image: &Image, state: &State, from: &str, to: &str, protocol: u8, port: u16, v6: bool) -> bool {
-    let packet = packet(pod_addr(state, from, v6), pod_addr(state, to, v6), protocol, port);
+pub fn probe(
+    image: &Image,
+    state: &State,
+    from: &str,
+    to: &str,
+    protocol: u8,
+    port: u16,
+    v6: bool,
+) -> bool {
+    let packet = packet(
+        pod_addr(state, from, v6),
+        pod_addr(state, to, v6),
+        protocol,
+        port,
+    );
     image.lookup(&packet).allowed()
+}
+
+/// The state and its image compiled for every node (`compile(&state, None)`).
+pub fn compiled(builder: StateBuilder) -> (State, Image) {
+    let state = builder.build();
+    let image = netfence::compile::compile(&state, None);
+    (state, image)
+}
+
+/// A reachability table over the x, y, z × a, b, c pods.
+pub fn all_pods(allowed: bool) -> Reachability {
+    Reachability::new(&XYZ_PODS, allowed)
+}
+
+/// A new connection from pod `from` to pod `to` over IPv4.
+pub fn v4(image: &Image, state: &State, from: &str, to: &str, protocol: u8, port: u16) -> bool {
+    probe(image, state, from, to, protocol, port, false)
 }
 
 /// Expected reachability between pods, in the style of upstream's `Reachability`:
@@ -299,12 +401,23 @@ impl Reachability {
     }
 
     /// As `check`, over the given families (`true` = IPv6).
-    pub fn check_families(&self, image: &Image, state: &State, protocol: u8, port: u16, families: &[bool]) -> usize {
+    pub fn check_families(
+        &self,
+        image: &Image,
+        state: &State,
+        protocol: u8,
+        port: u16,
+        families: &[bool],
+    ) -> usize {
         let mut probes = 0;
         let mut wrong = Vec::new();
         let mut grid = String::new();
         for &v6 in families {
-            let _ = writeln!(grid, "{} port {port} protocol {protocol} (expected/observed):", if v6 { "IPv6" } else { "IPv4" });
+            let _ = writeln!(
+                grid,
+                "{} port {port} protocol {protocol} (expected/observed):",
+                if v6 { "IPv6" } else { "IPv4" }
+            );
             for from in &self.pods {
                 let _ = write!(grid, "{from:>5} ");
                 for to in &self.pods {
@@ -318,13 +431,20 @@ impl Reachability {
                     let mark = |b: bool| if b { '.' } else { 'X' };
                     let _ = write!(grid, " {}{} ", mark(expected), mark(observed));
                     if expected != observed {
-                        wrong.push(format!("{from} -> {to} ({}): expected {expected}", if v6 { "v6" } else { "v4" }));
+                        wrong.push(format!(
+                            "{from} -> {to} ({}): expected {expected}",
+                            if v6 { "v6" } else { "v4" }
+                        ));
                     }
                 }
                 grid.push('\n');
             }
         }
-        assert!(wrong.is_empty(), "reachability mismatch:\n{}\n{grid}", wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "reachability mismatch:\n{}\n{grid}",
+            wrong.join("\n")
+        );
         probes
     }
 }
