@@ -13,8 +13,11 @@ pub fn test() -> anyhow::Result<()> {
     timed("setup", setup)?;
     timed("cargo build", || run(cargo().arg("build")))?;
     // Clippy makes its own cold BPF build (about 30 s), affordable within CI's budget.
+    // It covers the default members: the BPF-only crate cannot be checked for the host
+    // (a `no_std` binary without a host panic handler), and Debian's toolchain that
+    // builds it for the BPF target ships no clippy.
     timed("cargo clippy", || {
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
     })?;
     // `cargo test` (the default members: everything but the BPF-only crate, which has
     // no tests) shares the agent's build-script configuration with `cargo build`, so
