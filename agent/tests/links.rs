@@ -76,7 +76,9 @@ fn veth_peer_addresses_bind_pod_ips_to_host_interfaces() {
             let selection = Selection::new(&[], Some("br-nfl".to_owned())).expect("selection");
             let managed = selection.managed(&all);
             let names: Vec<String> = managed.iter().map(|i| i.name.clone()).collect();
-            let (bindings, problems) = links::bindings(&handle, &managed).await;
+            let (candidates, mut problems) = links::candidates(&handle, &managed).await;
+            let (bindings, conflicts) = links::bind(&Default::default(), &candidates);
+            problems.extend(conflicts);
             let bindings: Vec<(IpAddr, String)> = bindings
                 .into_iter()
                 .map(|(addr, index)| {

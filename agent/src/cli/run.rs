@@ -159,9 +159,13 @@ impl Enforcer {
                 Err(error) => tracing::warn!("{error}; retrying"),
             }
         }
-        let (bindings, problems) = links::bindings(&self.handle, &managed).await;
-        for problem in problems {
+        let (candidates, unreadable) = links::candidates(&self.handle, &managed).await;
+        let (bindings, conflicts) = links::bind(&self.bindings, &candidates);
+        for problem in unreadable {
             tracing::debug!("{problem}");
+        }
+        for conflict in conflicts {
+            tracing::warn!("{conflict}");
         }
         if bindings != self.bindings {
             self.bindings = bindings;

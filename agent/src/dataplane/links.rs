@@ -180,13 +180,12 @@ pub async fn peer_addresses(handle: &Handle, interface: &Interface) -> Result<Ve
     Ok(out)
 }
 
-/// Pod address → host-side interface, for every managed interface whose peer
-/// addresses could be read. An address seen behind two interfaces is bound to neither
-/// (it cannot tell which one is the pod's), and is reported.
-pub async fn bindings(
+/// Pod address → the host-side interfaces whose peer carries it, for every managed
+/// interface whose peer addresses could be read, and the interfaces that could not.
+pub async fn candidates(
     handle: &Handle,
     managed: &[&Interface],
-) -> (BTreeMap<IpAddr, u32>, Vec<String>) {
+) -> (BTreeMap<IpAddr, Vec<u32>>, Vec<String>) {
     let mut seen: BTreeMap<IpAddr, Vec<u32>> = BTreeMap::new();
     let mut problems = Vec::new();
     for interface in managed {
@@ -202,14 +201,37 @@ pub async fn bindings(
             )),
         }
     }
+    (seen, problems)
+}
+
+/// Binds each address to one interface. Bindings are sticky: an address stays bound
+/// to the interface it was first seen behind for as long as that interface still
+/// carries it, so a pod that puts another pod's address on itself does not take it
+/// over (nor unbind it). An address that appears behind several interfaces at once
+/// with no earlier binding is left unbound and reported: there is no telling which
+/// pod owns it.
+pub fn bind(
+    previous: &BTreeMap<IpAddr, u32>,
+    candidates: &BTreeMap<IpAddr, Vec<u32>>,
+) -> (BTreeMap<IpAddr, u32>, Vec<String>) {
     let mut out = BTreeMap::new();
-    for (address, indexes) in seen {
-        if let [index] = indexes[..] {
-            out.insert(address, index);
-        } else {
-            problems.push(format!(
+    let mut problems = Vec::new();
+    for (address, indexes) in candidates {
+        match (previous.get(address), &indexes[..]) {
+            (Some(kept), _) if indexes.contains(kept) => {
+                out.insert(*address, *kept);
+                if indexes.len() > 1 {
+                    problems.push(format!(
+                        "address {address} also appears behind interfaces {indexes:?}; it stays bound to {kept}"
+                    ));
+                }
+            }
+            (_, [only]) => {
+                out.insert(*address, *only);
+            }
+            _ => problems.push(format!(
                 "address {address} is behind several interfaces ({indexes:?}); not bound"
-            ));
+            )),
         }
     }
     (out, problems)
@@ -247,6 +269,35 @@ mod tests {
         let only_glob = Selection::new(&["veth*".to_owned(), "lo".to_owned()], None).expect("valid");
         let names: Vec<_> = only_glob.managed(&all).iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, vec!["veth1234", "veth9999"]);
+    }
+
+    #[test]
+    fn bindings_are_sticky_against_an_address_claimed_by_a_second_interface() {
+        let a: IpAddr = "198.18.0.10".parse().expect("ip");
+        let c: IpAddr = "198.18.0.12".parse().expect("ip");
+        let first = BTreeMap::from([(a, vec![3]), (c, vec![5])]);
+        let (bound, problems) = bind(&BTreeMap::new(), &first);
+        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 5)]));
+        assert!(problems.is_empty());
+
+        // Pod behind interface 3 adds c's address to itself: c stays bound to 5.
+        let claimed = BTreeMap::from([(a, vec![3]), (c, vec![3, 5])]);
+        let (bound, problems) = bind(&bound, &claimed);
+        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 5)]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+
+        // c's interface goes away: the address moves to the one interface left.
+        let moved = BTreeMap::from([(a, vec![3]), (c, vec![3])]);
+        let (bound, _) = bind(&bound, &moved);
+        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 3)]));
+    }
+
+    #[test]
+    fn an_address_seen_twice_with_no_history_is_not_bound() {
+        let c: IpAddr = "198.18.0.12".parse().expect("ip");
+        let (bound, problems) = bind(&BTreeMap::new(), &BTreeMap::from([(c, vec![3, 5])]));
+        assert!(bound.is_empty());
+        assert!(problems[0].contains("not bound"), "{problems:?}");
     }
 
     #[test]
