@@ -40,6 +40,10 @@ pub enum Reason {
 /// Number of COUNTERS slots (highest code + 1).
 pub const REASON_SLOTS: u32 = 32;
 
+/// The COUNTERS slot that is no `Reason`: events the TC programs could not send
+/// because the EVENTS ring buffer was full (the verdict itself is unaffected).
+pub const COUNTER_EVENTS_LOST: u32 = REASON_SLOTS - 1;
+
 impl Reason {
     pub const ALL: [Reason; 14] = [
         Reason::AllowEstablished,
@@ -92,4 +96,4 @@ impl Reason {
     }
 }
 
-const _: () = assert!(Reason::DropUnsupported.code() < REASON_SLOTS);
+const _: () = assert!(Reason::DropUnsupported.code() < COUNTER_EVENTS_LOST);

@@ -1,17 +1,32 @@
-//! netfence TC programs (being written; see issue 3).
+//! netfence TC programs: `netfence_from_pod` at TC ingress of a pod's host-side veth
+//! (packets from the pod: its egress policy) and `netfence_to_pod` at TC egress of it
+//! (packets to the pod: its ingress policy). Both are thin wrappers over one core
+//! (`verdict`); maps live in `maps`, parsing in `parse`, flows in `conntrack`, the
+//! policy lookup order in `policy`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+mod conntrack;
+mod maps;
+mod parse;
+mod policy;
+mod verdict;
 
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use netfence_common::{DIR_EGRESS, DIR_INGRESS};
+
+/// Packets leaving the pod: judged by its egress policy; the local endpoint is the
+/// source address.
 #[classifier]
-pub fn netfence_from_pod(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn netfence_from_pod(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, DIR_EGRESS)
 }
 
+/// Packets entering the pod: judged by its ingress policy; the local endpoint is the
+/// destination address.
 #[classifier]
-pub fn netfence_to_pod(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn netfence_to_pod(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, DIR_INGRESS)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -1,0 +1,105 @@
+//! Conntrack: the flow key as seen from the hook's local endpoint, the established
+//! check (one lookup, refresh at most once a second, TCP close tracking), entry
+//! creation for new flows, and the relation of ICMP errors to the flow they quote.
+
+use aya_ebpf::programs::TcContext;
+use netfence_common::{CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue, DIR_EGRESS, PROTO_TCP};
+
+use crate::maps;
+use crate::parse::{self, Packet, TCP_FIN, TCP_RST};
+
+/// `last_seen_ns` is rewritten only when older than this: an established flow costs
+/// one lookup and at most one store a second, not one per packet.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// The key of `pkt`'s flow at this hook: `local` is the pod's side (the source for
+/// `from_pod`, the destination for `to_pod`), so both directions meet on one key.
+/// ICMP echo: the identifier is the local port, the remote port 0, so that a request
+/// and its reply meet; other ICMP has ports 0.
+#[inline(always)]
+pub fn flow_key(pkt: &Packet, direction: u8, ifindex: u32) -> CtKey {
+    let egress = direction == DIR_EGRESS;
+    let (local, remote) = if egress { (pkt.src, pkt.dst) } else { (pkt.dst, pkt.src) };
+    let (local_port, remote_port) = if pkt.is_icmp() {
+        (pkt.echo_id, 0)
+    } else if egress {
+        (pkt.src_port, pkt.dst_port)
+    } else {
+        (pkt.dst_port, pkt.src_port)
+    };
+    CtKey { local, remote, ifindex, local_port, remote_port, protocol: pkt.protocol, _pad: [0; 3] }
+}
+
+/// Whether an entry is still valid at `now`. TCP uses `CT_TCP_TIMEOUT_NS` while open;
+/// a closing TCP entry and every other protocol use `CT_OTHER_TIMEOUT_NS`, so the
+/// 5-tuple of a closed connection stops passing non-SYN packets soon after its close.
+#[inline(always)]
+fn live(entry: &CtValue, protocol: u8, now: u64) -> bool {
+    let timeout = if protocol == PROTO_TCP && entry.state == CT_STATE_OPEN {
+        maps::ct_tcp_timeout_ns()
+    } else {
+        maps::ct_other_timeout_ns()
+    };
+    now.saturating_sub(entry.last_seen_ns) <= timeout
+}
+
+/// The rule of the live entry for `key`, after refreshing it; `None` on a miss or an
+/// expired entry (the packet then goes through policy, which may replace the entry).
+#[inline(always)]
+pub fn established(pkt: &Packet, key: &CtKey) -> Option<u32> {
+    let entry = maps::conntrack(key)?;
+    // SAFETY: a valid pointer into the map's value; a concurrent update from another
+    // CPU can only interleave whole-field writes of equally valid values.
+    let entry = unsafe { &mut *entry };
+    let now = maps::now_ns();
+    if !live(entry, key.protocol, now) {
+        return None;
+    }
+    if key.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if entry.state != CT_STATE_CLOSING {
+            entry.state = CT_STATE_CLOSING;
+            entry.last_seen_ns = now;
+        }
+    } else if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
+        entry.last_seen_ns = now;
+    }
+    Some(entry.rule)
+}
+
+/// Records a new flow allowed at this hook (`origin`: `CT_ORIGIN_LOCAL` from the pod,
+/// `CT_ORIGIN_REMOTE` to it; `rule` 0 when the direction was not isolated).
+#[inline(always)]
+pub fn create(pkt: &Packet, key: &CtKey, origin: u8, rule: u32) {
+    let closing = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let value = CtValue {
+        last_seen_ns: maps::now_ns(),
+        rule,
+        origin,
+        state: if closing { CT_STATE_CLOSING } else { CT_STATE_OPEN },
+        _pad: [0; 2],
+    };
+    maps::conntrack_put(key, &value);
+}
+
+/// The rule of the live flow the ICMP error `pkt` is about, if any. The quoted packet
+/// travelled the other way: at `from_pod` the pod reports on a packet it received
+/// (the quote's destination is the pod), at `to_pod` the pod receives a report on a
+/// packet it sent (the quote's source is the pod). The quote's pod side must be the
+/// hook's local address, so an error cannot borrow another endpoint's flow.
+// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
+// which keeps every call chain under the 512-byte stack limit (inlined, the whole
+// program needed 624 bytes).
+#[inline(never)]
+pub fn related(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Option<u32> {
+    let egress = direction == DIR_EGRESS;
+    let mut key = CtKey { local: [0; 16], remote: [0; 16], ifindex, local_port: 0, remote_port: 0, protocol: 0, _pad: [0; 3] };
+    parse::quoted(ctx, pkt, !egress, &mut key)?;
+    let outer_local = if egress { &pkt.src } else { &pkt.dst };
+    if key.local != *outer_local {
+        return None;
+    }
+    let entry = maps::conntrack(&key)?;
+    // SAFETY: a valid pointer into the map's value, read only.
+    let entry = unsafe { &*entry };
+    live(entry, key.protocol, maps::now_ns()).then_some(entry.rule)
+}

@@ -1,0 +1,403 @@
+//! Packet parsing: Ethernet (one VLAN tag), IPv4, IPv6 with its extension headers,
+//! and the first bytes of TCP, UDP, SCTP, ICMP and ICMPv6, into one `Packet` both
+//! families share (addresses IPv4-mapped). Every read goes through
+//! `bpf_skb_load_bytes` (`TcContext::load`), which checks bounds at run time and also
+//! reads non-linear (GRO) skbs; a failed read is a truncated packet.
+
+use aya_ebpf::programs::TcContext;
+use netfence_common::{Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HLEN: usize = 4;
+
+const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers walked before giving up (`DropUnsupported`).
+const IPV6_MAX_EXT_HEADERS: usize = 6;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Where the packet stands with respect to IP fragmentation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    None,
+    /// Offset 0 with more fragments to come: carries the L4 header.
+    First,
+    /// Offset ≠ 0: no L4 header; follows the first fragment's verdict.
+    NonFirst,
+}
+
+/// One parsed packet. Fields the packet does not have stay 0.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Offset of the L4 header from the start of the frame (meaningless for non-first
+    /// fragments, which carry none).
+    pub l4_offset: u32,
+    /// End of the IP datagram in the frame (anything after it is link padding).
+    pub l4_end: u32,
+    /// Fragment identification (IPv4: 16 bits, IPv6: 32 bits).
+    pub frag_id: u32,
+    /// The protocol every fragment of the datagram names (IPv4: the header's; IPv6:
+    /// the fragment header's next header), for the FRAGMENTS key.
+    pub frag_protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// ICMP/ICMPv6 echo identifier (the conntrack "port" of a ping).
+    pub echo_id: u16,
+    /// IP protocol of the L4 header (after IPv6 extension headers).
+    pub protocol: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub is_ipv6: bool,
+    pub is_echo: bool,
+    pub fragment: Fragment,
+}
+
+impl Packet {
+    pub const EMPTY: Packet = Packet {
+        src: [0; 16],
+        dst: [0; 16],
+        l4_offset: 0,
+        l4_end: 0,
+        frag_id: 0,
+        frag_protocol: 0,
+        src_port: 0,
+        dst_port: 0,
+        echo_id: 0,
+        protocol: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        is_ipv6: false,
+        is_echo: false,
+        fragment: Fragment::None,
+    };
+
+    /// A TCP SYN without ACK: the first packet of a new connection.
+    #[inline(always)]
+    pub fn is_tcp_syn(&self) -> bool {
+        self.protocol == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.protocol == PROTO_ICMP || self.protocol == PROTO_ICMPV6
+    }
+
+    /// An ICMP error that quotes another packet: IPv4 destination unreachable (3), time
+    /// exceeded (11), parameter problem (12); ICMPv6 types 1–4.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        match self.protocol {
+            PROTO_ICMP => matches!(self.icmp_type, 3 | 11 | 12),
+            PROTO_ICMPV6 => matches!(self.icmp_type, 1..=4),
+            _ => false,
+        }
+    }
+
+    /// ICMPv6 neighbour discovery (133–137), MLD (130–132) and MLDv2 reports (143).
+    #[inline(always)]
+    pub fn is_neighbour_discovery(&self) -> bool {
+        self.protocol == PROTO_ICMPV6 && matches!(self.icmp_type, 130..=137 | 143)
+    }
+}
+
+/// A big-endian u16 at `offset`.
+#[inline(always)]
+fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
+    ctx.load::<[u8; 2]>(offset).map(u16::from_be_bytes).map_err(|_| Reason::DropMalformed)
+}
+
+/// Parses `ctx` into `pkt`. `Ok` means an IP packet to judge; `Err(reason)` means
+/// parsing alone decided: `AllowNonIp` passes, `DropMalformed`/`DropUnsupported` drop.
+/// `pkt` keeps what was parsed before a failure (for the drop event).
+// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
+// which keeps every call chain under the 512-byte stack limit (inlined, the whole
+// program needed 624 bytes).
+#[inline(never)]
+pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
+    // Fails closed: a frame too short for an Ethernet header is malformed.
+    let mut ethertype = load_u16(ctx, ETH_HLEN - 2)?;
+    let mut l3 = ETH_HLEN;
+    // One 802.1Q / 802.1ad tag still in the frame (the kernel usually moves the outer
+    // tag to skb metadata before TC; what remains in the data is parsed) is skipped and
+    // the inner frame judged. A second tag fails closed (`DropUnsupported`): treating a
+    // stacked tag as non-IP would let any IP packet through behind it.
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = load_u16(ctx, ETH_HLEN + VLAN_HLEN - 2)?;
+        l3 += VLAN_HLEN;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            return Err(Reason::DropUnsupported);
+        }
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3, pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, pkt)?,
+        // Fails open: ARP and other link-layer protocols carry no IP flow that
+        // NetworkPolicy speaks about, and pods need ARP to reach anything.
+        _ => return Err(Reason::AllowNonIp),
+    }
+    if pkt.fragment == Fragment::NonFirst {
+        return Ok(());
+    }
+    parse_l4(ctx, pkt)
+}
+
+/// Bytes of the fixed IPv4 header netfence reads.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    protocol: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// IPv4: version, IHL ≥ 5, total length covering the header and inside the frame.
+/// Any violation fails closed (`DropMalformed`): a header the kernel would reject is
+/// no flow to allow, and one it would accept differently must not be guessed at.
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason> {
+    let ip = ctx.load::<Ipv4Header>(l3).map_err(|_| Reason::DropMalformed)?;
+    let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes(ip.total_len));
+    if ip.version_ihl >> 4 != 4 || header_len < 20 || total_len < header_len || l3 + total_len > ctx.len() as usize {
+        return Err(Reason::DropMalformed);
+    }
+    pkt.src = v4_mapped(ip.src);
+    pkt.dst = v4_mapped(ip.dst);
+    pkt.protocol = ip.protocol;
+    pkt.frag_protocol = ip.protocol;
+    let frag = u16::from_be_bytes(ip.frag);
+    let more_fragments = frag & 0x2000 != 0;
+    let offset = frag & 0x1fff;
+    pkt.frag_id = u32::from(u16::from_be_bytes(ip.id));
+    pkt.fragment = if offset != 0 {
+        Fragment::NonFirst
+    } else if more_fragments {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    pkt.l4_offset = (l3 + header_len) as u32;
+    pkt.ip_end_check(l3 + total_len)
+}
+
+/// The fixed IPv6 header, without the flow label bytes netfence ignores.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Header {
+    version_class_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// IPv6 and its extension header chain: hop-by-hop, routing, destination options and
+/// AH are skipped; the fragment header records the fragment; at most
+/// `IPV6_MAX_EXT_HEADERS` are walked (a longer chain fails closed with
+/// `DropUnsupported`: the L4 header behind it cannot be checked).
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason> {
+    let ip = ctx.load::<Ipv6Header>(l3).map_err(|_| Reason::DropMalformed)?;
+    // A jumbogram (payload length 0 with a hop-by-hop jumbo option) cannot cross a
+    // veth with a normal MTU; it is treated as an empty payload and fails closed below.
+    let end = l3 + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len));
+    if ip.version_class_flow[0] >> 4 != 6 || end > ctx.len() as usize {
+        return Err(Reason::DropMalformed);
+    }
+    pkt.is_ipv6 = true;
+    pkt.src = ip.src;
+    pkt.dst = ip.dst;
+    let mut next = ip.next_header;
+    let mut offset = l3 + IPV6_HLEN;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let hdr = ctx.load::<[u8; 2]>(offset).map_err(|_| Reason::DropMalformed)?;
+                next = hdr[0];
+                offset += (usize::from(hdr[1]) + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                let hdr = ctx.load::<[u8; 2]>(offset).map_err(|_| Reason::DropMalformed)?;
+                next = hdr[0];
+                offset += (usize::from(hdr[1]) + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let hdr = ctx.load::<[u8; 8]>(offset).map_err(|_| Reason::DropMalformed)?;
+                next = hdr[0];
+                pkt.frag_protocol = next;
+                offset += 8;
+                let frag = u16::from_be_bytes([hdr[2], hdr[3]]);
+                pkt.frag_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+                if frag >> 3 != 0 {
+                    pkt.fragment = Fragment::NonFirst;
+                    pkt.protocol = next;
+                    return Ok(());
+                }
+                if frag & 1 != 0 {
+                    pkt.fragment = Fragment::First;
+                }
+            }
+            _ => {
+                pkt.protocol = next;
+                pkt.l4_offset = offset as u32;
+                return pkt.ip_end_check(end);
+            }
+        }
+        if offset > end {
+            return Err(Reason::DropMalformed);
+        }
+    }
+    // Still an extension header after the walk: either a longer chain than netfence
+    // walks, or an upper protocol number that happens to be one of them.
+    match next {
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+            Err(Reason::DropUnsupported)
+        }
+        _ => {
+            pkt.protocol = next;
+            pkt.l4_offset = offset as u32;
+            pkt.ip_end_check(end)
+        }
+    }
+}
+
+impl Packet {
+    /// Remembers where the IP datagram ends, so L4 reads never run into frame padding;
+    /// an L4 offset past it (header lengths larger than the datagram) is malformed.
+    #[inline(always)]
+    fn ip_end_check(&mut self, end: usize) -> Result<(), Reason> {
+        if (self.l4_offset as usize) > end {
+            return Err(Reason::DropMalformed);
+        }
+        self.l4_end = end as u32;
+        Ok(())
+    }
+}
+
+/// Reads the L4 header's ports, flags and ICMP type. A header cut short by the frame
+/// or by the IP length fails closed (`DropMalformed`): without ports the flow cannot be
+/// checked. No-next-header (59) and unknown protocols have no ports (0), and only rules
+/// without ports can allow them.
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
+    let l4 = pkt.l4_offset as usize;
+    let end = pkt.l4_end as usize;
+    match pkt.protocol {
+        PROTO_TCP => {
+            if l4 + 20 > end {
+                return Err(Reason::DropMalformed);
+            }
+            let hdr = ctx.load::<[u8; 14]>(l4).map_err(|_| Reason::DropMalformed)?;
+            pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
+            pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
+            pkt.tcp_flags = hdr[13];
+        }
+        // SCTP: the ports are the first 4 bytes of the 12-byte common header.
+        PROTO_UDP | PROTO_SCTP => {
+            let len = if pkt.protocol == PROTO_UDP { 8 } else { 12 };
+            if l4 + len > end {
+                return Err(Reason::DropMalformed);
+            }
+            let hdr = ctx.load::<[u8; 4]>(l4).map_err(|_| Reason::DropMalformed)?;
+            pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
+            pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            if l4 + 8 > end {
+                return Err(Reason::DropMalformed);
+            }
+            let hdr = ctx.load::<[u8; 8]>(l4).map_err(|_| Reason::DropMalformed)?;
+            pkt.icmp_type = hdr[0];
+            pkt.is_echo = if pkt.protocol == PROTO_ICMP {
+                hdr[0] == ICMP_ECHO_REQUEST || hdr[0] == ICMP_ECHO_REPLY
+            } else {
+                hdr[0] == ICMPV6_ECHO_REQUEST || hdr[0] == ICMPV6_ECHO_REPLY
+            };
+            if pkt.is_echo {
+                pkt.echo_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Fills `key` (all but `ifindex`) with the flow of the packet the ICMP error `pkt`
+/// quotes (its IP header and first 8 L4 bytes). That packet travelled the other way:
+/// `local_is_src` says whether the pod is its source (at `to_pod`: the pod sent it)
+/// or its destination (at `from_pod`). An ICMP echo gives (identifier, 0) as ports.
+///
+/// `None` when the quote is cut short or malformed: the error is then judged as a
+/// plain ICMP packet (fails closed unless a rule without ports allows it). IPv6 quotes
+/// are not walked through extension headers: a quoted extension header is taken as a
+/// portless protocol, which no conntrack entry of a TCP/UDP/SCTP flow matches.
+/// Fields are loaded one by one, straight into the key, to keep the stack small.
+#[inline(always)]
+pub fn quoted(ctx: &TcContext, pkt: &Packet, local_is_src: bool, key: &mut CtKey) -> Option<()> {
+    let inner = pkt.l4_offset as usize + 8;
+    let (src, dst) = if local_is_src { (&mut key.local, &mut key.remote) } else { (&mut key.remote, &mut key.local) };
+    let inner_l4 = if pkt.is_ipv6 {
+        let first = ctx.load::<u8>(inner).ok()?;
+        if first >> 4 != 6 {
+            return None;
+        }
+        key.protocol = ctx.load::<u8>(inner + 6).ok()?;
+        *src = ctx.load::<[u8; 16]>(inner + 8).ok()?;
+        *dst = ctx.load::<[u8; 16]>(inner + 24).ok()?;
+        inner + IPV6_HLEN
+    } else {
+        let version_ihl = ctx.load::<u8>(inner).ok()?;
+        let header_len = usize::from(version_ihl & 0x0f) * 4;
+        if version_ihl >> 4 != 4 || header_len < 20 {
+            return None;
+        }
+        key.protocol = ctx.load::<u8>(inner + 9).ok()?;
+        *src = v4_mapped(ctx.load::<[u8; 4]>(inner + 12).ok()?);
+        *dst = v4_mapped(ctx.load::<[u8; 4]>(inner + 16).ok()?);
+        inner + header_len
+    };
+    let l4 = ctx.load::<[u8; 8]>(inner_l4).ok()?;
+    let is_echo = match key.protocol {
+        PROTO_ICMP => l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY,
+        PROTO_ICMPV6 => l4[0] == ICMPV6_ECHO_REQUEST || l4[0] == ICMPV6_ECHO_REPLY,
+        _ => false,
+    };
+    if is_echo {
+        key.local_port = u16::from_be_bytes([l4[4], l4[5]]);
+        key.remote_port = 0;
+    } else if matches!(key.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        let src_port = u16::from_be_bytes([l4[0], l4[1]]);
+        let dst_port = u16::from_be_bytes([l4[2], l4[3]]);
+        (key.local_port, key.remote_port) = if local_is_src { (src_port, dst_port) } else { (dst_port, src_port) };
+    }
+    // Anything else has no ports: it relates to a portless flow (ports 0 in its key).
+    Some(())
+}
