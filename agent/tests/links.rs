@@ -2,6 +2,8 @@
 //! found, their addresses read without entering the namespace, and a bridge's ports
 //! selected. Runs in a namespace of its own (`nfl-*`), cleaned up by a guard.
 
+#![allow(clippy::expect_used, reason = "tests: a failed setup step is a failed test")]
+
 use std::net::IpAddr;
 use std::process::Command;
 

@@ -50,7 +50,7 @@ pub enum AttachError {
         program: &'static str,
         interface: String,
         mode: AttachMode,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
         hint: &'static str,
     },
 }
@@ -146,7 +146,7 @@ impl Attachments {
                 program: name,
                 interface: interface.to_owned(),
                 mode: self.mode,
-                source,
+                source: Box::new(source),
                 hint: if self.mode == AttachMode::Tcx {
                     " (TCX needs Linux 6.6 or newer; try --attach clsact)"
                 } else {
