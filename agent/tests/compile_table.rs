@@ -507,3 +507,66 @@ fn node_filter_keeps_remote_identities() {
     assert_eq!(other.identities, local.identities);
     assert_eq!(compile(&state, Some("node-3")).endpoints.len(), 0);
 }
+
+#[test]
+fn entries_follow_label_groups_not_pods() {
+    let mut builder = StateBuilder::new().namespace("x", &[("ns", "x")]);
+    for i in 0..400u32 {
+        let app = ["web", "api", "db", "cache"][(i % 4) as usize];
+        let addr = format!("198.18.{}.{}", 10 + i / 200, 1 + i % 200);
+        builder = builder.pod(
+            "x",
+            &format!("{app}-{i}"),
+            &[("app", app)],
+            &[addr.as_str()],
+        );
+    }
+    let builder = builder
+        .policy(
+            policy("x", "db")
+                .select(sel(&[("app", "db")]))
+                .ingress(rule(
+                    vec![pods(
+                        None,
+                        Some(expr("app", Operator::In, &["api", "cache"])),
+                    )],
+                    vec![tcp(5432)],
+                ))
+                .build(),
+        )
+        .policy(
+            policy("x", "api")
+                .select(sel(&[("app", "api")]))
+                .ingress(rule(
+                    vec![pods(None, Some(sel(&[("app", "web")])))],
+                    vec![tcp(8080)],
+                ))
+                .build(),
+        );
+    let (_state, image) = compiled(builder);
+    assert_eq!(image.identity_info.len(), 4);
+    assert_eq!(image.identities.len(), 400);
+    assert_eq!(image.endpoint_policies.len(), 2);
+    // db: from api and cache on 5432 (2 entries); api: from web on 8080 (1 entry).
+    assert_eq!(image.policy.len(), 3);
+    assert!(
+        image
+            .lookup(&packet(
+                ip("198.18.10.2"),
+                ip("198.18.10.3"),
+                PROTO_TCP,
+                5432
+            ))
+            .allowed()
+    );
+    assert!(
+        !image
+            .lookup(&packet(
+                ip("198.18.10.1"),
+                ip("198.18.10.3"),
+                PROTO_TCP,
+                5432
+            ))
+            .allowed()
+    );
+}
