@@ -20,6 +20,7 @@ fn main() -> std::process::ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|runtime| runtime.block_on(netfence::cli::run::run(args))),
         Command::Compile(args) => netfence::cli::compile::compile(&args),
+        Command::Explain(args) => netfence::cli::explain::run(&args),
     };
     match result {
         Ok(code) => code,

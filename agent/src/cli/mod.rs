@@ -2,6 +2,7 @@
 //! subcommand.
 
 pub mod compile;
+pub mod explain;
 pub mod run;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ pub enum Command {
     Run(RunArgs),
     /// Compile manifests and print the map contents netfence would enforce.
     Compile(CompileArgs),
+    /// Explain the verdict for one connection, or print the allow/deny matrix of every
+    /// pod pair, computed through the compiled image.
+    Explain(ExplainArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,4 +83,58 @@ pub struct CompileArgs {
     pub node_name: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Directory of Kubernetes manifests.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// Source: NAMESPACE/POD or an IP address.
+    #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
+    pub from: Option<String>,
+    /// Destination: NAMESPACE/POD or an IP address.
+    #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
+    pub to: Option<String>,
+    /// Print the allow/deny table of every pod pair instead.
+    #[arg(long)]
+    pub matrix: bool,
+    /// Destination port (not needed for ICMP).
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ExplainProtocol::Tcp)]
+    pub protocol: ExplainProtocol,
+    /// Address family (default: every family both ends have; the matrix prefers IPv4).
+    #[arg(long, value_enum)]
+    pub family: Option<Family>,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+    /// ICMP echo (ICMPv6 for IPv6): allowed only by rules without ports.
+    Icmp,
+}
+
+impl ExplainProtocol {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExplainProtocol::Tcp => "TCP",
+            ExplainProtocol::Udp => "UDP",
+            ExplainProtocol::Sctp => "SCTP",
+            ExplainProtocol::Icmp => "ICMP",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum Family {
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
 }
