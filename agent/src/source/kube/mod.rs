@@ -1,0 +1,294 @@
+//! The Kubernetes API source: kube-rs watchers and reflector stores for Namespaces
+//! (metadata-only requests), Pods and NetworkPolicies, each object slimmed on arrival to the
+//! `model` value the compiler reads. Level-triggered: any change to a store marks the
+//! source dirty; after a short quiet period one `()` goes to the run loop, which calls
+//! [`KubeSource::load`] to rebuild the whole `model::State` from the stores.
+//!
+//! Readiness: `load` returns `None` until every kind has been listed completely once;
+//! from then on it always returns a state. A relist (410 Gone, expired
+//! resourceVersion) fills a new buffer and swaps it in at the end, so enforcement is
+//! never computed from a half-listed kind.
+
+mod convert;
+mod reflect;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use kube::Resource as _;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use tokio::sync::Notify;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+
+pub use convert::Slim;
+
+use super::{Load, SourceError};
+use crate::model::{self, State};
+
+/// The resources the agent watches, as (API group, resource): the single list that
+/// the watchers below are built from and that `deploy/`'s ClusterRole must grant
+/// get/list/watch on (a test checks it), nothing more.
+pub const WATCHED: [(&str, &str); 3] = [
+    (
+        <core::Namespace as k8s_openapi::Resource>::GROUP,
+        <core::Namespace as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+    ),
+    (
+        <core::Pod as k8s_openapi::Resource>::GROUP,
+        <core::Pod as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+    ),
+    (
+        <net::NetworkPolicy as k8s_openapi::Resource>::GROUP,
+        <net::NetworkPolicy as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+    ),
+];
+
+/// The verbs the agent uses on every watched resource.
+pub const VERBS: [&str; 3] = ["get", "list", "watch"];
+
+/// A change is signalled once no further event came for this long...
+const QUIET: Duration = Duration::from_millis(100);
+/// ...or at the latest this long after the first event of a burst.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How to reach the API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    /// The pod's service account (`KUBERNETES_SERVICE_HOST`/`_PORT`, the mounted token
+    /// and CA).
+    InCluster,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{path}: cannot read the kubeconfig: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no in-cluster configuration (give --kubeconfig FILE or --manifests DIR outside a cluster): {0}"
+    )]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Builds a client. Nothing is contacted yet: connection problems show up as watch
+/// errors, retried with backoff, while the source stays not ready.
+pub async fn client(connection: &Connection) -> Result<kube::Client, KubeError> {
+    let config = match connection {
+        Connection::Kubeconfig(path) => {
+            let error = |source| KubeError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(error)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(error)?
+        }
+        Connection::InCluster => kube::Config::incluster().map_err(KubeError::InCluster)?,
+    };
+    kube::Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// What the watch tasks share with the source.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Per `Kind` (as index): the first complete list has arrived.
+    listed: [AtomicBool; 3],
+    /// Objects that failed to decode or validate (each arrival counts).
+    invalid_objects: AtomicU64,
+    /// Watch, list and connection errors (each retried with backoff).
+    watch_errors: AtomicU64,
+    /// Problems not yet handed out by `load`.
+    problems: Mutex<(Vec<SourceError>, Vec<SourceError>)>,
+    dirty: Notify,
+}
+
+impl Shared {
+    fn mark_dirty(&self) {
+        self.dirty.notify_one();
+    }
+
+    fn report(&self, errors: Vec<SourceError>, warnings: Vec<SourceError>) {
+        if errors.is_empty() && warnings.is_empty() {
+            return;
+        }
+        if let Ok(mut problems) = self.problems.lock() {
+            problems.0.extend(errors);
+            problems.1.extend(warnings);
+        }
+    }
+}
+
+/// Counters of the source, for logs and (later) metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub invalid_objects: u64,
+    pub watch_errors: u64,
+    pub namespaces: usize,
+    pub pods: usize,
+    pub policies: usize,
+}
+
+/// The running watchers and their stores. Dropping it stops the watchers.
+#[derive(Debug)]
+pub struct KubeSource {
+    namespaces: Store<model::Namespace>,
+    pods: Store<model::Pod>,
+    policies: Store<model::Policy>,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts watching through `client`. The receiver gets `()` after changes
+    /// (debounced); it closes when the source is dropped.
+    pub fn start(client: &kube::Client) -> (KubeSource, tokio::sync::mpsc::Receiver<()>) {
+        let shared = Arc::new(Shared::default());
+        let config = watcher::Config::default();
+        let mut tasks = Vec::new();
+
+        // Metadata only (labels are all the compiler reads of a namespace).
+        let api = Api::<PartialObjectMeta<core::Namespace>>::all(client.clone());
+        let origin = core::Namespace::url_path(&(), None);
+        let (namespaces, writer) = reflector::store();
+        let stream = watcher::watcher(api, config.clone());
+        tasks.push(tokio::spawn(reflect::run::<model::Namespace, _>(stream, writer, shared.clone(), origin)));
+
+        let resource = ApiResource::erase::<core::Pod>(&());
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let origin = core::Pod::url_path(&(), None);
+        let (pods, writer) = reflector::store();
+        let stream = watcher::watcher(api, config.clone());
+        tasks.push(tokio::spawn(reflect::run::<model::Pod, _>(stream, writer, shared.clone(), origin)));
+
+        let resource = ApiResource::erase::<net::NetworkPolicy>(&());
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let origin = net::NetworkPolicy::url_path(&(), None);
+        let (policies, writer) = reflector::store();
+        let stream = watcher::watcher(api, config);
+        tasks.push(tokio::spawn(reflect::run::<model::Policy, _>(stream, writer, shared.clone(), origin)));
+
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tasks.push(tokio::spawn(debounce(shared.clone(), tx)));
+        let source = KubeSource {
+            namespaces,
+            pods,
+            policies,
+            shared,
+            tasks,
+        };
+        (source, rx)
+    }
+
+    /// True once every kind has been listed completely once.
+    pub fn is_ready(&self) -> bool {
+        self.shared.listed.iter().all(|l| l.load(Ordering::SeqCst))
+    }
+
+    /// The whole state from the stores, with the problems found since the last call;
+    /// `None` while not ready (the caller keeps enforcing what it has).
+    pub fn load(&mut self) -> Option<Load> {
+        if !self.is_ready() {
+            return None;
+        }
+        let (errors, warnings) = match self.shared.problems.lock() {
+            Ok(mut problems) => std::mem::take(&mut *problems),
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        Some(Load {
+            state: state_of(&self.namespaces, &self.pods, &self.policies),
+            errors,
+            warnings,
+        })
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            invalid_objects: self.shared.invalid_objects.load(Ordering::Relaxed),
+            watch_errors: self.shared.watch_errors.load(Ordering::Relaxed),
+            namespaces: self.namespaces.len(),
+            pods: self.pods.len(),
+            policies: self.policies.len(),
+        }
+    }
+
+    /// Which kinds have not been listed completely yet, for "not ready" messages.
+    pub fn waiting_for(&self) -> Vec<&'static str> {
+        [
+            super::Kind::Namespace,
+            super::Kind::Pod,
+            super::Kind::NetworkPolicy,
+        ]
+        .into_iter()
+        .filter(|kind| !self.shared.listed[*kind as usize].load(Ordering::SeqCst))
+        .map(super::Kind::as_str)
+        .collect()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Builds the state from the stores: namespaces by name, pods and policies sorted by
+/// (namespace, name) as `State` requires.
+pub fn state_of(
+    namespaces: &Store<model::Namespace>,
+    pods: &Store<model::Pod>,
+    policies: &Store<model::Policy>,
+) -> State {
+    let mut pods: Vec<model::Pod> = pods.state().iter().map(|p| (**p).clone()).collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut policies: Vec<model::Policy> = policies.state().iter().map(|p| (**p).clone()).collect();
+    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    State {
+        namespaces: namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name.clone(), (**n).clone()))
+            .collect(),
+        pods,
+        policies,
+    }
+}
+
+/// Turns bursts of `mark_dirty` into one `()`: after QUIET without a new mark, or
+/// MAX_DELAY after the first.
+async fn debounce(shared: Arc<Shared>, tx: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        shared.dirty.notified().await;
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            let until = deadline.min(tokio::time::Instant::now() + QUIET);
+            if tokio::time::timeout_at(until, shared.dirty.notified()).await.is_err()
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+        }
+        match tx.try_send(()) {
+            // Full: a signal is pending already; the load it causes reads everything.
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Closed(())) => return,
+        }
+    }
+}
