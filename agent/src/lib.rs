@@ -10,3 +10,4 @@ pub mod dataplane;
 pub mod image;
 pub mod model;
 pub mod source;
+pub mod telemetry;

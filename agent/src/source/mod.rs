@@ -14,6 +14,7 @@
 //! - a directory that cannot be listed is reported and the whole last state is kept.
 
 mod error;
+pub mod kube;
 mod manifest;
 mod names;
 mod validate;
