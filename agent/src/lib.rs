@@ -9,5 +9,6 @@ pub mod compile;
 pub mod dataplane;
 pub mod image;
 pub mod model;
+pub mod scenario;
 pub mod source;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //! build, lints and every test (CI runs this), `demo` runs the NetworkPolicy example of
 //! `deploy/examples/` in network namespaces and prints what passes and what is dropped.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -22,6 +23,13 @@ enum Task {
     Setup,
     /// Setup, build, clippy, then every unit, integration and packet test (needs root).
     Test,
+    /// Build, then run the benchmarks and print their table (needs root); JSON goes to
+    /// target/bench/bench.json.
+    Bench {
+        /// Small sizes, debug build: seconds (CI runs this so the bench cannot rot).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Setup, build, then run the example of deploy/examples in network namespaces and
     /// print which probes pass (needs root).
     Demo {
@@ -35,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test => test::test(),
+        Task::Bench { quick } => bench::bench(quick),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }
 }

@@ -1,0 +1,74 @@
+//! The netfence benchmark binary, run by `cargo xtask bench` (needs root): per-packet
+//! kernel cost, nftables comparison, throughput and latency, compile time and memory,
+//! propagation, and map memory. Prints a table and writes JSON (`--out`).
+//!
+//! Modules: `scene` (the measured cluster: a seeded scenario plus the bench's own
+//! client/server pods), `kernel` (sections 1 and 6, `BPF_PROG_TEST_RUN` and BPF run-time
+//! stats), `traffic` (sections 2 and 3, real traffic between namespaces, nftables),
+//! `scale` (section 4, in a child process for its peak RSS), `propagation` (section 5,
+//! the real `netfence run` over a manifest directory), `report` (table and JSON).
+
+mod kernel;
+mod nft;
+mod propagation;
+mod report;
+mod scale;
+mod scene;
+mod traffic;
+
+#[allow(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "the kernel tests' frame builder, shared as is; the bench uses a part of it"
+)]
+#[path = "../../tests/kernel/frame.rs"]
+mod frame;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+use crate::report::Report;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "netfence benchmarks (root)")]
+pub struct Args {
+    /// Small sizes and few repetitions: seconds, for CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// The `netfence` binary (for the propagation section).
+    #[arg(long)]
+    pub netfence: PathBuf,
+    /// Where to write the JSON results.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Internal: run the compile measurement of section 4 and print it as JSON.
+    #[arg(long, num_args = 3, value_names = ["PODS", "POLICIES", "LOCAL"], hide = true)]
+    pub compile_child: Option<Vec<usize>>,
+}
+
+/// Prints a progress line (stderr, so the table on stdout stays clean).
+pub fn progress(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(sizes) = &args.compile_child {
+        return scale::child(sizes);
+    }
+    netfence_testbed::require_root()?;
+    let start = Instant::now();
+    let mut report = Report::new(args.quick);
+    report.machine();
+    kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
+    traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
+    scale::run(&args, &mut report).context("section 4: compile and memory")?;
+    propagation::run(&args, &mut report).context("section 5: propagation")?;
+    report.finish(start.elapsed());
+    report.print();
+    report.write(&args.out)?;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The measured cluster: a seeded `netfence::scenario` of the requested size, plus the
+//! bench's own namespace `bench` with two local pods, `client` (198.18.0.10) and
+//! `server` (198.18.0.11), and two policies that isolate both: the server accepts the
+//! client on TCP 5201 (iperf3 and the connection tests) and UDP 7000, the client may
+//! send only there. Every measured packet goes through a policy lookup on both hooks.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use netfence::compile::compile;
+use netfence::dataplane::sync::Contents;
+use netfence::image::Image;
+use netfence::model::{
+    ContainerPort, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy, Port, PortSpec,
+    Protocol, Rule, State,
+};
+use netfence::scenario::{self, Params};
+
+pub const NODE: &str = "node1";
+pub const NAMESPACE: &str = "bench";
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+pub const CLIENT_HOST: u8 = 10;
+pub const SERVER_HOST: u8 = 11;
+/// TCP port of iperf3 and the connection tests.
+pub const TCP_PORT: u16 = 5201;
+/// UDP port of the request/response and propagation probes.
+pub const UDP_PORT: u16 = 7000;
+/// A local pod of a typical node (kubelet's default limit is 110).
+pub const LOCAL_PODS: usize = 100;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn app(name: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: labels(&[("app", name)]),
+        match_expressions: Vec::new(),
+    }
+}
+
+fn ports(udp: bool) -> Vec<PortSpec> {
+    let mut out = vec![PortSpec {
+        protocol: Protocol::Tcp,
+        port: Some(Port::Number(TCP_PORT)),
+        end_port: None,
+    }];
+    if udp {
+        out.push(PortSpec {
+            protocol: Protocol::Udp,
+            port: Some(Port::Number(UDP_PORT)),
+            end_port: None,
+        });
+    }
+    out
+}
+
+fn pod(name: &str, ip: Ipv4Addr) -> Pod {
+    Pod {
+        namespace: NAMESPACE.to_owned(),
+        name: name.to_owned(),
+        labels: labels(&[("app", name)]),
+        node_name: Some(NODE.to_owned()),
+        ips: vec![IpAddr::V4(ip)],
+        host_network: false,
+        phase: PodPhase::Running,
+        ports: vec![ContainerPort {
+            name: Some("iperf".to_owned()),
+            port: TCP_PORT,
+            protocol: Protocol::Tcp,
+        }],
+    }
+}
+
+/// The server's ingress policy: from the client on TCP 5201 (and UDP 7000 if `udp`).
+pub fn server_policy(udp: bool) -> Policy {
+    Policy {
+        namespace: NAMESPACE.to_owned(),
+        name: "server-ingress".to_owned(),
+        pod_selector: app("server"),
+        isolates_ingress: true,
+        isolates_egress: false,
+        ingress: vec![Rule {
+            peers: vec![Peer::Pods {
+                namespace_selector: None,
+                pod_selector: Some(app("client")),
+            }],
+            ports: ports(udp),
+        }],
+        egress: Vec::new(),
+    }
+}
+
+/// The client's egress policy: to the server on TCP 5201 and UDP 7000.
+pub fn client_policy() -> Policy {
+    Policy {
+        namespace: NAMESPACE.to_owned(),
+        name: "client-egress".to_owned(),
+        pod_selector: app("client"),
+        isolates_ingress: false,
+        isolates_egress: true,
+        ingress: Vec::new(),
+        egress: vec![Rule {
+            peers: vec![Peer::Pods {
+                namespace_selector: None,
+                pod_selector: Some(app("server")),
+            }],
+            ports: ports(true),
+        }],
+    }
+}
+
+/// The scenario parameters of one size.
+pub fn params(pods: usize, policies: usize) -> Params {
+    Params::new(pods, policies, LOCAL_PODS, NODE)
+}
+
+/// The generated cluster plus the bench namespace, pods and policies.
+pub fn state(pods: usize, policies: usize) -> State {
+    let mut state = scenario::generate(&params(pods, policies));
+    let mut ns_labels = labels(&[]);
+    ns_labels.insert("kubernetes.io/metadata.name".to_owned(), NAMESPACE.to_owned());
+    state.namespaces.insert(
+        NAMESPACE.to_owned(),
+        Namespace {
+            name: NAMESPACE.to_owned(),
+            labels: ns_labels,
+        },
+    );
+    state.pods.push(pod("client", CLIENT));
+    state.pods.push(pod("server", SERVER));
+    state.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state.policies.push(server_policy(true));
+    state.policies.push(client_policy());
+    state.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state
+}
+
+/// The image of this node and the map contents it gives (no interface bindings).
+pub fn image(state: &State) -> (Image, Contents) {
+    let image = compile(state, Some(NODE));
+    let contents = Contents::from_image(&image, &BTreeMap::new());
+    (image, contents)
+}
+
+/// A generated pod that no bench policy allows (the denied peer of new flows).
+pub fn intruder() -> IpAddr {
+    scenario::pod_ip(0)
+}
