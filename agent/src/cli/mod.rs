@@ -50,9 +50,17 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// Directory of Kubernetes manifests (Namespaces, Pods, NetworkPolicies), watched
-    /// for changes.
-    #[arg(long)]
-    pub manifests: PathBuf,
+    /// for changes. Without it (and without --kubeconfig), the Kubernetes API is
+    /// watched with the pod's in-cluster service account.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API through this kubeconfig (its current context).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Serve /healthz and /readyz on this address. Default: 0.0.0.0:9896 when
+    /// watching the Kubernetes API, none with --manifests.
+    #[arg(long, value_name = "ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
     /// Attach to interfaces whose name matches this glob (repeatable), e.g. 'veth*'.
     #[arg(long = "interfaces", value_name = "GLOB")]
     pub interfaces: Vec<String>,

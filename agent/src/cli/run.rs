@@ -1,8 +1,15 @@
 //! `netfence run`: enforce on this node. One task owns the loaded programs and reacts
 //! to three things, always recomputing from the whole state (level-triggered):
-//! a manifest change (reload, compile, sync), an interface change or a periodic tick
+//! a source change (reload, compile, sync), an interface change or a periodic tick
 //! (attach to new interfaces, forget gone ones, rebind pod addresses), and a signal
 //! (detach and exit).
+//!
+//! Nothing is attached before the source is ready (the Kubernetes API source: every
+//! kind listed completely once): the first packet a program sees meets a complete
+//! policy. `netfence: ready` is logged, and `/readyz` turns ready, after that first
+//! sync and attach.
+
+mod feed;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,7 +28,10 @@ use crate::dataplane::links::{self, Interface, Selection};
 use crate::dataplane::loader::{Datapath, LoadOptions};
 use crate::dataplane::sync::{self, Contents};
 use crate::image::Image;
-use crate::source::ManifestDir;
+use crate::source::Load;
+use crate::telemetry::{self, Health, Telemetry};
+
+pub use feed::{DEFAULT_HEALTH_ADDR, Source};
 
 /// How often interfaces are re-listed and bindings refreshed without a netlink event
 /// (a pod's address appears in its namespace after its veth does).
@@ -56,9 +66,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (names, names_rx) = tokio::sync::watch::channel(Arc::new(Names::new()));
     let event_reader = tokio::spawn(events::read(ring, names_rx));
 
-    let mut source = ManifestDir::new(&args.manifests);
-    let (_watcher, mut changes) = crate::source::watch(&args.manifests)
-        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    let feed::Opened {
+        mut source,
+        mut changes,
+        health_addr,
+        description,
+    } = feed::open(&args).await?;
+    tracing::info!(source = %description, "source");
+    let health = Arc::new(Health::new());
+    health.beat();
+    let _health_server = match health_addr {
+        Some(addr) => {
+            let telemetry = Telemetry {
+                health: health.clone(),
+            };
+            let (bound, task) = telemetry::serve(addr, telemetry).await?;
+            tracing::info!(%bound, "health endpoints /healthz and /readyz");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     let handle = links::connect()?;
     let mut link_changes = links::subscribe()?;
     let attachments = Attachments::new(args.attach);
@@ -76,16 +103,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         generation: 0,
         names,
     };
-    // Maps first, then attach: the first packet a program sees meets the policy.
-    enforcer.reload(&mut source);
-    enforcer.reconcile_interfaces().await;
-    tracing::info!(
-        node = %enforcer.node,
-        interfaces = enforcer.attachments.indexes().count(),
-        endpoints = enforcer.image.endpoints.len(),
-        generation = enforcer.generation,
-        "netfence: ready"
-    );
+    let mut ready = false;
+    match source.load() {
+        Some(load) => enforcer.start(load, &*source, &health, &mut ready).await,
+        None => {
+            let waiting = source.waiting_for();
+            tracing::info!("not ready: {waiting}");
+            health.set_waiting(waiting);
+        }
+    }
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -95,15 +121,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             change = changes.recv() => match change {
-                Some(()) => enforcer.reload(&mut source),
-                None => anyhow::bail!("the manifest watcher stopped"),
+                Some(()) => match source.load() {
+                    Some(load) if ready => enforcer.reload(load, &*source),
+                    Some(load) => enforcer.start(load, &*source, &health, &mut ready).await,
+                    None => health.set_waiting(source.waiting_for()),
+                },
+                None => anyhow::bail!("the source's change channel closed"),
             },
             change = link_changes.recv() => match change {
-                Some(()) => enforcer.reconcile_interfaces().await,
+                // Nothing is attached before the first complete state.
+                Some(()) if ready => enforcer.reconcile_interfaces().await,
+                Some(()) => {}
                 None => anyhow::bail!("the netlink link monitor stopped"),
             },
-            _ = tick.tick() => enforcer.reconcile_interfaces().await,
+            _ = tick.tick() => if ready {
+                enforcer.reconcile_interfaces().await;
+            },
         }
+        health.beat();
     }
     event_reader.abort();
     let detached = enforcer.attachments.detach_all(&mut enforcer.datapath.ebpf);
@@ -112,20 +147,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Enforcer {
-    /// Re-reads the manifests, compiles, syncs. Invalid objects are reported; their
+    /// The first complete state: maps first, then attach, so the first packet a
+    /// program sees meets the policy. Then ready.
+    async fn start(&mut self, load: Load, source: &dyn Source, health: &Health, ready: &mut bool) {
+        self.reload(load, source);
+        self.reconcile_interfaces().await;
+        *ready = true;
+        health.set_ready();
+        tracing::info!(
+            node = %self.node,
+            interfaces = self.attachments.indexes().count(),
+            endpoints = self.image.endpoints.len(),
+            generation = self.generation,
+            "netfence: ready"
+        );
+    }
+
+    /// Compiles the source's state and syncs. Invalid objects are reported; their
     /// last good version (or nothing) stays enforced.
-    fn reload(&mut self, source: &mut ManifestDir) {
-        let load = source.load();
+    fn reload(&mut self, load: Load, source: &dyn Source) {
+        let noun = source.noun();
         for error in &load.errors {
-            tracing::error!("invalid manifest, skipped (last good version kept): {error}");
+            tracing::error!("invalid {noun}, skipped (last good version kept): {error}");
         }
         for warning in &load.warnings {
-            tracing::warn!("manifest accepted with a change: {warning}");
+            tracing::warn!("{noun} accepted with a change: {warning}");
         }
         self.image = compile(&load.state, Some(&self.node));
         let _ = self.names.send(Arc::new(events::names(&self.image)));
-        self.sync("manifests");
+        self.sync(source.name());
     }
 
     /// Lists interfaces, attaches to new managed ones, forgets gone ones, refreshes
