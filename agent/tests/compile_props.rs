@@ -1,7 +1,16 @@
 //! Property tests: `compile` + `Image::lookup` against a naive reference evaluator
 //! written straight from the networking.k8s.io/v1 API reference, over random small
-//! clusters (2–3 namespaces, ≤ 8 pods, ≤ 4 policies with random selectors, peers,
-//! ports and ipBlocks); plus determinism and id stability.
+//! clusters (2–3 namespaces with and without Namespace objects, ≤ 8 pods that are
+//! IPv4, IPv6, dual-stack or address-less, running, pending, terminated or
+//! hostNetwork, with TCP/UDP/SCTP named ports; ≤ 4 policies with every policyTypes
+//! form, every selector operator, empty and absent selectors, ipBlocks with excepts in
+//! both families, numeric, named, endPort and protocol-only ports over TCP, UDP and
+//! SCTP); plus determinism and id stability.
+//!
+//! Cases run by default (CI): 10,000 clusters with 8 random connections each
+//! (`random_connections_match_reference_evaluator`, `NFC_PROP_CONNECTION_CASES`), and
+//! 128 clusters each for the three exhaustive properties (`NFC_PROP_CASES`), the first
+//! of which probes every address pair with every probe.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common_state;
@@ -175,8 +184,10 @@ const EXTERNAL: [&str; 6] = [
     "fd00::ff",
     "fd01::1",
 ];
-const PROBES: [(u8, u16); 9] = [
+const PROBES: [(u8, u16); 11] = [
     (PROTO_TCP, 80),
+    (PROTO_SCTP, 9000),
+    (PROTO_SCTP, 9011),
     (PROTO_TCP, 81),
     (PROTO_TCP, 8050),
     (PROTO_TCP, 8080),
@@ -194,6 +205,7 @@ fn block(i: usize) -> Peer {
         2 => ip_block("0.0.0.0/0", &["198.18.0.0/29"]),
         3 => ip_block("fd00::/125", &["fd00::4/126"]),
         4 => ip_block("::/0", &[]),
+        5 => ip_block("fd00::/64", &["fd00::/126", "fd00::8/125"]),
         _ => ip_block("198.19.0.0/16", &["198.19.1.0/24"]),
     }
 }
@@ -207,6 +219,10 @@ fn port_spec(i: usize) -> PortSpec {
         4 => proto_only(Protocol::Udp),
         5 => named(Protocol::Tcp, "http"),
         6 => named(Protocol::Udp, "dns"),
+        7 => named(Protocol::Sctp, "assoc"),
+        8 => port_range(Protocol::Sctp, 8990, 9010),
+        9 => port_range(Protocol::Udp, 50, 53),
+        10 => proto_only(Protocol::Sctp),
         _ => port(Protocol::Sctp, 80),
     }
 }
@@ -216,6 +232,7 @@ fn container_ports(mask: usize) -> Vec<ContainerPort> {
         ("http", Protocol::Tcp, 80),
         ("http", Protocol::Tcp, 8080),
         ("dns", Protocol::Udp, 53),
+        ("assoc", Protocol::Sctp, 9000),
     ];
     // At most one "http": bit 0 → 80, else bit 1 → 8080.
     all.iter()
@@ -302,14 +319,14 @@ fn peer() -> impl Strategy<Value = Peer> {
     prop_oneof![
         3 => (prop::option::of(namespace_selector()), prop::option::of(pod_selector()))
             .prop_map(|(namespace_selector, pod_selector)| Peer::Pods { namespace_selector, pod_selector }),
-        2 => (0..6usize).prop_map(block),
+        2 => (0..7usize).prop_map(block),
     ]
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
     (
         prop::collection::vec(peer(), 0..3),
-        prop::collection::vec((0..8usize).prop_map(port_spec), 0..3),
+        prop::collection::vec((0..12usize).prop_map(port_spec), 0..3),
     )
         .prop_map(|(peers, ports)| Rule { peers, ports })
 }
@@ -331,8 +348,8 @@ fn pod_strategy() -> impl Strategy<Value = (usize, Vec<usize>, usize, bool, usiz
         prop::collection::vec(0..3usize, 2),
         0..8usize,
         prop::bool::weighted(0.1),
-        0..4usize,
-        0..8usize,
+        0..5usize,
+        0..16usize,
         0..2usize,
     )
 }
@@ -368,10 +385,11 @@ fn state_strategy() -> impl Strategy<Value = State> {
                 pods.into_iter().enumerate()
             {
                 let mut ips = Vec::new();
-                if families != 1 {
+                // 0: IPv4, 1: IPv6, 2 and 3: both, 4: no address yet.
+                if families != 1 && families != 4 {
                     ips.push(ip(&format!("198.18.0.{}", i + 1)));
                 }
-                if families != 0 {
+                if families != 0 && families != 4 {
                     ips.push(ip(&format!("fd00::{}", i + 1)));
                 }
                 let phase = match phase {
@@ -437,6 +455,69 @@ fn cases() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(128)
+}
+
+fn connection_cases() -> u32 {
+    std::env::var("NFC_PROP_CONNECTION_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// Ports near every boundary the generated rules use, and any port at all.
+fn port_number() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        3 => prop::sample::select(vec![
+            1, 49, 50, 53, 54, 79, 80, 81, 82, 7999, 8000, 8050, 8080, 8100, 8101, 8989, 8990,
+            9000, 9010, 9011, 65535,
+        ]),
+        1 => any::<u16>(),
+    ]
+}
+
+/// A random connection: source and destination (indices into `addresses`, the
+/// destination taken among the source's family), protocol (TCP, UDP, SCTP, ICMP or
+/// ICMPv6 by family) and destination port.
+fn connection() -> impl Strategy<Value = (prop::sample::Index, prop::sample::Index, usize, u16)> {
+    (
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+        0..4usize,
+        port_number(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: connection_cases(), ..ProptestConfig::default() })]
+
+    /// 10,000 random clusters (by default), 8 random connections each.
+    #[test]
+    fn random_connections_match_reference_evaluator(
+        state in state_strategy(),
+        connections in prop::collection::vec(connection(), 8),
+    ) {
+        let image = compile(&state, None);
+        let addrs = addresses(&state);
+        for (src, dst, protocol, port) in connections {
+            let src = *src.get(&addrs);
+            let same: Vec<IpAddr> = addrs.iter().copied().filter(|a| a.is_ipv4() == src.is_ipv4()).collect();
+            let dst = *dst.get(&same);
+            let (protocol, port) = match protocol {
+                0 => (PROTO_TCP, port),
+                1 => (PROTO_UDP, port),
+                2 => (PROTO_SCTP, port),
+                _ if src.is_ipv4() => (PROTO_ICMP, 0),
+                _ => (PROTO_ICMPV6, 0),
+            };
+            let expected = ref_allowed(&state, src, dst, protocol, port);
+            let verdict = image.lookup(&packet(src, dst, protocol, port));
+            prop_assert_eq!(
+                verdict.allowed(), expected,
+                "{} -> {} proto {} port {}: {:?}\nstate: {:#?}\nimage: {:#?}",
+                src, dst, protocol, port, verdict, state, image
+            );
+        }
+    }
 }
 
 proptest! {
