@@ -24,7 +24,7 @@ const REPLY: &[u8; 4] = b"pong";
 pub fn tcp_connects(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> anyhow::Result<bool> {
     let target = SocketAddr::new(to_ip, port);
     let listener = to
-        .run(|| TcpListener::bind(target))?
+        .run(|| bind_listener(target))?
         .with_context(|| format!("listening on {target} in {}", to.name()))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
@@ -34,6 +34,21 @@ pub fn tcp_connects(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> anyho
         let _served = server.join();
         client
     })
+}
+
+/// Binds a listener, waiting out (bounded: 40 tries over about 2 s) a socket of an
+/// earlier probe on the same address that the kernel has not released yet.
+fn bind_listener(target: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(target) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Accepts one connection before `deadline` and answers its request. Errors only mean
