@@ -2,9 +2,13 @@
 //! maps (nothing pinned, nothing attached, so tests run in parallel), fills maps the
 //! way the agent does (through the agent's own key encoders), runs frames through
 //! `BPF_PROG_TEST_RUN` and reads back counters, conntrack, fragments and events.
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
 
 pub mod frame;
+pub mod image;
 
 use std::net::IpAddr;
 
@@ -13,12 +17,13 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, Ring
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
-use netfence::dataplane::loader::{endpoint_key, identity_key, policy_key};
 use netfence::dataplane::EBPF_OBJECT;
+use netfence::dataplane::loader::{endpoint_key, identity_key, policy_key};
 use netfence::image::PolicyEntry;
 use netfence_common::reason::REASON_SLOTS;
 use netfence_common::{
-    CtKey, CtValue, EndpointValue, Event, FragKey, FragValue, PolicyValue, Reason, global, map, program,
+    CtKey, CtValue, EndpointValue, Event, FragKey, FragValue, PolicyValue, Reason, global, map,
+    program,
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -38,7 +43,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS, event_allows: false }
+        Self {
+            ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
+            event_allows: false,
+        }
     }
 }
 
@@ -62,13 +70,18 @@ impl Kernel {
             .map_max_entries(map::RULE_HITS, 1024)
             .map_max_entries(map::ENDPOINTS, 256)
             .override_global(global::CT_TCP_TIMEOUT_NS, &ct_tcp, true)
-            .override_global(global::CT_OTHER_TIMEOUT_NS, &options.ct_other_timeout_ns, true)
+            .override_global(
+                global::CT_OTHER_TIMEOUT_NS,
+                &options.ct_other_timeout_ns,
+                true,
+            )
             .override_global(global::EVENT_ALLOWS, &event_allows, true)
             .load(EBPF_OBJECT)
             .unwrap_or_else(|e| panic!("loading the TC object: {e:#?}"));
         for name in [FROM_POD, TO_POD] {
             let prog: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            prog.load().unwrap_or_else(|e| panic!("verifier rejected {name}: {e:#?}"));
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:#?}"));
         }
         Self { ebpf }
     }
@@ -76,8 +89,13 @@ impl Kernel {
     /// Runs `frame` through program `name` and returns its TC action.
     pub fn run(&self, name: &str, frame: &[u8]) -> u32 {
         let prog: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
-        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
-        prog.test_run(opts).unwrap_or_else(|e| panic!("test run of {name}: {e:?}")).return_value
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        prog.test_run(opts)
+            .unwrap_or_else(|e| panic!("test run of {name}: {e:?}"))
+            .return_value
     }
 
     /// Runs `frame` and asserts both the action and that exactly one counter moved:
@@ -114,20 +132,29 @@ impl Kernel {
 
     /// COUNTERS summed over CPUs, by slot.
     pub fn counters(&self) -> Vec<u64> {
-        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.ebpf.map(map::COUNTERS).unwrap()).unwrap();
-        (0..REASON_SLOTS).map(|i| counters.get(&i, 0).unwrap().iter().sum()).collect()
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(map::COUNTERS).unwrap()).unwrap();
+        (0..REASON_SLOTS)
+            .map(|i| counters.get(&i, 0).unwrap().iter().sum())
+            .collect()
     }
 
     pub fn endpoint(&mut self, addr: IpAddr, policy: u32, flags: u32, ifindex: u32) {
         let mut m: HashMap<&mut MapData, _, EndpointValue> =
             HashMap::try_from(self.ebpf.map_mut(map::ENDPOINTS).unwrap()).unwrap();
-        let value = EndpointValue { policy, flags, ifindex, identity: 0 };
+        let value = EndpointValue {
+            policy,
+            flags,
+            ifindex,
+            identity: 0,
+        };
         m.insert(endpoint_key(&addr), value, 0).unwrap();
     }
 
     pub fn identity(&mut self, net: &str, id: u32) {
         let net: IpNet = net.parse().unwrap();
-        let mut m: LpmTrie<&mut MapData, _, u32> = LpmTrie::try_from(self.ebpf.map_mut(map::IDENTITIES).unwrap()).unwrap();
+        let mut m: LpmTrie<&mut MapData, _, u32> =
+            LpmTrie::try_from(self.ebpf.map_mut(map::IDENTITIES).unwrap()).unwrap();
         m.insert(&identity_key(&net), id, 0).unwrap();
     }
 
@@ -136,26 +163,31 @@ impl Kernel {
         {
             let mut m: LpmTrie<&mut MapData, _, PolicyValue> =
                 LpmTrie::try_from(self.ebpf.map_mut(map::POLICY).unwrap()).unwrap();
-            m.insert(&policy_key(&entry), PolicyValue { rule, flags: 0 }, 0).unwrap();
+            m.insert(&policy_key(&entry), PolicyValue { rule, flags: 0 }, 0)
+                .unwrap();
         }
         let cpus = aya::util::nr_cpus().unwrap();
         let mut hits: PerCpuHashMap<&mut MapData, u32, u64> =
             PerCpuHashMap::try_from(self.ebpf.map_mut(map::RULE_HITS).unwrap()).unwrap();
-        hits.insert(rule, PerCpuValues::try_from(vec![0u64; cpus]).unwrap(), 0).unwrap();
+        hits.insert(rule, PerCpuValues::try_from(vec![0u64; cpus]).unwrap(), 0)
+            .unwrap();
     }
 
     pub fn disallow(&mut self, entry: PolicyEntry) {
-        let mut m: LpmTrie<&mut MapData, _, PolicyValue> = LpmTrie::try_from(self.ebpf.map_mut(map::POLICY).unwrap()).unwrap();
+        let mut m: LpmTrie<&mut MapData, _, PolicyValue> =
+            LpmTrie::try_from(self.ebpf.map_mut(map::POLICY).unwrap()).unwrap();
         m.remove(&policy_key(&entry)).unwrap();
     }
 
     pub fn rule_hits(&self, rule: u32) -> u64 {
-        let hits: PerCpuHashMap<&MapData, u32, u64> = PerCpuHashMap::try_from(self.ebpf.map(map::RULE_HITS).unwrap()).unwrap();
+        let hits: PerCpuHashMap<&MapData, u32, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map(map::RULE_HITS).unwrap()).unwrap();
         hits.get(&rule, 0).map_or(0, |v| v.iter().sum())
     }
 
     pub fn conntrack(&self) -> Vec<(CtKey, CtValue)> {
-        let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(self.ebpf.map(map::CONNTRACK).unwrap()).unwrap();
+        let m: HashMap<&MapData, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map(map::CONNTRACK).unwrap()).unwrap();
         m.iter().map(Result::unwrap).collect()
     }
 
@@ -166,13 +198,15 @@ impl Kernel {
     }
 
     pub fn fragments(&self) -> Vec<(FragKey, FragValue)> {
-        let m: HashMap<&MapData, FragKey, FragValue> = HashMap::try_from(self.ebpf.map(map::FRAGMENTS).unwrap()).unwrap();
+        let m: HashMap<&MapData, FragKey, FragValue> =
+            HashMap::try_from(self.ebpf.map(map::FRAGMENTS).unwrap()).unwrap();
         m.iter().map(Result::unwrap).collect()
     }
 
     /// Every event waiting in the ring buffer.
     pub fn events(&mut self) -> Vec<Event> {
-        let mut ring: RingBuf<&mut MapData> = RingBuf::try_from(self.ebpf.map_mut(map::EVENTS).unwrap()).unwrap();
+        let mut ring: RingBuf<&mut MapData> =
+            RingBuf::try_from(self.ebpf.map_mut(map::EVENTS).unwrap()).unwrap();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             out.push(netfence::dataplane::events::decode(&item).expect("a whole event"));
@@ -187,6 +221,20 @@ pub fn addr16(addr: IpAddr) -> [u8; 16] {
 }
 
 /// A POLICY entry for one port (`port_bits` 16), a port prefix, or no ports.
-pub fn entry(policy: u32, peer: u32, direction: u8, protocol: u8, port: u16, port_bits: u8) -> PolicyEntry {
-    PolicyEntry { policy, peer, direction, protocol, port, port_bits }
+pub fn entry(
+    policy: u32,
+    peer: u32,
+    direction: u8,
+    protocol: u8,
+    port: u16,
+    port_bits: u8,
+) -> PolicyEntry {
+    PolicyEntry {
+        policy,
+        peer,
+        direction,
+        protocol,
+        port,
+        port_bits,
+    }
 }
