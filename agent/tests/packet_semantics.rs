@@ -126,8 +126,6 @@ fn sctp_supported() -> Result<(), String> {
 fn sctp_connects(from: &PodNs, to: &PodNs, port: u16) -> bool {
     use std::os::fd::{FromRawFd as _, OwnedFd};
     let ip = to.v4;
-        unreachable!("ip4 is IPv4")
-    };
     let sockaddr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
