@@ -1,0 +1,249 @@
+//! `deploy/`: every manifest decodes into k8s-openapi types without losing a field
+//! (a misspelt field fails), the kustomization lists exactly the files beside it, the
+//! ClusterRole grants get/list/watch on exactly the resources the agent watches, and
+//! the DaemonSet is unprivileged, adds only the documented capabilities, and runs the
+//! agent with arguments the real CLI accepts. Example workloads follow the restricted
+//! container practices.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use clap::Parser as _;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use netfence::cli::{Cli, Command};
+use netfence::source::kube::{VERBS, WATCHED};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The capabilities the DaemonSet may add, each justified in `deploy/daemonset.yaml`.
+const CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "PERFMON"];
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Every YAML document under `dir` (recursively), with its file.
+fn documents(dir: &Path) -> Vec<(PathBuf, Value)> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            out.extend(documents(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in serde_yaml_ng::Deserializer::from_str(&text) {
+                let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).unwrap();
+                if !value.is_null() {
+                    out.push((path.clone(), serde_json::to_value(value).unwrap()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes `value` as `T` and checks that nothing was dropped: encoding it again gives
+/// the same JSON.
+fn typed<T: DeserializeOwned + serde::Serialize>(file: &Path, value: &Value) -> T {
+    let object: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let again = serde_json::to_value(&object).unwrap();
+    assert_eq!(&again, value, "{}: a field was not understood", file.display());
+    object
+}
+
+/// All objects of `kind` under `deploy/` (decoded and round-trip checked).
+fn objects<T: DeserializeOwned + serde::Serialize>(kind: &str) -> Vec<(PathBuf, T)> {
+    documents(&deploy_dir())
+        .into_iter()
+        .filter(|(_, v)| v["kind"] == kind)
+        .map(|(file, v)| {
+            let object = typed::<T>(&file, &v);
+            (file, object)
+        })
+        .collect()
+}
+
+#[test]
+fn every_manifest_decodes_into_its_kubernetes_type() {
+    let mut kinds = BTreeSet::new();
+    for (file, value) in documents(&deploy_dir()) {
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "Namespace" => drop(typed::<Namespace>(&file, &value)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(&file, &value)),
+            "ClusterRole" => drop(typed::<ClusterRole>(&file, &value)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&file, &value)),
+            "DaemonSet" => drop(typed::<DaemonSet>(&file, &value)),
+            "Deployment" => drop(typed::<Deployment>(&file, &value)),
+            "Service" => drop(typed::<Service>(&file, &value)),
+            "NetworkPolicy" => drop(typed::<NetworkPolicy>(&file, &value)),
+            // The demo's cluster state (`kubectl get -o yaml` output).
+            "List" => {}
+            "Kustomization" => {}
+            other => panic!("{}: unexpected kind {other:?}", file.display()),
+        }
+        kinds.insert(kind);
+    }
+    for expected in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Kustomization"] {
+        assert!(kinds.contains(expected), "no {expected} in deploy/");
+    }
+}
+
+#[test]
+fn kustomization_lists_exactly_the_manifests_beside_it() {
+    let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).unwrap();
+    let kustomization: Value = serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap()).unwrap();
+    let listed: BTreeSet<String> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    assert_eq!(kustomization["namespace"], "netfence-system");
+    assert_eq!(kustomization["images"][0]["name"], "netfence");
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_agent_watches() {
+    let roles = objects::<ClusterRole>("ClusterRole");
+    assert_eq!(roles.len(), 1);
+    let role = &roles[0].1;
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "{rule:?}");
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    let needed: BTreeSet<(String, String, String)> = WATCHED
+        .iter()
+        .flat_map(|(group, resource)| {
+            VERBS
+                .iter()
+                .map(move |verb| ((*group).to_owned(), (*resource).to_owned(), (*verb).to_owned()))
+        })
+        .collect();
+    assert_eq!(granted, needed);
+
+    let bindings = objects::<ClusterRoleBinding>("ClusterRoleBinding");
+    assert_eq!(bindings.len(), 1);
+    let binding = &bindings[0].1;
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects = binding.subjects.as_deref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    let accounts = objects::<ServiceAccount>("ServiceAccount");
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(Some(&subjects[0].name), accounts[0].1.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, accounts[0].1.metadata.namespace);
+}
+
+fn agent_daemonset() -> (PodSpec, Container) {
+    let sets = objects::<DaemonSet>("DaemonSet");
+    assert_eq!(sets.len(), 1);
+    let spec = sets[0].1.spec.clone().unwrap().template.spec.unwrap();
+    assert_eq!(spec.containers.len(), 1);
+    assert!(spec.init_containers.is_none());
+    let container = spec.containers[0].clone();
+    (spec, container)
+}
+
+#[test]
+fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
+    let (spec, container) = agent_daemonset();
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(spec.priority_class_name.as_deref(), Some("system-node-critical"));
+    assert_eq!(spec.host_pid, None);
+    let tolerations = spec.tolerations.unwrap();
+    assert!(
+        tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
+        "tolerates every taint"
+    );
+    let accounts = objects::<ServiceAccount>("ServiceAccount");
+    assert_eq!(spec.service_account_name, accounts[0].1.metadata.name);
+
+    let security = container.security_context.clone().unwrap();
+    assert_eq!(security.privileged, Some(false));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    let capabilities = security.capabilities.unwrap();
+    assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
+    assert_eq!(capabilities.add.unwrap(), CAPABILITIES);
+
+    let mounts = container.volume_mounts.clone().unwrap();
+    let bpffs = mounts.iter().find(|m| m.mount_path == "/sys/fs/bpf").expect("/sys/fs/bpf mounted");
+    let volume = spec.volumes.unwrap().into_iter().find(|v| v.name == bpffs.name).unwrap();
+    assert_eq!(volume.host_path.unwrap().path, "/sys/fs/bpf");
+    assert!(mounts.iter().all(|m| m.mount_propagation.is_none()), "no bidirectional mounts");
+
+    let resources = container.resources.clone().unwrap();
+    assert!(resources.requests.unwrap().contains_key("memory"));
+    assert_eq!(resources.limits.unwrap()["memory"].0, "512Mi");
+}
+
+#[test]
+fn daemonset_runs_the_agent_in_cluster_with_probes_on_its_health_endpoints() {
+    let (_, container) = agent_daemonset();
+    let env = container.env.clone().unwrap();
+    let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
+    let field = node.value_from.clone().unwrap().field_ref.unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    // The arguments as the real CLI parses them (NODE_NAME comes from the env).
+    let args = container.args.clone().unwrap();
+    let mut argv = vec!["netfence".to_owned()];
+    argv.extend(args.iter().cloned());
+    argv.extend(["--node-name".to_owned(), "n".to_owned()]);
+    let Command::Run(run) = Cli::try_parse_from(&argv).unwrap().command else {
+        panic!("not `run`: {args:?}");
+    };
+    assert_eq!(run.bridge.as_deref(), Some("cni0"));
+    assert_eq!((run.manifests, run.kubeconfig), (None, None), "in-cluster");
+    let health = run.health_addr.unwrap_or(netfence::cli::run::DEFAULT_HEALTH_ADDR);
+
+    let ports = container.ports.clone().unwrap();
+    let port = ports.iter().find(|p| p.name.as_deref() == Some("health")).unwrap();
+    assert_eq!(i32::from(health.port()), port.container_port);
+    for (probe, path) in [(&container.liveness_probe, "/healthz"), (&container.readiness_probe, "/readyz")] {
+        let get = probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("health".into()));
+    }
+}
+
+#[test]
+fn example_workloads_follow_restricted_container_practices() {
+    let deployments = objects::<Deployment>("Deployment");
+    assert!(!deployments.is_empty());
+    for (file, deployment) in deployments {
+        let spec = deployment.spec.unwrap().template.spec.unwrap();
+        let what = format!("{}: {:?}", file.display(), deployment.metadata.name);
+        assert_eq!(spec.automount_service_account_token, Some(false), "{what}");
+        let pod_security = spec.security_context.unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true), "{what}");
+        for container in spec.containers {
+            let security = container.security_context.unwrap();
+            assert_eq!(security.allow_privilege_escalation, Some(false), "{what}");
+            assert_eq!(security.read_only_root_filesystem, Some(true), "{what}");
+            assert_eq!(security.capabilities.unwrap().drop.unwrap(), ["ALL"], "{what}");
+            assert!(container.resources.unwrap().limits.unwrap().contains_key("memory"), "{what}");
+        }
+    }
+}
