@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# The netfence agent image: a build stage with the toolchain of `cargo xtask setup`
+# (see ../shared/TOOLCHAIN.md: rustup stable for the agent, Debian's rustc-web
+# linked as `debian-web` with LLVM 22 and bpf-linker for the BPF object, which the
+# agent's build.rs builds and embeds), and a distroless runtime stage.
+#
+#   docker build -t REGISTRY/netfence:TAG . && docker push REGISTRY/netfence:TAG
+#   cd deploy && kustomize edit set image netfence=REGISTRY/netfence:TAG
+
+FROM debian:bookworm AS build
+ARG RUST_VERSION=1.95.0
+ARG BPF_LINKER_VERSION=0.13.0
+ENV DEBIAN_FRONTEND=noninteractive \
+    RUSTUP_HOME=/usr/local/rustup \
+    CARGO_HOME=/usr/local/cargo \
+    PATH=/usr/local/cargo/bin:$PATH
+# rustc-web/cargo-web/rust-web-src and llvm-22-dev come from bookworm-security.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
+      rustc-web cargo-web rust-web-src llvm-22-dev \
+ && rm -rf /var/lib/apt/lists/*
+RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+      | sh -s -- -y --profile minimal --default-toolchain "$RUST_VERSION" \
+ && rustup toolchain link debian-web /usr \
+ && LLVM_PREFIX=/usr/lib/llvm-22 cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked \
+      --no-default-features --features llvm-22
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p netfence \
+ && cp target/release/netfence /netfence
+
+# glibc and libgcc_s only; runs as root inside the container because Kubernetes adds
+# capabilities (BPF, NET_ADMIN, PERFMON in deploy/daemonset.yaml) to UID 0 only:
+# a non-root process would not get them without ambient capabilities.
+FROM gcr.io/distroless/cc-debian12
+COPY --from=build /netfence /usr/local/bin/netfence
+ENTRYPOINT ["/usr/local/bin/netfence"]
+CMD ["run", "--bridge", "cni0"]
