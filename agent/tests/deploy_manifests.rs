@@ -29,7 +29,10 @@ fn deploy_dir() -> PathBuf {
 /// Every YAML document under `dir` (recursively), with its file.
 fn documents(dir: &Path) -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -37,7 +40,8 @@ fn documents(dir: &Path) -> Vec<(PathBuf, Value)> {
         } else if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).unwrap();
             for document in serde_yaml_ng::Deserializer::from_str(&text) {
-                let value: serde_yaml_ng::Value = serde::Deserialize::deserialize(document).unwrap();
+                let value: serde_yaml_ng::Value =
+                    serde::Deserialize::deserialize(document).unwrap();
                 if !value.is_null() {
                     out.push((path.clone(), serde_json::to_value(value).unwrap()));
                 }
@@ -50,10 +54,15 @@ fn documents(dir: &Path) -> Vec<(PathBuf, Value)> {
 /// Decodes `value` as `T` and checks that nothing was dropped: encoding it again gives
 /// the same JSON.
 fn typed<T: DeserializeOwned + serde::Serialize>(file: &Path, value: &Value) -> T {
-    let object: T = serde_json::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let object: T =
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let again = serde_json::to_value(&object).unwrap();
-    assert_eq!(&again, value, "{}: a field was not understood", file.display());
+    assert_eq!(
+        &again,
+        value,
+        "{}: a field was not understood",
+        file.display()
+    );
     object
 }
 
@@ -90,7 +99,14 @@ fn every_manifest_decodes_into_its_kubernetes_type() {
         }
         kinds.insert(kind);
     }
-    for expected in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Kustomization"] {
+    for expected in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Kustomization",
+    ] {
         assert!(kinds.contains(expected), "no {expected} in deploy/");
     }
 }
@@ -98,7 +114,9 @@ fn every_manifest_decodes_into_its_kubernetes_type() {
 #[test]
 fn kustomization_lists_exactly_the_manifests_beside_it() {
     let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).unwrap();
-    let kustomization: Value = serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap()).unwrap();
+    let kustomization: Value =
+        serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap())
+            .unwrap();
     let listed: BTreeSet<String> = kustomization["resources"]
         .as_array()
         .unwrap()
@@ -122,7 +140,10 @@ fn cluster_role_grants_exactly_what_the_agent_watches() {
     let role = &roles[0].1;
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
-        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "{rule:?}");
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{rule:?}"
+        );
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
@@ -134,9 +155,13 @@ fn cluster_role_grants_exactly_what_the_agent_watches() {
     let needed: BTreeSet<(String, String, String)> = WATCHED
         .iter()
         .flat_map(|(group, resource)| {
-            VERBS
-                .iter()
-                .map(move |verb| ((*group).to_owned(), (*resource).to_owned(), (*verb).to_owned()))
+            VERBS.iter().map(move |verb| {
+                (
+                    (*group).to_owned(),
+                    (*resource).to_owned(),
+                    (*verb).to_owned(),
+                )
+            })
         })
         .collect();
     assert_eq!(granted, needed);
@@ -151,7 +176,10 @@ fn cluster_role_grants_exactly_what_the_agent_watches() {
     assert_eq!(subjects[0].kind, "ServiceAccount");
     let accounts = objects::<ServiceAccount>("ServiceAccount");
     assert_eq!(accounts.len(), 1);
-    assert_eq!(Some(&subjects[0].name), accounts[0].1.metadata.name.as_ref());
+    assert_eq!(
+        Some(&subjects[0].name),
+        accounts[0].1.metadata.name.as_ref()
+    );
     assert_eq!(subjects[0].namespace, accounts[0].1.metadata.namespace);
 }
 
@@ -169,11 +197,18 @@ fn agent_daemonset() -> (PodSpec, Container) {
 fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     let (spec, container) = agent_daemonset();
     assert_eq!(spec.host_network, Some(true));
-    assert_eq!(spec.priority_class_name.as_deref(), Some("system-node-critical"));
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
     assert_eq!(spec.host_pid, None);
     let tolerations = spec.tolerations.unwrap();
     assert!(
-        tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()),
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
         "tolerates every taint"
     );
     let accounts = objects::<ServiceAccount>("ServiceAccount");
@@ -188,10 +223,21 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert_eq!(capabilities.add.unwrap(), CAPABILITIES);
 
     let mounts = container.volume_mounts.clone().unwrap();
-    let bpffs = mounts.iter().find(|m| m.mount_path == "/sys/fs/bpf").expect("/sys/fs/bpf mounted");
-    let volume = spec.volumes.unwrap().into_iter().find(|v| v.name == bpffs.name).unwrap();
+    let bpffs = mounts
+        .iter()
+        .find(|m| m.mount_path == "/sys/fs/bpf")
+        .expect("/sys/fs/bpf mounted");
+    let volume = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == bpffs.name)
+        .unwrap();
     assert_eq!(volume.host_path.unwrap().path, "/sys/fs/bpf");
-    assert!(mounts.iter().all(|m| m.mount_propagation.is_none()), "no bidirectional mounts");
+    assert!(
+        mounts.iter().all(|m| m.mount_propagation.is_none()),
+        "no bidirectional mounts"
+    );
 
     let resources = container.resources.clone().unwrap();
     assert!(resources.requests.unwrap().contains_key("memory"));
@@ -216,15 +262,26 @@ fn daemonset_runs_the_agent_in_cluster_with_probes_on_its_health_endpoints() {
     };
     assert_eq!(run.bridge.as_deref(), Some("cni0"));
     assert_eq!((run.manifests, run.kubeconfig), (None, None), "in-cluster");
-    let health = run.health_addr.unwrap_or(netfence::cli::run::DEFAULT_HEALTH_ADDR);
+    let health = run
+        .health_addr
+        .unwrap_or(netfence::cli::run::DEFAULT_HEALTH_ADDR);
 
     let ports = container.ports.clone().unwrap();
-    let port = ports.iter().find(|p| p.name.as_deref() == Some("health")).unwrap();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("health"))
+        .unwrap();
     assert_eq!(i32::from(health.port()), port.container_port);
-    for (probe, path) in [(&container.liveness_probe, "/healthz"), (&container.readiness_probe, "/readyz")] {
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
         let get = probe.clone().unwrap().http_get.unwrap();
         assert_eq!(get.path.as_deref(), Some(path));
-        assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("health".into()));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("health".into())
+        );
     }
 }
 
@@ -242,8 +299,20 @@ fn example_workloads_follow_restricted_container_practices() {
             let security = container.security_context.unwrap();
             assert_eq!(security.allow_privilege_escalation, Some(false), "{what}");
             assert_eq!(security.read_only_root_filesystem, Some(true), "{what}");
-            assert_eq!(security.capabilities.unwrap().drop.unwrap(), ["ALL"], "{what}");
-            assert!(container.resources.unwrap().limits.unwrap().contains_key("memory"), "{what}");
+            assert_eq!(
+                security.capabilities.unwrap().drop.unwrap(),
+                ["ALL"],
+                "{what}"
+            );
+            assert!(
+                container
+                    .resources
+                    .unwrap()
+                    .limits
+                    .unwrap()
+                    .contains_key("memory"),
+                "{what}"
+            );
         }
     }
 }

@@ -143,7 +143,13 @@ fn cluster() -> Vec<(&'static str, Value)> {
         pod("prod", "web", json!({"app": "web"}), WEB, NODE),
         pod("prod", "api", json!({"app": "api"}), API, NODE),
         pod("prod", "other", json!({"app": "other"}), OTHER, NODE),
-        pod("dev", "remote", json!({"app": "api"}), REMOTE, "nf6-elsewhere"),
+        pod(
+            "dev",
+            "remote",
+            json!({"app": "api"}),
+            REMOTE,
+            "nf6-elsewhere",
+        ),
     ]
 }
 
@@ -167,62 +173,118 @@ async fn policy_added_changed_and_deleted() {
     assert_eq!(endpoints, ["api", "other", "web"]);
     assert!(allowed(&image, OTHER, WEB), "no policy: all allowed");
 
-    let (resource, policy) = allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "api"}}}));
+    let (resource, policy) = allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "api"}}}),
+    );
     f.server.apply(resource, policy);
-    let (_, image) = f.until("the policy", |_, image| !allowed(image, OTHER, WEB)).await;
+    let (_, image) = f
+        .until("the policy", |_, image| !allowed(image, OTHER, WEB))
+        .await;
     assert!(allowed(&image, API, WEB));
-    assert!(!allowed(&image, REMOTE, WEB), "podSelector alone: the policy's namespace only");
+    assert!(
+        !allowed(&image, REMOTE, WEB),
+        "podSelector alone: the policy's namespace only"
+    );
 
-    let (resource, changed) = allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "other"}}}));
+    let (resource, changed) = allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "other"}}}),
+    );
     f.server.apply(resource, changed);
-    let (_, image) = f.until("the changed policy", |_, image| allowed(image, OTHER, WEB)).await;
+    let (_, image) = f
+        .until("the changed policy", |_, image| allowed(image, OTHER, WEB))
+        .await;
     assert!(!allowed(&image, API, WEB));
 
     f.server.delete(POLICIES, "prod", "web");
-    let (_, image) = f.until("the deletion", |load, _| load.state.policies.is_empty()).await;
-    assert!(allowed(&image, API, WEB) && allowed(&image, OTHER, WEB) && allowed(&image, REMOTE, WEB));
+    let (_, image) = f
+        .until("the deletion", |load, _| load.state.policies.is_empty())
+        .await;
+    assert!(
+        allowed(&image, API, WEB) && allowed(&image, OTHER, WEB) && allowed(&image, REMOTE, WEB)
+    );
     // Namespaces are watched metadata-only.
-    let namespace_requests: Vec<_> = f.server.requests().into_iter().filter(|r| r.path == NAMESPACES).collect();
+    let namespace_requests: Vec<_> = f
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == NAMESPACES)
+        .collect();
     assert!(!namespace_requests.is_empty());
     for request in namespace_requests {
-        assert!(request.accept.contains("as=PartialObjectMetadata"), "{request:?}");
+        assert!(
+            request.accept.contains("as=PartialObjectMetadata"),
+            "{request:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn pod_label_and_namespace_label_changes() {
     let mut objects = cluster();
-    objects.push(allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"role": "client"}}})));
-    objects.push(allow_web_from("prod", "from-team", json!({"namespaceSelector": {"matchLabels": {"team": "a"}}})));
+    objects.push(allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"role": "client"}}}),
+    ));
+    objects.push(allow_web_from(
+        "prod",
+        "from-team",
+        json!({"namespaceSelector": {"matchLabels": {"team": "a"}}}),
+    ));
     // Replace the web policy's second copy: one allows role=client in prod, one allows
     // every pod of team=a namespaces.
     let mut f = Fixture::start(objects).await;
-    let (_, image) = f.until("the policies", |load, _| load.state.policies.len() == 2).await;
+    let (_, image) = f
+        .until("the policies", |load, _| load.state.policies.len() == 2)
+        .await;
     assert!(allowed(&image, API, WEB), "prod is team=a");
     assert!(!allowed(&image, REMOTE, WEB), "dev is team=b");
 
     // Namespace label: dev joins team a.
     let (resource, dev) = namespace("dev", json!({"team": "a"}));
     f.server.apply(resource, dev);
-    f.until("dev in team a", |_, image| allowed(image, REMOTE, WEB)).await;
+    f.until("dev in team a", |_, image| allowed(image, REMOTE, WEB))
+        .await;
 
     // Pod label: prod leaves team a; then only role=client pods of prod pass.
     let (resource, prod) = namespace("prod", json!({"team": "z"}));
     f.server.apply(resource, prod);
-    let (_, image) = f.until("prod out of team a", |_, image| !allowed(image, API, WEB)).await;
+    let (_, image) = f
+        .until("prod out of team a", |_, image| !allowed(image, API, WEB))
+        .await;
     assert!(allowed(&image, REMOTE, WEB));
-    let (resource, api) = pod("prod", "api", json!({"app": "api", "role": "client"}), API, NODE);
+    let (resource, api) = pod(
+        "prod",
+        "api",
+        json!({"app": "api", "role": "client"}),
+        API,
+        NODE,
+    );
     f.server.apply(resource, api);
-    let (_, image) = f.until("api labelled role=client", |_, image| allowed(image, API, WEB)).await;
+    let (_, image) = f
+        .until("api labelled role=client", |_, image| {
+            allowed(image, API, WEB)
+        })
+        .await;
     assert!(!allowed(&image, OTHER, WEB));
 }
 
 #[tokio::test]
 async fn pod_ip_reused_by_another_pod() {
     let mut objects = cluster();
-    objects.push(allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "api"}}})));
+    objects.push(allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "api"}}}),
+    ));
     let mut f = Fixture::start(objects).await;
-    let (_, image) = f.until("the policy", |_, image| !allowed(image, OTHER, WEB)).await;
+    let (_, image) = f
+        .until("the policy", |_, image| !allowed(image, OTHER, WEB))
+        .await;
     assert!(allowed(&image, API, WEB));
 
     // The api pod finishes; a new pod (app=other) gets its IP before the old one is
@@ -232,11 +294,20 @@ async fn pod_ip_reused_by_another_pod() {
     f.server.apply(resource, done);
     let (resource, newcomer) = pod("prod", "newcomer", json!({"app": "other"}), API, NODE);
     f.server.apply(resource, newcomer);
-    let (_, image) = f.until("the newcomer owning the IP", |_, image| !allowed(image, API, WEB)).await;
-    assert_eq!(image.endpoints[&API.parse::<IpAddr>().unwrap()].pod, "newcomer");
+    let (_, image) = f
+        .until("the newcomer owning the IP", |_, image| {
+            !allowed(image, API, WEB)
+        })
+        .await;
+    assert_eq!(
+        image.endpoints[&API.parse::<IpAddr>().unwrap()].pod,
+        "newcomer"
+    );
 
     f.server.delete(PODS, "prod", "api");
-    let (load, image) = f.until("the old pod gone", |load, _| load.state.pods.len() == 4).await;
+    let (load, image) = f
+        .until("the old pod gone", |load, _| load.state.pods.len() == 4)
+        .await;
     assert!(!allowed(&image, API, WEB));
     assert!(load.state.pods.iter().any(|p| p.name == "newcomer"));
 }
@@ -249,38 +320,74 @@ async fn dropped_watch_resumes_from_its_resource_version() {
     f.server.bookmark(POLICIES);
     f.server.drop_watches(POLICIES);
     // A change made while the watch is down arrives through the resumed watch.
-    let (resource, policy) = allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "api"}}}));
+    let (resource, policy) = allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "api"}}}),
+    );
     f.server.apply(resource, policy);
-    let (_, image) = f.until("the policy after the drop", |_, image| !allowed(image, OTHER, WEB)).await;
+    let (_, image) = f
+        .until("the policy after the drop", |_, image| {
+            !allowed(image, OTHER, WEB)
+        })
+        .await;
     assert!(allowed(&image, API, WEB));
-    assert_eq!(list_requests(&f.server, POLICIES), 1, "resumed, not relisted");
-    let watches: Vec<_> = f.server.requests().into_iter().filter(|r| r.path == POLICIES && r.is_watch()).collect();
+    assert_eq!(
+        list_requests(&f.server, POLICIES),
+        1,
+        "resumed, not relisted"
+    );
+    let watches: Vec<_> = f
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == POLICIES && r.is_watch())
+        .collect();
     assert!(watches.len() >= 2, "{watches:?}");
-    assert!(watches.iter().all(|w| w.query.get("allowWatchBookmarks").is_some_and(|b| b == "true")));
+    assert!(watches.iter().all(|w| {
+        w.query
+            .get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true")
+    }));
 }
 
 #[tokio::test]
 async fn gone_relists_without_disturbing_enforcement() {
     let mut objects = cluster();
-    objects.push(allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "api"}}})));
+    objects.push(allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "api"}}}),
+    ));
     let mut f = Fixture::start(objects).await;
-    f.until("the policy", |_, image| !allowed(image, OTHER, WEB)).await;
+    f.until("the policy", |_, image| !allowed(image, OTHER, WEB))
+        .await;
     wait_for(|| f.server.open_watches(POLICIES) == 1, "a policy watch").await;
 
     // 410 Gone, and the relist fails for a while: the last complete state stays.
     f.server.fail_lists(POLICIES, true);
     f.server.expire(POLICIES);
-    wait_for(|| list_requests(&f.server, POLICIES) >= 2, "a relist attempt").await;
+    wait_for(
+        || list_requests(&f.server, POLICIES) >= 2,
+        "a relist attempt",
+    )
+    .await;
     let load = f.source.load().expect("still ready");
     let image = compile(&load.state, Some(NODE));
     assert_eq!(load.state.policies.len(), 1);
     assert!(allowed(&image, API, WEB) && !allowed(&image, OTHER, WEB));
 
     // Changed while the client could not list: only the relist brings it.
-    let (resource, changed) = allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "other"}}}));
+    let (resource, changed) = allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "other"}}}),
+    );
     f.server.apply(resource, changed);
     f.server.fail_lists(POLICIES, false);
-    let (_, image) = f.until("the relisted policy", |_, image| allowed(image, OTHER, WEB)).await;
+    let (_, image) = f
+        .until("the relisted policy", |_, image| allowed(image, OTHER, WEB))
+        .await;
     assert!(!allowed(&image, API, WEB));
     // The 410 (list failures are retried inside the client first).
     assert!(f.source.stats().watch_errors >= 1, "{:?}", f.source.stats());
@@ -289,13 +396,31 @@ async fn gone_relists_without_disturbing_enforcement() {
 #[tokio::test]
 async fn malformed_objects_are_reported_and_skipped() {
     let mut objects = cluster();
-    let (_, mut undecodable) = pod("prod", "undecodable", json!({"app": "api"}), "198.18.6.20", NODE);
+    let (_, mut undecodable) = pod(
+        "prod",
+        "undecodable",
+        json!({"app": "api"}),
+        "198.18.6.20",
+        NODE,
+    );
     undecodable["spec"]["containers"][0]["ports"][0]["containerPort"] = json!("eighty");
     objects.push((PODS, undecodable));
-    objects.push(pod("prod", "bad-ip", json!({"app": "api"}), "198.18.6.300", NODE));
-    objects.push(allow_web_from("prod", "web", json!({"podSelector": {"matchLabels": {"app": "api"}}})));
+    objects.push(pod(
+        "prod",
+        "bad-ip",
+        json!({"app": "api"}),
+        "198.18.6.300",
+        NODE,
+    ));
+    objects.push(allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "api"}}}),
+    ));
     let mut f = Fixture::start(objects).await;
-    let (load, image) = f.until("the first state", |load, _| load.errors.len() == 2).await;
+    let (load, image) = f
+        .until("the first state", |load, _| load.errors.len() == 2)
+        .await;
     let errors: Vec<String> = load.errors.iter().map(ToString::to_string).collect();
     assert_eq!(
         errors,
@@ -312,12 +437,17 @@ async fn malformed_objects_are_reported_and_skipped() {
     let (resource, mut broken) = pod("prod", "api", json!({"app": "api"}), API, NODE);
     broken["spec"]["containers"][0]["ports"][0]["protocol"] = json!("tcp");
     f.server.apply(resource, broken);
-    let (load, image) = f.until("the broken update", |load, _| !load.errors.is_empty()).await;
+    let (load, image) = f
+        .until("the broken update", |load, _| !load.errors.is_empty())
+        .await;
     assert_eq!(
         load.errors[0].to_string(),
         "/api/v1/pods: Pod prod/api: spec.containers[0].ports[0].protocol: unsupported value \"tcp\": supported values: \"TCP\", \"UDP\", \"SCTP\""
     );
-    assert!(allowed(&image, API, WEB), "the last good api pod is still enforced");
+    assert!(
+        allowed(&image, API, WEB),
+        "the last good api pod is still enforced"
+    );
     assert_eq!(f.source.stats().invalid_objects, 3);
 }
 
@@ -452,5 +582,8 @@ fn store_memory_per_10k_pods() {
         json_bytes
     );
     assert!(per_pod > 100, "implausibly small: {per_pod}");
-    assert!(per_pod < 2_000, "the store keeps too much per pod: {per_pod} bytes");
+    assert!(
+        per_pod < 2_000,
+        "the store keeps too much per pod: {per_pod} bytes"
+    );
 }

@@ -63,9 +63,15 @@ impl Health {
 
     /// (alive, message).
     pub fn liveness(&self) -> (bool, String) {
-        let idle = Duration::from_millis(self.now_ms().saturating_sub(self.heartbeat.load(Ordering::Relaxed)));
+        let idle = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.heartbeat.load(Ordering::Relaxed)),
+        );
         if idle > STALL {
-            (false, format!("run loop stuck: no turn for {}s", idle.as_secs()))
+            (
+                false,
+                format!("run loop stuck: no turn for {}s", idle.as_secs()),
+            )
         } else {
             (true, "ok".to_owned())
         }
@@ -97,7 +103,10 @@ mod tests {
         health.set_waiting("waiting for the first complete list of Pod");
         assert_eq!(
             health.readiness(),
-            (false, "not ready: waiting for the first complete list of Pod".to_owned())
+            (
+                false,
+                "not ready: waiting for the first complete list of Pod".to_owned()
+            )
         );
         health.set_ready();
         assert_eq!(health.readiness(), (true, "ready".to_owned()));

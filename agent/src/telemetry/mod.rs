@@ -77,7 +77,10 @@ fn route<B>(telemetry: &Telemetry, request: &Request<B>) -> Response<Full<Bytes>
     match request.uri().path() {
         "/healthz" | "/livez" => verdict(telemetry.health.liveness()),
         "/readyz" => verdict(telemetry.health.readiness()),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz or /readyz\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz or /readyz\n".into(),
+        ),
     }
 }
 

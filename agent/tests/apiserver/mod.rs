@@ -38,7 +38,9 @@ pub struct Request {
 
 impl Request {
     pub fn is_watch(&self) -> bool {
-        self.query.get("watch").is_some_and(|w| w == "true" || w == "1")
+        self.query
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1")
     }
 }
 
@@ -214,16 +216,22 @@ impl ApiServer {
     }
 }
 
-fn record(inner: &mut Inner, resource: &'static str, revision: u64, kind: &'static str, object: Value) {
+fn record(
+    inner: &mut Inner,
+    resource: &'static str,
+    revision: u64,
+    kind: &'static str,
+    object: Value,
+) {
     let line = json!({"type": kind, "object": object}).to_string();
     inner
         .history
         .entry(resource)
         .or_default()
         .push((revision, kind, object));
-    inner.watches.retain(|(r, watch)| {
-        *r != resource || watch.send(Message::Line(line.clone())).is_ok()
-    });
+    inner
+        .watches
+        .retain(|(r, watch)| *r != resource || watch.send(Message::Line(line.clone())).is_ok());
 }
 
 fn gone_line() -> String {
@@ -290,7 +298,11 @@ async fn serve(stream: TcpStream, inner: Arc<Mutex<Inner>>) {
     inner.lock().unwrap().requests.push(request.clone());
     let mut stream = stream.into_inner();
     let Some(resource) = resource_of(&request.path) else {
-        let body = status_body(404, "NotFound", "the server could not find the requested resource");
+        let body = status_body(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
         respond(&mut stream, 404, &body).await;
         return;
     };
@@ -350,7 +362,12 @@ async fn list(stream: &mut TcpStream, inner: &Mutex<Inner>, resource: &'static s
     }
 }
 
-async fn watch(mut stream: TcpStream, inner: &Mutex<Inner>, resource: &'static str, request: &Request) {
+async fn watch(
+    mut stream: TcpStream,
+    inner: &Mutex<Inner>,
+    resource: &'static str,
+    request: &Request,
+) {
     let from: u64 = request
         .query
         .get("resourceVersion")
@@ -363,7 +380,11 @@ async fn watch(mut stream: TcpStream, inner: &Mutex<Inner>, resource: &'static s
             let _ = tx.send(Message::Line(gone_line()));
             let _ = tx.send(Message::Close);
         } else {
-            if request.query.get("allowWatchBookmarks").is_some_and(|b| b == "true") {
+            if request
+                .query
+                .get("allowWatchBookmarks")
+                .is_some_and(|b| b == "true")
+            {
                 let _ = tx.send(Message::Line(bookmark_line(resource, inner.revision)));
             }
             for (revision, kind, object) in inner.history.get(resource).into_iter().flatten() {

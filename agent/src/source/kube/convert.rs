@@ -146,13 +146,14 @@ impl Slim for model::Policy {
         raw.metadata.managed_fields = None;
         let key = key_of(Self::KIND, &raw.metadata);
         let mut cx = Checker::new(origin, object_name(Self::KIND, key.as_ref()));
-        let value = field::<net::NetworkPolicySpec>(&mut cx, &mut raw.data, "spec").and_then(|spec| {
-            let policy = net::NetworkPolicy {
-                metadata: raw.metadata,
-                spec: Some(spec),
-            };
-            validate::policy(&mut cx, &policy)
-        });
+        let value =
+            field::<net::NetworkPolicySpec>(&mut cx, &mut raw.data, "spec").and_then(|spec| {
+                let policy = net::NetworkPolicy {
+                    metadata: raw.metadata,
+                    spec: Some(spec),
+                };
+                validate::policy(&mut cx, &policy)
+            });
         finish(key, value, cx)
     }
 
@@ -237,8 +238,14 @@ macro_rules! lookup {
     };
 }
 
-lookup!(model::Pod, "Pod", "", "pods", |p| Some(Cow::Borrowed(&p.namespace)));
-lookup!(model::Policy, "NetworkPolicy", "networking.k8s.io", "networkpolicies", |p| Some(
-    Cow::Borrowed(&p.namespace)
-));
+lookup!(model::Pod, "Pod", "", "pods", |p| Some(Cow::Borrowed(
+    &p.namespace
+)));
+lookup!(
+    model::Policy,
+    "NetworkPolicy",
+    "networking.k8s.io",
+    "networkpolicies",
+    |p| Some(Cow::Borrowed(&p.namespace))
+);
 lookup!(model::Namespace, "Namespace", "", "namespaces", |_n| None);

@@ -95,9 +95,12 @@ pub async fn client(connection: &Connection) -> Result<kube::Client, KubeError> 
                 source,
             };
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(error)?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(error)?
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(error)?
         }
         Connection::InCluster => kube::Config::incluster().map_err(KubeError::InCluster)?,
     };
@@ -167,21 +170,36 @@ impl KubeSource {
         let origin = core::Namespace::url_path(&(), None);
         let (namespaces, writer) = reflector::store();
         let stream = watcher::watcher(api, config.clone());
-        tasks.push(tokio::spawn(reflect::run::<model::Namespace, _>(stream, writer, shared.clone(), origin)));
+        tasks.push(tokio::spawn(reflect::run::<model::Namespace, _>(
+            stream,
+            writer,
+            shared.clone(),
+            origin,
+        )));
 
         let resource = ApiResource::erase::<core::Pod>(&());
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let origin = core::Pod::url_path(&(), None);
         let (pods, writer) = reflector::store();
         let stream = watcher::watcher(api, config.clone());
-        tasks.push(tokio::spawn(reflect::run::<model::Pod, _>(stream, writer, shared.clone(), origin)));
+        tasks.push(tokio::spawn(reflect::run::<model::Pod, _>(
+            stream,
+            writer,
+            shared.clone(),
+            origin,
+        )));
 
         let resource = ApiResource::erase::<net::NetworkPolicy>(&());
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let origin = net::NetworkPolicy::url_path(&(), None);
         let (policies, writer) = reflector::store();
         let stream = watcher::watcher(api, config);
-        tasks.push(tokio::spawn(reflect::run::<model::Policy, _>(stream, writer, shared.clone(), origin)));
+        tasks.push(tokio::spawn(reflect::run::<model::Policy, _>(
+            stream,
+            writer,
+            shared.clone(),
+            origin,
+        )));
 
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tasks.push(tokio::spawn(debounce(shared.clone(), tx)));
@@ -279,7 +297,9 @@ async fn debounce(shared: Arc<Shared>, tx: tokio::sync::mpsc::Sender<()>) {
         let deadline = tokio::time::Instant::now() + MAX_DELAY;
         loop {
             let until = deadline.min(tokio::time::Instant::now() + QUIET);
-            if tokio::time::timeout_at(until, shared.dirty.notified()).await.is_err()
+            if tokio::time::timeout_at(until, shared.dirty.notified())
+                .await
+                .is_err()
                 || tokio::time::Instant::now() >= deadline
             {
                 break;

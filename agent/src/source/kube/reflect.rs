@@ -11,17 +11,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt as _;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt as _;
 
 use super::Shared;
 use super::convert::{Slim, key_of};
 use crate::source::ObjectKey;
 
 /// Runs until the stream ends (never, in practice: the watcher retries forever).
-pub async fn run<K, S>(stream: S, writer: reflector::store::Writer<K>, shared: Arc<Shared>, origin: String)
-where
+pub async fn run<K, S>(
+    stream: S,
+    writer: reflector::store::Writer<K>,
+    shared: Arc<Shared>,
+    origin: String,
+) where
     K: Slim,
     S: futures::Stream<Item = watcher::Result<Event<K::Raw>>> + Send + 'static,
 {
