@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod apiserver;
+mod netns;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
@@ -481,6 +483,172 @@ async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
         assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------
+// In network namespaces: the real agent, watching the test API server.
+
+/// `netfence run --kubeconfig` inside the node namespace; killed (SIGTERM) on drop.
+struct KubeAgent {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl KubeAgent {
+    fn start(bed: &netns::TestBed, kubeconfig: &Path, log: PathBuf) -> KubeAgent {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = bed
+            .node()
+            .command(&netns::netfence_bin().to_string_lossy())
+            .args([
+                "run",
+                "--node-name",
+                netfence_testbed::NODE_NAME,
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args(["--interfaces", netfence_testbed::POD_INTERFACES])
+            .args(["--health-addr", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let agent = KubeAgent { child, log };
+        agent.wait(|log| log.contains("netfence: ready"), "ready");
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn generation(&self) -> u64 {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split("generation=").nth(1))
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn wait(&self, done: impl Fn(&str) -> bool, what: &str) {
+        let start = Instant::now();
+        while !done(&self.log()) {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "agent not {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_sync_after(&self, generation: u64) {
+        self.wait(|_| self.generation() > generation, "synced");
+    }
+}
+
+impl Drop for KubeAgent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_verdicts_follow_the_api_server() {
+    let mut bed = netns::bed();
+    bed.namespace("prod", &[("team", "a")]);
+    let web = bed
+        .pod("prod", "web", &[("app", "web")], 10, &[("http", 80)])
+        .unwrap();
+    let client = bed
+        .pod("prod", "client", &[("app", "client")], 11, &[])
+        .unwrap();
+    let other = bed
+        .pod("prod", "other", &[("app", "other")], 12, &[])
+        .unwrap();
+    // The server listens on the node namespace's loopback, where the agent runs.
+    let listener = bed
+        .node()
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let server = ApiServer::start_with(listener);
+    // The bed's cluster as `kubectl get -o yaml` prints it, served by the API server.
+    let cluster: serde_yaml_ng::Value = serde_yaml_ng::from_str(&bed.cluster_yaml()).unwrap();
+    let cluster = serde_json::to_value(cluster).unwrap();
+    for item in cluster["items"].as_array().unwrap() {
+        let resource = if item["kind"] == "Namespace" {
+            NAMESPACES
+        } else {
+            PODS
+        };
+        server.apply(resource, item.clone());
+    }
+    let dir = tempfile::Builder::new().prefix("nf6-").tempdir().unwrap();
+    let kubeconfig = server.kubeconfig(dir.path());
+    let log = dir.path().join("agent.log");
+    let agent = tokio::task::block_in_place(|| KubeAgent::start(&bed, &kubeconfig, log));
+    assert!(agent.log().contains("source=kubeconfig"), "{}", agent.log());
+    tokio::task::block_in_place(|| {
+        netns::Verdicts::new()
+            .tcp(&client, &web, 80, netns::ALLOW)
+            .tcp(&other, &web, 80, netns::ALLOW)
+            .check();
+    });
+
+    let generation = agent.generation();
+    let (resource, policy) = allow_web_from(
+        "prod",
+        "web",
+        json!({"podSelector": {"matchLabels": {"app": "client"}}}),
+    );
+    server.apply(resource, policy);
+    tokio::task::block_in_place(|| {
+        agent.wait_sync_after(generation);
+        netns::Verdicts::new()
+            .tcp(&client, &web, 80, netns::ALLOW)
+            .tcp(&other, &web, 80, netns::DENY)
+            .check();
+    });
+
+    // A label change on the API server moves `other` into the allowed set.
+    let generation = agent.generation();
+    let mut relabelled = cluster["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == "other")
+        .unwrap()
+        .clone();
+    relabelled["metadata"]["labels"] = json!({"app": "client"});
+    server.apply(PODS, relabelled);
+    tokio::task::block_in_place(|| {
+        agent.wait_sync_after(generation);
+        netns::Verdicts::new()
+            .tcp(&other, &web, 80, netns::ALLOW)
+            .check();
+    });
+
+    let generation = agent.generation();
+    server.delete(POLICIES, "prod", "web");
+    tokio::task::block_in_place(|| {
+        agent.wait_sync_after(generation);
+        netns::Verdicts::new()
+            .tcp(&client, &web, 80, netns::ALLOW)
+            .tcp(&other, &web, 80, netns::ALLOW)
+            .check();
+    });
+    drop(agent);
 }
 
 // ---------------------------------------------------------------------------------

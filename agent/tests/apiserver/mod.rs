@@ -99,7 +99,17 @@ impl ApiServer {
     }
 
     pub async fn start_on(addr: SocketAddr) -> ApiServer {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        ApiServer::listen(TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// Serves on a listener created elsewhere (e.g. inside a node's network namespace,
+    /// where an agent running there can reach it on its loopback).
+    pub fn start_with(listener: std::net::TcpListener) -> ApiServer {
+        listener.set_nonblocking(true).unwrap();
+        ApiServer::listen(TcpListener::from_std(listener).unwrap())
+    }
+
+    fn listen(listener: TcpListener) -> ApiServer {
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Mutex::new(Inner {
             revision: 100,
