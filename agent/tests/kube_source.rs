@@ -438,7 +438,11 @@ async fn malformed_objects_are_reported_and_skipped() {
     // A good pod turning bad keeps its last good version.
     let (resource, mut broken) = pod("prod", "api", json!({"app": "api"}), API, NODE);
     broken["spec"]["containers"][0]["ports"][0]["protocol"] = json!("tcp");
+    while f.changes.try_recv().is_ok() {}
     f.server.apply(resource, broken);
+    // The store does not change, but the run loop is told to load (and so to report).
+    let signal = tokio::time::timeout(TIMEOUT, f.changes.recv()).await;
+    assert_eq!(signal, Ok(Some(())));
     let (load, image) = f
         .until("the broken update", |load, _| !load.errors.is_empty())
         .await;

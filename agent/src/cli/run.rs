@@ -136,6 +136,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             },
             _ = tick.tick() => if ready {
                 enforcer.reconcile_interfaces().await;
+            } else {
+                health.set_waiting(source.waiting_for());
             },
         }
         health.beat();

@@ -134,6 +134,9 @@ impl Shared {
             problems.0.extend(errors);
             problems.1.extend(warnings);
         }
+        // An invalid update changes no store (the last good version stays), but the
+        // run loop reports problems when it loads: let it load.
+        self.mark_dirty();
     }
 }
 
