@@ -10,9 +10,9 @@ mod netns;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use apiserver::agent::KubeAgent;
 use apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
 use netfence::compile::compile;
 use netfence::image::{Image, Packet};
@@ -21,7 +21,7 @@ use netfence::source::kube::{self as kube_source, Connection, KubeSource};
 use serde_json::{Value, json};
 
 const NODE: &str = "nf6-node";
-const TIMEOUT: Duration = Duration::from_secs(15);
+use apiserver::TIMEOUT;
 
 /// A server, the source watching it, and the kubeconfig's directory.
 struct Fixture {
@@ -492,81 +492,6 @@ async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
 // ---------------------------------------------------------------------------------
 // In network namespaces: the real agent, watching the test API server.
 
-/// `netfence run --kubeconfig` inside the node namespace; killed (SIGTERM) on drop.
-struct KubeAgent {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl KubeAgent {
-    fn start(bed: &netns::TestBed, kubeconfig: &Path, log: PathBuf) -> KubeAgent {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = bed
-            .node()
-            .command(&netns::netfence_bin().to_string_lossy())
-            .args([
-                "run",
-                "--node-name",
-                netfence_testbed::NODE_NAME,
-                "--kubeconfig",
-            ])
-            .arg(kubeconfig)
-            .args(["--interfaces", netfence_testbed::POD_INTERFACES])
-            .args(["--health-addr", "127.0.0.1:0"])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let agent = KubeAgent { child, log };
-        agent.wait(|log| log.contains("netfence: ready"), "ready");
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn generation(&self) -> u64 {
-        self.log()
-            .lines()
-            .filter_map(|l| l.split("generation=").nth(1))
-            .filter_map(|rest| {
-                rest.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn wait(&self, done: impl Fn(&str) -> bool, what: &str) {
-        let start = Instant::now();
-        while !done(&self.log()) {
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "agent not {what}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_sync_after(&self, generation: u64) {
-        self.wait(|_| self.generation() > generation, "synced");
-    }
-}
-
-impl Drop for KubeAgent {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-        unsafe { libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packet_verdicts_follow_the_api_server() {
     let mut bed = netns::bed();
@@ -601,7 +526,7 @@ async fn packet_verdicts_follow_the_api_server() {
     let dir = tempfile::Builder::new().prefix("nf6-").tempdir().unwrap();
     let kubeconfig = server.kubeconfig(dir.path());
     let log = dir.path().join("agent.log");
-    let agent = tokio::task::block_in_place(|| KubeAgent::start(&bed, &kubeconfig, log));
+    let agent = tokio::task::block_in_place(|| KubeAgent::start(bed.node(), &kubeconfig, log));
     assert!(agent.log().contains("source=kubeconfig"), "{}", agent.log());
     tokio::task::block_in_place(|| {
         netns::Verdicts::new()
@@ -702,31 +627,7 @@ fn store_memory_per_10k_pods() {
     // Pods as a real API server sends them: managed fields, annotations, owner
     // references, two containers with env and probes, status conditions.
     let raw = |i: usize| -> kube::api::DynamicObject {
-        let value = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": format!("app-{:05}-7d9c8b6f5-x2k4q", i), "namespace": format!("team-{}", i % 50),
-                "uid": "0b6c3c5e-6a7f-4d0e-9b1a-1f2e3d4c5b6a", "resourceVersion": "123456789",
-                "labels": {"app": format!("app-{}", i % 200), "pod-template-hash": "7d9c8b6f5", "tier": "backend"},
-                "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z", "prometheus.io/scrape": "true"},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-7d9c8b6f5", "uid": "1", "controller": true}],
-                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
-                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:containers": {}}}},
-                                  {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "subresource": "status",
-                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}, "f:podIP": {}}}}]
-            },
-            "spec": {"nodeName": format!("node-{}", i % 100), "serviceAccountName": "default",
-                     "containers": [
-                        {"name": "app", "image": "registry.example/app:1.2.3", "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 9090, "name": "metrics"}],
-                         "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
-                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}, "resources": {"limits": {"memory": "256Mi"}}},
-                        {"name": "sidecar", "image": "registry.example/sidecar:4.5", "ports": [{"containerPort": 15000}]}]},
-            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
-                       "podIPs": [{"ip": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)}],
-                       "hostIP": "192.168.0.1", "startTime": "2026-01-01T00:00:00Z",
-                       "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
-        });
-        serde_json::from_value(value).unwrap()
+        serde_json::from_value(apiserver::realistic_pod(i)).unwrap()
     };
     let json_bytes = serde_json::to_vec(&raw(1234)).unwrap().len();
 

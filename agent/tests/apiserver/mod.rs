@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub mod agent;
+
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +29,9 @@ pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
 const RESOURCES: [&str; 3] = [NAMESPACES, PODS, POLICIES];
+
+/// How long a test waits for the agent or the source.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One request the server saw.
 #[derive(Clone, Debug)]
@@ -422,4 +427,34 @@ async fn watch(
             Message::Close => return,
         }
     }
+}
+
+/// A pod as a real API server sends it (managed fields, annotations, owner reference,
+/// two containers with env and probes, status conditions); pod `i` of 50 namespaces,
+/// 200 label groups and 100 nodes, with a unique IPv4 address.
+pub fn realistic_pod(i: usize) -> Value {
+    json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": format!("app-{:05}-7d9c8b6f5-x2k4q", i), "namespace": format!("team-{}", i % 50),
+                "uid": "0b6c3c5e-6a7f-4d0e-9b1a-1f2e3d4c5b6a", "resourceVersion": "123456789",
+                "labels": {"app": format!("app-{}", i % 200), "pod-template-hash": "7d9c8b6f5", "tier": "backend"},
+                "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z", "prometheus.io/scrape": "true"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-7d9c8b6f5", "uid": "1", "controller": true}],
+                "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}, "f:spec": {"f:containers": {}}}},
+                                  {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "subresource": "status",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}, "f:podIP": {}}}}]
+            },
+            "spec": {"nodeName": format!("node-{}", i % 100), "serviceAccountName": "default",
+                     "containers": [
+                        {"name": "app", "image": "registry.example/app:1.2.3", "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 9090, "name": "metrics"}],
+                         "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}, "resources": {"limits": {"memory": "256Mi"}}},
+                        {"name": "sidecar", "image": "registry.example/sidecar:4.5", "ports": [{"containerPort": 15000}]}]},
+            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
+                       "podIPs": [{"ip": format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)}],
+                       "hostIP": "192.168.0.1", "startTime": "2026-01-01T00:00:00Z",
+                       "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}
+    })
 }
