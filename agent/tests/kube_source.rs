@@ -489,6 +489,49 @@ async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// GET over a fresh connection; returns (status line, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn health_endpoints_over_http() {
+    use netfence::telemetry::{self, Health, Telemetry};
+    let health = std::sync::Arc::new(Health::new());
+    health.beat();
+    let telemetry = Telemetry {
+        health: health.clone(),
+    };
+    let (addr, _task) = telemetry::serve("127.0.0.1:0".parse().unwrap(), telemetry)
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(addr, "/healthz").await,
+        ("HTTP/1.1 200 OK".into(), "ok\n".into())
+    );
+    health.set_waiting("waiting for the first complete list of Pod");
+    assert_eq!(
+        http_get(addr, "/readyz").await,
+        (
+            "HTTP/1.1 503 Service Unavailable".into(),
+            "not ready: waiting for the first complete list of Pod\n".into()
+        )
+    );
+    health.set_ready();
+    assert_eq!(
+        http_get(addr, "/readyz").await,
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
+    assert_eq!(http_get(addr, "/nope").await.0, "HTTP/1.1 404 Not Found");
+}
+
 // ---------------------------------------------------------------------------------
 // In network namespaces: the real agent, watching the test API server.
 
