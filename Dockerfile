@@ -7,21 +7,18 @@
 #   docker build -t REGISTRY/netfence:TAG . && docker push REGISTRY/netfence:TAG
 #   cd deploy && kustomize edit set image netfence=REGISTRY/netfence:TAG
 
-FROM debian:bookworm AS build
-ARG RUST_VERSION=1.95.0
+# The official Rust image (rustup, stable 1.95) from the image registry: no installer
+# is downloaded during the build.
+FROM rust:1.95.0-bookworm AS build
 ARG BPF_LINKER_VERSION=0.13.0
-ENV DEBIAN_FRONTEND=noninteractive \
-    RUSTUP_HOME=/usr/local/rustup \
-    CARGO_HOME=/usr/local/cargo \
-    PATH=/usr/local/cargo/bin:$PATH
+ENV DEBIAN_FRONTEND=noninteractive
 # rustc-web/cargo-web/rust-web-src and llvm-22-dev come from bookworm-security.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl gcc libc6-dev \
+ && apt-get install -y --no-install-recommends \
       rustc-web cargo-web rust-web-src llvm-22-dev \
  && rm -rf /var/lib/apt/lists/*
-RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-      | sh -s -- -y --profile minimal --default-toolchain "$RUST_VERSION" \
- && rustup toolchain link debian-web /usr \
+# rustup's cargo stays first in PATH (the packages add /usr/bin/cargo 1.96).
+RUN rustup toolchain link debian-web /usr \
  && LLVM_PREFIX=/usr/lib/llvm-22 cargo install "bpf-linker@$BPF_LINKER_VERSION" --locked \
       --no-default-features --features llvm-22
 WORKDIR /src

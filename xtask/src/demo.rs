@@ -14,7 +14,7 @@ use netfence_testbed::{
     Attach, NODE_V4, PodNs, TestBed, cluster_yaml, namespace_spec, ping, pod_spec, tcp_connects,
 };
 
-use crate::cmd::{cargo, run};
+use crate::cmd::{cargo, repo_root, run};
 use crate::setup::setup;
 
 /// The example's pods: name, host number (198.18.0.N, fd00:18::N), label, port.
@@ -57,11 +57,6 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn repo_root() -> PathBuf {
-    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask.parent().unwrap_or(xtask).to_owned()
 }
 
 /// The Namespace and Pods of the example, as `deploy/examples/cluster.yaml` holds them.

@@ -168,3 +168,26 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent image builds the BPF object with the same toolchain as this setup:
+    /// the Dockerfile cannot be built here (no base images), so at least it cannot
+    /// drift from what is tested.
+    #[test]
+    fn dockerfile_installs_the_bpf_toolchain_of_setup() {
+        let path = crate::cmd::repo_root().join("Dockerfile");
+        let dockerfile = std::fs::read_to_string(&path).unwrap_or_default();
+        for package in ["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"] {
+            assert!(PACKAGES.iter().any(|(p, _)| *p == package));
+            assert!(dockerfile.contains(package), "{} lacks {package}", path.display());
+        }
+        assert!(dockerfile.contains(&format!("ARG BPF_LINKER_VERSION={BPF_LINKER_VERSION}")));
+        assert!(dockerfile.contains(&format!("rustup toolchain link {LINKED_TOOLCHAIN} /usr")));
+        assert!(dockerfile.contains("LLVM_PREFIX=/usr/lib/llvm-22"));
+        assert!(dockerfile.contains("--features llvm-22"));
+        assert!(!dockerfile.contains("curl"), "no installer downloads during the build");
+    }
+}
