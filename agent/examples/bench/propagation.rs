@@ -75,6 +75,20 @@ fn until_verdict(client: &PodNs, target: SocketAddr, allowed: bool, t0: Instant)
     })?
 }
 
+/// Alternately denies and allows UDP 7000 `changes` times; (allowed after, ms) each.
+fn flip(bed: &TestBed, client: &PodNs, target: SocketAddr, changes: usize) -> anyhow::Result<Vec<(bool, f64)>> {
+    until_verdict(client, target, true, Instant::now()).context("the initial policy allows UDP 7000")?;
+    let mut samples = Vec::new();
+    for i in 0..changes {
+        let allow = i % 2 == 1;
+        bed.write_manifest("server-ingress.yaml", &policy_yaml(allow))?;
+        let t0 = Instant::now();
+        let took = until_verdict(client, target, allow, t0)?;
+        samples.push((allow, took.as_secs_f64() * 1e3));
+    }
+    Ok(samples)
+}
+
 pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let changes = if args.quick { 6 } else { 60 };
     progress(&format!("propagation: netfence run on a testbed node, {changes} policy changes"));
@@ -98,18 +112,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
                 }
             }
         });
-        let result = (|| {
-            until_verdict(&client, target, true, Instant::now()).context("the initial policy allows UDP 7000")?;
-            let mut samples = Vec::new();
-            for i in 0..changes {
-                let allow = i % 2 == 1;
-                bed.write_manifest("server-ingress.yaml", &policy_yaml(allow))?;
-                let t0 = Instant::now();
-                let took = until_verdict(&client, target, allow, t0)?;
-                samples.push((allow, took.as_secs_f64() * 1e3));
-            }
-            Ok(samples)
-        })();
+        let result = flip(&bed, &client, target, changes);
         done.store(true, Ordering::Relaxed);
         result
     })?;

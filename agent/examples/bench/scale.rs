@@ -103,7 +103,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         bail!("compile child failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let data: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+    let data: Value = serde_json::from_str(text.lines().next_back().unwrap_or_default())
         .with_context(|| format!("parsing the compile child's output: {text}"))?;
     let mut s = Section::new(
         "compile",

@@ -179,20 +179,22 @@ fn rr(client: &PodNs, server: &PodNs, count: usize) -> anyhow::Result<Vec<f64>> 
                 }
             }
         });
-        let result = (|| -> anyhow::Result<Vec<f64>> {
-            let mut out = Vec::with_capacity(count);
-            let mut buf = [0u8; 64];
-            for i in 0..count {
-                let start = Instant::now();
-                socket.send(&(i as u64).to_be_bytes())?;
-                socket.recv(&mut buf).with_context(|| format!("UDP round trip {i}"))?;
-                out.push(start.elapsed().as_secs_f64() * 1e6);
-            }
-            Ok(out)
-        })();
+        let result = round_trips(&socket, count);
         done.store(true, Ordering::Relaxed);
         result
     })
+}
+
+fn round_trips(socket: &UdpSocket, count: usize) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(count);
+    let mut buf = [0u8; 64];
+    for i in 0..count {
+        let start = Instant::now();
+        socket.send(&(i as u64).to_be_bytes())?;
+        socket.recv(&mut buf).with_context(|| format!("UDP round trip {i}"))?;
+        out.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(out)
 }
 
 /// An iperf3 server, killed when dropped.
