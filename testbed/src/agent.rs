@@ -3,7 +3,6 @@
 //! later syncs are read from the log: `netfence: ready` once enforcing, and
 //! `synced generation=N` after each later sync.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -41,11 +40,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
+    /// Bytes of the log file written by earlier agents (skipped by `log`).
+    skip: u64,
 }
 
 impl Agent {
     /// Starts `binary run --node-name NODE --manifests DIR --interfaces GLOB... --attach
-    /// MODE` inside `node` and waits until it logs `netfence: ready`.
+    /// MODE --detach-on-exit` inside `node` and waits until it logs `netfence: ready`.
     pub fn start(
         binary: &Path,
         node: &Netns,
@@ -55,11 +56,43 @@ impl Agent {
         attach: Attach,
         log: PathBuf,
     ) -> anyhow::Result<Agent> {
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        Self::start_with(
+            binary,
+            node,
+            node_name,
+            manifests,
+            interfaces,
+            attach,
+            log,
+            &["--detach-on-exit".as_ref()],
+        )
+    }
+
+    /// `start` with other extra arguments (e.g. `--pin-dir DIR`, and without
+    /// `--detach-on-exit` to keep enforcement across a restart). The log file is
+    /// appended to, so a restarted agent's log follows the previous one's.
+    #[expect(clippy::too_many_arguments, reason = "start's arguments plus the extra ones")]
+    pub fn start_with(
+        binary: &Path,
+        node: &Netns,
+        node_name: &str,
+        manifests: &Path,
+        interfaces: &[&str],
+        attach: Attach,
+        log: PathBuf,
+        extra: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Agent> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let skip = out.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = node.command(&binary.to_string_lossy());
         cmd.args(["run", "--node-name", node_name, "--manifests"])
             .arg(manifests)
-            .args(["--attach", attach.as_arg()]);
+            .args(["--attach", attach.as_arg()])
+            .args(extra);
         for glob in interfaces {
             cmd.args(["--interfaces", glob]);
         }
@@ -75,6 +108,7 @@ impl Agent {
         let mut agent = Agent {
             child: Some(child),
             log,
+            skip,
         };
         agent.wait_for(READY_TIMEOUT, "`netfence: ready`", |log| {
             log.contains("netfence: ready")
@@ -82,9 +116,20 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Everything the agent logged so far, ANSI colours removed.
+    /// Kills the agent with SIGKILL (no cleanup at all) and reaps it.
+    pub fn kill(mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("netfence was already stopped");
+        };
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// Everything this agent logged so far, ANSI colours removed.
     pub fn log(&self) -> String {
-        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
+        let all = std::fs::read(&self.log).unwrap_or_default();
+        let own = all.get(usize::try_from(self.skip).unwrap_or(usize::MAX)..).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(own))
     }
 
     /// The highest `generation=N` the agent has logged (0 before the first).

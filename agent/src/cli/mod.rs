@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod explain;
 pub mod run;
+pub mod uninstall;
 
 use std::path::PathBuf;
 
@@ -35,13 +36,23 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Enforce policy on this node until stopped (SIGINT/SIGTERM detach and exit 0).
+    /// Enforce policy on this node until stopped (SIGINT/SIGTERM exit 0 and leave the
+    /// pinned enforcement in place unless --detach-on-exit).
     Run(RunArgs),
     /// Compile manifests and print the map contents netfence would enforce.
     Compile(CompileArgs),
     /// Explain the verdict for one connection, or print the allow/deny matrix of every
     /// pod pair, computed through the compiled image.
     Explain(ExplainArgs),
+    /// Detach every pinned attachment and remove every pinned map (stop the agent first).
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// The agent's pin directory.
+    #[arg(long, value_name = "DIR", default_value = crate::dataplane::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +90,14 @@ pub struct RunArgs {
     /// Also log every allowed new flow (drops are always logged).
     #[arg(long)]
     pub log_allows: bool,
+    /// Where maps and TCX links are pinned (on a BPF file system; one is mounted at
+    /// the parent when it is not). A restarted agent adopts what it finds there.
+    #[arg(long, value_name = "DIR", default_value = crate::dataplane::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Detach the programs on SIGTERM/SIGINT. By default they stay attached (pinned)
+    /// and keep enforcing the last synced policy until the next agent adopts them.
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 #[derive(Debug, clap::Args)]

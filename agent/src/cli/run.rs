@@ -2,7 +2,14 @@
 //! to three things, always recomputing from the whole state (level-triggered):
 //! a source change (reload, compile, sync), an interface change or a periodic tick
 //! (attach to new interfaces, forget gone ones, rebind pod addresses), and a signal
-//! (detach and exit).
+//! (exit; pinned links stay attached unless `--detach-on-exit`).
+//!
+//! Restart without a gap: maps and TCX links are pinned under `--pin-dir`. A new agent
+//! loads its programs on the pinned maps (conntrack and counters included), reads
+//! the maps back so its first sync writes only the difference, and swaps its
+//! programs into the pinned links atomically. Until its first sync the previous
+//! agent's programs keep enforcing the previous policy on the same maps. Nothing is
+//! detached on the way.
 //!
 //! Nothing is attached before the source is ready (the Kubernetes API source: every
 //! kind listed completely once): the first packet a program sees meets a complete
@@ -26,6 +33,7 @@ use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
 use crate::dataplane::links::{self, Interface, Selection};
 use crate::dataplane::loader::{Datapath, LoadOptions};
+use crate::dataplane::pin::PinDir;
 use crate::dataplane::sync::{self, Contents};
 use crate::image::Image;
 use crate::source::Load;
@@ -49,6 +57,9 @@ struct Enforcer {
     live: Contents,
     generation: u64,
     names: tokio::sync::watch::Sender<Arc<Names>>,
+    pins: PinDir,
+    /// Map directories of another layout, removed once the links are switched.
+    old_layouts: Vec<std::path::PathBuf>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -61,7 +72,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ct_other_timeout_ns: args.ct_other_timeout.saturating_mul(1_000_000_000),
         event_allows: args.log_allows,
     };
-    let mut datapath = Datapath::load(&options)?;
+    let pins = PinDir::prepare(&args.pin_dir)?;
+    let old_layouts = pins.other_layouts();
+    let restart = pins.has_own_layout();
+    let mut datapath = Datapath::load_pinned(&options, &pins)?;
+    let live = datapath.maps.read_live().context("reading the pinned maps back")?;
+    tracing::info!(
+        pin_dir = %pins.root().display(),
+        layout = %crate::dataplane::pin::layout(),
+        restart,
+        endpoints = live.endpoints.len(),
+        identities = live.identities.len(),
+        policy_entries = live.policy.len(),
+        links = pins.links().len(),
+        "pinned state"
+    );
+    if !old_layouts.is_empty() {
+        tracing::warn!(
+            old = ?old_layouts,
+            "maps pinned with another layout: filling new maps, then switching the programs on the pinned links"
+        );
+    }
     let ring = datapath.events.take().context("event ring buffer already taken")?;
     let (names, names_rx) = tokio::sync::watch::channel(Arc::new(Names::new()));
     let event_reader = tokio::spawn(events::read(ring, names_rx));
@@ -88,7 +119,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let handle = links::connect()?;
     let mut link_changes = links::subscribe()?;
-    let attachments = Attachments::new(args.attach);
+    let attachments = Attachments::pinned(args.attach, pins.clone());
+    if !attachments.survives_exit() && !args.detach_on_exit {
+        tracing::warn!("clsact filters cannot be pinned: they are detached on exit, and a restart re-attaches them");
+    }
     tracing::info!(mode = ?attachments.mode(), "attach mode");
 
     let mut enforcer = Enforcer {
@@ -98,10 +132,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         selection,
         handle,
         image: Image::default(),
-        bindings: BTreeMap::new(),
-        live: Contents::default(),
+        // After a restart, the pinned endpoints' interfaces: the first sync then keeps
+        // them (no window without anti-spoofing), and `links::bind` keeps them sticky.
+        bindings: live
+            .endpoints
+            .iter()
+            .filter(|(_, value)| value.ifindex != 0)
+            .map(|(addr, value)| (*addr, value.ifindex))
+            .collect(),
+        live,
         generation: 0,
         names,
+        pins,
+        old_layouts,
     };
     let mut ready = false;
     match source.load() {
@@ -143,8 +186,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         health.beat();
     }
     event_reader.abort();
-    let detached = enforcer.attachments.detach_all(&mut enforcer.datapath.ebpf);
-    tracing::info!(interfaces = detached, "detached; exiting");
+    if args.detach_on_exit || !enforcer.attachments.survives_exit() {
+        let detached = enforcer.attachments.detach_all(&mut enforcer.datapath.ebpf);
+        tracing::info!(interfaces = detached, "detached; exiting");
+    } else {
+        let kept = enforcer.attachments.release(&mut enforcer.datapath.ebpf);
+        tracing::info!(
+            interfaces = kept,
+            pin_dir = %enforcer.pins.root().display(),
+            "exiting; enforcement stays attached (pinned) until the next agent adopts it"
+        );
+    }
     enforcer.log_counters();
     Ok(ExitCode::SUCCESS)
 }
@@ -164,10 +216,20 @@ impl Enforcer {
     async fn start(&mut self, load: Load, source: &dyn Source, health: &Health, ready: &mut bool) {
         self.reload(load, source);
         self.reconcile_interfaces().await;
+        let adopted = self.attachments.indexes().filter(|i| self.attachments.adopted(*i)).count();
+        let pruned = self.attachments.prune_pins();
+        for dir in std::mem::take(&mut self.old_layouts) {
+            match PinDir::remove_tree(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "removed maps of the old layout"),
+                Err(error) => tracing::warn!(dir = %dir.display(), "removing maps of the old layout: {error}"),
+            }
+        }
         *ready = true;
         health.set_ready();
         tracing::info!(
             node = %self.node,
+            adopted,
+            stale_pins_removed = pruned,
             interfaces = self.attachments.indexes().count(),
             endpoints = self.image.endpoints.len(),
             generation = self.generation,

@@ -12,7 +12,8 @@ use netfence_common::{
     V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
 };
 
-use super::sync::{MapBackend, MapOp};
+use super::pin::{PINNED_MAPS, PinDir};
+use super::sync::{Contents, MapBackend, MapOp};
 use crate::image::PolicyEntry;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum LoadError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("creating the map pin directory: {0}")]
+    PinDir(std::io::Error),
     #[error("counting CPUs: {0}")]
     Cpus(std::io::Error),
 }
@@ -86,13 +89,32 @@ impl std::fmt::Debug for Datapath {
 }
 
 impl Datapath {
+    /// Loads the programs with fresh, unpinned maps (they go away with the process).
     pub fn load(options: &LoadOptions) -> Result<Self, LoadError> {
+        Self::load_with(options, None)
+    }
+
+    /// Loads the programs with the maps pinned in `pins` (this build's layout):
+    /// existing pins are reused as they are — their contents, conntrack included,
+    /// survive a restart — and missing ones are created and pinned.
+    pub fn load_pinned(options: &LoadOptions, pins: &PinDir) -> Result<Self, LoadError> {
+        Self::load_with(options, Some(pins))
+    }
+
+    fn load_with(options: &LoadOptions, pins: Option<&PinDir>) -> Result<Self, LoadError> {
         let event_allows = u32::from(options.event_allows);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(global::CT_TCP_TIMEOUT_NS, &options.ct_tcp_timeout_ns, true)
             .override_global(global::CT_OTHER_TIMEOUT_NS, &options.ct_other_timeout_ns, true)
-            .override_global(global::EVENT_ALLOWS, &event_allows, true)
-            .load(super::EBPF_OBJECT)?;
+            .override_global(global::EVENT_ALLOWS, &event_allows, true);
+        if let Some(pins) = pins {
+            std::fs::create_dir_all(pins.layout_dir()).map_err(LoadError::PinDir)?;
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        let mut ebpf = loader.load(super::EBPF_OBJECT)?;
         for name in [program::FROM_POD, program::TO_POD] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -139,6 +161,28 @@ pub fn identity_key(net: &IpNet) -> Key<IdentityKey> {
     }
 }
 
+/// The address of an ENDPOINTS key (IPv4-mapped → IPv4).
+pub fn endpoint_addr(addr: &[u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The prefix of an IDENTITIES key: inside `::ffff:0:0/96` with at least 96 bits, an
+/// IPv4 prefix (the form `identity_key` writes); otherwise IPv6.
+pub fn identity_net(prefix_len: u32, addr: &[u8; 16]) -> Option<IpNet> {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    if prefix_len >= V4_MAPPED_PREFIX_BITS
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        let len = u8::try_from(prefix_len - V4_MAPPED_PREFIX_BITS).ok()?;
+        return ipnet::Ipv4Net::new(v4, len).ok().map(IpNet::V4);
+    }
+    ipnet::Ipv6Net::new(v6, u8::try_from(prefix_len).ok()?).ok().map(IpNet::V6)
+}
+
 /// The ENDPOINTS key of an address.
 pub fn endpoint_key(addr: &IpAddr) -> EndpointKey {
     EndpointKey {
@@ -182,6 +226,55 @@ impl MapBackend for Maps {
 }
 
 impl Maps {
+    /// What the maps hold now, read back as sync `Contents`: after a restart on
+    /// pinned maps, the first sync is then a difference, not a rewrite. Entries
+    /// this agent could not have written (a foreign key shape) are read as they are
+    /// and so get deleted by the next sync if the image lacks them.
+    pub fn read_live(&self) -> Result<Contents, aya::maps::MapError> {
+        let mut live = Contents::default();
+        for item in self.endpoints.iter() {
+            let (key, value) = item?;
+            live.endpoints.insert(endpoint_addr(&key.addr), value);
+        }
+        for item in self.identities.iter() {
+            let (key, id) = item?;
+            if let Some(net) = identity_net(key.prefix_len(), &key.data().addr) {
+                live.identities.insert(net, id);
+            }
+        }
+        for item in self.policy.iter() {
+            let (key, value) = item?;
+            let data = key.data();
+            let Some(port_bits) = key.prefix_len().checked_sub(POLICY_PREFIX_ANY_PORT) else {
+                continue;
+            };
+            let Ok(port_bits) = u8::try_from(port_bits) else { continue };
+            let entry = PolicyEntry {
+                policy: u32::from_be_bytes(data.policy),
+                peer: u32::from_be_bytes(data.peer),
+                direction: data.direction,
+                protocol: data.protocol,
+                port: u16::from_be_bytes(data.port),
+                port_bits,
+            };
+            live.policy.insert(entry, value.rule);
+        }
+        for key in self.rule_hits.keys() {
+            live.rules.insert(key?);
+        }
+        Ok(live)
+    }
+
+    /// Allow hits of each rule, summed over CPUs.
+    pub fn rule_hits(&self) -> Result<Vec<(u32, u64)>, aya::maps::MapError> {
+        let mut out = Vec::new();
+        for item in self.rule_hits.iter() {
+            let (rule, values) = item?;
+            out.push((rule, values.iter().sum()));
+        }
+        Ok(out)
+    }
+
     /// Sum over CPUs of each verdict-reason counter, by reason code.
     pub fn counters(&self) -> Result<Vec<(u32, u64)>, aya::maps::MapError> {
         let mut out = Vec::new();

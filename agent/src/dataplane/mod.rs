@@ -6,6 +6,7 @@ pub mod attach;
 pub mod events;
 pub mod links;
 pub mod loader;
+pub mod pin;
 pub mod sync;
 
 /// The compiled TC programs (the `netfence-ebpf` crate, built by `build.rs`).

@@ -1,0 +1,271 @@
+//! Restart without a gap: with maps and TCX links pinned on a BPF file system the test
+//! mounts, the agent is SIGKILLed and restarted (then restarted again across a map
+//! layout change) while an allowed TCP flow exchanges a message every 10 ms and a
+//! denied pod keeps probing. The flow must never stall longer than the restart and
+//! the denied probe must never get through. Then SIGTERM keeps enforcement in place,
+//! and `netfence uninstall` removes it. Needs root.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is a test failure"
+)]
+
+mod netns;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
+use netns::{Agent, Attach, PodNs, TestBed, bed, netfence_bin};
+
+/// A BPF file system mounted on a fresh directory, unmounted on drop.
+struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn mount(tag: &str) -> Bpffs {
+        let dir = std::env::temp_dir().join(format!("nf7-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t bpf on {}", dir.display());
+        Bpffs { dir }
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.dir.join("netfence")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// An echo flow: the client sends 8 bytes every 10 ms and waits for them back,
+/// recording the longest time between two completed round trips.
+struct Flow {
+    stop: Arc<AtomicBool>,
+    client: std::thread::JoinHandle<Result<Duration, String>>,
+}
+
+impl Flow {
+    fn start(from: &PodNs, to: &PodNs, port: u16) -> Flow {
+        let target = SocketAddr::new(to.ip4(), port);
+        let listener = to.netns.run(|| TcpListener::bind(target)).unwrap().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut buf = [0u8; 8];
+                while stream.read_exact(&mut buf).is_ok() && stream.write_all(&buf).is_ok() {}
+            }
+        });
+        let stream = from
+            .netns
+            .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+            .unwrap()
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let client = std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut last = Instant::now();
+            let mut longest = Duration::ZERO;
+            let mut buf = [0u8; 8];
+            let mut n: u64 = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                n += 1;
+                stream
+                    .write_all(&n.to_be_bytes())
+                    .map_err(|e| format!("write {n}: {e}"))?;
+                stream
+                    .read_exact(&mut buf)
+                    .map_err(|e| format!("read {n}: {e}"))?;
+                if buf != n.to_be_bytes() {
+                    return Err(format!("echo {n} came back as {buf:?}"));
+                }
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(longest)
+        });
+        Flow { stop, client }
+    }
+
+    /// Stops the flow; returns the longest gap between two round trips.
+    fn finish(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.client
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the allowed flow broke: {e}"))
+    }
+}
+
+fn start(bed: &TestBed, pin_dir: &Path, log: &Path) -> Agent {
+    let pin = pin_dir.as_os_str();
+    Agent::start_with(
+        netfence_bin(),
+        bed.node(),
+        NODE_NAME,
+        &bed.manifests(),
+        &[POD_INTERFACES],
+        Attach::Tcx,
+        log.to_owned(),
+        &["--pin-dir".as_ref(), pin],
+    )
+    .unwrap_or_else(|e| panic!("starting netfence: {e:#}"))
+}
+
+fn denied(c: &PodNs, b: &PodNs, port: u16) {
+    assert!(
+        !tcp_connects(&c.netns, &b.netns, b.ip4(), port).unwrap(),
+        "c reached b: the denied probe got through"
+    );
+}
+
+const POLICY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: b-from-a
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: b
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: a
+";
+
+#[test]
+fn sigkill_restart_and_layout_switch_keep_the_flow_and_the_deny() {
+    let mut bed = bed();
+    bed.namespace("x", &[]);
+    let a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
+    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
+    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
+    bed.write_cluster().unwrap();
+    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let bpffs = Bpffs::mount("restart");
+    let pin_dir = bpffs.pin_dir();
+    let log = bpffs.dir.with_extension("log");
+    let _ = std::fs::remove_file(&log);
+
+    let agent = start(&bed, &pin_dir, &log);
+    denied(&c, &b, 81);
+    assert!(
+        tcp_connects(&a.netns, &b.netns, b.ip4(), 82).unwrap(),
+        "a reaches b"
+    );
+    let flow = Flow::start(&a, &b, 7000);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // 1. SIGKILL: the pinned links keep enforcing with nobody running.
+    let killed_at = Instant::now();
+    agent.kill().unwrap();
+    denied(&c, &b, 83);
+    let agent = start(&bed, &pin_dir, &log);
+    let restart1 = killed_at.elapsed();
+    let text = agent.log();
+    assert!(
+        text.contains("restart=true"),
+        "the restart found its pinned maps: {text}"
+    );
+    assert!(
+        text.contains("adopted=3"),
+        "all three veths adopted: {text}"
+    );
+    let first_sync = text
+        .lines()
+        .find(|l| l.contains("synced generation=1"))
+        .unwrap_or_default();
+    assert!(
+        first_sync.contains("writes=0"),
+        "the first sync after a restart is a diff (nothing changed): {first_sync}"
+    );
+    denied(&c, &b, 84);
+
+    // 2. Another layout pinned (an older agent): new maps, programs switched atomically.
+    let killed_at = Instant::now();
+    agent.kill().unwrap();
+    let maps = pin_dir.join("maps");
+    let own = std::fs::read_dir(&maps)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::rename(&own, maps.join("00000000")).unwrap();
+    let agent = start(&bed, &pin_dir, &log);
+    let restart2 = killed_at.elapsed();
+    let text = agent.log();
+    assert!(text.contains("maps pinned with another layout"), "{text}");
+    assert!(text.contains("removed maps of the old layout"), "{text}");
+    assert!(
+        own.join("ENDPOINTS").exists(),
+        "this build's maps are pinned again"
+    );
+    assert!(!maps.join("00000000").exists(), "the old layout is gone");
+    denied(&c, &b, 85);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let longest = flow.finish();
+    eprintln!(
+        "restart 1 took {restart1:?}, restart 2 {restart2:?}; longest stall of the flow: {longest:?}"
+    );
+    assert!(
+        longest < restart1.min(restart2),
+        "the flow stalled {longest:?}, longer than a restart ({restart1:?}, {restart2:?})"
+    );
+    assert!(
+        longest < Duration::from_millis(500),
+        "the flow stalled {longest:?}"
+    );
+
+    // 3. SIGTERM keeps enforcement; uninstall removes it.
+    assert!(agent.stop().unwrap().success());
+    denied(&c, &b, 86);
+    let out = bed
+        .node()
+        .command(&netfence_bin().to_string_lossy())
+        .args(["uninstall", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "uninstall: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("6 pinned links detached, 1 map layouts removed"),
+        "{stdout}"
+    );
+    assert!(!pin_dir.exists(), "the pin directory is gone");
+    assert!(
+        tcp_connects(&c.netns, &b.netns, b.ip4(), 87).unwrap(),
+        "after uninstall nothing is enforced"
+    );
+}
