@@ -37,7 +37,7 @@ use crate::dataplane::pin::PinDir;
 use crate::dataplane::sync::{self, Contents};
 use crate::image::Image;
 use crate::source::Load;
-use crate::telemetry::{self, Health, Telemetry};
+use crate::telemetry::{self, Health, Metrics, Telemetry};
 
 pub use feed::{DEFAULT_HEALTH_ADDR, Source};
 
@@ -60,6 +60,7 @@ struct Enforcer {
     pins: PinDir,
     /// Map directories of another layout, removed once the links are switched.
     old_layouts: Vec<std::path::PathBuf>,
+    metrics: Arc<Metrics>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -106,13 +107,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(source = %description, "source");
     let health = Arc::new(Health::new());
     health.beat();
+    let metrics = Arc::new(Metrics::new());
     let _health_server = match health_addr {
         Some(addr) => {
             let telemetry = Telemetry {
                 health: health.clone(),
             };
-            let (bound, task) = telemetry::serve(addr, telemetry).await?;
-            tracing::info!(%bound, "health endpoints /healthz and /readyz");
+            let (bound, task) = telemetry::serve_with_metrics(addr, telemetry, Some(metrics.clone())).await?;
+            tracing::info!(%bound, "telemetry endpoints /healthz, /readyz and /metrics");
             Some(AbortOnDrop(task))
         }
         None => None,
@@ -145,6 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         names,
         pins,
         old_layouts,
+        metrics,
     };
     let mut ready = false;
     match source.load() {
@@ -179,6 +182,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             },
             _ = tick.tick() => if ready {
                 enforcer.reconcile_interfaces().await;
+                enforcer.refresh_metrics();
             } else {
                 health.set_waiting(source.waiting_for());
             },
@@ -247,7 +251,10 @@ impl Enforcer {
         for warning in &load.warnings {
             tracing::warn!("{noun} accepted with a change: {warning}");
         }
+        self.metrics.set_invalid_objects(load.errors.len());
+        let started = std::time::Instant::now();
         self.image = compile(&load.state, Some(&self.node));
+        self.metrics.observe_compile(started.elapsed());
         let _ = self.names.send(Arc::new(events::names(&self.image)));
         self.sync(source.name());
     }
@@ -299,7 +306,13 @@ impl Enforcer {
 
     fn sync(&mut self, cause: &str) {
         let target = Contents::from_image(&self.image, &self.bindings);
+        let started = std::time::Instant::now();
         let report = sync::sync(&mut self.datapath.maps, &mut self.live, &target);
+        self.metrics.observe_sync(started.elapsed(), report.failed.len());
+        self.metrics.set_map_entries("endpoints", self.live.endpoints.len());
+        self.metrics.set_map_entries("identities", self.live.identities.len());
+        self.metrics.set_map_entries("policy", self.live.policy.len());
+        self.metrics.set_map_entries("rules", self.live.rules.len());
         for (op, error) in &report.failed {
             tracing::error!("map write failed, will retry: {op:?}: {error}");
         }
@@ -315,6 +328,19 @@ impl Enforcer {
             "synced generation={}",
             self.generation
         );
+    }
+
+    /// Reads the kernel counters into the metrics (every tick: one lookup per reason
+    /// and one walk of RULE_HITS, bounded by the number of rules).
+    fn refresh_metrics(&self) {
+        match self.datapath.maps.counters() {
+            Ok(counters) => self.metrics.update_packets(&counters),
+            Err(error) => tracing::debug!("reading counters: {error}"),
+        }
+        match self.datapath.maps.rule_hits() {
+            Ok(hits) => self.metrics.update_rules(&hits, &self.image.rules),
+            Err(error) => tracing::debug!("reading rule hits: {error}"),
+        }
     }
 
     fn log_counters(&self) {

@@ -1,9 +1,10 @@
 //! The agent's HTTP telemetry endpoint (hyper, HTTP/1.1, plain text): `/healthz`
-//! (liveness: the run loop is turning) and `/readyz` (readiness: enforcing a state
-//! built from complete lists). Routing is one `match` in [`route`], so `/metrics` can be
-//! added beside them with its own handler state in [`Telemetry`].
+//! (liveness: the run loop is turning), `/readyz` (readiness: enforcing a state
+//! built from complete lists) and `/metrics` (Prometheus, see [`metrics`]). Routing is
+//! one `match` in [`route`].
 
 mod health;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use health::Health;
+pub use metrics::Metrics;
 
 /// What the endpoints read. Cheap to share: handlers only read atomics.
 #[derive(Debug, Clone)]
@@ -32,11 +34,20 @@ pub struct ServeError {
     source: std::io::Error,
 }
 
-/// Binds `addr` and serves until the returned task is aborted. Returns the bound
-/// address (useful with port 0).
+/// Binds `addr` and serves the health endpoints until the returned task is aborted.
+/// Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     telemetry: Telemetry,
+) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
+    serve_with_metrics(addr, telemetry, None).await
+}
+
+/// `serve`, plus `/metrics` when `metrics` is given.
+pub async fn serve_with_metrics(
+    addr: SocketAddr,
+    telemetry: Telemetry,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
     let error = |source| ServeError { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(error)?;
@@ -53,9 +64,10 @@ pub async fn serve(
                 }
             };
             let telemetry = telemetry.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
-                    let response = route(&telemetry, &request);
+                    let response = route(&telemetry, metrics.as_deref(), &request);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 if let Err(error) = hyper::server::conn::http1::Builder::new()
@@ -70,16 +82,27 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-fn route<B>(telemetry: &Telemetry, request: &Request<B>) -> Response<Full<Bytes>> {
+fn route<B>(telemetry: &Telemetry, metrics: Option<&Metrics>, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     match request.uri().path() {
         "/healthz" | "/livez" => verdict(telemetry.health.liveness()),
         "/readyz" => verdict(telemetry.health.readiness()),
+        "/metrics" if metrics.is_some() => {
+            let body = metrics.map(Metrics::encode).unwrap_or_default();
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /healthz or /readyz\n".into(),
+            "not found: try /healthz, /readyz or /metrics\n".into(),
         ),
     }
 }

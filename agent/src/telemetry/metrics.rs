@@ -1,0 +1,273 @@
+//! Prometheus metrics (`/metrics`, OpenMetrics text through `prometheus-client`).
+//! Names are stable and carry their unit; labels are low-cardinality (reason, map,
+//! policy rule), never per flow or per pod.
+//!
+//! Kernel counters (COUNTERS per reason, RULE_HITS per rule) are cumulative in pinned
+//! maps; the run loop reads them every tick and adds the increase to the Prometheus
+//! counters (a decrease — new maps after a layout change — restarts the baseline).
+//! Conntrack entries are not exported: counting an LRU hash map means walking it
+//! (O(entries) syscalls) on every scrape.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::image::RuleInfo;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the agent exports, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    packets: Family<Labels, Counter>,
+    rule_allows: Family<Labels, Counter>,
+    map_entries: Family<Labels, Gauge>,
+    compile: Histogram,
+    sync: Histogram,
+    sync_failed_writes: Counter,
+    invalid_objects: Gauge,
+    syncs: Counter,
+    /// Last kernel values seen, to turn cumulative readings into increments.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    reasons: BTreeMap<u32, u64>,
+    rules: BTreeMap<u32, u64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("netfence");
+        let packets = Family::<Labels, Counter>::default();
+        registry.register(
+            "packets",
+            "Packets seen by the TC programs, by verdict reason",
+            packets.clone(),
+        );
+        let rule_allows = Family::<Labels, Counter>::default();
+        registry.register(
+            "rule_allows",
+            "New flows allowed, by policy rule (namespace, policy, direction, rule index)",
+            rule_allows.clone(),
+        );
+        let map_entries = Family::<Labels, Gauge>::default();
+        registry.register(
+            "map_entries",
+            "Entries the agent keeps in each map",
+            map_entries.clone(),
+        );
+        let map_capacity = Family::<Labels, Gauge>::default();
+        registry.register(
+            "map_capacity",
+            "Capacity of each map (entries)",
+            map_capacity.clone(),
+        );
+        for (map, capacity) in [
+            ("endpoints", netfence_common::MAX_ENDPOINTS),
+            ("identities", netfence_common::MAX_IDENTITY_PREFIXES),
+            ("policy", netfence_common::MAX_POLICY_ENTRIES),
+            ("rules", netfence_common::MAX_RULES),
+            ("conntrack", netfence_common::MAX_CONNTRACK),
+        ] {
+            map_capacity
+                .get_or_create(&vec![("map", map.to_owned())])
+                .set(i64::from(capacity));
+        }
+        let compile = Histogram::new(exponential_buckets(0.0005, 4.0, 10));
+        registry.register_with_unit(
+            "compile_duration",
+            "Time to compile the cluster state into map contents",
+            Unit::Seconds,
+            compile.clone(),
+        );
+        let sync = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
+        registry.register_with_unit(
+            "sync_duration",
+            "Time to write the difference into the BPF maps",
+            Unit::Seconds,
+            sync.clone(),
+        );
+        let sync_failed_writes = Counter::default();
+        registry.register(
+            "sync_failed_writes",
+            "Map writes that failed (map full or kernel error); retried on the next sync",
+            sync_failed_writes.clone(),
+        );
+        let syncs = Counter::default();
+        registry.register("syncs", "Syncs of the maps", syncs.clone());
+        let invalid_objects = Gauge::default();
+        registry.register(
+            "invalid_objects",
+            "Objects of the source skipped as invalid in the current state",
+            invalid_objects.clone(),
+        );
+        Self {
+            registry,
+            packets,
+            rule_allows,
+            map_entries,
+            compile,
+            sync,
+            sync_failed_writes,
+            invalid_objects,
+            syncs,
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn observe_compile(&self, took: Duration) {
+        self.compile.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_sync(&self, took: Duration, failed_writes: usize) {
+        self.sync.observe(took.as_secs_f64());
+        self.syncs.inc();
+        self.sync_failed_writes
+            .inc_by(u64::try_from(failed_writes).unwrap_or(u64::MAX));
+    }
+
+    pub fn set_invalid_objects(&self, count: usize) {
+        self.invalid_objects
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Entries per map (`endpoints`, `identities`, `policy`, `rules`).
+    pub fn set_map_entries(&self, map: &'static str, entries: usize) {
+        self.map_entries
+            .get_or_create(&vec![("map", map.to_owned())])
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Cumulative kernel counters per reason code.
+    pub fn update_packets(&self, counters: &[(u32, u64)]) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        for (code, total) in counters {
+            let Some(reason) = netfence_common::Reason::from_code(*code) else {
+                continue;
+            };
+            let before = seen.reasons.insert(*code, *total).unwrap_or(0);
+            let increase = if *total >= before {
+                total - before
+            } else {
+                *total
+            };
+            self.packets
+                .get_or_create(&vec![("reason", reason.name().to_owned())])
+                .inc_by(increase);
+        }
+    }
+
+    /// Cumulative allow hits per rule id, labelled through the image's rule table.
+    pub fn update_rules(&self, hits: &[(u32, u64)], rules: &BTreeMap<u32, RuleInfo>) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        for (rule, total) in hits {
+            let Some(info) = rules.get(rule) else {
+                continue;
+            };
+            let before = seen.rules.insert(*rule, *total).unwrap_or(0);
+            let increase = if *total >= before {
+                total - before
+            } else {
+                *total
+            };
+            let direction = if info.direction == netfence_common::DIR_EGRESS {
+                "egress"
+            } else {
+                "ingress"
+            };
+            self.rule_allows
+                .get_or_create(&vec![
+                    ("namespace", info.namespace.clone()),
+                    ("policy", info.policy.clone()),
+                    ("direction", direction.to_owned()),
+                    ("rule", info.index.to_string()),
+                ])
+                .inc_by(increase);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_totals_become_increments_with_stable_names() {
+        let metrics = Metrics::new();
+        let allow = netfence_common::Reason::ALL[0];
+        metrics.update_packets(&[(allow.code(), 5)]);
+        metrics.update_packets(&[(allow.code(), 8)]);
+        let rules = BTreeMap::from([(
+            7,
+            RuleInfo {
+                namespace: "x".into(),
+                policy: "p".into(),
+                direction: netfence_common::DIR_INGRESS,
+                index: 0,
+            },
+        )]);
+        metrics.update_rules(&[(7, 3)], &rules);
+        metrics.update_rules(&[(7, 4), (9, 100)], &rules);
+        metrics.observe_sync(Duration::from_millis(2), 1);
+        metrics.set_map_entries("endpoints", 6);
+        let text = metrics.encode();
+        let line = format!("netfence_packets_total{{reason=\"{}\"}} 8", allow.name());
+        assert!(text.contains(&line), "{line} in:\n{text}");
+        assert!(
+            text.contains("netfence_rule_allows_total{namespace=\"x\",policy=\"p\",direction=\"ingress\",rule=\"0\"} 4"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("rule=\"9\""),
+            "rules unknown to the image are not exported"
+        );
+        assert!(
+            text.contains("netfence_sync_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netfence_sync_failed_writes_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netfence_map_entries{map=\"endpoints\"} 6"),
+            "{text}"
+        );
+        assert!(
+            text.contains("netfence_map_capacity{map=\"conntrack\"} 262144"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE netfence_compile_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}
