@@ -18,7 +18,7 @@ use crate::image::PolicyEntry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("loading the TC programs into the kernel: {0} (netfence needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root, and a kernel with BPF LPM tries, ring buffers and BTF: 5.8 or newer)")]
+    #[error("loading the TC programs into the kernel: {0} (netfence needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root, and a kernel with BPF LPM tries, ring buffers and cgroup-charged BPF memory: 5.11 or newer)")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
     Program {
