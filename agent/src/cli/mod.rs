@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod explain;
 pub mod run;
+pub mod status;
 pub mod uninstall;
 
 use std::path::PathBuf;
@@ -44,8 +45,20 @@ pub enum Command {
     /// Explain the verdict for one connection, or print the allow/deny matrix of every
     /// pod pair, computed through the compiled image.
     Explain(ExplainArgs),
+    /// Show what the pinned state enforces: attachments, map fill, counters, last
+    /// sync, and whether the agent runs.
+    Status(StatusArgs),
     /// Detach every pinned attachment and remove every pinned map (stop the agent first).
     Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's pin directory.
+    #[arg(long, value_name = "DIR", default_value = crate::dataplane::pin::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, clap::Args)]

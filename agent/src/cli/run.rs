@@ -31,6 +31,7 @@ use super::RunArgs;
 use crate::compile::compile;
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
+use crate::dataplane::last_sync::{self, LastSync};
 use crate::dataplane::links::{self, Interface, Selection};
 use crate::dataplane::loader::{Datapath, LoadOptions};
 use crate::dataplane::pin::PinDir;
@@ -328,6 +329,29 @@ impl Enforcer {
             "synced generation={}",
             self.generation
         );
+        self.record_sync(cause, &report);
+    }
+
+    /// Writes the last-sync record `netfence status` reads (a failure is logged: it
+    /// costs the operator a status line, not enforcement).
+    fn record_sync(&self, cause: &str, report: &sync::SyncReport) {
+        let record = LastSync {
+            pin_dir: self.pins.root().to_owned(),
+            pid: std::process::id(),
+            generation: self.generation,
+            unix_time: last_sync::now_unix(),
+            cause: cause.to_owned(),
+            writes: report.applied,
+            failed_writes: report.failed.len(),
+            endpoints: self.live.endpoints.len(),
+            identities: self.live.identities.len(),
+            policy_entries: self.live.policy.len(),
+            rules: self.live.rules.len(),
+        };
+        let path = last_sync::path_for(self.pins.root());
+        if let Err(error) = last_sync::write(&path, &record) {
+            tracing::warn!(path = %path.display(), "writing the last-sync record: {error}");
+        }
     }
 
     /// Reads the kernel counters into the metrics (every tick: one lookup per reason

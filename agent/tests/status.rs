@@ -1,0 +1,221 @@
+//! `netfence status` against a running agent with pinned state, then after SIGTERM:
+//! attachments with interface names, map fill, counters that grow with traffic, the
+//! last-sync record and whether its agent runs. Needs root.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is a test failure"
+)]
+
+mod netns;
+
+use std::path::{Path, PathBuf};
+
+use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
+use netns::{Agent, Attach, TestBed, bed, netfence_bin};
+use serde_json::Value;
+
+/// A BPF file system mounted on a fresh directory; on drop the pins are uninstalled,
+/// the last-sync record removed and the file system unmounted.
+struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn mount(tag: &str) -> Bpffs {
+        let dir = std::env::temp_dir().join(format!("nf9-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t bpf on {}", dir.display());
+        Bpffs { dir }
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.dir.join("netfence")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = netfence::cli::uninstall::uninstall(&self.pin_dir());
+        let _ = std::fs::remove_file(netfence::dataplane::last_sync::path_for(&self.pin_dir()));
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn status_json(bed: &TestBed, pin_dir: &Path) -> Value {
+    let out = bed
+        .node()
+        .command(&netfence_bin().to_string_lossy())
+        .args(["status", "-o", "json", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("status -o json is not JSON ({e}): {stdout}"))
+}
+
+fn fill(status: &Value, map: &str) -> (u64, u64) {
+    let entry = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == map)
+        .unwrap_or_else(|| panic!("no map {map} in {status}"));
+    (
+        entry["entries"].as_u64().unwrap(),
+        entry["capacity"].as_u64().unwrap(),
+    )
+}
+
+fn attached(status: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = status["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["interface"].as_str().unwrap_or("<gone>").to_owned(),
+                a["program"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const POLICY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: b-from-a
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: b
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: a
+";
+
+#[test]
+fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
+    let mut bed = bed();
+    bed.namespace("x", &[]);
+    let a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
+    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
+    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
+    bed.write_cluster().unwrap();
+    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let bpffs = Bpffs::mount("status");
+    let pin_dir = bpffs.pin_dir();
+
+    let before = status_json(&bed, &pin_dir);
+    assert_eq!(before["pinned"], false, "{before}");
+    assert_eq!(before["agent_running"], false, "{before}");
+
+    let log = bpffs.dir.with_extension("log");
+    let _ = std::fs::remove_file(&log);
+    let agent = Agent::start_with(
+        netfence_bin(),
+        bed.node(),
+        NODE_NAME,
+        &bed.manifests(),
+        &[POD_INTERFACES],
+        Attach::Tcx,
+        log.clone(),
+        &["--pin-dir".as_ref(), pin_dir.as_os_str()],
+    )
+    .unwrap_or_else(|e| panic!("starting netfence: {e:#}"));
+
+    let running = status_json(&bed, &pin_dir);
+    assert_eq!(running["pinned"], true, "{running}");
+    assert_eq!(running["maps_pinned"], true, "{running}");
+    assert_eq!(running["agent_running"], true, "{running}");
+    let mut expected: Vec<(String, String)> = [&a, &b, &c]
+        .iter()
+        .flat_map(|pod| {
+            ["from_pod", "to_pod"].map(|program| (pod.host_if.clone(), program.to_owned()))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(attached(&running), expected, "{running}");
+    let (endpoints, capacity) = fill(&running, "ENDPOINTS");
+    assert_eq!(
+        endpoints, 6,
+        "one endpoint per pod address (IPv4 and IPv6): {running}"
+    );
+    assert_eq!(capacity, u64::from(netfence_common::MAX_ENDPOINTS));
+    assert!(fill(&running, "POLICY").0 > 0, "{running}");
+    assert!(fill(&running, "IDENTITIES").0 > 0, "{running}");
+    let sync = &running["last_sync"];
+    assert!(sync["generation"].as_u64().unwrap() >= 1, "{running}");
+    assert_eq!(sync["endpoints"], 6, "{running}");
+    assert_eq!(sync["failed_writes"], 0, "{running}");
+    let drops_before = running["counters"]["policy_deny"].as_u64().unwrap();
+    let allows_before = running["counters"]["policy_allow"].as_u64().unwrap();
+
+    assert!(
+        !tcp_connects(&c.netns, &b.netns, b.ip4(), 81).unwrap(),
+        "c is denied"
+    );
+    assert!(
+        tcp_connects(&a.netns, &b.netns, b.ip4(), 82).unwrap(),
+        "a is allowed"
+    );
+    let after = status_json(&bed, &pin_dir);
+    assert!(
+        after["counters"]["policy_deny"].as_u64().unwrap() > drops_before,
+        "the denied SYN is counted: {after}"
+    );
+    assert!(
+        after["counters"]["policy_allow"].as_u64().unwrap() > allows_before,
+        "the allowed SYN is counted: {after}"
+    );
+    assert!(
+        fill(&after, "CONNTRACK").0 >= 1,
+        "the allowed connection is tracked: {after}"
+    );
+
+    assert!(agent.stop().unwrap().success());
+    let stopped = status_json(&bed, &pin_dir);
+    assert_eq!(stopped["agent_running"], false, "{stopped}");
+    assert_eq!(
+        attached(&stopped),
+        expected,
+        "SIGTERM keeps enforcement: {stopped}"
+    );
+    assert!(
+        !tcp_connects(&c.netns, &b.netns, b.ip4(), 83).unwrap(),
+        "still denied after SIGTERM"
+    );
+
+    let text = bed
+        .node()
+        .command(&netfence_bin().to_string_lossy())
+        .args(["status", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("agent: not running (last pid"), "{text}");
+    assert!(text.contains("attached (6 links"), "{text}");
+}
