@@ -99,6 +99,27 @@ fn attached(status: &Value) -> Vec<(String, String)> {
     out
 }
 
+/// The first flow log line that `matches`, waiting up to 3 s for the event.
+fn flow_line(path: &Path, matches: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if let Some(line) = lines.into_iter().find(|l| matches(l)) {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no matching flow log line in {}: {text}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -134,6 +155,8 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
 
     let log = bpffs.dir.with_extension("log");
     let _ = std::fs::remove_file(&log);
+    let flows = bpffs.dir.with_extension("flows.json");
+    let _ = std::fs::remove_file(&flows);
     let agent = Agent::start_with(
         netfence_bin(),
         bed.node(),
@@ -142,7 +165,12 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
         &[POD_INTERFACES],
         Attach::Tcx,
         log.clone(),
-        &["--pin-dir".as_ref(), pin_dir.as_os_str()],
+        &[
+            "--pin-dir".as_ref(),
+            pin_dir.as_os_str(),
+            "--flow-log".as_ref(),
+            flows.as_os_str(),
+        ],
     )
     .unwrap_or_else(|e| panic!("starting netfence: {e:#}"));
 
@@ -181,6 +209,23 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
         tcp_connects(&a.netns, &b.netns, b.ip4(), 82).unwrap(),
         "a is allowed"
     );
+    let drop_line = flow_line(&flows, |line| {
+        line["verdict"] == "drop" && line["dst"]["port"] == 81
+    });
+    assert_eq!(drop_line["reason"], "policy_deny", "{drop_line}");
+    assert_eq!(drop_line["direction"], "ingress", "{drop_line}");
+    assert_eq!(drop_line["protocol"], "TCP", "{drop_line}");
+    assert_eq!(
+        drop_line["src"]["pod"], "c",
+        "the source pod is named: {drop_line}"
+    );
+    assert_eq!(drop_line["dst"]["namespace"], "x", "{drop_line}");
+    assert_eq!(drop_line["dst"]["pod"], "b", "{drop_line}");
+    assert_eq!(
+        drop_line["isolated_by"],
+        serde_json::json!(["x/b-from-a"]),
+        "{drop_line}"
+    );
     let after = status_json(&bed, &pin_dir);
     assert!(
         after["counters"]["policy_deny"].as_u64().unwrap() > drops_before,
@@ -218,4 +263,6 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("agent: not running (last pid"), "{text}");
     assert!(text.contains("attached (6 links"), "{text}");
+    let _ = std::fs::remove_file(&flows);
+    let _ = std::fs::remove_file(&log);
 }

@@ -103,6 +103,15 @@ pub struct RunArgs {
     /// Also log every allowed new flow (drops are always logged).
     #[arg(long)]
     pub log_allows: bool,
+    /// Write the flow log (drops, and allowed new flows with --log-allows) as JSON
+    /// lines to `stdout` or to this file (appended). Without it, flow events go to
+    /// the agent's log as text.
+    #[arg(long, value_name = "stdout|PATH")]
+    pub flow_log: Option<crate::dataplane::flowlog::Target>,
+    /// Flow log lines per second at most (bursts up to one second's worth); the
+    /// rest are counted (netfence_flow_log_suppressed_total).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flow_log_rate: u32,
     /// Where maps and TCX links are pinned (on a BPF file system; one is mounted at
     /// the parent when it is not). A restarted agent adopts what it finds there.
     #[arg(long, value_name = "DIR", default_value = crate::dataplane::pin::DEFAULT_PIN_DIR)]

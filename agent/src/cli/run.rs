@@ -31,6 +31,7 @@ use super::RunArgs;
 use crate::compile::compile;
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
+use crate::dataplane::flowlog::{FlowContext, FlowLog};
 use crate::dataplane::last_sync::{self, LastSync};
 use crate::dataplane::links::{self, Interface, Selection};
 use crate::dataplane::loader::{Datapath, LoadOptions};
@@ -58,6 +59,8 @@ struct Enforcer {
     live: Contents,
     generation: u64,
     names: tokio::sync::watch::Sender<Arc<Names>>,
+    /// Names for the flow log (sent only while a flow log reads them).
+    flow_context: tokio::sync::watch::Sender<Arc<FlowContext>>,
     pins: PinDir,
     /// Map directories of another layout, removed once the links are switched.
     old_layouts: Vec<std::path::PathBuf>,
@@ -97,7 +100,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let ring = datapath.events.take().context("event ring buffer already taken")?;
     let (names, names_rx) = tokio::sync::watch::channel(Arc::new(Names::new()));
-    let event_reader = tokio::spawn(events::read(ring, names_rx));
+    let metrics = Arc::new(Metrics::new());
+    let (flow_context, flow_context_rx) = tokio::sync::watch::channel(Arc::new(FlowContext::default()));
+    let flows = match &args.flow_log {
+        Some(target) => {
+            let log = FlowLog::open(target, args.flow_log_rate, Some(metrics.clone()))
+                .with_context(|| format!("opening the flow log {target:?}"))?;
+            Some((log, flow_context_rx))
+        }
+        None => {
+            // No reader: reloads then skip building the flow context.
+            drop(flow_context_rx);
+            None
+        }
+    };
+    let event_reader = tokio::spawn(events::read(ring, names_rx, flows));
 
     let feed::Opened {
         mut source,
@@ -108,7 +125,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(source = %description, "source");
     let health = Arc::new(Health::new());
     health.beat();
-    let metrics = Arc::new(Metrics::new());
     let _health_server = match health_addr {
         Some(addr) => {
             let telemetry = Telemetry {
@@ -146,6 +162,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         live,
         generation: 0,
         names,
+        flow_context,
         pins,
         old_layouts,
         metrics,
@@ -257,6 +274,9 @@ impl Enforcer {
         self.image = compile(&load.state, Some(&self.node));
         self.metrics.observe_compile(started.elapsed());
         let _ = self.names.send(Arc::new(events::names(&self.image)));
+        if self.flow_context.receiver_count() > 0 {
+            let _ = self.flow_context.send(Arc::new(FlowContext::new(&load.state, &self.image)));
+        }
         self.sync(source.name());
     }
 

@@ -10,6 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use netfence_common::{Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, VERDICT_DROP};
 use tokio::io::unix::AsyncFd;
 
+use super::flowlog::{FlowContext, FlowLog};
 use crate::image::Image;
 
 /// Address → `ns/pod`, for the log.
@@ -93,10 +94,15 @@ fn endpoint(addr: IpAddr, port: u16, protocol: u8, names: &Names) -> String {
     }
 }
 
-/// Reads events until the task is dropped, logging each with the latest names.
+/// The flow log and the latest names it uses.
+pub type Flows = (FlowLog, tokio::sync::watch::Receiver<Arc<FlowContext>>);
+
+/// Reads events until the task is dropped: each goes to the flow log when there is
+/// one (`--flow-log`), else to the agent's log with the latest names.
 pub async fn read(
     ring: RingBuf<MapData>,
     names: tokio::sync::watch::Receiver<Arc<Names>>,
+    mut flows: Option<Flows>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as
     // long as the `AsyncFd` owns the ring buffer.
@@ -105,9 +111,16 @@ pub async fn read(
     loop {
         let mut guard = ring.readable_mut().await?;
         let current = Arc::clone(&names.borrow());
+        let context = flows.as_ref().map(|(_, rx)| Arc::clone(&rx.borrow()));
         while let Some(item) = guard.get_inner_mut().next() {
             match decode(&item) {
                 Some(event) => {
+                    if let (Some((log, _)), Some(context)) = (flows.as_mut(), context.as_deref()) {
+                        if let Err(error) = log.log(&event, context, std::time::Instant::now()) {
+                            tracing::warn!("writing the flow log: {error}");
+                        }
+                        continue;
+                    }
                     let line = Described { event: &event, names: &current };
                     if event.verdict == VERDICT_DROP {
                         tracing::warn!(target: "netfence::flow", "{line}");
@@ -117,6 +130,11 @@ pub async fn read(
                 }
                 None => tracing::warn!("short event record ({} bytes)", item.len()),
             }
+        }
+        if let Some((log, _)) = flows.as_mut()
+            && let Err(error) = log.flush()
+        {
+            tracing::warn!("writing the flow log: {error}");
         }
         guard.clear_ready();
     }

@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod events;
+pub mod flowlog;
 pub mod last_sync;
 pub mod links;
 pub mod loader;

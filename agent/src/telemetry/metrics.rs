@@ -35,6 +35,7 @@ pub struct Metrics {
     sync_failed_writes: Counter,
     invalid_objects: Gauge,
     syncs: Counter,
+    flow_log_suppressed: Counter,
     /// Last kernel values seen, to turn cumulative readings into increments.
     seen: Mutex<Seen>,
 }
@@ -117,6 +118,12 @@ impl Metrics {
             "Objects of the source skipped as invalid in the current state",
             invalid_objects.clone(),
         );
+        let flow_log_suppressed = Counter::default();
+        registry.register(
+            "flow_log_suppressed",
+            "Flow log events dropped by the rate limit (--flow-log-rate)",
+            flow_log_suppressed.clone(),
+        );
         Self {
             registry,
             packets,
@@ -127,6 +134,7 @@ impl Metrics {
             sync_failed_writes,
             invalid_objects,
             syncs,
+            flow_log_suppressed,
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -148,6 +156,10 @@ impl Metrics {
         self.syncs.inc();
         self.sync_failed_writes
             .inc_by(u64::try_from(failed_writes).unwrap_or(u64::MAX));
+    }
+
+    pub fn add_flow_log_suppressed(&self, events: u64) {
+        self.flow_log_suppressed.inc_by(events);
     }
 
     pub fn set_invalid_objects(&self, count: usize) {

@@ -1,0 +1,190 @@
+//! Unit tests of the flow log: the JSON shape, naming, and the rate limiter.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use netfence_common::{DIR_INGRESS, v4_mapped};
+
+use super::*;
+
+fn context() -> FlowContext {
+    let mut context = FlowContext::default();
+    context
+        .pods
+        .insert(IpAddr::from([198, 18, 0, 2]), ("x".into(), "a".into()));
+    context
+        .pods
+        .insert(IpAddr::from([198, 18, 0, 3]), ("prod".into(), "db".into()));
+    context.rules.insert(
+        77,
+        RuleInfo {
+            namespace: "prod".into(),
+            policy: "db-from-api".into(),
+            direction: DIR_INGRESS,
+            index: 1,
+        },
+    );
+    context.endpoint_policies.insert(
+        9,
+        EndpointPolicyInfo {
+            ingress: vec!["prod/db-from-api".into(), "prod/deny-all".into()],
+            egress: vec![],
+        },
+    );
+    context
+}
+
+fn event(verdict: u8, reason: Reason, rule: u32) -> Event {
+    Event {
+        src: v4_mapped([198, 18, 0, 2]),
+        dst: v4_mapped([198, 18, 0, 3]),
+        ifindex: 7,
+        reason: reason.code(),
+        policy: 9,
+        rule,
+        src_port: 40000,
+        dst_port: 3306,
+        protocol: PROTO_TCP,
+        direction: DIR_INGRESS,
+        verdict,
+        _pad: 0,
+    }
+}
+
+#[test]
+fn a_policy_drop_is_one_json_object_with_names_and_the_isolating_policies() {
+    let line = record(
+        &event(VERDICT_DROP, Reason::DropPolicy, 0),
+        &context(),
+        "T".into(),
+        0,
+    );
+    assert_eq!(
+        serde_json::to_value(&line).unwrap(),
+        serde_json::json!({
+            "time": "T",
+            "verdict": "drop",
+            "reason": "policy_deny",
+            "direction": "ingress",
+            "protocol": "TCP",
+            "src": {"ip": "198.18.0.2", "port": 40000, "namespace": "x", "pod": "a"},
+            "dst": {"ip": "198.18.0.3", "port": 3306, "namespace": "prod", "pod": "db"},
+            "ifindex": 7,
+            "isolated_by": ["prod/db-from-api", "prod/deny-all"],
+            "suppressed_before": 0
+        })
+    );
+}
+
+#[test]
+fn an_allowed_flow_names_its_rule_and_unknown_peers_have_no_names() {
+    let mut e = event(netfence_common::VERDICT_ALLOW, Reason::AllowPolicy, 77);
+    e.src = v4_mapped([203, 0, 113, 9]);
+    let json = serde_json::to_value(record(&e, &context(), "T".into(), 3)).unwrap();
+    assert_eq!(json["verdict"], "allow");
+    assert_eq!(json["reason"], "policy_allow");
+    assert_eq!(
+        json["rule"],
+        serde_json::json!({"policy": "prod/db-from-api", "direction": "ingress", "index": 1})
+    );
+    assert_eq!(
+        json["src"],
+        serde_json::json!({"ip": "203.0.113.9", "port": 40000})
+    );
+    assert!(json.get("isolated_by").is_none(), "{json}");
+    assert_eq!(json["suppressed_before"], 3);
+}
+
+#[test]
+fn icmp_has_no_ports() {
+    let mut e = event(VERDICT_DROP, Reason::DropSpoofed, 0);
+    e.protocol = PROTO_ICMP;
+    let json = serde_json::to_value(record(&e, &context(), "T".into(), 0)).unwrap();
+    assert_eq!(json["protocol"], "ICMP");
+    assert!(
+        json["src"].get("port").is_none() && json["dst"].get("port").is_none(),
+        "{json}"
+    );
+    assert!(
+        json.get("isolated_by").is_none(),
+        "only policy drops name policies: {json}"
+    );
+}
+
+#[test]
+fn the_bucket_passes_a_burst_of_rate_then_refills_at_rate() {
+    let start = Instant::now();
+    let mut bucket = TokenBucket::new(10, start);
+    let passed = (0..25).filter(|_| bucket.take(start)).count();
+    assert_eq!(passed, 10, "a full bucket holds one second");
+    assert!(
+        !bucket.take(start + Duration::from_millis(50)),
+        "half a token after 50 ms"
+    );
+    assert!(
+        bucket.take(start + Duration::from_millis(100)),
+        "one token after 100 ms"
+    );
+    let later = start + Duration::from_secs(60);
+    let passed = (0..25).filter(|_| bucket.take(later)).count();
+    assert_eq!(passed, 10, "never more than one second's burst");
+}
+
+/// A writer the test can read back.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_flood_writes_the_burst_counts_the_rest_and_reports_them_on_the_next_line() {
+    let out = Shared::default();
+    let metrics = Arc::new(Metrics::new());
+    let mut log = FlowLog::to_writer(Box::new(out.clone()), 5, Some(metrics.clone()));
+    let context = context();
+    let now = Instant::now();
+    let drop = event(VERDICT_DROP, Reason::DropPolicy, 0);
+    for _ in 0..1000 {
+        log.log(&drop, &context, now).unwrap();
+    }
+    assert_eq!(log.suppressed, 995);
+    log.log(&drop, &context, now + Duration::from_secs(1))
+        .unwrap();
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines[..5].iter().all(|l| l["suppressed_before"] == 0));
+    assert_eq!(lines[5]["suppressed_before"], 995);
+    let metrics = metrics.encode();
+    assert!(
+        metrics.contains("netfence_flow_log_suppressed_total 995"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn rfc3339_dates() {
+    assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(rfc3339(951_782_400 + 3661, 5), "2000-02-29T01:01:01.005Z");
+    assert_eq!(rfc3339(1_700_000_000, 999), "2023-11-14T22:13:20.999Z");
+}
+
+#[test]
+fn targets_parse() {
+    assert_eq!("stdout".parse::<Target>().unwrap(), Target::Stdout);
+    assert_eq!(
+        "/var/log/f.json".parse::<Target>().unwrap(),
+        Target::File("/var/log/f.json".into())
+    );
+}
