@@ -21,6 +21,40 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log level on stderr. `RUST_LOG`, when set, wins (it also takes per-module
+    /// directives, e.g. `netfence=debug,aya=warn`).
+    #[arg(long, global = true, value_enum, env = "NETFENCE_LOG_LEVEL", default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// The `tracing` filter directives: `RUST_LOG` when it is set, non-empty and valid,
+/// else `--log-level`.
+pub fn log_directives(level: LogLevel, rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim) {
+        Some(env) if !env.is_empty() && tracing_subscriber::EnvFilter::try_new(env).is_ok() => env.to_owned(),
+        _ => level.as_str().to_owned(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -186,4 +220,32 @@ pub enum Family {
     Ipv4,
     #[serde(rename = "IPv6")]
     Ipv6,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn log_level_defaults_to_info_and_is_global() {
+        // NETFENCE_LOG_LEVEL is not set in the test environment.
+        assert_eq!(parse(&["netfence", "uninstall"]).log_level, LogLevel::Info);
+        assert_eq!(parse(&["netfence", "--log-level", "debug", "uninstall"]).log_level, LogLevel::Debug);
+        assert_eq!(parse(&["netfence", "status", "--log-level", "warn"]).log_level, LogLevel::Warn);
+        let error = Cli::try_parse_from(["netfence", "--log-level", "loud", "uninstall"]).unwrap_err().to_string();
+        assert!(error.contains("invalid value 'loud' for '--log-level"), "{error}");
+        assert!(error.contains("error, warn, info, debug, trace"), "{error}");
+    }
+
+    #[test]
+    fn rust_log_wins_when_set_and_valid() {
+        assert_eq!(log_directives(LogLevel::Debug, None), "debug");
+        assert_eq!(log_directives(LogLevel::Warn, Some("netfence=trace,aya=warn")), "netfence=trace,aya=warn");
+        assert_eq!(log_directives(LogLevel::Warn, Some("  ")), "warn", "empty RUST_LOG is unset");
+        assert_eq!(log_directives(LogLevel::Error, Some("netfence=[")), "error", "invalid RUST_LOG falls back");
+    }
 }
