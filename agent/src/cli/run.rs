@@ -337,6 +337,15 @@ impl Enforcer {
         for (op, error) in &report.failed {
             tracing::error!("map write failed, will retry: {op:?}: {error}");
         }
+        let incomplete = report.incomplete_policies();
+        for endpoint in self.image.endpoints.values().filter(|e| incomplete.contains(&e.policy)) {
+            tracing::error!(
+                namespace = %endpoint.namespace,
+                pod = %endpoint.pod,
+                policy = endpoint.policy,
+                "policy entries missing (map full): this pod fails closed, new flows its missing rules allow are dropped until a retry writes them"
+            );
+        }
         self.generation += 1;
         tracing::info!(
             generation = self.generation,

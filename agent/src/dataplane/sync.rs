@@ -12,6 +12,16 @@
 //!
 //! A failed operation is reported and leaves that entry as it was; `Live` records only
 //! what was applied, so the next sync retries the rest.
+//!
+//! Map full, per map (the failed writes are counted in
+//! `netfence_sync_failed_writes_total`, logged, and retried by every later sync):
+//! - POLICY: the endpoint still switches to its new endpoint policy, whose missing
+//!   entries are missing *allows*: the pod fails closed (see
+//!   [`SyncReport::incomplete_policies`]); the old policy's entries are removed.
+//! - ENDPOINTS (a new pod): the pod has no entry; `from_pod` drops its packets as
+//!   spoofed, `to_pod` passes packets to it as an unknown destination.
+//! - IDENTITIES: the prefix's addresses resolve to the longest shorter prefix that
+//!   is written (or world); see the README's map-full section for what that means.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -116,6 +126,24 @@ pub struct SyncReport {
     pub applied: usize,
     /// Operations that failed, with the error text; they are retried next sync.
     pub failed: Vec<(MapOp, String)>,
+}
+
+impl SyncReport {
+    /// Endpoint policies some of whose POLICY entries failed to write (map full).
+    /// Their endpoints still switch to them: POLICY entries only ever allow, so a
+    /// policy with entries missing allows a subset of what it should — the endpoint
+    /// fails closed (new flows the missing entries would allow are dropped, flows
+    /// conntrack already tracks go on) until a later sync writes the rest. Keeping
+    /// the previous policy instead could keep allowing what the new one denies.
+    pub fn incomplete_policies(&self) -> BTreeSet<u32> {
+        self.failed
+            .iter()
+            .filter_map(|(op, _)| match op {
+                MapOp::PutPolicy(entry, _) => Some(entry.policy),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Applies `plan(live, target)` and records in `live` what was applied.
@@ -288,6 +316,57 @@ mod tests {
         assert!(report.failed.is_empty());
         assert_eq!(live, target);
         assert_eq!(backend.maps, target);
+    }
+
+    #[test]
+    fn a_policy_whose_entries_do_not_all_fit_fails_closed_and_is_completed_by_a_retry() {
+        // Before: the endpoint is not isolated. After: isolated by policy 200, which
+        // allows ports 80 and 443 from identity 30; the port-443 entry does not fit.
+        let mut old = contents(100, 30);
+        old.endpoints.insert(pod(2), EndpointValue { flags: 0, ..endpoint(100) });
+        let mut new = contents(200, 30);
+        new.policy.insert(entry(200, 30, 443), 7);
+        let mut backend = Fake {
+            maps: old.clone(),
+            fail_on: Some(MapOp::PutPolicy(entry(200, 30, 443), 7)),
+            ..Fake::default()
+        };
+        let mut live = old.clone();
+        let report = sync(&mut backend, &mut live, &new);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.incomplete_policies(), BTreeSet::from([200]));
+        assert_eq!(
+            backend.maps.endpoints[&pod(2)],
+            endpoint(200),
+            "the endpoint is isolated by its new policy, not left open"
+        );
+        let enforced: Vec<_> = backend.maps.policy.keys().filter(|e| e.policy == 200).collect();
+        assert_eq!(enforced, vec![&entry(200, 30, 80)], "a subset of the new allows");
+        assert!(
+            backend.maps.policy.keys().all(|e| new.policy.contains_key(e)),
+            "no entry of the old policy is left to allow what the new one does not"
+        );
+        assert_eq!(live, backend.maps, "live records exactly what the maps hold");
+
+        backend.fail_on = None;
+        let report = sync(&mut backend, &mut live, &new);
+        assert_eq!(report.applied, 1, "only the missing entry is written");
+        assert!(report.incomplete_policies().is_empty());
+        assert_eq!(backend.maps, new);
+    }
+
+    #[test]
+    fn only_failed_policy_writes_make_a_policy_incomplete() {
+        let report = SyncReport {
+            applied: 0,
+            failed: vec![
+                (MapOp::PutIdentity(IpNet::from(pod(3)), 30), "full".into()),
+                (MapOp::PutEndpoint(pod(2), endpoint(5)), "full".into()),
+                (MapOp::PutPolicy(entry(9, 30, 80), 7), "full".into()),
+                (MapOp::PutPolicy(entry(9, 30, 81), 7), "full".into()),
+            ],
+        };
+        assert_eq!(report.incomplete_policies(), BTreeSet::from([9]));
     }
 
     #[test]
