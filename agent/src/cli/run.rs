@@ -337,6 +337,12 @@ impl Enforcer {
         for (op, error) in &report.failed {
             tracing::error!("map write failed, will retry: {op:?}: {error}");
         }
+        if !report.withheld.is_empty() {
+            tracing::error!(
+                entries = report.withheld.len(),
+                "policy entries withheld: an identity prefix they would wrongly cover is not written (map full); the pods they allow fail closed for those peers until a retry writes it"
+            );
+        }
         let incomplete = report.incomplete_policies();
         for endpoint in self.image.endpoints.values().filter(|e| incomplete.contains(&e.policy)) {
             tracing::error!(

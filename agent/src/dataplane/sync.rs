@@ -20,8 +20,9 @@
 //!   [`SyncReport::incomplete_policies`]); the old policy's entries are removed.
 //! - ENDPOINTS (a new pod): the pod has no entry; `from_pod` drops its packets as
 //!   spoofed, `to_pod` passes packets to it as an unknown destination.
-//! - IDENTITIES: the prefix's addresses resolve to the longest shorter prefix that
-//!   is written (or world); see the README's map-full section for what that means.
+//! - IDENTITIES: the prefix's addresses would resolve to the longest written prefix
+//!   containing it (or world); POLICY entries that would then allow them wrongly are
+//!   withheld until the prefix is written (fail closed, see [`sync`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -126,6 +127,9 @@ pub struct SyncReport {
     pub applied: usize,
     /// Operations that failed, with the error text; they are retried next sync.
     pub failed: Vec<(MapOp, String)>,
+    /// POLICY entries kept out of the maps because an identity prefix they would
+    /// wrongly cover is not written (see [`sync`]); written by a later sync.
+    pub withheld: Vec<PolicyEntry>,
 }
 
 impl SyncReport {
@@ -147,18 +151,108 @@ impl SyncReport {
 }
 
 /// Applies `plan(live, target)` and records in `live` what was applied.
+///
+/// Identity guard (IDENTITIES full must not fail open): until a new or changed
+/// prefix is written, its addresses resolve to a *fallback* identity (the prefix's
+/// old identity, or the longest written prefix containing it, or world). A POLICY
+/// entry allowing that fallback would then allow those addresses even where the
+/// target allows their real identity nothing (an `except`, a pod inside an allowed
+/// ipBlock). Such entries are written only after the prefix is, and when the prefix
+/// write fails they are removed (withheld) until a later sync writes it: the
+/// affected endpoints drop that peer's new flows instead.
 pub fn sync<B: MapBackend>(backend: &mut B, live: &mut Contents, target: &Contents) -> SyncReport {
     let mut report = SyncReport::default();
+    let pending = pending_fallbacks(live, target);
+    // The prefixes whose pending write `entry` would wrongly cover.
+    let exposes = |entry: &PolicyEntry| -> Vec<IpNet> {
+        pending.get(&entry.peer).map_or_else(Vec::new, |prefixes| {
+            prefixes
+                .iter()
+                .filter(|(_, id)| !target.policy.contains_key(&PolicyEntry { peer: *id, ..*entry }))
+                .map(|(net, _)| *net)
+                .collect()
+        })
+    };
+    let written = |live: &Contents, net: &IpNet| live.identities.get(net) == target.identities.get(net);
+    let mut deferred = Vec::new();
+    let mut guarded = pending.is_empty();
     for op in plan(live, target) {
-        match backend.apply(&op) {
-            Ok(()) => {
-                record(live, &op);
-                report.applied += 1;
-            }
-            Err(error) => report.failed.push((op, error.to_string())),
+        if !guarded && !matches!(op, MapOp::PutRule(_) | MapOp::PutPolicy(..) | MapOp::PutIdentity(..)) {
+            guarded = true;
+            guard(backend, live, &mut report, std::mem::take(&mut deferred), &exposes, &written);
         }
+        if let MapOp::PutPolicy(entry, _) = &op
+            && !guarded
+            && !exposes(entry).is_empty()
+        {
+            deferred.push(op);
+            continue;
+        }
+        if let MapOp::DeletePolicy(entry) = &op
+            && !live.policy.contains_key(entry)
+        {
+            continue; // withheld by the guard already
+        }
+        apply(backend, live, &mut report, op);
+    }
+    if !guarded {
+        guard(backend, live, &mut report, deferred, &exposes, &written);
     }
     report
+}
+
+fn apply<B: MapBackend>(backend: &mut B, live: &mut Contents, report: &mut SyncReport, op: MapOp) {
+    match backend.apply(&op) {
+        Ok(()) => {
+            record(live, &op);
+            report.applied += 1;
+        }
+        Err(error) => report.failed.push((op, error.to_string())),
+    }
+}
+
+/// After the identity writes: applies the deferred entries whose prefixes are now
+/// written, withholds the others, and removes live entries that still expose an
+/// unwritten prefix.
+fn guard<B: MapBackend>(
+    backend: &mut B,
+    live: &mut Contents,
+    report: &mut SyncReport,
+    deferred: Vec<MapOp>,
+    exposes: &dyn Fn(&PolicyEntry) -> Vec<IpNet>,
+    written: &dyn Fn(&Contents, &IpNet) -> bool,
+) {
+    let unsafe_now = |live: &Contents, entry: &PolicyEntry| exposes(entry).iter().any(|net| !written(live, net));
+    for op in deferred {
+        if let MapOp::PutPolicy(entry, _) = &op
+            && unsafe_now(live, entry)
+        {
+            report.withheld.push(*entry);
+            continue;
+        }
+        apply(backend, live, report, op);
+    }
+    let exposed: Vec<PolicyEntry> = live.policy.keys().filter(|e| unsafe_now(live, e)).copied().collect();
+    for entry in exposed {
+        report.withheld.push(entry);
+        apply(backend, live, report, MapOp::DeletePolicy(entry));
+    }
+}
+
+/// Identity writes the maps lack, by the identity their addresses resolve to until
+/// written: fallback → [(prefix, target identity)].
+fn pending_fallbacks(live: &Contents, target: &Contents) -> BTreeMap<u32, Vec<(IpNet, u32)>> {
+    let mut out: BTreeMap<u32, Vec<(IpNet, u32)>> = BTreeMap::new();
+    for (net, id) in changed(&live.identities, &target.identities) {
+        // The longest written prefix containing `net`: at most 128 lookups.
+        let fallback = live.identities.get(net).copied().unwrap_or_else(|| {
+            std::iter::successors(net.supernet(), IpNet::supernet)
+                .find_map(|prefix| live.identities.get(&prefix).copied())
+                .unwrap_or(netfence_common::IDENTITY_WORLD)
+        });
+        out.entry(fallback).or_default().push((*net, *id));
+    }
+    out
 }
 
 fn record(live: &mut Contents, op: &MapOp) {
@@ -355,6 +449,68 @@ mod tests {
         assert_eq!(backend.maps, new);
     }
 
+    /// Policy 100 allows ipBlock 198.18.0.0/15 (identity 40) except 198.18.0.3/32
+    /// (identity 50, allowed nothing), and the except's prefix does not fit.
+    #[test]
+    fn an_unwritten_except_prefix_withholds_the_block_allow_instead_of_failing_open() {
+        let block: IpNet = "198.18.0.0/15".parse().unwrap();
+        let except = IpNet::from(pod(3));
+        let mut old = Contents::default();
+        old.identities.insert(block, 40);
+        old.policy.insert(entry(100, 40, 80), 7);
+        old.rules.insert(7);
+        old.endpoints.insert(pod(2), endpoint(100));
+        let mut new = old.clone();
+        new.identities.insert(except, 50);
+        let mut backend = Fake {
+            maps: old.clone(),
+            fail_on: Some(MapOp::PutIdentity(except, 50)),
+            ..Fake::default()
+        };
+        let mut live = old.clone();
+        let report = sync(&mut backend, &mut live, &new);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.withheld, vec![entry(100, 40, 80)]);
+        assert!(
+            !backend.maps.policy.contains_key(&entry(100, 40, 80)),
+            "198.18.0.3 would resolve to the block's identity: its allow is removed"
+        );
+        assert_eq!(live, backend.maps);
+
+        let report = sync(&mut backend, &mut live, &new);
+        assert_eq!(report.withheld, vec![entry(100, 40, 80)], "still withheld, never re-put first");
+        assert!(!backend.log.contains(&MapOp::PutPolicy(entry(100, 40, 80), 7)));
+
+        backend.fail_on = None;
+        let report = sync(&mut backend, &mut live, &new);
+        assert!(report.withheld.is_empty() && report.failed.is_empty());
+        let identity = backend.log.iter().position(|o| *o == MapOp::PutIdentity(except, 50));
+        let allow = backend.log.iter().position(|o| *o == MapOp::PutPolicy(entry(100, 40, 80), 7));
+        assert!(identity.unwrap() < allow.unwrap(), "the prefix first, then the allow");
+        assert_eq!(backend.maps, new);
+    }
+
+    #[test]
+    fn an_unwritten_prefix_whose_identity_is_allowed_alike_withholds_nothing() {
+        let block: IpNet = "198.18.0.0/15".parse().unwrap();
+        let mut old = Contents::default();
+        old.identities.insert(block, 40);
+        old.policy.insert(entry(100, 40, 80), 7);
+        let mut new = old.clone();
+        new.identities.insert(IpNet::from(pod(3)), 50);
+        new.policy.insert(entry(100, 50, 80), 7);
+        let mut backend = Fake {
+            maps: old.clone(),
+            fail_on: Some(MapOp::PutIdentity(IpNet::from(pod(3)), 50)),
+            ..Fake::default()
+        };
+        let mut live = old;
+        let report = sync(&mut backend, &mut live, &new);
+        assert!(report.withheld.is_empty(), "{report:?}");
+        assert!(backend.maps.policy.contains_key(&entry(100, 40, 80)));
+        assert!(backend.maps.policy.contains_key(&entry(100, 50, 80)));
+    }
+
     #[test]
     fn only_failed_policy_writes_make_a_policy_incomplete() {
         let report = SyncReport {
@@ -365,6 +521,7 @@ mod tests {
                 (MapOp::PutPolicy(entry(9, 30, 80), 7), "full".into()),
                 (MapOp::PutPolicy(entry(9, 30, 81), 7), "full".into()),
             ],
+            withheld: Vec::new(),
         };
         assert_eq!(report.incomplete_policies(), BTreeSet::from([9]));
     }
