@@ -212,7 +212,10 @@ pub fn text(status: &Status) -> String {
     }
     let _ = writeln!(out, "pin dir: {dir}");
     if status.attachments.is_empty() {
-        let _ = writeln!(out, "attached: nothing (no pinned links)");
+        let _ = writeln!(
+            out,
+            "attached: no pinned links (clsact filters, used when TCX is unavailable, are not pinned and not listed)"
+        );
     } else {
         let _ = writeln!(
             out,
