@@ -48,6 +48,7 @@ impl Bpffs {
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(netfence::dataplane::last_sync::path_for(&self.pin_dir()));
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.dir)
