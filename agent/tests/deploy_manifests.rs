@@ -222,18 +222,32 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
     assert_eq!(capabilities.add.unwrap(), CAPABILITIES);
 
+    // Exactly two host paths: the bpffs for the pins, and the directory of the
+    // agent's last-sync record (the root filesystem is read-only).
     let mounts = container.volume_mounts.clone().unwrap();
-    let bpffs = mounts
-        .iter()
-        .find(|m| m.mount_path == "/sys/fs/bpf")
-        .expect("/sys/fs/bpf mounted");
-    let volume = spec
-        .volumes
+    let volumes = spec.volumes.unwrap();
+    let record_dir = netfence::dataplane::last_sync::path_for(std::path::Path::new("/sys/fs/bpf/netfence"))
+        .parent()
         .unwrap()
-        .into_iter()
-        .find(|v| v.name == bpffs.name)
-        .unwrap();
-    assert_eq!(volume.host_path.unwrap().path, "/sys/fs/bpf");
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut host_paths: Vec<(String, String)> = mounts
+        .iter()
+        .map(|m| {
+            let volume = volumes.iter().find(|v| v.name == m.name).expect("mount has a volume");
+            let host = volume.host_path.clone().expect("a hostPath volume").path;
+            (m.mount_path.clone(), host)
+        })
+        .collect();
+    host_paths.sort();
+    assert_eq!(
+        host_paths,
+        vec![
+            (record_dir.clone(), record_dir),
+            ("/sys/fs/bpf".to_owned(), "/sys/fs/bpf".to_owned()),
+        ]
+    );
     assert!(
         mounts.iter().all(|m| m.mount_propagation.is_none()),
         "no bidirectional mounts"

@@ -210,6 +210,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     event_reader.abort();
     if args.detach_on_exit || !enforcer.attachments.survives_exit() {
         let detached = enforcer.attachments.detach_all(&mut enforcer.datapath.ebpf);
+        // Nothing the last-sync record describes is enforced any more.
+        let record = last_sync::path_for(enforcer.pins.root());
+        if std::fs::remove_file(&record).is_ok()
+            && let Some(dir) = record.parent()
+        {
+            let _ = std::fs::remove_dir(dir); // only if no other agent's record is there
+        }
         tracing::info!(interfaces = detached, "detached; exiting");
     } else {
         let kept = enforcer.attachments.release(&mut enforcer.datapath.ebpf);
