@@ -131,4 +131,21 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
     );
     assert_eq!(sample(&response, "netfence_invalid_objects"), 0.0);
     assert!(get(&bed, "/readyz").starts_with("HTTP/1.1 200 OK"));
+
+    // Conntrack is counted every 5 s: the two allowed connections left entries at b's
+    // veth (b is isolated; a and c are not isolated at all, so they have none).
+    let conntrack = "netfence_map_entries{map=\"conntrack\"}";
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let counted = loop {
+        let counted = sample(&get(&bed, "/metrics"), conntrack);
+        if counted >= 2.0 || Instant::now() > deadline {
+            break counted;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(counted, 2.0, "one entry per allowed connection at b's veth");
+    assert_eq!(
+        sample(&get(&bed, "/metrics"), "netfence_map_capacity{map=\"conntrack\"}"),
+        f64::from(netfence_common::MAX_CONNTRACK)
+    );
 }

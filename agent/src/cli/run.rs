@@ -47,6 +47,9 @@ pub use feed::{DEFAULT_HEALTH_ADDR, Source};
 /// (a pod's address appears in its namespace after its veth does).
 const TICK: Duration = Duration::from_secs(1);
 
+/// Conntrack entries are counted every this many ticks (a walk of the map's keys).
+const CONNTRACK_SAMPLE_TICKS: u64 = 5;
+
 /// Everything `run` keeps between events.
 struct Enforcer {
     node: String,
@@ -180,6 +183,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(TICK);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -201,6 +205,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = tick.tick() => if ready {
                 enforcer.reconcile_interfaces().await;
                 enforcer.refresh_metrics();
+                ticks += 1;
+                if ticks % CONNTRACK_SAMPLE_TICKS == 1 {
+                    enforcer.refresh_conntrack_metric();
+                }
             } else {
                 health.set_waiting(source.waiting_for());
             },
@@ -406,6 +414,14 @@ impl Enforcer {
         match self.datapath.maps.rule_hits() {
             Ok(hits) => self.metrics.update_rules(&hits, &self.image.rules),
             Err(error) => tracing::debug!("reading rule hits: {error}"),
+        }
+    }
+
+    /// Counts the live conntrack entries into the metrics.
+    fn refresh_conntrack_metric(&self) {
+        match crate::dataplane::loader::Maps::conntrack_entries(&self.datapath.ebpf) {
+            Ok(entries) => self.metrics.set_map_entries("conntrack", entries),
+            Err(error) => tracing::debug!("counting conntrack entries: {error}"),
         }
     }
 

@@ -265,6 +265,16 @@ impl Maps {
         Ok(live)
     }
 
+    /// Live CONNTRACK entries of the loaded programs: a walk of the LRU map's keys, one
+    /// syscall per entry (at most `MAX_CONNTRACK`), so callers sample it rarely.
+    pub fn conntrack_entries(ebpf: &Ebpf) -> Result<usize, LoadError> {
+        let name = map::CONNTRACK;
+        let found = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
+        let conntrack = HashMap::<&MapData, netfence_common::CtKey, netfence_common::CtValue>::try_from(found)
+            .map_err(|source| LoadError::Map { name, source })?;
+        Ok(conntrack.keys().filter(Result::is_ok).count())
+    }
+
     /// Allow hits of each rule, summed over CPUs.
     pub fn rule_hits(&self) -> Result<Vec<(u32, u64)>, aya::maps::MapError> {
         let mut out = Vec::new();
