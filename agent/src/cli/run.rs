@@ -205,12 +205,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = tick.tick() => if ready {
                 enforcer.reconcile_interfaces().await;
                 enforcer.refresh_metrics();
+                enforcer.metrics.set_source_errors(source.errors());
                 ticks += 1;
                 if ticks % CONNTRACK_SAMPLE_TICKS == 1 {
                     enforcer.refresh_conntrack_metric();
                 }
             } else {
                 health.set_waiting(source.waiting_for());
+                enforcer.metrics.set_source_errors(source.errors());
             },
         }
         health.beat();

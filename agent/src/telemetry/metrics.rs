@@ -36,6 +36,7 @@ pub struct Metrics {
     invalid_objects: Gauge,
     syncs: Counter,
     flow_log_suppressed: Counter,
+    source_errors: Counter,
     /// Last kernel values seen, to turn cumulative readings into increments.
     seen: Mutex<Seen>,
 }
@@ -118,6 +119,12 @@ impl Metrics {
             "Objects of the source skipped as invalid in the current state",
             invalid_objects.clone(),
         );
+        let source_errors = Counter::default();
+        registry.register(
+            "source_errors",
+            "Errors of the source's watches (each retried with backoff)",
+            source_errors.clone(),
+        );
         let flow_log_suppressed = Counter::default();
         registry.register(
             "flow_log_suppressed",
@@ -135,6 +142,7 @@ impl Metrics {
             invalid_objects,
             syncs,
             flow_log_suppressed,
+            source_errors,
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -156,6 +164,14 @@ impl Metrics {
         self.syncs.inc();
         self.sync_failed_writes
             .inc_by(u64::try_from(failed_writes).unwrap_or(u64::MAX));
+    }
+
+    /// Raises the source-error counter to the source's cumulative `total`.
+    pub fn set_source_errors(&self, total: u64) {
+        let seen = self.source_errors.get();
+        if total > seen {
+            self.source_errors.inc_by(total - seen);
+        }
     }
 
     pub fn add_flow_log_suppressed(&self, events: u64) {
@@ -230,6 +246,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_errors_follow_the_source_total() {
+        let metrics = Metrics::new();
+        metrics.set_source_errors(3);
+        metrics.set_source_errors(3);
+        metrics.set_source_errors(5);
+        assert!(metrics.encode().contains("netfence_source_errors_total 5"), "{}", metrics.encode());
+    }
 
     #[test]
     fn kernel_totals_become_increments_with_stable_names() {

@@ -28,6 +28,10 @@ pub trait Source: Send {
     fn noun(&self) -> &'static str;
     /// While `load` returns `None`: what it waits for.
     fn waiting_for(&self) -> String;
+    /// Errors of the source's own machinery so far (watch failures), cumulative.
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// A manifest directory and its watcher.
@@ -72,6 +76,10 @@ impl Source for KubeSource {
             "waiting for the first complete list of {}",
             self.waiting_for().join(", ")
         )
+    }
+
+    fn errors(&self) -> u64 {
+        self.stats().watch_errors
     }
 }
 
