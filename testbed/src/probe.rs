@@ -24,7 +24,7 @@ const REPLY: &[u8; 4] = b"pong";
 pub fn tcp_connects(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> anyhow::Result<bool> {
     let target = SocketAddr::new(to_ip, port);
     let listener = to
-        .run(|| bind_listener(target))?
+        .run(|| bind_retrying(|| TcpListener::bind(target)))?
         .with_context(|| format!("listening on {target} in {}", to.name()))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
@@ -36,12 +36,15 @@ pub fn tcp_connects(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> anyho
     })
 }
 
-/// Binds a listener, waiting out (bounded: 40 tries over about 2 s) a socket of an
-/// earlier probe on the same address that the kernel has not released yet.
-fn bind_listener(target: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds with `bind`, waiting out (bounded: 40 tries over about 2 s) an earlier
+/// probe's socket on the same address that is not released yet. Tests run in
+/// parallel: a process another test forks holds a copy of every descriptor until its
+/// exec closes them (close-on-exec), so a socket a probe has just closed can stay
+/// bound for that instant.
+fn bind_retrying<S>(bind: impl Fn() -> std::io::Result<S>) -> std::io::Result<S> {
     let mut tries = 0;
     loop {
-        match TcpListener::bind(target) {
+        match bind() {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
@@ -126,7 +129,7 @@ fn udp_probe(
 ) -> anyhow::Result<UdpOutcome> {
     let target = SocketAddr::new(to_ip, port);
     let server = to
-        .run(|| UdpSocket::bind(target))?
+        .run(|| bind_retrying(|| UdpSocket::bind(target)))?
         .with_context(|| format!("binding UDP {target} in {}", to.name()))?;
     let local = source.unwrap_or(match to_ip {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
