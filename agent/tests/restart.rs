@@ -15,47 +15,13 @@ mod netns;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
-use netns::{Agent, Attach, PodNs, TestBed, bed, netfence_bin};
-
-/// A BPF file system mounted on a fresh directory, unmounted on drop.
-struct Bpffs {
-    dir: PathBuf,
-}
-
-impl Bpffs {
-    fn mount(tag: &str) -> Bpffs {
-        let dir = std::env::temp_dir().join(format!("nf7-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t bpf on {}", dir.display());
-        Bpffs { dir }
-    }
-
-    fn pin_dir(&self) -> PathBuf {
-        self.dir.join("netfence")
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(netfence::dataplane::last_sync::path_for(&self.pin_dir()));
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
+use netfence_testbed::tcp_connects;
+use netns::{Agent, Bpffs, PodNs, TestBed, bed, netfence_bin, start_pinned};
 
 /// An echo flow: the client sends 8 bytes every 10 ms and waits for them back,
 /// recording the longest time between two completed round trips.
@@ -121,18 +87,7 @@ impl Flow {
 }
 
 fn start(bed: &TestBed, pin_dir: &Path, log: &Path) -> Agent {
-    let pin = pin_dir.as_os_str();
-    Agent::start_with(
-        netfence_bin(),
-        bed.node(),
-        NODE_NAME,
-        &bed.manifests(),
-        &[POD_INTERFACES],
-        Attach::Tcx,
-        log.to_owned(),
-        &["--pin-dir".as_ref(), pin],
-    )
-    .unwrap_or_else(|e| panic!("starting netfence: {e:#}"))
+    start_pinned(bed, pin_dir, log, &[])
 }
 
 fn denied(c: &PodNs, b: &PodNs, port: u16) {

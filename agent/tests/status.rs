@@ -10,47 +10,11 @@
 
 mod netns;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
-use netns::{Agent, Attach, TestBed, bed, netfence_bin};
+use netfence_testbed::tcp_connects;
+use netns::{Bpffs, TestBed, bed, netfence_bin, start_pinned};
 use serde_json::Value;
-
-/// A BPF file system mounted on a fresh directory; on drop the pins are uninstalled,
-/// the last-sync record removed and the file system unmounted.
-struct Bpffs {
-    dir: PathBuf,
-}
-
-impl Bpffs {
-    fn mount(tag: &str) -> Bpffs {
-        let dir = std::env::temp_dir().join(format!("nf9-{}-{tag}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount -t bpf on {}", dir.display());
-        Bpffs { dir }
-    }
-
-    fn pin_dir(&self) -> PathBuf {
-        self.dir.join("netfence")
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = netfence::cli::uninstall::uninstall(&self.pin_dir());
-        let _ = std::fs::remove_file(netfence::dataplane::last_sync::path_for(&self.pin_dir()));
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 fn status_json(bed: &TestBed, pin_dir: &Path) -> Value {
     let out = bed
@@ -157,22 +121,12 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
     let _ = std::fs::remove_file(&log);
     let flows = bpffs.dir.with_extension("flows.json");
     let _ = std::fs::remove_file(&flows);
-    let agent = Agent::start_with(
-        netfence_bin(),
-        bed.node(),
-        NODE_NAME,
-        &bed.manifests(),
-        &[POD_INTERFACES],
-        Attach::Tcx,
-        log.clone(),
-        &[
-            "--pin-dir".as_ref(),
-            pin_dir.as_os_str(),
-            "--flow-log".as_ref(),
-            flows.as_os_str(),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("starting netfence: {e:#}"));
+    let agent = start_pinned(
+        &bed,
+        &pin_dir,
+        &log,
+        &["--flow-log".as_ref(), flows.as_os_str()],
+    );
 
     let running = status_json(&bed, &pin_dir);
     assert_eq!(running["pinned"], true, "{running}");

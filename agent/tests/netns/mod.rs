@@ -8,9 +8,13 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+mod bpffs;
+
 use std::fmt::Write as _;
 use std::path::Path;
 
+#[allow(unused_imports, reason = "only the pin tests use these")]
+pub use bpffs::{Bpffs, start_pinned};
 pub use netfence_testbed::{Agent, Attach, PodNs, TestBed, UdpOutcome};
 use netfence_testbed::{ping, tcp_connects, udp_exchange};
 
