@@ -125,8 +125,7 @@ fn sigkill_restart_and_layout_switch_keep_the_flow_and_the_deny() {
     bed.write_manifest("policy.yaml", POLICY).unwrap();
     let bpffs = Bpffs::mount("restart");
     let pin_dir = bpffs.pin_dir();
-    let log = bpffs.dir.with_extension("log");
-    let _ = std::fs::remove_file(&log);
+    let log = bed.scratch("agent-restart.log");
 
     let agent = start(&bed, &pin_dir, &log);
     denied(&c, &b, 81);

@@ -117,10 +117,8 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
     assert_eq!(before["pinned"], false, "{before}");
     assert_eq!(before["agent_running"], false, "{before}");
 
-    let log = bpffs.dir.with_extension("log");
-    let _ = std::fs::remove_file(&log);
-    let flows = bpffs.dir.with_extension("flows.json");
-    let _ = std::fs::remove_file(&flows);
+    let log = bed.scratch("agent-status.log");
+    let flows = bed.scratch("flows.json");
     let agent = start_pinned(
         &bed,
         &pin_dir,
@@ -217,6 +215,4 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("agent: not running (last pid"), "{text}");
     assert!(text.contains("attached (6 links"), "{text}");
-    let _ = std::fs::remove_file(&flows);
-    let _ = std::fs::remove_file(&log);
 }

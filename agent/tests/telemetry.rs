@@ -66,8 +66,7 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
     let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
     bed.write_cluster().unwrap();
     bed.write_manifest("policy.yaml", POLICY).unwrap();
-    let log = std::env::temp_dir().join(format!("nf7-{}-telemetry.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
+    let log = bed.scratch("agent-telemetry.log");
     let _agent = Agent::start_with(
         netfence_bin(),
         bed.node(),

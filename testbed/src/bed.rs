@@ -99,6 +99,12 @@ impl TestBed {
         &self.node
     }
 
+    /// A path in this bed's own directory (removed with the bed), for agent logs and
+    /// other files a test writes.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path.join(name)
+    }
+
     /// The directory the agent reads (`--manifests`).
     pub fn manifests(&self) -> PathBuf {
         self.dir.path.join("manifests")
