@@ -35,6 +35,11 @@ pub struct Endpoint {
     pub policy: u32,
     pub isolated_ingress: bool,
     pub isolated_egress: bool,
+    /// Isolated for ingress only by policies in audit mode: a packet no rule allows
+    /// passes and is reported as `audit` instead of dropped.
+    pub audit_ingress: bool,
+    /// The same for egress.
+    pub audit_egress: bool,
     /// The pod's own identity.
     pub identity: u32,
 }

@@ -20,6 +20,10 @@ pub struct State {
     pub pods: Vec<Pod>,
     /// Sorted by (namespace, name).
     pub policies: Vec<Policy>,
+    /// Sorted by (namespace, name).
+    pub services: Vec<Service>,
+    /// Sorted by (namespace, name).
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -146,6 +150,9 @@ pub struct Policy {
     pub ingress: Vec<Rule>,
     /// Egress rules (meaningful only when `isolates_egress`).
     pub egress: Vec<Rule>,
+    /// The annotation `netfence.io/mode: audit`: what this policy would drop is
+    /// counted and logged as `audit` and passes (`enforce`, or no annotation: false).
+    pub audit: bool,
 }
 
 /// One ingress or egress rule: traffic from/to any of `peers` on any of `ports`.
@@ -184,4 +191,61 @@ pub enum Port {
     Number(u16),
     /// A container port name, resolved per pod.
     Name(String),
+}
+
+/// The annotation that puts one NetworkPolicy in audit mode (`audit`) or, explicitly,
+/// in enforce mode (`enforce`).
+pub const MODE_ANNOTATION: &str = "netfence.io/mode";
+
+/// A Service (`v1`), reduced to what fronts pods: its cluster IPs and ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.clusterIPs` (or `spec.clusterIP`), at most one per family; empty for a
+    /// headless (`None`) or ExternalName Service, which has no VIP.
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector`; `None` when absent (endpoints are then managed by hand).
+    pub selector: Option<Labels>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    /// Required (and unique) when the Service has more than one port.
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    /// The port on the cluster IP.
+    pub port: u16,
+    /// `targetPort` (defaults to `port`).
+    pub target_port: Port,
+}
+
+/// An EndpointSlice (`discovery.k8s.io/v1`): the backends of one Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The label `kubernetes.io/service-name`; `None` when absent (such a slice
+    /// belongs to no Service).
+    pub service: Option<String>,
+    /// Resolved ports; a Service port matches the slice port of the same name (both
+    /// absent for an unnamed single port).
+    pub ports: Vec<SlicePort>,
+    /// IPv4 and IPv6 endpoints (FQDN slices are dropped by the source).
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlicePort {
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready` (an absent condition counts as ready, as the API says).
+    pub ready: bool,
 }

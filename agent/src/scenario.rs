@@ -188,6 +188,7 @@ pub fn generate(params: &Params) -> State {
         namespaces,
         pods,
         policies,
+        ..State::default()
     }
 }
 
@@ -253,6 +254,7 @@ fn policy(rng: &mut Rng, namespaces_n: usize, j: usize) -> Policy {
         isolates_egress: !egress.is_empty(),
         ingress,
         egress,
+        audit: false,
     }
 }
 

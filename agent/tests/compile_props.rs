@@ -427,6 +427,7 @@ fn state_strategy() -> impl Strategy<Value = State> {
                     isolates_egress,
                     ingress,
                     egress,
+                    audit: false,
                 });
             }
             state

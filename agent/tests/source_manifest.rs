@@ -180,6 +180,7 @@ fn kubectl_fixtures_load_into_state() {
                     end_port: Some(9100)
                 }],
             }],
+            audit: false,
         }
     );
 }

@@ -139,6 +139,8 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
                 policy,
                 isolated_ingress: content.is_some_and(|c| !c.ingress.is_empty()),
                 isolated_egress: content.is_some_and(|c| !c.egress.is_empty()),
+                audit_ingress: false,
+                audit_egress: false,
                 identity: identities
                     .of_pod_ip
                     .get(ip)

@@ -537,6 +537,8 @@ mod tests {
                 policy: 5,
                 isolated_ingress: true,
                 isolated_egress: true,
+                audit_ingress: false,
+                audit_egress: false,
                 identity: 40,
             },
         );

@@ -351,6 +351,7 @@ pub fn policy(cx: &mut Checker<'_>, np: &net::NetworkPolicy) -> Option<Policy> {
             isolates_egress,
             ingress,
             egress,
+            audit: false,
         },
     )
 }

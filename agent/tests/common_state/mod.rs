@@ -145,6 +145,7 @@ pub fn policy(namespace: &str, name: &str) -> PolicyBuilder {
             isolates_egress: false,
             ingress: vec![],
             egress: vec![],
+            audit: false,
         },
         types: None,
     }

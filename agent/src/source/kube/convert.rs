@@ -166,6 +166,7 @@ impl Slim for model::Policy {
             isolates_egress: false,
             ingress: Vec::new(),
             egress: Vec::new(),
+            audit: false,
         }
     }
 }

@@ -289,6 +289,7 @@ pub fn state_of(
             .collect(),
         pods,
         policies,
+        ..State::default()
     }
 }
 
