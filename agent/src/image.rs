@@ -205,14 +205,8 @@ impl Image {
         }
     }
 
-    /// The kernel's policy lookups, in order; the first hit allows:
-    /// 1. (policy, peer, direction, protocol, port), longest port prefix;
-    /// 2. (policy, IDENTITY_ANY, direction, protocol, port), longest port prefix;
-    /// 3. (policy, peer, direction, PROTO_ANY, any port);
-    /// 4. (policy, IDENTITY_ANY, direction, PROTO_ANY, any port).
-    ///
-    /// ICMP and ICMPv6 have no ports and skip 1 and 2: only a rule without ports
-    /// allows them.
+    /// The kernel's policy lookups for endpoint policy `policy` in `direction`, in
+    /// the order of [`lookup_in_order`]; the first hit allows.
     pub fn policy_lookup(
         &self,
         policy: u32,
@@ -221,71 +215,88 @@ impl Image {
         protocol: u8,
         port: u16,
     ) -> Option<u32> {
-        use netfence_common::{IDENTITY_ANY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6};
-        let with_ports = protocol != PROTO_ICMP && protocol != PROTO_ICMPV6;
-        let port_lookup = |peer: u32| {
-            (0..=16u8).rev().find_map(|port_bits| {
-                let mask = if port_bits == 0 {
-                    0
-                } else {
-                    u16::MAX << (16 - port_bits)
-                };
-                let key = PolicyEntry {
-                    policy,
-                    peer,
-                    direction,
-                    protocol,
-                    port: port & mask,
-                    port_bits,
-                };
-                self.policy.get(&key).copied()
-            })
-        };
-        let any_port = |peer: u32| {
+        lookup_in_order(peer, protocol, port, |peer, protocol, port, port_bits| {
             let key = PolicyEntry {
                 policy,
                 peer,
                 direction,
-                protocol: PROTO_ANY,
-                port: 0,
-                port_bits: 0,
+                protocol,
+                port,
+                port_bits,
             };
             self.policy.get(&key).copied()
-        };
-        let ported = if with_ports {
-            port_lookup(peer).or_else(|| port_lookup(IDENTITY_ANY))
-        } else {
-            None
-        };
-        ported
-            .or_else(|| any_port(peer))
-            .or_else(|| any_port(IDENTITY_ANY))
+        })
     }
 
     /// The identity the IDENTITIES trie gives `addr` (`IDENTITY_WORLD` on a miss): the
     /// longest prefix wins, in the kernel's IPv4-mapped address space (an IPv6 prefix
     /// covering `::ffff:0:0/96` also covers IPv4 addresses).
     pub fn identity_of(&self, addr: IpAddr) -> u32 {
-        use ipnet::{Ipv4Net, Ipv6Net};
-        let found = match canonical_addr(addr) {
-            IpAddr::V4(v4) => (0..=32u8)
-                .rev()
-                .find_map(|len| {
-                    let net = Ipv4Net::new(v4, len).ok()?.trunc();
-                    self.identities.get(&IpNet::V4(net)).copied()
-                })
-                .or_else(|| {
-                    let mapped = v4.to_ipv6_mapped();
-                    (0..=96u8).rev().find_map(|len| {
-                        let net = Ipv6Net::new(mapped, len).ok()?.trunc();
-                        self.identities.get(&IpNet::V6(net)).copied()
-                    })
-                }),
-            IpAddr::V6(v6) => (0..=128u8).rev().find_map(|len| {
-                let net = Ipv6Net::new(v6, len).ok()?.trunc();
-                self.identities.get(&IpNet::V6(net)).copied()
-            }),
-        };
-        found.unwrap_or(netfence_common::IDENTITY_WORLD)
+        identity_in(&self.identities, addr)
     }
+}
+
+/// The kernel's policy lookups for one endpoint policy and direction, in order; the
+/// first hit allows. `get(peer, protocol, port, port_bits)` reads one POLICY key.
+/// 1. (peer, protocol, port), longest port prefix;
+/// 2. (IDENTITY_ANY, protocol, port), longest port prefix;
+/// 3. (peer, PROTO_ANY, any port);
+/// 4. (IDENTITY_ANY, PROTO_ANY, any port).
+///
+/// ICMP and ICMPv6 have no ports and skip 1 and 2: only a rule without ports allows
+/// them.
+pub fn lookup_in_order(
+    peer: u32,
+    protocol: u8,
+    port: u16,
+    get: impl Fn(u32, u8, u16, u8) -> Option<u32>,
+) -> Option<u32> {
+    use netfence_common::{IDENTITY_ANY, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6};
+    let with_ports = protocol != PROTO_ICMP && protocol != PROTO_ICMPV6;
+    let port_lookup = |peer: u32| {
+        (0..=16u8).rev().find_map(|port_bits| {
+            let mask = if port_bits == 0 {
+                0
+            } else {
+                u16::MAX << (16 - port_bits)
+            };
+            get(peer, protocol, port & mask, port_bits)
+        })
+    };
+    let any_port = |peer: u32| get(peer, PROTO_ANY, 0, 0);
+    let ported = if with_ports {
+        port_lookup(peer).or_else(|| port_lookup(IDENTITY_ANY))
+    } else {
+        None
+    };
+    ported
+        .or_else(|| any_port(peer))
+        .or_else(|| any_port(IDENTITY_ANY))
+}
+
+/// The identity an IDENTITIES trie gives `addr` (`IDENTITY_WORLD` on a miss): the
+/// longest prefix wins, in the kernel's IPv4-mapped address space (an IPv6 prefix
+/// covering `::ffff:0:0/96` also covers IPv4 addresses).
+pub fn identity_in(identities: &BTreeMap<IpNet, u32>, addr: IpAddr) -> u32 {
+    use ipnet::{Ipv4Net, Ipv6Net};
+    let found = match canonical_addr(addr) {
+        IpAddr::V4(v4) => (0..=32u8)
+            .rev()
+            .find_map(|len| {
+                let net = Ipv4Net::new(v4, len).ok()?.trunc();
+                identities.get(&IpNet::V4(net)).copied()
+            })
+            .or_else(|| {
+                let mapped = v4.to_ipv6_mapped();
+                (0..=96u8).rev().find_map(|len| {
+                    let net = Ipv6Net::new(mapped, len).ok()?.trunc();
+                    identities.get(&IpNet::V6(net)).copied()
+                })
+            }),
+        IpAddr::V6(v6) => (0..=128u8).rev().find_map(|len| {
+            let net = Ipv6Net::new(v6, len).ok()?.trunc();
+            identities.get(&IpNet::V6(net)).copied()
+        }),
+    };
+    found.unwrap_or(netfence_common::IDENTITY_WORLD)
 }
