@@ -15,6 +15,9 @@ use netfence::model::{
 };
 use netfence::source::{self, Load, ManifestDir, SourceError};
 
+#[path = "source_manifest/mode.rs"]
+mod mode;
+
 fn parse(text: &str) -> Load {
     source::state_from_str("nfs.yaml", text)
 }

@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::error::SourceError;
 use super::names;
 use crate::model::{
-    ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
-    PortSpec, Protocol, Requirement, Rule,
+    ContainerPort, LabelSelector, Labels, MODE_ANNOTATION, Namespace, Operator, Peer, Pod,
+    PodPhase, Policy, Port, PortSpec, Protocol, Requirement, Rule,
 };
 
 /// The label the API server puts on every namespace.
@@ -341,6 +341,7 @@ pub fn policy(cx: &mut Checker<'_>, np: &net::NetworkPolicy) -> Option<Policy> {
             )
         }
     };
+    let audit = audit_mode(cx, &np.metadata);
     finish(
         cx,
         Policy {
@@ -351,9 +352,31 @@ pub fn policy(cx: &mut Checker<'_>, np: &net::NetworkPolicy) -> Option<Policy> {
             isolates_egress,
             ingress,
             egress,
-            audit: false,
+            audit,
         },
     )
+}
+
+/// The annotation `netfence.io/mode`: `audit` puts the policy in audit mode, `enforce`
+/// (or no annotation) keeps it enforcing. Any other value is an error: guessing would
+/// either enforce a policy its author meant to try, or open what they meant to close.
+fn audit_mode(cx: &mut Checker<'_>, meta: &meta::ObjectMeta) -> bool {
+    match meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MODE_ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("enforce") => false,
+        Some("audit") => true,
+        Some(_) => {
+            cx.error(
+                &format!("metadata.annotations[{MODE_ANNOTATION}]"),
+                "must be \"audit\" or \"enforce\"",
+            );
+            false
+        }
+    }
 }
 
 fn rule(
