@@ -71,7 +71,10 @@ impl Agent {
     /// `start` with other extra arguments (e.g. `--pin-dir DIR`, and without
     /// `--detach-on-exit` to keep enforcement across a restart). The log file is
     /// appended to, so a restarted agent's log follows the previous one's.
-    #[expect(clippy::too_many_arguments, reason = "start's arguments plus the extra ones")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "start's arguments plus the extra ones"
+    )]
     pub fn start_with(
         binary: &Path,
         node: &Netns,
@@ -128,7 +131,9 @@ impl Agent {
     /// Everything this agent logged so far, ANSI colours removed.
     pub fn log(&self) -> String {
         let all = std::fs::read(&self.log).unwrap_or_default();
-        let own = all.get(usize::try_from(self.skip).unwrap_or(usize::MAX)..).unwrap_or_default();
+        let own = all
+            .get(usize::try_from(self.skip).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
         strip_ansi(&String::from_utf8_lossy(own))
     }
 

@@ -13,6 +13,7 @@
 
 mod agent;
 mod bed;
+pub mod cni;
 mod manifest;
 mod netns;
 mod probe;
