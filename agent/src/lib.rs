@@ -5,6 +5,7 @@
 //! read events).
 
 pub mod cli;
+pub mod cni;
 pub mod compile;
 pub mod dataplane;
 pub mod image;

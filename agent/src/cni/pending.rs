@@ -1,0 +1,216 @@
+//! Pods the CNI plugin announced (ADD) and has not removed (DEL), and what the run
+//! loop does with them around `compile`:
+//!
+//! - before: a pod the state knows by name (on this node, no address yet: the usual
+//!   order on a cluster, where the kubelet reports the address only after ADD) gets
+//!   the plugin's addresses, so it is compiled with its real policy at once, and
+//!   other pods' policies see its identity;
+//! - after: every pending address that is still no local endpoint of the image
+//!   becomes one isolated in both directions with endpoint policy 0, which has no
+//!   POLICY entries: everything it sends or receives (new flows) is dropped until
+//!   the pod appears in the state.
+//!
+//! Then [`programmed`] says when an ADD may be answered: every address is in the live
+//! ENDPOINTS map as the image wants it, bound to an interface the programs are
+//! attached to.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use netfence_cni::protocol::{Enforcement, Request};
+use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue, IDENTITY_WORLD};
+
+use crate::image::{Endpoint, Image, canonical_addr};
+use crate::model::{PodPhase, State};
+
+/// Names used for a pending endpoint whose pod the plugin could not name.
+pub const UNNAMED_NAMESPACE: &str = "cni";
+
+/// One container the plugin announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingEndpoint {
+    pub container_id: String,
+    /// Canonical (IPv4-mapped IPv6 as IPv4), sorted, deduplicated.
+    pub ips: Vec<IpAddr>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub host_interfaces: Vec<String>,
+}
+
+impl PendingEndpoint {
+    pub fn from_request(request: &Request) -> Self {
+        let mut ips: Vec<IpAddr> = request.ips.iter().map(|ip| canonical_addr(*ip)).collect();
+        ips.sort();
+        ips.dedup();
+        Self {
+            container_id: request.container_id.clone(),
+            ips,
+            namespace: request.pod_namespace.clone(),
+            pod: request.pod_name.clone(),
+            host_interfaces: request.host_interfaces.clone(),
+        }
+    }
+
+    /// `ns/name`, or `cni/<container id>` for logs and the endpoint's names.
+    pub fn names(&self) -> (String, String) {
+        match (&self.namespace, &self.pod) {
+            (Some(ns), Some(pod)) => (ns.clone(), pod.clone()),
+            _ => (UNNAMED_NAMESPACE.to_owned(), self.container_id.clone()),
+        }
+    }
+}
+
+/// The pending endpoints, by container id.
+#[derive(Clone, Debug, Default)]
+pub struct Pending {
+    by_container: BTreeMap<String, PendingEndpoint>,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.by_container.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_container.is_empty()
+    }
+
+    pub fn get(&self, container_id: &str) -> Option<&PendingEndpoint> {
+        self.by_container.get(container_id)
+    }
+
+    /// Records (or replaces) a container. An address can belong to one container
+    /// only: another pending container holding one of its addresses lost it (its DEL
+    /// was missed and the address was reused) and is dropped; its ids are returned.
+    pub fn add(&mut self, endpoint: PendingEndpoint) -> Vec<String> {
+        let stale: Vec<String> = self
+            .by_container
+            .values()
+            .filter(|other| other.container_id != endpoint.container_id)
+            .filter(|other| other.ips.iter().any(|ip| endpoint.ips.contains(ip)))
+            .map(|other| other.container_id.clone())
+            .collect();
+        for id in &stale {
+            self.by_container.remove(id);
+        }
+        self.by_container.insert(endpoint.container_id.clone(), endpoint);
+        stale
+    }
+
+    pub fn remove(&mut self, container_id: &str) -> Option<PendingEndpoint> {
+        self.by_container.remove(container_id)
+    }
+
+    /// `state` with the plugin's addresses on the pods it names that are scheduled
+    /// to `node`, have no address yet, are not host-network and have not terminated.
+    /// Borrowed when no pod changes.
+    pub fn fill_state<'a>(&self, state: &'a State, node: &str) -> Cow<'a, State> {
+        let mut state = Cow::Borrowed(state);
+        for endpoint in self.by_container.values() {
+            let (Some(namespace), Some(name)) = (&endpoint.namespace, &endpoint.pod) else {
+                continue;
+            };
+            let index = state.pods.iter().position(|pod| {
+                pod.namespace == *namespace
+                    && pod.name == *name
+                    && pod.node_name.as_deref() == Some(node)
+                    && pod.ips.is_empty()
+                    && !pod.host_network
+                    && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
+            });
+            if let Some(index) = index
+                && let Some(pod) = state.to_mut().pods.get_mut(index)
+            {
+                pod.ips.clone_from(&endpoint.ips);
+            }
+        }
+        state
+    }
+
+    /// Adds a deny-all endpoint for every pending address `image` has no local
+    /// endpoint for. Returns how many it added.
+    pub fn merge_into(&self, image: &mut Image) -> usize {
+        let mut added = 0;
+        for endpoint in self.by_container.values() {
+            let (namespace, pod) = endpoint.names();
+            for ip in &endpoint.ips {
+                if image.endpoints.contains_key(ip) {
+                    continue;
+                }
+                image.endpoints.insert(*ip, deny_all(&namespace, &pod));
+                added += 1;
+            }
+        }
+        added
+    }
+}
+
+/// An endpoint isolated both ways under endpoint policy 0 (which has no entries).
+pub fn deny_all(namespace: &str, pod: &str) -> Endpoint {
+    Endpoint {
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+        policy: 0,
+        isolated_ingress: true,
+        isolated_egress: true,
+        audit_ingress: false,
+        audit_egress: false,
+        identity: IDENTITY_WORLD,
+    }
+}
+
+/// True for the endpoints [`Pending::merge_into`] adds: compile gives policy 0 only
+/// to endpoints isolated in no direction.
+pub fn is_deny_all(endpoint: &Endpoint) -> bool {
+    endpoint.policy == 0 && endpoint.isolated_ingress && endpoint.isolated_egress
+}
+
+/// Whether every address in `ips` is enforced now: in the live ENDPOINTS map with
+/// the image's policy and flags, bound to an interface, and that interface attached.
+/// `Ok` says how (deny-all if any address is); `Err` says what is missing.
+pub fn programmed(
+    ips: &[IpAddr],
+    image: &Image,
+    live: &BTreeMap<IpAddr, EndpointValue>,
+    attached: impl Fn(u32) -> bool,
+) -> Result<Enforcement, String> {
+    if ips.is_empty() {
+        return Err("the request names no address".to_owned());
+    }
+    let mut enforcement = Enforcement::Policy;
+    for ip in ips.iter().map(|ip| canonical_addr(*ip)) {
+        let Some(wanted) = image.endpoints.get(&ip) else {
+            return Err(format!("{ip} is no endpoint of this node's image"));
+        };
+        let Some(value) = live.get(&ip) else {
+            return Err(format!("{ip} is not in the endpoint map yet"));
+        };
+        let mut flags = 0;
+        if wanted.isolated_ingress {
+            flags |= EP_ISOLATED_INGRESS;
+        }
+        if wanted.isolated_egress {
+            flags |= EP_ISOLATED_EGRESS;
+        }
+        if value.policy != wanted.policy || value.flags & (EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS) != flags {
+            return Err(format!("{ip}'s endpoint entry is not the compiled one yet"));
+        }
+        if value.ifindex == 0 {
+            return Err(format!(
+                "{ip} is not bound to an interface yet (not seen behind a managed interface)"
+            ));
+        }
+        if !attached(value.ifindex) {
+            return Err(format!("{ip}'s interface (index {}) is not attached yet", value.ifindex));
+        }
+        if is_deny_all(wanted) {
+            enforcement = Enforcement::DefaultDeny;
+        }
+    }
+    Ok(enforcement)
+}
+
+#[cfg(test)]
+#[path = "pending_tests.rs"]
+mod tests;
