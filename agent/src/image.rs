@@ -74,6 +74,9 @@ pub struct IdentityInfo {
     pub pods: Vec<String>,
     /// ipBlocks (`cidr` with excepts, as written) that contain this identity.
     pub ip_blocks: Vec<String>,
+    /// `ns/name` of the Service when this identity is a ClusterIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -137,6 +140,9 @@ pub enum DirectionVerdict {
     Allowed { rule: u32 },
     /// The endpoint is isolated and no entry allows it.
     Denied,
+    /// No entry allows it, but the endpoint audits this direction (every policy
+    /// isolating it there is `netfence.io/mode: audit`): it passes, reported `audit`.
+    Audited,
 }
 
 impl DirectionVerdict {
@@ -184,10 +190,10 @@ impl Image {
         let Some(endpoint) = self.endpoints.get(&local) else {
             return DirectionVerdict::NotLocal;
         };
-        let isolated = if direction == netfence_common::DIR_INGRESS {
-            endpoint.isolated_ingress
+        let (isolated, audit) = if direction == netfence_common::DIR_INGRESS {
+            (endpoint.isolated_ingress, endpoint.audit_ingress)
         } else {
-            endpoint.isolated_egress
+            (endpoint.isolated_egress, endpoint.audit_egress)
         };
         if !isolated {
             return DirectionVerdict::NotIsolated;
@@ -201,6 +207,7 @@ impl Image {
             packet.dst_port,
         ) {
             Some(rule) => DirectionVerdict::Allowed { rule },
+            None if audit => DirectionVerdict::Audited,
             None => DirectionVerdict::Denied,
         }
     }

@@ -92,6 +92,7 @@ pub fn server_policy(udp: bool) -> Policy {
             ports: ports(udp),
         }],
         egress: Vec::new(),
+        audit: false,
     }
 }
 
@@ -111,6 +112,7 @@ pub fn client_policy() -> Policy {
             }],
             ports: ports(true),
         }],
+        audit: false,
     }
 }
 

@@ -76,6 +76,9 @@ impl Block {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Description {
     pub group: Option<PodGroup>,
+    /// `ns/name` of the Service whose ClusterIP this region is (a /32 or /128 that is
+    /// no pod's address).
+    pub service: Option<String>,
     /// Blocks containing the region.
     pub blocks: BTreeSet<Block>,
 }
@@ -100,6 +103,9 @@ impl Description {
                 h.str("net");
             }
         }
+        if let Some(service) = &self.service {
+            h.str("service").str(service);
+        }
         h.str("blocks");
         for block in &self.blocks {
             h.str(&block.text());
@@ -123,11 +129,14 @@ pub struct Identities {
 
 impl Identities {
     /// Builds the identities of `state`. `blocks` are the ipBlocks rules name;
-    /// `group_by_named_ports` splits pod groups by their named container ports.
+    /// `group_by_named_ports` splits pod groups by their named container ports; `vips`
+    /// (canonical ClusterIP → `ns/name`) each get an identity of their own (a pod's
+    /// address is never a VIP: the pod wins).
     pub fn build(
         state: &State,
         blocks: &BTreeSet<Block>,
         group_by_named_ports: bool,
+        vips: &BTreeMap<IpAddr, String>,
     ) -> Identities {
         // Pod IPs, first live pod wins when two claim one address.
         let mut pod_of_ip: BTreeMap<IpAddr, &Pod> = BTreeMap::new();
@@ -138,6 +147,7 @@ impl Identities {
         }
 
         let mut prefixes: BTreeSet<IpNet> = pod_of_ip.keys().map(|ip| IpNet::from(*ip)).collect();
+        prefixes.extend(vips.keys().map(|ip| IpNet::from(*ip)));
         for block in blocks {
             prefixes.insert(block.cidr);
             prefixes.extend(block.except.iter().copied());
@@ -162,8 +172,19 @@ impl Identities {
                 } else {
                     None
                 };
+                let service = match (is_host, &group) {
+                    (true, None) => vips.get(&net.addr()).cloned(),
+                    _ => None,
+                };
                 let blocks = blocks.iter().filter(|b| b.covers(net)).cloned().collect();
-                (*net, Description { group, blocks })
+                (
+                    *net,
+                    Description {
+                        group,
+                        service,
+                        blocks,
+                    },
+                )
             })
             .collect();
 
@@ -171,7 +192,7 @@ impl Identities {
         let ids = allocator.allocate_all(
             regions
                 .values()
-                .filter(|d| d.group.is_some() || !d.blocks.is_empty())
+                .filter(|d| d.group.is_some() || d.service.is_some() || !d.blocks.is_empty())
                 .cloned(),
             Description::hash,
         );
@@ -226,6 +247,7 @@ impl Identities {
                         .map(|p| p.iter().cloned().collect())
                         .unwrap_or_default(),
                     ip_blocks: description.blocks.iter().map(Block::text).collect(),
+                    service: description.service.clone(),
                 };
                 (*id, info)
             })
@@ -319,7 +341,7 @@ mod tests {
     #[test]
     fn except_inside_cidr_is_written_as_world_and_lone_world_is_not() {
         let blocks = BTreeSet::from([Block::new(&net("198.18.0.0/16"), &[net("198.18.1.0/24")])]);
-        let identities = Identities::build(&State::default(), &blocks, false);
+        let identities = Identities::build(&State::default(), &blocks, false, &BTreeMap::new());
         assert_eq!(identities.trie.len(), 2);
         assert_eq!(identities.trie[&net("198.18.1.0/24")], IDENTITY_WORLD);
         assert_ne!(identities.trie[&net("198.18.0.0/16")], IDENTITY_WORLD);
@@ -329,7 +351,7 @@ mod tests {
     #[test]
     fn ipv6_default_route_block_does_not_swallow_ipv4() {
         let blocks = BTreeSet::from([Block::new(&net("::/0"), &[])]);
-        let identities = Identities::build(&State::default(), &blocks, false);
+        let identities = Identities::build(&State::default(), &blocks, false, &BTreeMap::new());
         assert_eq!(
             identities.trie.get(&net("0.0.0.0/0")),
             Some(&IDENTITY_WORLD)

@@ -99,6 +99,17 @@ pub fn reserved_zero(id: u32) -> bool {
     id == 0
 }
 
+/// The rule id counted for node traffic (`--allow-node`) an ingress-isolated pod
+/// receives from its node's addresses.
+pub const RULE_NODE_INGRESS: u32 = 1;
+/// The rule id counted for traffic an egress-isolated pod sends to its node.
+pub const RULE_NODE_EGRESS: u32 = 2;
+
+/// Rules: 0 means "no rule"; `RULE_NODE_*` are the node-traffic rules.
+pub fn reserved_rule(id: u32) -> bool {
+    id <= RULE_NODE_EGRESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

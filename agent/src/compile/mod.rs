@@ -12,6 +12,16 @@
 //!    entries form one endpoint policy, numbered by a hash of its content, so a changed
 //!    policy gives a new id and endpoints switch to it in one write.
 //!
+//! 4. Node traffic and Service VIPs (`NodeContext`, `services`): with `allow_node`,
+//!    the node's own addresses get `IDENTITY_HOST` and every isolated endpoint policy
+//!    allows it both ways; an egress-isolated endpoint policy allows a ClusterIP:port
+//!    when it allows one of the backends behind it on the target port.
+//!
+//! Audit (`netfence.io/mode: audit`): a direction is audited when every policy that
+//! isolates the endpoint in it is an audit policy; its entries are those policies'
+//! rules and a miss passes as `audit`. Otherwise only enforcing policies count in that
+//! direction and audit policies have no effect there: they could only add allows.
+//!
 //! Ids are stable: see `ids`.
 
 pub mod identity;
@@ -19,32 +29,97 @@ pub mod ids;
 pub mod ports;
 pub mod rules;
 pub mod selector;
+pub mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use netfence_common::{DIR_EGRESS, IDENTITY_WORLD};
+use ipnet::IpNet;
+use netfence_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_HOST, IDENTITY_WORLD};
 
 use self::identity::{Identities, blocks_of, live_pods};
-use self::ids::{Fnv, IdAllocator, reserved_zero};
-use self::ports::{NamedPorts, named_ports};
+use self::ids::{Fnv, IdAllocator, RULE_NODE_EGRESS, RULE_NODE_INGRESS, reserved_zero};
+use self::ports::{NamedPorts, PortMatch, named_ports};
 use self::rules::{
     EntryKey, any_named_port, endpoint_entries, expand_all, rule_ids, selecting_uses_named_port,
 };
 use self::selector::{NamespaceLabels, matches};
-use crate::image::{Endpoint, EndpointPolicyInfo, Image, PolicyEntry, canonical_addr};
+use self::services::{Frontend, frontends, vips};
+use crate::image::{
+    Endpoint, EndpointPolicyInfo, Image, PolicyEntry, RuleInfo, canonical_addr, identity_in,
+    lookup_in_order,
+};
 use crate::model::{Pod, Policy, State};
 
-/// Compiles `state` into the map contents of one node.
-///
-/// `node`: `Some(name)` → only live pods with `spec.nodeName == name` become
-/// endpoints; `None` → every live pod is an endpoint (used by `explain`, the matrix
-/// and tests). Identities always cover every live pod of the cluster.
+/// What compile needs to know about the node beyond the cluster state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeContext<'a> {
+    /// `Some(name)` → only live pods with `spec.nodeName == name` become endpoints;
+    /// `None` → every live pod is an endpoint (`explain`, the matrix, tests).
+    pub name: Option<&'a str>,
+    /// The node's own addresses (the agent's network namespace).
+    pub addresses: &'a [IpAddr],
+    /// Traffic between a local pod and `addresses` passes whatever the policy
+    /// (kubelet probes, hostNetwork pods on this node).
+    pub allow_node: bool,
+}
+
+/// Compiles `state` into the map contents of node `node` (see [`NodeContext::name`]),
+/// without node addresses. Identities always cover every live pod of the cluster.
 pub fn compile(state: &State, node: Option<&str>) -> Image {
+    compile_node(
+        state,
+        &NodeContext {
+            name: node,
+            addresses: &[],
+            allow_node: true,
+        },
+    )
+}
+
+/// Compiles `state` into the map contents of one node.
+pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
+    let node = context.name;
     let namespaces = NamespaceLabels::new(state);
-    let identities = Identities::build(state, &blocks_of(state), any_named_port(state, DIR_EGRESS));
-    let (rule_ids, rule_infos) = rule_ids(state);
+    let vips = vips(state);
+    let mut identities = Identities::build(
+        state,
+        &blocks_of(state),
+        any_named_port(state, DIR_EGRESS),
+        &vips,
+    );
+    let (rule_ids, mut rule_infos) = rule_ids(state);
     let peers = expand_all(state, &identities, &namespaces);
+    // Node addresses resolve to IDENTITY_HOST (a ClusterIP on a node interface, as
+    // kube-proxy's IPVS mode puts there, stays a VIP; a pod address stays the pod's).
+    let host: Vec<IpAddr> = context
+        .addresses
+        .iter()
+        .map(|a| canonical_addr(*a))
+        .filter(|a| {
+            context.allow_node
+                && !a.is_loopback()
+                && !vips.contains_key(a)
+                && !identities.of_pod_ip.contains_key(a)
+        })
+        .collect();
+    for addr in &host {
+        identities.trie.insert(IpNet::from(*addr), IDENTITY_HOST);
+    }
+    if !host.is_empty() {
+        for (id, direction) in [(RULE_NODE_INGRESS, DIR_INGRESS), (RULE_NODE_EGRESS, DIR_EGRESS)] {
+            rule_infos.insert(
+                id,
+                RuleInfo {
+                    namespace: String::new(),
+                    policy: "(allow-node)".to_owned(),
+                    direction,
+                    index: 0,
+                },
+            );
+        }
+    }
+    let frontends = frontends(state);
 
     // Local endpoints, grouped by what decides their entries.
     let mut groups: BTreeMap<GroupKey, Vec<(IpAddr, &Pod)>> = BTreeMap::new();
@@ -81,20 +156,38 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
         if selecting.is_empty() {
             continue;
         }
-        let names = |isolates: fn(&Policy) -> bool| -> Vec<String> {
-            selecting
+        let mut content = Content::default();
+        let mut entries: BTreeMap<EntryKey, u32> = BTreeMap::new();
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            let Some((deciding, audit)) = deciding_policies(state, selecting, direction) else {
+                continue;
+            };
+            let names = deciding
                 .iter()
-                .map(|&p| &state.policies[p])
-                .filter(|policy| isolates(policy))
-                .map(|policy| format!("{}/{}", policy.namespace, policy.name))
-                .collect()
-        };
-        let entries = endpoint_entries(state, selecting, named, &identities, &peers, &rule_ids);
-        let content = Content {
-            ingress: names(|p| p.isolates_ingress),
-            egress: names(|p| p.isolates_egress),
-            entries: entries.into_iter().collect(),
-        };
+                .map(|&p| format!("{}/{}", state.policies[p].namespace, state.policies[p].name))
+                .collect();
+            let own = endpoint_entries(state, &deciding, named, &identities, &peers, &rule_ids);
+            entries.extend(own.into_iter().filter(|((_, d, _), _)| *d == direction));
+            if direction == DIR_INGRESS {
+                content.ingress = names;
+                content.audit_ingress = audit;
+            } else {
+                content.egress = names;
+                content.audit_egress = audit;
+            }
+        }
+        if !content.egress.is_empty() {
+            add_frontends(&mut entries, &frontends, &identities.trie);
+        }
+        if !host.is_empty() {
+            if !content.ingress.is_empty() {
+                entries.insert((IDENTITY_HOST, DIR_INGRESS, PortMatch::ANY), RULE_NODE_INGRESS);
+            }
+            if !content.egress.is_empty() {
+                entries.insert((IDENTITY_HOST, DIR_EGRESS, PortMatch::ANY), RULE_NODE_EGRESS);
+            }
+        }
+        content.entries = entries.into_iter().collect();
         contents.insert(key, content);
     }
     let mut allocator = IdAllocator::new(reserved_zero);
@@ -139,8 +232,8 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
                 policy,
                 isolated_ingress: content.is_some_and(|c| !c.ingress.is_empty()),
                 isolated_egress: content.is_some_and(|c| !c.egress.is_empty()),
-                audit_ingress: false,
-                audit_egress: false,
+                audit_ingress: content.is_some_and(|c| c.audit_ingress),
+                audit_egress: content.is_some_and(|c| c.audit_egress),
                 identity: identities
                     .of_pod_ip
                     .get(ip)
@@ -157,6 +250,79 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
 /// its own named ports when one of their ingress rules names a port (else empty).
 type GroupKey = (Vec<usize>, NamedPorts);
 
+/// The policies whose rules decide `direction` for endpoints selected by `selecting`,
+/// and whether that direction is audited; `None` when none isolates it. Enforcing
+/// policies decide when there is one; otherwise the (audit) policies isolating it.
+fn deciding_policies(state: &State, selecting: &[usize], direction: u8) -> Option<(Vec<usize>, bool)> {
+    let isolates = |policy: &Policy| {
+        if direction == DIR_INGRESS {
+            policy.isolates_ingress
+        } else {
+            policy.isolates_egress
+        }
+    };
+    let isolating: Vec<usize> = selecting
+        .iter()
+        .copied()
+        .filter(|&p| isolates(&state.policies[p]))
+        .collect();
+    if isolating.is_empty() {
+        return None;
+    }
+    let enforcing: Vec<usize> = isolating
+        .iter()
+        .copied()
+        .filter(|&p| !state.policies[p].audit)
+        .collect();
+    Some(if enforcing.is_empty() {
+        (isolating, true)
+    } else {
+        (enforcing, false)
+    })
+}
+
+/// Adds to an egress-isolated endpoint policy's `entries` every VIP:port whose
+/// backends it allows (one is enough: kube-proxy picks among them), with the rule
+/// that allows the first such backend. The VIP's own identity is unique to it, so
+/// these exact-port entries allow nothing else.
+fn add_frontends(
+    entries: &mut BTreeMap<EntryKey, u32>,
+    frontends: &[Frontend],
+    trie: &BTreeMap<IpNet, u32>,
+) {
+    for frontend in frontends {
+        let vip = identity_in(trie, frontend.vip);
+        let protocol = frontend.protocol.number();
+        let allowing = frontend.backends.iter().find_map(|(addr, port)| {
+            let peer = identity_in(trie, *addr);
+            lookup_in_order(peer, protocol, *port, |peer, protocol, port, port_bits| {
+                let key = (
+                    peer,
+                    DIR_EGRESS,
+                    PortMatch {
+                        protocol,
+                        port,
+                        port_bits,
+                    },
+                );
+                entries.get(&key).copied()
+            })
+        });
+        if let Some(rule) = allowing {
+            let key = (
+                vip,
+                DIR_EGRESS,
+                PortMatch {
+                    protocol,
+                    port: frontend.port,
+                    port_bits: 16,
+                },
+            );
+            entries.entry(key).or_insert(rule);
+        }
+    }
+}
+
 /// True when `policy` selects `pod` and isolates it in some direction.
 fn selects(policy: &Policy, pod: &Pod) -> bool {
     (policy.isolates_ingress || policy.isolates_egress)
@@ -165,11 +331,15 @@ fn selects(policy: &Policy, pod: &Pod) -> bool {
 }
 
 /// What an endpoint policy id is a hash of.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Content {
-    /// `ns/name` of the selecting policies that isolate for ingress / egress.
+    /// `ns/name` of the policies whose rules decide ingress / egress (empty: not
+    /// isolated in that direction).
     ingress: Vec<String>,
     egress: Vec<String>,
+    /// The direction is decided by audit policies.
+    audit_ingress: bool,
+    audit_egress: bool,
     /// Entries (peer, direction, port match) → rule id.
     entries: Vec<(EntryKey, u32)>,
 }
@@ -184,6 +354,12 @@ impl Content {
         h.str("egress");
         for name in &self.egress {
             h.str(name);
+        }
+        if self.audit_ingress {
+            h.str("audit-ingress");
+        }
+        if self.audit_egress {
+            h.str("audit-egress");
         }
         for ((peer, direction, port), rule) in &self.entries {
             h.u32(*peer)

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use netfence_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY};
 
 use super::identity::{Block, Identities};
-use super::ids::{Fnv, IdAllocator, reserved_zero};
+use super::ids::{Fnv, IdAllocator, reserved_rule};
 use super::ports::{NamedPorts, PortMatch, rule_uses_named_port, spec_matches};
 use super::selector::{NamespaceLabels, matches};
 use crate::image::RuleInfo;
@@ -49,7 +49,7 @@ pub fn rule_ids(state: &State) -> (BTreeMap<RuleRef, u32>, BTreeMap<u32, RuleInf
             }
         }
     }
-    let mut allocator = IdAllocator::new(reserved_zero);
+    let mut allocator = IdAllocator::new(reserved_rule);
     let ids = allocator.allocate_all(described.keys().cloned(), |text| {
         Fnv::default().str(text).finish()
     });

@@ -18,8 +18,9 @@ use ipnet::IpNet;
 use netfence::compile::defaulted_policy_types;
 use netfence::image::{Image, Packet};
 use netfence::model::{
-    ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
-    PortSpec, Protocol, Requirement, Rule, State,
+    ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase,
+    Policy, Port, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, SliceEndpoint,
+    SlicePort, State,
 };
 
 pub const NODE: &str = "node-1";
@@ -167,6 +168,12 @@ impl PolicyBuilder {
         self
     }
 
+    /// Annotated `netfence.io/mode: audit`.
+    pub fn audit(mut self) -> Self {
+        self.policy.audit = true;
+        self
+    }
+
     /// Explicit `policyTypes`.
     pub fn types(mut self, types: &[&'static str]) -> Self {
         self.types = Some(types.to_vec());
@@ -227,6 +234,16 @@ impl StateBuilder {
         self
     }
 
+    pub fn service(mut self, service: Service) -> Self {
+        self.state.services.push(service);
+        self
+    }
+
+    pub fn slice(mut self, slice: EndpointSlice) -> Self {
+        self.state.endpoint_slices.push(slice);
+        self
+    }
+
     /// The state, with pods and policies sorted as sources deliver them.
     pub fn build(mut self) -> State {
         self.state
@@ -236,6 +253,71 @@ impl StateBuilder {
             .policies
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         self.state
+            .services
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.state
+            .endpoint_slices
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.state
+    }
+}
+
+/// A ClusterIP Service with a selector (`None`: endpoints managed by hand).
+pub fn service(
+    namespace: &str,
+    name: &str,
+    cluster_ips: &[&str],
+    selector: Option<&[(&str, &str)]>,
+    ports: Vec<ServicePort>,
+) -> Service {
+    Service {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        cluster_ips: cluster_ips.iter().map(|s| ip(s)).collect(),
+        ports,
+        selector: selector.map(labels),
+    }
+}
+
+/// A Service port `port` → `target` (a number or a container port name).
+pub fn service_port(name: Option<&str>, protocol: Protocol, port: u16, target: &str) -> ServicePort {
+    ServicePort {
+        name: name.map(str::to_owned),
+        protocol,
+        port,
+        target_port: target
+            .parse()
+            .map_or_else(|_| Port::Name(target.to_owned()), Port::Number),
+    }
+}
+
+/// An EndpointSlice of Service `service`: `endpoints` are (address, ready).
+pub fn endpoint_slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    ports: &[(Option<&str>, Protocol, u16)],
+    endpoints: &[(&str, bool)],
+) -> EndpointSlice {
+    EndpointSlice {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        service: Some(service.to_owned()),
+        ports: ports
+            .iter()
+            .map(|(name, protocol, port)| SlicePort {
+                name: name.map(str::to_owned),
+                protocol: *protocol,
+                port: *port,
+            })
+            .collect(),
+        endpoints: endpoints
+            .iter()
+            .map(|(address, ready)| SliceEndpoint {
+                addresses: vec![ip(address)],
+                ready: *ready,
+            })
+            .collect(),
     }
 }
 
