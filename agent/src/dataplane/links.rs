@@ -163,21 +163,39 @@ pub async fn peer_addresses(handle: &Handle, interface: &Interface) -> Result<Ve
         {
             continue;
         }
-        let local = message.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let address = message.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        if let Some(ip) = local.or(address) {
-            out.push(ip);
+        out.extend(message_address(&message));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The node's own addresses: global and site scope, both families, on every interface
+/// of the agent's namespace (loopback's are host scope and left out).
+pub async fn node_addresses(handle: &Handle) -> Result<Vec<IpAddr>, LinkError> {
+    let mut addresses = handle.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(message) = addresses.try_next().await? {
+        if matches!(message.header.scope, AddressScope::Universe | AddressScope::Site) {
+            out.extend(message_address(&message));
         }
     }
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// An address message's own address (`IFA_LOCAL`, else `IFA_ADDRESS`).
+fn message_address(message: &netlink_packet_route::address::AddressMessage) -> Option<IpAddr> {
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or(address)
 }
 
 /// Pod address → the host-side interfaces whose peer carries it, for every managed
