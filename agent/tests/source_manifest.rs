@@ -1,6 +1,7 @@
 //! The manifest-directory source: parsing (multi-document YAML, JSON, Lists, kubectl
 //! output), the API server's validation and defaults, last-good bookkeeping across
-//! reloads, and the directory watch.
+//! reloads, and the directory watch. Submodules: the policy mode annotation, Services
+//! and EndpointSlices.
 
 #![allow(clippy::unwrap_used, reason = "tests: a failed setup step fails the test")]
 
@@ -17,6 +18,8 @@ use netfence::source::{self, Load, ManifestDir, SourceError};
 
 #[path = "source_manifest/mode.rs"]
 mod mode;
+#[path = "source_manifest/services.rs"]
+mod services;
 
 fn parse(text: &str) -> Load {
     source::state_from_str("nfs.yaml", text)

@@ -3,11 +3,13 @@
 //! validation into `model` objects. Knows nothing of other files or earlier loads.
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use super::error::{Kind, ObjectKey, SourceError};
+use super::service;
 use super::validate::{self, Checker};
 use crate::model;
 
@@ -17,6 +19,8 @@ pub enum Object {
     Namespace(model::Namespace),
     Pod(model::Pod),
     Policy(model::Policy),
+    Service(model::Service),
+    EndpointSlice(model::EndpointSlice),
 }
 
 impl Object {
@@ -25,6 +29,10 @@ impl Object {
             Object::Namespace(ns) => (Kind::Namespace, String::new(), &ns.name),
             Object::Pod(pod) => (Kind::Pod, pod.namespace.clone(), &pod.name),
             Object::Policy(policy) => (Kind::NetworkPolicy, policy.namespace.clone(), &policy.name),
+            Object::Service(svc) => (Kind::Service, svc.namespace.clone(), &svc.name),
+            Object::EndpointSlice(slice) => {
+                (Kind::EndpointSlice, slice.namespace.clone(), &slice.name)
+            }
         };
         ObjectKey {
             kind,
@@ -122,10 +130,12 @@ enum Dispatch {
     Invalid(&'static str, String),
 }
 
-const OURS: [(&str, &str, Kind); 3] = [
+const OURS: [(&str, &str, Kind); 5] = [
     ("v1", "Namespace", Kind::Namespace),
     ("v1", "Pod", Kind::Pod),
     ("networking.k8s.io/v1", "NetworkPolicy", Kind::NetworkPolicy),
+    ("v1", "Service", Kind::Service),
+    ("discovery.k8s.io/v1", "EndpointSlice", Kind::EndpointSlice),
 ];
 
 /// An API group that is Kubernetes' own (core, `*.k8s.io`, or a group without a dot
@@ -181,7 +191,7 @@ fn classify(api_version: &str, kind: &str) -> Dispatch {
 }
 
 /// A misspelling of one of our kinds (case, plural, or a small typo). Other kinds
-/// (Service, Node, Deployment, ...) are not close enough to match.
+/// (Node, Deployment, Endpoints, ServiceAccount, ...) are not close enough to match.
 fn lookalike(kind: &str) -> Option<&'static str> {
     let lower = kind.to_ascii_lowercase();
     let lower = lower.strip_suffix("list").unwrap_or(&lower);
@@ -358,6 +368,17 @@ fn read_object(parsed: &mut Parsed, file: &str, place: &str, kind: Kind, mut doc
             .and_then(|pod| validate::pod(&mut cx, &pod).map(Object::Pod)),
         Kind::NetworkPolicy => decode::<net::NetworkPolicy>(&mut cx, document)
             .and_then(|np| validate::policy(&mut cx, &np).map(Object::Policy)),
+        Kind::Service => decode::<core::Service>(&mut cx, document)
+            .and_then(|svc| service::service(&mut cx, &svc).map(Object::Service)),
+        Kind::EndpointSlice => match decode::<discovery::EndpointSlice>(&mut cx, document) {
+            Some(slice) if service::is_fqdn(&slice) => {
+                // Valid, but names are no packet's address: like a kind we do not read.
+                tracing::debug!(file, %place, "ignored: an FQDN EndpointSlice");
+                return;
+            }
+            Some(slice) => service::endpoint_slice(&mut cx, &slice).map(Object::EndpointSlice),
+            None => None,
+        },
     };
     parsed.errors.append(&mut cx.errors);
     parsed.warnings.append(&mut cx.warnings);

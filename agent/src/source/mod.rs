@@ -1,5 +1,5 @@
-//! Where cluster objects come from: a directory of manifests (later also the Kubernetes
-//! API). This module owns the last-good bookkeeping: a `ManifestDir` keeps, per object,
+//! Where cluster objects come from: a directory of manifests or the Kubernetes API
+//! (`kube`), each reading Namespaces, Pods, NetworkPolicies, Services and EndpointSlices. This module owns the last-good bookkeeping: a `ManifestDir` keeps, per object,
 //! the last version that validated, so a typo in a manifest never opens or closes
 //! traffic by itself.
 //!
@@ -17,6 +17,7 @@ mod error;
 pub mod kube;
 mod manifest;
 mod names;
+mod service;
 mod validate;
 mod watch;
 
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Kind, ObjectKey, SourceError};
 pub use manifest::{Entry, Object, Parsed, parse_str};
+pub use service::SERVICE_NAME_LABEL;
 pub use validate::NAMESPACE_NAME_LABEL;
 pub use watch::{Watcher, watch};
 
@@ -177,8 +179,8 @@ fn is_manifest_name(name: &str) -> bool {
             .any(|ext| name.ends_with(ext))
 }
 
-/// Builds the state from objects by key; the key order gives pods and policies sorted
-/// by (namespace, name).
+/// Builds the state from objects by key; the key order gives pods, policies, services
+/// and endpoint slices sorted by (namespace, name).
 fn state_of(objects: &BTreeMap<ObjectKey, Object>) -> State {
     let mut state = State::default();
     for object in objects.values() {
@@ -188,6 +190,8 @@ fn state_of(objects: &BTreeMap<ObjectKey, Object>) -> State {
             }
             Object::Pod(pod) => state.pods.push(pod.clone()),
             Object::Policy(policy) => state.policies.push(policy.clone()),
+            Object::Service(svc) => state.services.push(svc.clone()),
+            Object::EndpointSlice(slice) => state.endpoint_slices.push(slice.clone()),
         }
     }
     state

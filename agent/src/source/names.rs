@@ -1,7 +1,8 @@
 //! Kubernetes name syntax, as `k8s.io/apimachinery/pkg/util/validation` checks it:
 //! qualified names (label keys), label values, DNS-1123 labels and subdomains (object
-//! and namespace names) and IANA service names (named ports). Each check returns the
-//! API server's wording of what is wrong, or `None` when the value is valid.
+//! and namespace names), DNS-1035 labels (Service names) and IANA service names (named
+//! ports). Each check returns the API server's wording of what is wrong, or `None` when
+//! the value is valid.
 
 /// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`: the name part of a qualified name,
 /// and a non-empty label value.
@@ -43,6 +44,20 @@ pub fn dns1123_label(s: &str) -> Option<String> {
         return Some(format!(
             "{s:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
              and must start and end with an alphanumeric character"
+        ));
+    }
+    None
+}
+
+/// A DNS-1035 label (Service names): a DNS-1123 label that starts with a letter.
+pub fn dns1035_label(s: &str) -> Option<String> {
+    if s.len() > 63 {
+        return Some(format!("{s:?}: must be no more than 63 characters"));
+    }
+    if !is_dns1123_label_syntax(s) || !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Some(format!(
+            "{s:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', \
+             start with an alphabetic character, and end with an alphanumeric character"
         ));
     }
     None
@@ -212,5 +227,10 @@ mod tests {
         assert!(dns1123_label("a.b").is_some());
         assert_eq!(dns1123_subdomain("a.b-c"), None);
         assert!(dns1123_subdomain("a..b").is_some());
+        assert_eq!(dns1035_label("web-1"), None);
+        assert!(dns1035_label("1web").is_some());
+        assert!(dns1035_label("Web").is_some());
+        assert!(dns1035_label("web-").is_some());
+        assert!(dns1035_label(&format!("a{}", "b".repeat(63))).is_some());
     }
 }

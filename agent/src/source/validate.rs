@@ -55,17 +55,17 @@ impl<'a> Checker<'a> {
         self.errors.push(self.problem(field, message.into()));
     }
 
-    fn warn(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, field: &str, message: impl Into<String>) {
         self.warnings.push(self.problem(field, message.into()));
     }
 
-    fn check(&mut self, field: &str, problem: Option<String>) {
+    pub(super) fn check(&mut self, field: &str, problem: Option<String>) {
         if let Some(message) = problem {
             self.error(field, message);
         }
     }
 
-    fn labels(&mut self, field: &str, labels: Option<&Labels>) -> Labels {
+    pub(super) fn labels(&mut self, field: &str, labels: Option<&Labels>) -> Labels {
         let labels = labels.cloned().unwrap_or_default();
         for (key, value) in &labels {
             self.check(
@@ -79,7 +79,7 @@ impl<'a> Checker<'a> {
 }
 
 /// `metadata.name`, required and checked with `syntax`.
-fn name(
+pub(super) fn name(
     cx: &mut Checker<'_>,
     meta: &meta::ObjectMeta,
     syntax: fn(&str) -> Option<String>,
@@ -101,13 +101,13 @@ pub fn namespace_of(meta: &meta::ObjectMeta) -> String {
     }
 }
 
-fn namespace_field(cx: &mut Checker<'_>, meta: &meta::ObjectMeta) -> String {
+pub(super) fn namespace_field(cx: &mut Checker<'_>, meta: &meta::ObjectMeta) -> String {
     let namespace = namespace_of(meta);
     cx.check("metadata.namespace", names::dns1123_label(&namespace));
     namespace
 }
 
-fn finish<T>(cx: &Checker<'_>, value: T) -> Option<T> {
+pub(super) fn finish<T>(cx: &Checker<'_>, value: T) -> Option<T> {
     cx.errors.is_empty().then_some(value)
 }
 
@@ -248,7 +248,7 @@ fn pod_ips(cx: &mut Checker<'_>, status: &core::PodStatus) -> Vec<IpAddr> {
     ips
 }
 
-fn port_number(cx: &mut Checker<'_>, field: &str, value: i32) -> Option<u16> {
+pub(super) fn port_number(cx: &mut Checker<'_>, field: &str, value: i32) -> Option<u16> {
     match u16::try_from(value) {
         Ok(port) if port != 0 => Some(port),
         _ => {
@@ -261,7 +261,7 @@ fn port_number(cx: &mut Checker<'_>, field: &str, value: i32) -> Option<u16> {
     }
 }
 
-fn protocol(cx: &mut Checker<'_>, field: &str, value: Option<&str>) -> Option<Protocol> {
+pub(super) fn protocol(cx: &mut Checker<'_>, field: &str, value: Option<&str>) -> Option<Protocol> {
     match value {
         None => Some(Protocol::Tcp),
         Some(text) => {

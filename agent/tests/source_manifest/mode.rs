@@ -34,11 +34,18 @@ fn mode_annotation_audit_enforce_and_absent() {
     ];
     for (annotations, audit) in table {
         let load = parse(&annotated(annotations));
-        assert!(load.errors.is_empty(), "{annotations}: {:?}", messages(&load.errors));
+        assert!(
+            load.errors.is_empty(),
+            "{annotations}: {:?}",
+            messages(&load.errors)
+        );
         let policy = policy_named(&load.state, "p");
         assert_eq!(policy.audit, audit, "{annotations}");
         // The rest of the policy does not depend on the mode.
-        assert!(policy.isolates_ingress && !policy.isolates_egress, "{annotations}");
+        assert!(
+            policy.isolates_ingress && !policy.isolates_egress,
+            "{annotations}"
+        );
         assert_eq!(policy.ingress.len(), 1, "{annotations}");
     }
 }
@@ -49,23 +56,36 @@ fn invalid_mode_annotation_is_an_error_naming_the_field() {
         let load = parse(&annotated(&format!("{{netfence.io/mode: {value}}}")));
         assert_eq!(
             messages(&load.errors),
-            ["nfs.yaml: NetworkPolicy x/p: metadata.annotations[netfence.io/mode]: must be \"audit\" or \"enforce\""],
+            [
+                "nfs.yaml: NetworkPolicy x/p: metadata.annotations[netfence.io/mode]: must be \"audit\" or \"enforce\""
+            ],
             "{value}"
         );
-        assert!(load.state.policies.is_empty(), "{value}: an invalid policy is skipped");
+        assert!(
+            load.state.policies.is_empty(),
+            "{value}: an invalid policy is skipped"
+        );
     }
 }
 
 #[test]
 fn invalid_mode_keeps_the_last_good_policy_and_switching_mode_is_seen() {
     let dir = tempdir();
-    write(dir.path(), "p.yaml", &annotated("{netfence.io/mode: audit}"));
+    write(
+        dir.path(),
+        "p.yaml",
+        &annotated("{netfence.io/mode: audit}"),
+    );
     let mut source = ManifestDir::new(dir.path());
     let first = source.load();
     assert!(first.errors.is_empty(), "{:?}", messages(&first.errors));
     assert!(policy_named(&first.state, "p").audit);
 
-    write(dir.path(), "p.yaml", &annotated("{netfence.io/mode: enforced}"));
+    write(
+        dir.path(),
+        "p.yaml",
+        &annotated("{netfence.io/mode: enforced}"),
+    );
     let second = source.load();
     let file = dir.path().join("p.yaml").display().to_string();
     assert_eq!(
@@ -76,7 +96,11 @@ fn invalid_mode_keeps_the_last_good_policy_and_switching_mode_is_seen() {
     );
     assert_eq!(second.state, first.state, "the audit version stays");
 
-    write(dir.path(), "p.yaml", &annotated("{netfence.io/mode: enforce}"));
+    write(
+        dir.path(),
+        "p.yaml",
+        &annotated("{netfence.io/mode: enforce}"),
+    );
     let third = source.load();
     assert!(third.errors.is_empty(), "{:?}", messages(&third.errors));
     assert!(!policy_named(&third.state, "p").audit);
