@@ -25,13 +25,17 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p netfence \
- && cp target/release/netfence /netfence
+    cargo build --release --locked -p netfence -p netfence-cni \
+ && cp target/release/netfence /netfence \
+ && cp target/release/netfence-cni /netfence-cni
 
 # glibc and libgcc_s only; runs as root inside the container because Kubernetes adds
 # capabilities (BPF, NET_ADMIN, PERFMON in deploy/daemonset.yaml) to UID 0 only:
 # a non-root process would not get them without ambient capabilities.
 FROM gcr.io/distroless/cc-debian12
 COPY --from=build /netfence /usr/local/bin/netfence
+# The chained CNI plugin, beside the agent: `netfence cni-install` (the DaemonSet's
+# init container) copies it to the host's /opt/cni/bin.
+COPY --from=build /netfence-cni /usr/local/bin/netfence-cni
 ENTRYPOINT ["/usr/local/bin/netfence"]
 CMD ["run", "--bridge", "cni0"]

@@ -165,6 +165,19 @@ fn cluster_role_grants_exactly_what_the_agent_watches() {
         })
         .collect();
     assert_eq!(granted, needed);
+    // What WATCHED must hold (and so the role grant): the five kinds the sources read.
+    let resources: BTreeSet<(&str, &str)> = WATCHED.iter().copied().collect();
+    assert_eq!(
+        resources,
+        BTreeSet::from([
+            ("", "namespaces"),
+            ("", "pods"),
+            ("", "services"),
+            ("networking.k8s.io", "networkpolicies"),
+            ("discovery.k8s.io", "endpointslices"),
+        ])
+    );
+    assert_eq!(VERBS, ["get", "list", "watch"], "read-only");
 
     let bindings = objects::<ClusterRoleBinding>("ClusterRoleBinding");
     assert_eq!(bindings.len(), 1);
@@ -188,7 +201,8 @@ fn agent_daemonset() -> (PodSpec, Container) {
     assert_eq!(sets.len(), 1);
     let spec = sets[0].1.spec.clone().unwrap().template.spec.unwrap();
     assert_eq!(spec.containers.len(), 1);
-    assert!(spec.init_containers.is_none());
+    // The one init container (netfence-cni install) is checked in tests/cni.rs.
+    assert_eq!(spec.init_containers.as_ref().map(Vec::len), Some(1));
     let container = spec.containers[0].clone();
     (spec, container)
 }
