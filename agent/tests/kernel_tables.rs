@@ -72,6 +72,7 @@ fn expectation(verdict: DirectionVerdict, hook: &str) -> Option<(u32, Reason)> {
         DirectionVerdict::NotIsolated => Some((TC_ACT_OK, Reason::AllowNotIsolated)),
         DirectionVerdict::Allowed { .. } => Some((TC_ACT_OK, Reason::AllowPolicy)),
         DirectionVerdict::Denied => Some((TC_ACT_SHOT, Reason::DropPolicy)),
+        DirectionVerdict::Audited => Some((TC_ACT_OK, Reason::AuditPolicy)),
     }
 }
 

@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use kernel::frame::{self, Frag, TCP_ACK, TCP_FIN, TCP_SYN, icmp, packet, sctp, tcp, udp};
 use kernel::{FROM_POD, Kernel, Options, TEST_RUN_IFINDEX, TO_POD, addr16, entry};
 use netfence_common::{
-    CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CT_STATE_CLOSING, CT_STATE_OPEN, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, IDENTITY_ANY, PROTO_ANY, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, VERDICT_ALLOW,
-    VERDICT_DROP,
+    CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CT_STATE_CLOSING, CT_STATE_OPEN, DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS,
+    EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, PROTO_ANY, PROTO_ICMP, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, Reason, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
 };
 
 const POD: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
@@ -403,4 +403,133 @@ fn allow_events_only_when_asked() {
     quiet.allow(entry(POLICY, ID_PEER, DIR_INGRESS, PROTO_TCP, 80, 16), 38);
     quiet.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AllowPolicy);
     assert!(quiet.events().is_empty());
+}
+
+// ---------------------------------------------------------------------------------
+// Audit mode (endpoint flags EP_AUDIT_*) and existing flows (`--existing-flows`).
+
+const CUT: Options = Options { ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS, event_allows: false, cut_existing_flows: true };
+
+#[test]
+fn audited_miss_passes_once_with_an_audit_event_and_its_replies_pass() {
+    let mut k = node(BOTH | EP_AUDIT_INGRESS);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AuditPolicy);
+    let events = k.events();
+    assert_eq!(events.len(), 1);
+    let e = events[0];
+    assert_eq!((e.verdict, e.reason, e.policy, e.rule), (VERDICT_AUDIT, Reason::AuditPolicy.code(), POLICY, 0));
+    assert_eq!((e.direction, e.src, e.dst_port), (DIR_INGRESS, addr16(PEER), 80));
+    let ct = k.conntrack();
+    assert_eq!(ct.len(), 1, "an audited flow gets an entry like an allowed one");
+    assert_eq!((ct[0].1.origin, ct[0].1.rule), (CT_ORIGIN_REMOTE, 0));
+    // The rest of the flow, both ways, is established: reported once.
+    k.pass(FROM_POD, &packet(POD, PEER, &tcp(80, 40000, TCP_SYN | TCP_ACK)), Reason::AllowEstablished);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_ACK)), Reason::AllowEstablished);
+    assert!(k.events().is_empty());
+}
+
+#[test]
+fn audited_endpoint_allows_normally_and_its_enforced_direction_still_drops() {
+    let mut k = node(BOTH | EP_AUDIT_INGRESS);
+    k.allow(entry(POLICY, ID_PEER, DIR_INGRESS, PROTO_TCP, 80, 16), 41);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AllowPolicy);
+    assert_eq!(k.rule_hits(41), 1);
+    assert!(k.events().is_empty(), "an allowed flow is no audit");
+    // Egress is isolated and not audited: enforced.
+    k.drop(FROM_POD, &packet(POD, PEER, &tcp(40000, 80, TCP_SYN)), Reason::DropPolicy);
+    assert_eq!(k.events()[0].verdict, VERDICT_DROP);
+    // An audit flag without isolation changes nothing: not isolated passes.
+    let mut open = node(EP_AUDIT_EGRESS);
+    open.pass(FROM_POD, &packet(POD, PEER, &tcp(40000, 80, TCP_SYN)), Reason::AllowNotIsolated);
+    assert!(open.events().is_empty());
+}
+
+#[test]
+fn new_entries_carry_the_current_generation() {
+    let mut k = node(BOTH);
+    k.allow(entry(POLICY, ID_PEER, DIR_INGRESS, PROTO_TCP, 80, 16), 42);
+    k.set_generation(7);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AllowPolicy);
+    assert_eq!(k.conntrack()[0].1.generation, 7);
+}
+
+#[test]
+fn keep_lets_a_stale_entry_pass_whatever_the_policy_now_says() {
+    let mut k = node(BOTH);
+    let rule = entry(POLICY, ID_PEER, DIR_INGRESS, PROTO_TCP, 80, 16);
+    k.allow(rule, 43);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AllowPolicy);
+    k.disallow(rule);
+    k.set_generation(1);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_ACK)), Reason::AllowEstablished);
+    k.pass(FROM_POD, &packet(POD, PEER, &tcp(80, 40000, TCP_ACK)), Reason::AllowEstablished);
+    assert_eq!(k.conntrack()[0].1.generation, 0, "keep never re-checks, so never re-stamps");
+}
+
+#[test]
+fn cut_rechecks_a_stale_entry_once_and_restamps_it_when_still_allowed() {
+    let mut k = node_with(BOTH, CUT);
+    k.allow(entry(POLICY, ID_PEER, DIR_INGRESS, PROTO_TCP, 80, 16), 44);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AllowPolicy);
+    k.set_generation(1);
+    // The opening direction's packet, then (stale again) a reply through the other
+    // hook: both re-checked against the ingress rule on the server port 80.
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_ACK)), Reason::AllowEstablished);
+    assert_eq!((k.conntrack()[0].1.generation, k.conntrack()[0].1.rule), (1, 44));
+    k.set_generation(2);
+    k.pass(FROM_POD, &packet(POD, PEER, &tcp(80, 40000, TCP_ACK)), Reason::AllowEstablished);
+    assert_eq!(k.conntrack()[0].1.generation, 2);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_ACK)), Reason::AllowEstablished);
+    assert_eq!(k.rule_hits(44), 1, "a re-check is no new flow");
+    assert!(k.events().is_empty());
+}
+
+#[test]
+fn cut_drops_a_stale_flow_the_new_policy_denies_and_forgets_it() {
+    let mut k = node_with(BOTH, CUT);
+    let rule = entry(POLICY, ID_PEER, DIR_INGRESS, PROTO_TCP, 80, 16);
+    k.allow(rule, 45);
+    k.allow(entry(POLICY, ID_PEER, DIR_EGRESS, PROTO_UDP, 53, 16), 46);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_SYN)), Reason::AllowPolicy);
+    k.pass(FROM_POD, &packet(POD, PEER, &udp(5000, 53)), Reason::AllowPolicy);
+    k.disallow(rule);
+    k.set_generation(1);
+    // The reply of the TCP flow, at the other hook, is re-checked in the flow's own
+    // (ingress) direction: denied now.
+    k.drop(FROM_POD, &packet(POD, PEER, &tcp(80, 40000, TCP_ACK)), Reason::DropPolicyChanged);
+    let events = k.events();
+    assert_eq!(events.len(), 1);
+    let e = events[0];
+    assert_eq!((e.verdict, e.reason, e.policy, e.direction), (VERDICT_DROP, Reason::DropPolicyChanged.code(), POLICY, DIR_INGRESS));
+    let ct = k.conntrack();
+    assert_eq!(ct.len(), 1, "the TCP entry is gone: {ct:?}");
+    assert_eq!(ct[0].0.protocol, PROTO_UDP);
+    // Without its entry the flow meets policy as a new one: dropped either way.
+    k.drop(TO_POD, &packet(PEER, POD, &tcp(40000, 80, TCP_ACK)), Reason::DropPolicy);
+    // The unrelated UDP flow, still allowed, passes its re-check.
+    k.pass(TO_POD, &packet(PEER, POD, &udp(53, 5000)), Reason::AllowEstablished);
+    assert_eq!(k.conntrack()[0].1.generation, 1);
+}
+
+#[test]
+fn cut_rechecks_not_isolated_flows_and_audit_applies_to_the_recheck() {
+    // Ingress isolated only: the pod's egress flow passes not isolated, with an entry.
+    let mut k = node_with(EP_ISOLATED_INGRESS, CUT);
+    k.pass(FROM_POD, &packet(POD, PEER, &tcp(40000, 443, TCP_SYN)), Reason::AllowNotIsolated);
+    k.set_generation(1);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(443, 40000, TCP_SYN | TCP_ACK)), Reason::AllowEstablished);
+    // Egress becomes isolated in audit mode, nothing allows 443: audited once, passes.
+    k.endpoint(POD, POLICY, BOTH | EP_AUDIT_EGRESS, 0);
+    k.set_generation(2);
+    k.pass(TO_POD, &packet(PEER, POD, &tcp(443, 40000, TCP_ACK)), Reason::AuditPolicy);
+    let events = k.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].verdict, events[0].direction, events[0].reason), (VERDICT_AUDIT, DIR_EGRESS, Reason::AuditPolicy.code()));
+    k.pass(FROM_POD, &packet(POD, PEER, &tcp(40000, 443, TCP_ACK)), Reason::AllowEstablished);
+    assert_eq!(k.conntrack()[0].1.generation, 2);
+    // Enforced: the same flow is cut on its next packet.
+    k.endpoint(POD, POLICY, BOTH, 0);
+    k.set_generation(3);
+    k.drop(FROM_POD, &packet(POD, PEER, &tcp(40000, 443, TCP_ACK)), Reason::DropPolicyChanged);
+    assert!(k.conntrack().is_empty());
 }

@@ -21,6 +21,7 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
     pub const RULE_HITS: &str = "RULE_HITS";
     pub const EVENTS: &str = "EVENTS";
+    pub const SETTINGS: &str = "SETTINGS";
 }
 
 /// Program names (the function names in the eBPF crate).
@@ -39,6 +40,11 @@ pub mod global {
     pub const CT_OTHER_TIMEOUT_NS: &str = "CT_OTHER_TIMEOUT_NS";
     /// Non-zero: also send an event for every allowed new flow (`u32`).
     pub const EVENT_ALLOWS: &str = "EVENT_ALLOWS";
+    /// Non-zero: `--existing-flows=cut`: a packet of an established flow whose
+    /// conntrack entry is of an older generation than `Settings::generation` is
+    /// re-checked against the current policy (`u32`). Zero (`keep`): established flows
+    /// pass until they close; the verifier prunes the re-check, so it costs nothing.
+    pub const EXISTING_FLOWS_CUT: &str = "EXISTING_FLOWS_CUT";
 }
 
 /// Map capacities. The agent refuses an image that does not fit.
@@ -98,6 +104,12 @@ pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 pub const EP_ISOLATED_INGRESS: u32 = 1 << 0;
 /// Endpoint flag: the pod is isolated for egress.
 pub const EP_ISOLATED_EGRESS: u32 = 1 << 1;
+/// Endpoint flag: ingress is in audit mode: a new flow no rule allows passes, counted
+/// (`Reason::AuditPolicy`) and reported (`VERDICT_AUDIT`) instead of dropped. Only
+/// meaningful with `EP_ISOLATED_INGRESS`.
+pub const EP_AUDIT_INGRESS: u32 = 1 << 2;
+/// Endpoint flag: egress is in audit mode (as `EP_AUDIT_INGRESS`).
+pub const EP_AUDIT_EGRESS: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -212,6 +224,25 @@ pub struct CtValue {
     pub origin: u8,
     pub state: u8,
     pub _pad: [u8; 2],
+    /// `Settings::generation` when the entry was created or last re-checked. With
+    /// `EXISTING_FLOWS_CUT`, an entry of another generation is re-checked against the
+    /// current policy on its next packet.
+    pub generation: u32,
+    pub _pad2: u32,
+}
+
+// ---------------------------------------------------------------------------------
+// SETTINGS: Array<Settings> of one element (index 0), written by the agent at run
+// time (unlike the load-time globals, it changes while the programs run).
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Settings {
+    /// The current policy generation: the agent increments it after every sync that
+    /// changed ENDPOINTS, IDENTITIES or POLICY, as that sync's last write. Conntrack
+    /// entries carry the generation they were created or last re-checked in.
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 // ---------------------------------------------------------------------------------
@@ -248,6 +279,9 @@ pub struct FragValue {
 
 pub const VERDICT_DROP: u8 = 0;
 pub const VERDICT_ALLOW: u8 = 1;
+/// A new flow (or a re-checked established one) that policy in audit mode would
+/// drop: it passed. `policy` names the endpoint policy whose policies would deny it.
+pub const VERDICT_AUDIT: u8 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -264,7 +298,11 @@ pub struct Event {
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,
+    /// The policy direction that decided (`DIR_*`): the hook's, except when an
+    /// established flow is re-checked (`--existing-flows=cut`) on a reply packet: then
+    /// the direction that opened the flow.
     pub direction: u8,
+    /// `VERDICT_*`.
     pub verdict: u8,
     pub _pad: u8,
 }
@@ -275,7 +313,8 @@ const _: () = assert!(core::mem::size_of::<IdentityKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
-const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
 const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 56);
@@ -295,4 +334,5 @@ mod user {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Settings {}
 }

@@ -22,6 +22,11 @@ pub enum Reason {
     AllowFragment = 6,
     /// ICMP error about a flow conntrack allowed.
     AllowRelatedIcmp = 7,
+    /// First packet of a flow that no rule allows, at an endpoint whose direction is
+    /// in audit mode (`--mode audit` or `netfence.io/mode: audit`): it passes and is
+    /// reported (`VERDICT_AUDIT`); also a re-checked established flow (`cut`) the
+    /// current policy would deny in audit mode.
+    AuditPolicy = 8,
 
     /// First packet of a flow that no rule allows.
     DropPolicy = 16,
@@ -35,6 +40,10 @@ pub enum Reason {
     DropFragment = 20,
     /// Unsupported IPv6 extension header chain (too long to walk).
     DropUnsupported = 21,
+    /// A packet of an established flow that the current policy no longer allows
+    /// (`--existing-flows=cut`, re-checked after a policy change): its conntrack
+    /// entry is deleted.
+    DropPolicyChanged = 22,
 }
 
 /// Number of COUNTERS slots (highest code + 1).
@@ -45,7 +54,7 @@ pub const REASON_SLOTS: u32 = 32;
 pub const COUNTER_EVENTS_LOST: u32 = REASON_SLOTS - 1;
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::AllowEstablished,
         Reason::AllowPolicy,
         Reason::AllowNotIsolated,
@@ -54,12 +63,14 @@ impl Reason {
         Reason::AllowUnknownDestination,
         Reason::AllowFragment,
         Reason::AllowRelatedIcmp,
+        Reason::AuditPolicy,
         Reason::DropPolicy,
         Reason::DropSpoofed,
         Reason::DropMalformed,
         Reason::DropWrongPort,
         Reason::DropFragment,
         Reason::DropUnsupported,
+        Reason::DropPolicyChanged,
     ];
 
     #[inline(always)]
@@ -86,14 +97,16 @@ impl Reason {
             Reason::AllowUnknownDestination => "unknown_destination",
             Reason::AllowFragment => "fragment_allow",
             Reason::AllowRelatedIcmp => "related_icmp",
+            Reason::AuditPolicy => "policy_audit",
             Reason::DropPolicy => "policy_deny",
             Reason::DropSpoofed => "spoofed_source",
             Reason::DropMalformed => "malformed",
             Reason::DropWrongPort => "wrong_port",
             Reason::DropFragment => "fragment_drop",
             Reason::DropUnsupported => "unsupported",
+            Reason::DropPolicyChanged => "policy_changed_deny",
         }
     }
 }
 
-const _: () = assert!(Reason::DropUnsupported.code() < COUNTER_EVENTS_LOST);
+const _: () = assert!(Reason::DropPolicyChanged.code() < COUNTER_EVENTS_LOST);

@@ -1,9 +1,13 @@
 //! Conntrack: the flow key as seen from the hook's local endpoint, the established
 //! check (one lookup, refresh at most once a second, TCP close tracking), entry
-//! creation for new flows, and the relation of ICMP errors to the flow they quote.
+//! creation for new flows (stamped with the policy generation), the re-stamp or
+//! removal of a re-checked stale entry (`--existing-flows=cut`), and the relation of
+//! ICMP errors to the flow they quote.
 
 use aya_ebpf::programs::TcContext;
-use netfence_common::{CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue, DIR_EGRESS, PROTO_TCP};
+use netfence_common::{
+    CT_ORIGIN_LOCAL, CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+};
 
 use crate::maps;
 use crate::parse::{self, Packet, TCP_FIN, TCP_RST};
@@ -43,14 +47,54 @@ fn live(entry: &CtValue, protocol: u8, now: u64) -> bool {
     now.saturating_sub(entry.last_seen_ns) <= timeout
 }
 
-/// The rule of the live entry for `key`, after refreshing it; `None` on a miss or an
-/// expired entry (the packet then goes through policy, which may replace the entry).
+/// A live conntrack entry, as the established check found it.
+#[derive(Clone, Copy)]
+pub struct Hit {
+    /// The map value, for a re-check to re-stamp in place.
+    pub entry: *mut CtValue,
+    pub rule: u32,
+    /// The entry's generation.
+    pub generation: u32,
+    /// The current generation, read before a re-check's lookups (the stamp it gives:
+    /// a bump during the re-check leaves the entry stale, to be re-checked again).
+    pub current: u32,
+    pub origin: u8,
+}
+
+impl Hit {
+    /// The policy direction that opened the flow: egress when the local pod did.
+    #[inline(always)]
+    pub fn origin_direction(&self) -> u8 {
+        if self.origin == CT_ORIGIN_LOCAL { DIR_EGRESS } else { DIR_INGRESS }
+    }
+
+    /// The port policy matched when the flow opened: the server side's, the remote
+    /// port of a flow the pod opened, the pod's own port of one opened to it.
+    #[inline(always)]
+    pub fn policy_port(&self, key: &CtKey) -> u16 {
+        if self.origin == CT_ORIGIN_LOCAL { key.remote_port } else { key.local_port }
+    }
+
+    /// Marks a re-checked entry as valid in the current generation, allowed by `rule`.
+    #[inline(always)]
+    pub fn restamp(&self, rule: u32) {
+        // SAFETY: a valid pointer into the map's value (map values stay valid for the
+        // program's run); a concurrent writer can only store equally valid values.
+        unsafe {
+            (*self.entry).generation = self.current;
+            (*self.entry).rule = rule;
+        }
+    }
+}
+
+/// The live entry for `key`, after refreshing it; `None` on a miss or an expired
+/// entry (the packet then goes through policy, which may replace the entry).
 #[inline(always)]
-pub fn established(pkt: &Packet, key: &CtKey) -> Option<u32> {
-    let entry = maps::conntrack(key)?;
+pub fn established(pkt: &Packet, key: &CtKey) -> Option<Hit> {
+    let ptr = maps::conntrack(key)?;
     // SAFETY: a valid pointer into the map's value; a concurrent update from another
     // CPU can only interleave whole-field writes of equally valid values.
-    let entry = unsafe { &mut *entry };
+    let entry = unsafe { &mut *ptr };
     let now = maps::now_ns();
     if !live(entry, key.protocol, now) {
         return None;
@@ -63,11 +107,12 @@ pub fn established(pkt: &Packet, key: &CtKey) -> Option<u32> {
     } else if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
         entry.last_seen_ns = now;
     }
-    Some(entry.rule)
+    Some(Hit { entry: ptr, rule: entry.rule, generation: entry.generation, current: 0, origin: entry.origin })
 }
 
 /// Records a new flow allowed at this hook (`origin`: `CT_ORIGIN_LOCAL` from the pod,
-/// `CT_ORIGIN_REMOTE` to it; `rule` 0 when the direction was not isolated).
+/// `CT_ORIGIN_REMOTE` to it; `rule` 0 when the direction was not isolated or the flow
+/// was audited), in the current policy generation.
 #[inline(always)]
 pub fn create(pkt: &Packet, key: &CtKey, origin: u8, rule: u32) {
     let closing = pkt.protocol == PROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
@@ -77,6 +122,8 @@ pub fn create(pkt: &Packet, key: &CtKey, origin: u8, rule: u32) {
         origin,
         state: if closing { CT_STATE_CLOSING } else { CT_STATE_OPEN },
         _pad: [0; 2],
+        generation: maps::generation(),
+        _pad2: 0,
     };
     maps::conntrack_put(key, &value);
 }

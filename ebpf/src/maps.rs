@@ -6,13 +6,13 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use netfence_common::{
     Addr, CtKey, CtValue, DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS, EVENTS_BYTES,
     EndpointKey, EndpointValue, Event, FragKey, FragValue, IDENTITY_WORLD, IdentityKey,
     MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IDENTITY_PREFIXES, MAX_POLICY_ENTRIES,
-    MAX_RULES, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, Reason,
+    MAX_RULES, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, Reason, Settings,
     reason::{COUNTER_EVENTS_LOST, REASON_SLOTS},
 };
 
@@ -42,6 +42,9 @@ static RULE_HITS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
 // Load-time tunables (`EbpfLoader::override_global`). Read with `read_volatile` so the
 // compiler cannot fold the defaults into the code.
 #[unsafe(no_mangle)]
@@ -50,6 +53,8 @@ static CT_TCP_TIMEOUT_NS: u64 = DEFAULT_CT_TCP_TIMEOUT_NS;
 static CT_OTHER_TIMEOUT_NS: u64 = DEFAULT_CT_OTHER_TIMEOUT_NS;
 #[unsafe(no_mangle)]
 static EVENT_ALLOWS: u32 = 0;
+#[unsafe(no_mangle)]
+static EXISTING_FLOWS_CUT: u32 = 0;
 
 #[inline(always)]
 pub fn ct_tcp_timeout_ns() -> u64 {
@@ -67,6 +72,21 @@ pub fn ct_other_timeout_ns() -> u64 {
 pub fn event_allows() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&raw const EVENT_ALLOWS) != 0 }
+}
+
+/// `--existing-flows=cut`. A frozen load-time constant: in `keep` mode the verifier
+/// removes every branch behind it, so established packets cost what they did.
+#[inline(always)]
+pub fn cut_existing_flows() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&raw const EXISTING_FLOWS_CUT) != 0 }
+}
+
+/// The current policy generation (one array lookup, which the kernel inlines). 0
+/// if the slot cannot be read, which cannot happen for a one-element array.
+#[inline(always)]
+pub fn generation() -> u32 {
+    SETTINGS.get(0).map_or(0, |settings| settings.generation)
 }
 
 #[inline(always)]
@@ -112,6 +132,14 @@ pub fn conntrack(key: &CtKey) -> Option<*mut CtValue> {
 #[inline(always)]
 pub fn conntrack_put(key: &CtKey, value: &CtValue) {
     let _ = CONNTRACK.insert(key, value, 0);
+}
+
+/// Deletes a conntrack entry (a re-checked flow the current policy denies). A failed
+/// delete (the entry already gone: another CPU deleted it, or the LRU evicted it)
+/// leaves nothing to delete.
+#[inline(always)]
+pub fn conntrack_delete(key: &CtKey) {
+    let _ = CONNTRACK.remove(key);
 }
 
 /// The recorded verdict of a first fragment.

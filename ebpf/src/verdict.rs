@@ -16,6 +16,13 @@
 //!  5. Conntrack, one lookup: a live entry of this flow at this hook passes
 //!     (`AllowEstablished`). A TCP SYN without ACK skips it and is always re-checked.
 //!     ICMP errors instead look up the flow they quote (`AllowRelatedIcmp`).
+//!     With `--existing-flows=cut` (a load-time constant; `keep` prunes this), an
+//!     entry of an older policy generation than SETTINGS' (one array lookup) is
+//!     re-checked: steps 6–9 run for it as for a new flow, but in the direction that
+//!     opened it (`CtValue.origin`) and on its server port. Allowed: re-stamped with
+//!     the current generation, passes (`AllowEstablished`). Denied: the entry is
+//!     deleted and the packet dropped (`DropPolicyChanged`), or in audit mode passes
+//!     re-stamped (`AuditPolicy`).
 //!  6. Endpoint of the local address: `from_pod` with an unknown or foreign source
 //!     drops (`DropSpoofed`); `to_pod` for an unknown destination passes
 //!     (`AllowUnknownDestination`), for another port's pod drops (`DropWrongPort`).
@@ -23,17 +30,20 @@
 //!     entry only when isolated the other way (so the replies pass there).
 //!  8. Peer identity: IDENTITIES longest prefix of the remote address, else world.
 //!  9. Policy: four lookups in `policy::allowing_rule`'s order; a hit passes
-//!     (`AllowPolicy`, rule counted, conntrack entry), a miss drops (`DropPolicy`).
-//! 10. Every verdict is counted in COUNTERS; every drop (and, with EVENT_ALLOWS, every
-//!     policy allow) is sent to EVENTS.
+//!     (`AllowPolicy`, rule counted, conntrack entry), a miss drops (`DropPolicy`) —
+//!     unless the endpoint audits this direction (`EP_AUDIT_*`): then it passes
+//!     (`AuditPolicy`) with a conntrack entry like an allow, so the flow is reported
+//!     once and its replies pass.
+//! 10. Every verdict is counted in COUNTERS; every drop and audit (and, with
+//!     EVENT_ALLOWS, every policy allow) is sent to EVENTS.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use netfence_common::{
-    CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, DIR_EGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, Event, FragKey,
-    FragValue, Reason, VERDICT_ALLOW, VERDICT_DROP,
+    CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, DIR_EGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, CtKey, Event, FragKey, FragValue, Reason, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
 };
 
 use crate::parse::{self, Fragment, Packet};
@@ -51,12 +61,15 @@ struct Verdict {
     policy: u32,
     /// Rule that allowed, 0 otherwise.
     rule: u32,
+    /// The policy direction that decided (the event's): the hook's, or for a
+    /// re-checked flow the direction that opened it.
+    direction: u8,
 }
 
 impl Verdict {
     #[inline(always)]
-    const fn of(reason: Reason) -> Self {
-        Self { reason, policy: 0, rule: 0 }
+    const fn of(reason: Reason, direction: u8) -> Self {
+        Self { reason, policy: 0, rule: 0, direction }
     }
 }
 
@@ -67,7 +80,7 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut pkt = Packet::EMPTY;
     let verdict = match parse::parse(ctx, &mut pkt) {
-        Err(reason) => Verdict::of(reason),
+        Err(reason) => Verdict::of(reason, direction),
         Ok(()) => {
             let verdict = decide(ctx, &pkt, direction, ifindex);
             if pkt.fragment == Fragment::First {
@@ -76,10 +89,10 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
             verdict
         }
     };
-    finish(&pkt, direction, ifindex, &verdict)
+    finish(&pkt, ifindex, &verdict)
 }
 
-/// Steps 3–9 for a parsed IP packet.
+/// Steps 3–5 for a parsed IP packet; `judge` does 6–9.
 // A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
 // which keeps every call chain under the 512-byte stack limit (inlined, the whole
 // program needed 624 bytes).
@@ -88,7 +101,7 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
     // 3. Fails open for ND/MLD only: without them no IPv6 address resolves, and they
     //    never leave the link (hop limit 255 / link-local scope).
     if pkt.is_neighbour_discovery() {
-        return Verdict::of(Reason::AllowNeighbourDiscovery);
+        return Verdict::of(Reason::AllowNeighbourDiscovery, direction);
     }
 
     // 4. A non-first fragment has no ports to judge: it passes only behind a first
@@ -98,9 +111,9 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
             Some(first)
                 if first.allowed != 0 && maps::now_ns().saturating_sub(first.last_seen_ns) <= FRAGMENT_TIMEOUT_NS =>
             {
-                Verdict { reason: Reason::AllowFragment, policy: 0, rule: first.rule }
+                Verdict { reason: Reason::AllowFragment, policy: 0, rule: first.rule, direction }
             }
-            _ => Verdict::of(Reason::DropFragment),
+            _ => Verdict::of(Reason::DropFragment, direction),
         };
     }
 
@@ -108,48 +121,83 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
     //    the flow they quote, or as ICMP through policy, and never create an entry.
     let key = conntrack::flow_key(pkt, direction, ifindex);
     let icmp_error = pkt.is_icmp_error();
+    // A stale entry to re-check (`cut` only).
+    let mut stale: Option<conntrack::Hit> = None;
     if icmp_error {
         if let Some(rule) = conntrack::related(ctx, pkt, direction, ifindex) {
-            return Verdict { reason: Reason::AllowRelatedIcmp, policy: 0, rule };
+            return Verdict { reason: Reason::AllowRelatedIcmp, policy: 0, rule, direction };
         }
     } else if !pkt.is_tcp_syn()
-        && let Some(rule) = conntrack::established(pkt, &key)
+        && let Some(hit) = conntrack::established(pkt, &key)
     {
-        return Verdict { reason: Reason::AllowEstablished, policy: 0, rule };
+        if !maps::cut_existing_flows() {
+            return Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction };
+        }
+        let current = maps::generation();
+        if hit.generation == current {
+            return Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction };
+        }
+        stale = Some(conntrack::Hit { current, ..hit });
     }
+    judge(pkt, &key, direction, stale.as_ref())
+}
 
-    // 6. The local endpoint.
+/// Steps 6–9: the endpoint, identity and policy decision, for a new flow (`stale`
+/// `None`) or a stale entry's re-check.
+// A BPF-to-BPF call, not inlined: its frame is a sibling of `related`'s, not added to
+// it, which keeps every call chain under the 512-byte stack limit.
+#[inline(never)]
+fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit>) -> Verdict {
+    let icmp_error = pkt.is_icmp_error();
+
+    // 6. The local endpoint (for a re-check too: a pod gone since is judged as a new
+    //    packet of it would be).
     let egress = direction == DIR_EGRESS;
     let local = if egress { &pkt.src } else { &pkt.dst };
     let Some(endpoint) = maps::endpoint(local) else {
-        return Verdict::of(if egress {
-            // Fails closed: a source that is no pod netfence knows (spoofed, or a pod
-            // not synced yet) is not let out of a veth netfence enforces on.
-            Reason::DropSpoofed
-        } else {
-            // Fails open: broadcast, multicast or a pod this agent does not know yet;
-            // not an endpoint netfence judges.
-            Reason::AllowUnknownDestination
-        });
+        return Verdict::of(
+            if egress {
+                // Fails closed: a source that is no pod netfence knows (spoofed, or a pod
+                // not synced yet) is not let out of a veth netfence enforces on.
+                Reason::DropSpoofed
+            } else {
+                // Fails open: broadcast, multicast or a pod this agent does not know yet;
+                // not an endpoint netfence judges.
+                Reason::AllowUnknownDestination
+            },
+            direction,
+        );
     };
-    if endpoint.ifindex != 0 && endpoint.ifindex != ifindex {
+    if endpoint.ifindex != 0 && endpoint.ifindex != key.ifindex {
         // Fails closed: the pod's address on another pod's port. From a pod it is a
         // spoofed source; to a pod it is a frame flooded to the wrong port.
         let reason = if egress { Reason::DropSpoofed } else { Reason::DropWrongPort };
-        return Verdict { reason, policy: endpoint.policy, rule: 0 };
+        return Verdict { reason, policy: endpoint.policy, rule: 0, direction };
     }
 
+    // The policy question: a new flow's is this hook's direction and the packet's
+    // destination port; a re-checked flow's is the direction and port it opened with.
+    let (policy_direction, port) = match stale {
+        Some(hit) => (hit.origin_direction(), hit.policy_port(key)),
+        None => (direction, pkt.dst_port),
+    };
+    let policy_egress = policy_direction == DIR_EGRESS;
+
     // 7. Not isolated in this direction: passes without a policy lookup.
-    let (this_way, other_way, origin) = if egress {
-        (EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, CT_ORIGIN_LOCAL)
+    let (this_way, other_way, audit, origin) = if policy_egress {
+        (EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_AUDIT_EGRESS, CT_ORIGIN_LOCAL)
     } else {
-        (EP_ISOLATED_INGRESS, EP_ISOLATED_EGRESS, CT_ORIGIN_REMOTE)
+        (EP_ISOLATED_INGRESS, EP_ISOLATED_EGRESS, EP_AUDIT_INGRESS, CT_ORIGIN_REMOTE)
     };
     if endpoint.flags & this_way == 0 {
-        if endpoint.flags & other_way != 0 && !icmp_error {
-            conntrack::create(pkt, &key, origin, 0);
+        if let Some(hit) = stale {
+            hit.restamp(0);
+            return Verdict { reason: Reason::AllowEstablished, policy: endpoint.policy, rule: 0, direction };
         }
-        return Verdict { reason: Reason::AllowNotIsolated, policy: endpoint.policy, rule: 0 };
+        if endpoint.flags & other_way != 0 && !icmp_error {
+            conntrack::create(pkt, key, origin, 0);
+        }
+        return Verdict { reason: Reason::AllowNotIsolated, policy: endpoint.policy, rule: 0, direction };
     }
 
     // 8. Who the remote side is.
@@ -157,17 +205,40 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
     let peer = policy::peer_identity(remote);
 
     // 9. Policy, on the destination port of the new connection (the remote port from
-    //    the pod, the local port to it: both are the packet's destination port).
-    match policy::allowing_rule(endpoint.policy, peer, direction, pkt.protocol, pkt.dst_port, !pkt.is_icmp()) {
+    //    the pod, the local port to it: both are the packet's destination port), or
+    //    a re-checked flow's server port.
+    let policy = endpoint.policy;
+    match policy::allowing_rule(policy, peer, policy_direction, pkt.protocol, port, !pkt.is_icmp()) {
         Some(rule) => {
+            if let Some(hit) = stale {
+                hit.restamp(rule);
+                return Verdict { reason: Reason::AllowEstablished, policy, rule, direction };
+            }
             maps::count_rule(rule);
             if !icmp_error {
-                conntrack::create(pkt, &key, origin, rule);
+                conntrack::create(pkt, key, origin, rule);
             }
-            Verdict { reason: Reason::AllowPolicy, policy: endpoint.policy, rule }
+            Verdict { reason: Reason::AllowPolicy, policy, rule, direction }
         }
-        // Fails closed: isolated, and no rule allows it.
-        None => Verdict { reason: Reason::DropPolicy, policy: endpoint.policy, rule: 0 },
+        // Audit mode: no rule allows it, and it passes, reported. The entry makes its
+        // replies pass and keeps its next packets from being reported again.
+        None if endpoint.flags & audit != 0 => {
+            match stale {
+                Some(hit) => hit.restamp(0),
+                None if !icmp_error => conntrack::create(pkt, key, origin, 0),
+                None => {}
+            }
+            Verdict { reason: Reason::AuditPolicy, policy, rule: 0, direction: policy_direction }
+        }
+        // Fails closed: isolated, and no rule allows it (any more: the entry goes, so
+        // the rest of the flow drops here too, and a reconnect meets policy).
+        None => {
+            if stale.is_some() {
+                maps::conntrack_delete(key);
+                return Verdict { reason: Reason::DropPolicyChanged, policy, rule: 0, direction: policy_direction };
+            }
+            Verdict { reason: Reason::DropPolicy, policy, rule: 0, direction }
+        }
     }
 }
 
@@ -192,10 +263,11 @@ fn record_first_fragment(pkt: &Packet, ifindex: u32, verdict: &Verdict) {
 // which keeps every call chain under the 512-byte stack limit (inlined, the whole
 // program needed 624 bytes).
 #[inline(never)]
-fn finish(pkt: &Packet, direction: u8, ifindex: u32, verdict: &Verdict) -> i32 {
+fn finish(pkt: &Packet, ifindex: u32, verdict: &Verdict) -> i32 {
     maps::count(verdict.reason);
     let drop = verdict.reason.is_drop();
-    if drop || (verdict.reason == Reason::AllowPolicy && maps::event_allows()) {
+    let audit = verdict.reason == Reason::AuditPolicy;
+    if drop || audit || (verdict.reason == Reason::AllowPolicy && maps::event_allows()) {
         maps::emit(&Event {
             src: pkt.src,
             dst: pkt.dst,
@@ -206,8 +278,14 @@ fn finish(pkt: &Packet, direction: u8, ifindex: u32, verdict: &Verdict) -> i32 {
             src_port: pkt.src_port,
             dst_port: pkt.dst_port,
             protocol: pkt.protocol,
-            direction,
-            verdict: if drop { VERDICT_DROP } else { VERDICT_ALLOW },
+            direction: verdict.direction,
+            verdict: if drop {
+                VERDICT_DROP
+            } else if audit {
+                VERDICT_AUDIT
+            } else {
+                VERDICT_ALLOW
+            },
             _pad: 0,
         });
     }

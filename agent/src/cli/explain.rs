@@ -104,7 +104,8 @@ pub struct Check {
     /// `ns/name` of the endpoint that checks (`None`: the address is no pod).
     pub endpoint: Option<String>,
     /// `not_local` (no pod: nothing to check), `not_isolated`, `allowed`, `denied`,
-    /// `loopback` (a pod talking to itself).
+    /// `audited` (no rule allows it, but every isolating policy is in audit mode: it
+    /// passes, reported `audit`), `loopback` (a pod talking to itself).
     pub verdict: &'static str,
     /// The policies that isolate the endpoint in this direction.
     pub isolated_by: Vec<String>,
@@ -164,6 +165,7 @@ fn check(image: &Image, local: IpAddr, verdict: DirectionVerdict, direction: u8)
         DirectionVerdict::NotIsolated => ("not_isolated", None),
         DirectionVerdict::Allowed { rule } => ("allowed", Some(rule)),
         DirectionVerdict::Denied => ("denied", None),
+        DirectionVerdict::Audited => ("audited", None),
     };
     let rule = rule_id.and_then(|id| image.rules.get(&id)).map(|info| {
         let direction = if info.direction == DIR_INGRESS {
@@ -284,6 +286,11 @@ fn check_text(out: &mut String, what: &str, check: &Check) {
             out,
             "  {what} at {who}: not isolated (no policy selects it for {what}): allowed"
         ),
+        "audited" => writeln!(
+            out,
+            "  {what} at {who}: isolated by {by} in audit mode; no rule allows it: passes (audit: would be denied by {by})",
+            by = check.isolated_by.join(", ")
+        ),
         _ => {
             let by = check.isolated_by.join(", ");
             match &check.rule {
@@ -315,7 +322,12 @@ impl Explanation {
                     .map(|p| format!(" ({p})"))
                     .unwrap_or_default()
             };
-            let verdict = if c.allowed { "ALLOWED" } else { "DENIED" };
+            let audited = c.egress.verdict == "audited" || c.ingress.verdict == "audited";
+            let verdict = match (c.allowed, audited) {
+                (true, true) => "ALLOWED (audit: would be denied)",
+                (true, false) => "ALLOWED",
+                (false, _) => "DENIED",
+            };
             let _ = writeln!(
                 out,
                 "{} {}{} -> {}{}{port}: {verdict}",

@@ -7,22 +7,67 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use aya::maps::{MapData, RingBuf};
-use netfence_common::{Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, VERDICT_DROP};
+use netfence_common::{
+    Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, VERDICT_AUDIT,
+    VERDICT_DROP,
+};
 use tokio::io::unix::AsyncFd;
 
 use super::flowlog::{FlowContext, FlowLog};
-use crate::image::Image;
+use crate::image::{EndpointPolicyInfo, Image};
 
-/// Address → `ns/pod`, for the log.
-pub type Names = BTreeMap<IpAddr, String>;
+/// What a log line names: pod addresses (`ns/pod`) and endpoint policies (the
+/// policies isolating their endpoints).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    pub pods: BTreeMap<IpAddr, String>,
+    pub policies: BTreeMap<u32, EndpointPolicyInfo>,
+}
 
-/// Names of every pod address an image knows (local endpoints and peers).
+impl Names {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, addr: &IpAddr) -> Option<&String> {
+        self.pods.get(addr)
+    }
+
+    /// The policies that would deny a flow `event` reports as a policy drop or
+    /// audit: those isolating the local endpoint in the event's direction.
+    pub fn deciding_policies(&self, event: &Event) -> &[String] {
+        let decided_by_policy = matches!(
+            Reason::from_code(event.reason),
+            Some(Reason::DropPolicy | Reason::AuditPolicy | Reason::DropPolicyChanged)
+        );
+        match self.policies.get(&event.policy) {
+            Some(info) if decided_by_policy && event.direction == DIR_EGRESS => &info.egress,
+            Some(info) if decided_by_policy => &info.ingress,
+            _ => &[],
+        }
+    }
+}
+
+/// Names of every pod address an image knows (local endpoints and peers), and its
+/// endpoint policies.
 pub fn names(image: &Image) -> Names {
-    image
-        .endpoints
-        .iter()
-        .map(|(addr, endpoint)| (*addr, format!("{}/{}", endpoint.namespace, endpoint.pod)))
-        .collect()
+    Names {
+        pods: image
+            .endpoints
+            .iter()
+            .map(|(addr, endpoint)| (*addr, format!("{}/{}", endpoint.namespace, endpoint.pod)))
+            .collect(),
+        policies: image.endpoint_policies.clone(),
+    }
+}
+
+/// The flow-log and log-line word of an event's verdict.
+pub fn verdict_name(verdict: u8) -> &'static str {
+    match verdict {
+        VERDICT_DROP => "drop",
+        VERDICT_AUDIT => "audit",
+        _ => "allow",
+    }
 }
 
 /// Decodes one ring-buffer record; `None` if it is not a whole `Event`.
@@ -56,7 +101,7 @@ pub struct Described<'a> {
 impl fmt::Display for Described<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = self.event;
-        let verdict = if e.verdict == VERDICT_DROP { "drop" } else { "allow" };
+        let verdict = verdict_name(e.verdict);
         let reason = Reason::from_code(e.reason).map_or("unknown", Reason::name);
         let direction = if e.direction == DIR_EGRESS { "egress" } else { "ingress" };
         let protocol = match e.protocol {
@@ -77,6 +122,11 @@ impl fmt::Display for Described<'_> {
         )?;
         if e.rule != 0 {
             write!(f, " rule={}", e.rule)?;
+        }
+        let policies = self.names.deciding_policies(e);
+        if !policies.is_empty() {
+            let label = if e.verdict == VERDICT_AUDIT { "would_deny" } else { "isolated_by" };
+            write!(f, " {label}={}", policies.join(","))?;
         }
         Ok(())
     }
@@ -122,7 +172,7 @@ pub async fn read(
                         continue;
                     }
                     let line = Described { event: &event, names: &current };
-                    if event.verdict == VERDICT_DROP {
+                    if event.verdict == VERDICT_DROP || event.verdict == VERDICT_AUDIT {
                         tracing::warn!(target: "netfence::flow", "{line}");
                     } else {
                         tracing::info!(target: "netfence::flow", "{line}");
@@ -161,12 +211,51 @@ mod tests {
             verdict: VERDICT_DROP,
             _pad: 0,
         };
-        let names = Names::from([(IpAddr::from([198, 18, 0, 3]), "prod/db".to_owned())]);
+        let names = Names {
+            pods: BTreeMap::from([(IpAddr::from([198, 18, 0, 3]), "prod/db".to_owned())]),
+            policies: BTreeMap::new(),
+        };
         let line = Described { event: &event, names: &names }.to_string();
         assert_eq!(
             line,
             "drop ingress TCP 198.18.0.2:40000 -> 198.18.0.3:3306 (prod/db) reason=policy_deny ifindex=7"
         );
+    }
+
+    #[test]
+    fn audit_and_changed_policy_events_name_the_verdict_and_the_policies() {
+        let mut event = Event {
+            src: v4_mapped([198, 18, 0, 2]),
+            dst: v4_mapped([198, 18, 0, 3]),
+            ifindex: 7,
+            reason: Reason::AuditPolicy.code(),
+            policy: 9,
+            rule: 0,
+            src_port: 40000,
+            dst_port: 3306,
+            protocol: PROTO_TCP,
+            direction: netfence_common::DIR_INGRESS,
+            verdict: VERDICT_AUDIT,
+            _pad: 0,
+        };
+        let names = Names {
+            pods: BTreeMap::new(),
+            policies: BTreeMap::from([(
+                9,
+                EndpointPolicyInfo { ingress: vec!["prod/db-lockdown".into()], egress: vec!["prod/other".into()] },
+            )]),
+        };
+        let line = Described { event: &event, names: &names }.to_string();
+        assert_eq!(
+            line,
+            "audit ingress TCP 198.18.0.2:40000 -> 198.18.0.3:3306 reason=policy_audit ifindex=7 would_deny=prod/db-lockdown"
+        );
+        event.reason = Reason::DropPolicyChanged.code();
+        event.verdict = VERDICT_DROP;
+        event.direction = DIR_EGRESS;
+        let line = Described { event: &event, names: &names }.to_string();
+        assert!(line.starts_with("drop egress TCP"), "{line}");
+        assert!(line.ends_with("reason=policy_changed_deny ifindex=7 isolated_by=prod/other"), "{line}");
     }
 
     #[test]

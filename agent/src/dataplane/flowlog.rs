@@ -13,10 +13,9 @@ use std::time::Instant;
 
 use netfence_common::{
     DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
-    VERDICT_DROP,
 };
 
-use super::events::addr_of;
+use super::events::{addr_of, verdict_name};
 use crate::image::{EndpointPolicyInfo, Image, RuleInfo};
 use crate::model::State;
 use crate::telemetry::Metrics;
@@ -78,7 +77,7 @@ pub struct FlowRule {
 pub struct FlowRecord {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
-    /// `drop` or `allow`.
+    /// `drop`, `allow`, or `audit` (policy in audit mode would drop it; it passed).
     pub verdict: &'static str,
     /// The verdict reason (the `netfence_packets_total` label).
     pub reason: &'static str,
@@ -93,7 +92,8 @@ pub struct FlowRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<FlowRule>,
     /// The policies that isolate the local pod in this direction and of which no
-    /// rule allowed the flow (policy drops only).
+    /// rule allowed the flow (policy drops, `policy_changed_deny` drops, and audits:
+    /// the policies that would deny it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
     /// Events the rate limit dropped since the previous line.
@@ -141,20 +141,18 @@ pub fn record(
             direction: direction_name(info.direction),
             index: info.index,
         });
-    let isolated_by = match (reason, context.endpoint_policies.get(&event.policy)) {
-        (Some(Reason::DropPolicy), Some(info)) if event.direction == DIR_EGRESS => {
-            info.egress.clone()
-        }
-        (Some(Reason::DropPolicy), Some(info)) => info.ingress.clone(),
+    let by_policy = matches!(
+        reason,
+        Some(Reason::DropPolicy | Reason::AuditPolicy | Reason::DropPolicyChanged)
+    );
+    let isolated_by = match context.endpoint_policies.get(&event.policy) {
+        Some(info) if by_policy && event.direction == DIR_EGRESS => info.egress.clone(),
+        Some(info) if by_policy => info.ingress.clone(),
         _ => Vec::new(),
     };
     FlowRecord {
         time,
-        verdict: if event.verdict == VERDICT_DROP {
-            "drop"
-        } else {
-            "allow"
-        },
+        verdict: verdict_name(event.verdict),
         reason: reason.map_or("unknown", Reason::name),
         direction: direction_name(event.direction),
         protocol: match event.protocol {

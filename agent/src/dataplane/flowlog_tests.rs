@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use netfence_common::{DIR_INGRESS, v4_mapped};
+use netfence_common::{DIR_INGRESS, VERDICT_DROP, v4_mapped};
 
 use super::*;
 
@@ -74,6 +74,26 @@ fn a_policy_drop_is_one_json_object_with_names_and_the_isolating_policies() {
             "suppressed_before": 0
         })
     );
+}
+
+#[test]
+fn an_audited_flow_and_a_cut_flow_name_the_policies_that_deny_them() {
+    let audit = record(
+        &event(netfence_common::VERDICT_AUDIT, Reason::AuditPolicy, 0),
+        &context(),
+        "T".into(),
+        0,
+    );
+    assert_eq!((audit.verdict, audit.reason), ("audit", "policy_audit"));
+    assert_eq!(audit.isolated_by, vec!["prod/db-from-api".to_owned(), "prod/deny-all".to_owned()]);
+    let cut = record(
+        &event(VERDICT_DROP, Reason::DropPolicyChanged, 0),
+        &context(),
+        "T".into(),
+        0,
+    );
+    assert_eq!((cut.verdict, cut.reason), ("drop", "policy_changed_deny"));
+    assert_eq!(cut.isolated_by.len(), 2);
 }
 
 #[test]

@@ -3,13 +3,13 @@
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use netfence_common::{
     EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
-    V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
+    Settings, V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
 };
 
 use super::pin::{PINNED_MAPS, PinDir};
@@ -46,6 +46,8 @@ pub struct LoadOptions {
     pub ct_tcp_timeout_ns: u64,
     pub ct_other_timeout_ns: u64,
     pub event_allows: bool,
+    /// `--existing-flows`.
+    pub existing_flows: ExistingFlows,
 }
 
 impl Default for LoadOptions {
@@ -54,8 +56,21 @@ impl Default for LoadOptions {
             ct_tcp_timeout_ns: netfence_common::DEFAULT_CT_TCP_TIMEOUT_NS,
             ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
             event_allows: false,
+            existing_flows: ExistingFlows::Keep,
         }
     }
+}
+
+/// What a policy change does to connections conntrack already tracks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExistingFlows {
+    /// They continue until they close (or idle out), as Calico and Cilium do.
+    #[default]
+    Keep,
+    /// Their next packet after a change is re-checked against the new policy; a flow
+    /// it denies is dropped and its conntrack entry removed.
+    Cut,
 }
 
 /// The maps the agent writes.
@@ -65,6 +80,7 @@ pub struct Maps {
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     rule_hits: PerCpuHashMap<MapData, u32, u64>,
     counters: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
     cpus: usize,
 }
 
@@ -103,11 +119,13 @@ impl Datapath {
 
     fn load_with(options: &LoadOptions, pins: Option<&PinDir>) -> Result<Self, LoadError> {
         let event_allows = u32::from(options.event_allows);
+        let cut = u32::from(options.existing_flows == ExistingFlows::Cut);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(global::CT_TCP_TIMEOUT_NS, &options.ct_tcp_timeout_ns, true)
             .override_global(global::CT_OTHER_TIMEOUT_NS, &options.ct_other_timeout_ns, true)
-            .override_global(global::EVENT_ALLOWS, &event_allows, true);
+            .override_global(global::EVENT_ALLOWS, &event_allows, true)
+            .override_global(global::EXISTING_FLOWS_CUT, &cut, true);
         if let Some(pins) = pins {
             std::fs::create_dir_all(pins.layout_dir()).map_err(LoadError::PinDir)?;
             for name in PINNED_MAPS {
@@ -127,6 +145,7 @@ impl Datapath {
             policy: take(&mut ebpf, map::POLICY)?,
             rule_hits: take(&mut ebpf, map::RULE_HITS)?,
             counters: take(&mut ebpf, map::COUNTERS)?,
+            settings: take(&mut ebpf, map::SETTINGS)?,
             cpus,
         };
         let events = Some(take(&mut ebpf, map::EVENTS)?);
@@ -273,6 +292,26 @@ impl Maps {
         let conntrack = HashMap::<&MapData, netfence_common::CtKey, netfence_common::CtValue>::try_from(found)
             .map_err(|source| LoadError::Map { name, source })?;
         Ok(conntrack.keys().filter(Result::is_ok).count())
+    }
+
+    /// The policy generation in SETTINGS (pinned: a restarted agent continues it).
+    pub fn generation(&self) -> Result<u32, aya::maps::MapError> {
+        Ok(self.settings.get(&0, 0)?.generation)
+    }
+
+    /// Sets the policy generation. Written after a sync that changed what policy
+    /// decides, as its last write: with `--existing-flows=cut` every flow conntrack
+    /// tracks is then re-checked, on its next packet, against the complete new policy.
+    pub fn set_generation(&mut self, generation: u32) -> Result<(), aya::maps::MapError> {
+        self.settings.set(0, Settings { generation, _pad: 0 }, 0)
+    }
+
+    /// Increments the policy generation (wrapping; entries compare by equality) and
+    /// returns the new one.
+    pub fn bump_generation(&mut self) -> Result<u32, aya::maps::MapError> {
+        let next = self.generation()?.wrapping_add(1);
+        self.set_generation(next)?;
+        Ok(next)
     }
 
     /// Allow hits of each rule, summed over CPUs.

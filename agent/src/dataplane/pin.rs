@@ -34,11 +34,11 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netfence";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Bumped by hand when a map's meaning changes without its sizes changing.
-const LAYOUT_REVISION: u32 = 1;
+const LAYOUT_REVISION: u32 = 2;
 
 /// The maps that are pinned (and so survive a restart). Globals (`.rodata`/`.bss`)
 /// are not: they are set per load.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     map::ENDPOINTS,
     map::IDENTITIES,
     map::POLICY,
@@ -47,6 +47,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     map::COUNTERS,
     map::RULE_HITS,
     map::EVENTS,
+    map::SETTINGS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue};
+use netfence_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue};
 
 use crate::image::{Image, PolicyEntry};
 
@@ -41,10 +41,30 @@ pub struct Contents {
     pub rules: BTreeSet<u32>,
 }
 
+/// `--mode`: what the node does with a new flow no rule allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Drop it, unless every policy isolating the pod in that direction is annotated
+    /// `netfence.io/mode: audit` (then that direction is audited).
+    #[default]
+    Enforce,
+    /// Audit every isolated direction of every pod: count, report (`audit`) and pass.
+    Audit,
+}
+
 impl Contents {
     /// What the maps should hold for `image`, with pod addresses bound to their host
-    /// interfaces where known (`bindings`: address → ifindex).
+    /// interfaces where known (`bindings`: address → ifindex), in enforce mode.
     pub fn from_image(image: &Image, bindings: &BTreeMap<IpAddr, u32>) -> Self {
+        Self::from_image_in(image, bindings, Mode::Enforce)
+    }
+
+    /// As [`Contents::from_image`], in `mode`: in `Mode::Audit` every isolated
+    /// direction carries its audit flag too, so the kernel has one audit mechanism
+    /// (the endpoint flags) for the node-wide mode and the per-policy annotation.
+    pub fn from_image_in(image: &Image, bindings: &BTreeMap<IpAddr, u32>, mode: Mode) -> Self {
+        let all = mode == Mode::Audit;
         let endpoints = image
             .endpoints
             .iter()
@@ -52,9 +72,15 @@ impl Contents {
                 let mut flags = 0;
                 if endpoint.isolated_ingress {
                     flags |= EP_ISOLATED_INGRESS;
+                    if endpoint.audit_ingress || all {
+                        flags |= EP_AUDIT_INGRESS;
+                    }
                 }
                 if endpoint.isolated_egress {
                     flags |= EP_ISOLATED_EGRESS;
+                    if endpoint.audit_egress || all {
+                        flags |= EP_AUDIT_EGRESS;
+                    }
                 }
                 let value = EndpointValue {
                     policy: endpoint.policy,
@@ -130,6 +156,10 @@ pub struct SyncReport {
     /// POLICY entries kept out of the maps because an identity prefix they would
     /// wrongly cover is not written (see [`sync`]); written by a later sync.
     pub withheld: Vec<PolicyEntry>,
+    /// Applied writes to ENDPOINTS, IDENTITIES or POLICY (rule counters excluded):
+    /// what a packet's verdict depends on. Non-zero: the agent bumps the policy
+    /// generation after the sync (`--existing-flows=cut` re-checks established flows).
+    pub verdict_writes: usize,
 }
 
 impl SyncReport {
@@ -206,6 +236,9 @@ fn apply<B: MapBackend>(backend: &mut B, live: &mut Contents, report: &mut SyncR
         Ok(()) => {
             record(live, &op);
             report.applied += 1;
+            if !matches!(op, MapOp::PutRule(_) | MapOp::DeleteRule(_)) {
+                report.verdict_writes += 1;
+            }
         }
         Err(error) => report.failed.push((op, error.to_string())),
     }
@@ -522,8 +555,53 @@ mod tests {
                 (MapOp::PutPolicy(entry(9, 30, 81), 7), "full".into()),
             ],
             withheld: Vec::new(),
+            verdict_writes: 0,
         };
         assert_eq!(report.incomplete_policies(), BTreeSet::from([9]));
+    }
+
+    #[test]
+    fn audit_flags_come_from_the_image_or_the_node_mode_and_only_where_isolated() {
+        let mut image = Image::default();
+        let endpoint = crate::image::Endpoint {
+            namespace: "x".into(),
+            pod: "a".into(),
+            policy: 5,
+            isolated_ingress: true,
+            isolated_egress: false,
+            audit_ingress: true,
+            audit_egress: false,
+            identity: 40,
+        };
+        image.endpoints.insert(pod(2), endpoint.clone());
+        image.endpoints.insert(pod(3), crate::image::Endpoint { audit_ingress: false, isolated_egress: true, ..endpoint });
+        let flags = |mode| {
+            let c = Contents::from_image_in(&image, &BTreeMap::new(), mode);
+            (c.endpoints[&pod(2)].flags, c.endpoints[&pod(3)].flags)
+        };
+        assert_eq!(
+            flags(Mode::Enforce),
+            (EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS)
+        );
+        assert_eq!(
+            flags(Mode::Audit),
+            (
+                EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS,
+                EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS | EP_ISOLATED_EGRESS | EP_AUDIT_EGRESS
+            ),
+            "audit mode audits every isolated direction, and no direction that is not isolated"
+        );
+    }
+
+    #[test]
+    fn only_writes_a_verdict_depends_on_count_as_verdict_writes() {
+        let mut backend = Fake::default();
+        let mut live = Contents::default();
+        let target = contents(100, 30);
+        let report = sync(&mut backend, &mut live, &target);
+        assert_eq!((report.applied, report.verdict_writes), (4, 3), "the rule counter is no verdict write");
+        let report = sync(&mut backend, &mut live, &target);
+        assert_eq!((report.applied, report.verdict_writes), (0, 0), "a no-op sync bumps nothing");
     }
 
     #[test]

@@ -28,6 +28,7 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     registry: Registry,
     packets: Family<Labels, Counter>,
+    policy_denials: Family<Labels, Counter>,
     rule_allows: Family<Labels, Counter>,
     map_entries: Family<Labels, Gauge>,
     compile: Histogram,
@@ -61,6 +62,12 @@ impl Metrics {
             "packets",
             "Packets seen by the TC programs, by verdict reason",
             packets.clone(),
+        );
+        let policy_denials = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_denials",
+            "Flows policy denies, by what happened to them: verdict=\"drop\" (enforced: new flows, and with --existing-flows=cut established flows a policy change denies) or verdict=\"audit\" (audit mode: passed)",
+            policy_denials.clone(),
         );
         let rule_allows = Family::<Labels, Counter>::default();
         registry.register(
@@ -134,6 +141,7 @@ impl Metrics {
         Self {
             registry,
             packets,
+            policy_denials,
             rule_allows,
             map_entries,
             compile,
@@ -208,6 +216,16 @@ impl Metrics {
             self.packets
                 .get_or_create(&vec![("reason", reason.name().to_owned())])
                 .inc_by(increase);
+            let denial = match reason {
+                netfence_common::Reason::DropPolicy | netfence_common::Reason::DropPolicyChanged => Some("drop"),
+                netfence_common::Reason::AuditPolicy => Some("audit"),
+                _ => None,
+            };
+            if let Some(verdict) = denial {
+                self.policy_denials
+                    .get_or_create(&vec![("verdict", verdict.to_owned())])
+                    .inc_by(increase);
+            }
         }
     }
 
@@ -254,6 +272,28 @@ mod tests {
         metrics.set_source_errors(3);
         metrics.set_source_errors(5);
         assert!(metrics.encode().contains("netfence_source_errors_total 5"), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn audited_and_enforced_denials_are_told_apart() {
+        use netfence_common::Reason;
+        let metrics = Metrics::new();
+        metrics.update_packets(&[
+            (Reason::DropPolicy.code(), 3),
+            (Reason::DropPolicyChanged.code(), 2),
+            (Reason::AuditPolicy.code(), 4),
+            (Reason::AllowPolicy.code(), 9),
+        ]);
+        let text = metrics.encode();
+        for line in [
+            "netfence_policy_denials_total{verdict=\"drop\"} 5",
+            "netfence_policy_denials_total{verdict=\"audit\"} 4",
+            "netfence_packets_total{reason=\"policy_audit\"} 4",
+            "netfence_packets_total{reason=\"policy_changed_deny\"} 2",
+            "netfence_packets_total{reason=\"policy_deny\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
     }
 
     #[test]

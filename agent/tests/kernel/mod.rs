@@ -13,7 +13,7 @@ pub mod image;
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
@@ -22,8 +22,8 @@ use netfence::dataplane::loader::{endpoint_key, identity_key, policy_key};
 use netfence::image::PolicyEntry;
 use netfence_common::reason::REASON_SLOTS;
 use netfence_common::{
-    CtKey, CtValue, EndpointValue, Event, FragKey, FragValue, PolicyValue, Reason, global, map,
-    program,
+    CtKey, CtValue, EndpointValue, Event, FragKey, FragValue, PolicyValue, Reason, Settings, global,
+    map, program,
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -39,6 +39,8 @@ pub const TO_POD: &str = program::TO_POD;
 pub struct Options {
     pub ct_other_timeout_ns: u64,
     pub event_allows: bool,
+    /// `--existing-flows=cut`.
+    pub cut_existing_flows: bool,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
         Self {
             ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
             event_allows: false,
+            cut_existing_flows: false,
         }
     }
 }
@@ -62,6 +65,7 @@ impl Kernel {
 
     pub fn load_with(options: Options) -> Self {
         let event_allows = u32::from(options.event_allows);
+        let cut = u32::from(options.cut_existing_flows);
         let ct_tcp = netfence_common::DEFAULT_CT_TCP_TIMEOUT_NS;
         let mut ebpf = EbpfLoader::new()
             // Small LRU maps: they preallocate, and every test loads its own.
@@ -76,6 +80,7 @@ impl Kernel {
                 true,
             )
             .override_global(global::EVENT_ALLOWS, &event_allows, true)
+            .override_global(global::EXISTING_FLOWS_CUT, &cut, true)
             .load(EBPF_OBJECT)
             .unwrap_or_else(|e| panic!("loading the TC object: {e:#?}"));
         for name in [FROM_POD, TO_POD] {
@@ -195,6 +200,13 @@ impl Kernel {
         let mut m: HashMap<&mut MapData, CtKey, CtValue> =
             HashMap::try_from(self.ebpf.map_mut(map::CONNTRACK).unwrap()).unwrap();
         m.insert(key, value, 0).unwrap();
+    }
+
+    /// Sets the policy generation in SETTINGS, as the agent does after a sync.
+    pub fn set_generation(&mut self, generation: u32) {
+        let mut m: Array<&mut MapData, Settings> =
+            Array::try_from(self.ebpf.map_mut(map::SETTINGS).unwrap()).unwrap();
+        m.set(0, Settings { generation, _pad: 0 }, 0).unwrap();
     }
 
     pub fn fragments(&self) -> Vec<(FragKey, FragValue)> {
