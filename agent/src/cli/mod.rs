@@ -84,6 +84,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Detach every pinned attachment and remove every pinned map (stop the agent first).
     Uninstall(UninstallArgs),
+    /// Install the netfence-cni plugin on this node (the DaemonSet's init container):
+    /// copy the binary into the CNI binary directory and chain it last in the Flannel
+    /// conflist. Idempotent.
+    CniInstall(crate::cni::command::CniInstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +104,14 @@ pub struct UninstallArgs {
     /// The agent's pin directory.
     #[arg(long, value_name = "DIR", default_value = crate::dataplane::pin::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Also remove the netfence-cni entry from every conflist in this CNI
+    /// configuration directory (e.g. /etc/cni/net.d).
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Also remove the netfence-cni binary from this CNI binary directory (e.g.
+    /// /opt/cni/bin).
+    #[arg(long, value_name = "DIR")]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,9 +134,15 @@ pub struct RunArgs {
     /// Attach to interfaces whose name matches this glob (repeatable), e.g. 'veth*'.
     #[arg(long = "interfaces", value_name = "GLOB")]
     pub interfaces: Vec<String>,
-    /// Attach to every port of this bridge (Flannel: cni0), following new ports.
+    /// Attach to every port of this bridge, following new ports. Default: `cni0`
+    /// (Flannel's bridge) unless --interfaces is given.
     #[arg(long, value_name = "NAME")]
     pub bridge: Option<String>,
+    /// Let traffic between a local pod and this node's own addresses pass whatever the
+    /// policy (kubelet probes, hostNetwork pods on this node): `--allow-node=false`
+    /// judges it by ipBlocks like any other address.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub allow_node: bool,
     /// How to attach the TC programs.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
@@ -154,6 +172,20 @@ pub struct RunArgs {
     /// and keep enforcing the last synced policy until the next agent adopts them.
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// What a new flow no rule allows does: `enforce` drops it (except where every
+    /// policy isolating the pod in that direction is annotated `netfence.io/mode:
+    /// audit`); `audit` lets it pass on every pod, counted and logged as `audit`.
+    #[arg(long, value_enum, default_value_t = crate::dataplane::sync::Mode::Enforce)]
+    pub mode: crate::dataplane::sync::Mode,
+    /// What a policy change does to established connections: `keep` lets them run
+    /// until they close (as Calico and Cilium do); `cut` re-checks each one on its next
+    /// packet and drops (and forgets) those the new policy denies.
+    #[arg(long, value_enum, default_value_t = crate::dataplane::loader::ExistingFlows::Keep)]
+    pub existing_flows: crate::dataplane::loader::ExistingFlows,
+    /// Serve the netfence-cni plugin on this unix socket (deny until ready: a new pod's
+    /// ADD returns once its endpoint is enforced). An empty value disables it.
+    #[arg(long, value_name = "PATH", default_value = netfence_cni::spec::DEFAULT_SOCKET_PATH)]
+    pub cni_socket: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,6 +16,7 @@
 //! policy. `netfence: ready` is logged, and `/readyz` turns ready, after that first
 //! sync and attach.
 
+mod cni;
 mod feed;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::RunArgs;
-use crate::compile::compile;
+use crate::compile::{NodeContext, compile_node};
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
 use crate::dataplane::flowlog::{FlowContext, FlowLog};
@@ -38,6 +39,7 @@ use crate::dataplane::loader::{Datapath, LoadOptions};
 use crate::dataplane::pin::PinDir;
 use crate::dataplane::sync::{self, Contents};
 use crate::image::Image;
+use crate::model::State;
 use crate::source::Load;
 use crate::telemetry::{self, Health, Metrics, Telemetry};
 
@@ -47,12 +49,20 @@ pub use feed::{DEFAULT_HEALTH_ADDR, Source};
 /// (a pod's address appears in its namespace after its veth does).
 const TICK: Duration = Duration::from_secs(1);
 
+/// The bridge attached to when neither `--bridge` nor `--interfaces` is given.
+const DEFAULT_BRIDGE: &str = "cni0";
+
 /// Conntrack entries are counted every this many ticks (a walk of the map's keys).
 const CONNTRACK_SAMPLE_TICKS: u64 = 5;
 
 /// Everything `run` keeps between events.
 struct Enforcer {
     node: String,
+    /// The last state loaded: recompiled when the node's addresses change.
+    state: State,
+    /// The node's own addresses (`--allow-node`), re-read with the interfaces.
+    node_addresses: Vec<IpAddr>,
+    allow_node: bool,
     datapath: Datapath,
     attachments: Attachments,
     selection: Selection,
@@ -68,17 +78,24 @@ struct Enforcer {
     /// Map directories of another layout, removed once the links are switched.
     old_layouts: Vec<std::path::PathBuf>,
     metrics: Arc<Metrics>,
+    /// `--mode`.
+    mode: crate::dataplane::sync::Mode,
+    /// Pods the CNI plugin announced, and the ADDs waiting for their enforcement.
+    cni: cni::CniEndpoints,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if args.interfaces.is_empty() && args.bridge.is_none() {
-        anyhow::bail!("nothing to enforce on: give --bridge NAME (Flannel: cni0) or --interfaces GLOB");
-    }
-    let selection = Selection::new(&args.interfaces, args.bridge.clone())?;
+    // Flannel's bridge unless told otherwise.
+    let bridge = args
+        .bridge
+        .clone()
+        .or_else(|| args.interfaces.is_empty().then(|| DEFAULT_BRIDGE.to_owned()));
+    let selection = Selection::new(&args.interfaces, bridge)?;
     let options = LoadOptions {
         ct_tcp_timeout_ns: args.ct_tcp_timeout.saturating_mul(1_000_000_000),
         ct_other_timeout_ns: args.ct_other_timeout.saturating_mul(1_000_000_000),
         event_allows: args.log_allows,
+        existing_flows: args.existing_flows,
     };
     let pins = PinDir::prepare(&args.pin_dir)?;
     let old_layouts = pins.other_layouts();
@@ -147,8 +164,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(mode = ?attachments.mode(), "attach mode");
 
+    let node_addresses = links::node_addresses(&handle).await.unwrap_or_else(|error| {
+        tracing::error!("listing the node's addresses (node traffic is judged as world until they are read): {error}");
+        Vec::new()
+    });
+    tracing::info!(allow_node = args.allow_node, addresses = ?node_addresses, "node addresses");
     let mut enforcer = Enforcer {
         node: args.node_name.clone(),
+        state: State::default(),
+        node_addresses,
+        allow_node: args.allow_node,
         datapath,
         attachments,
         selection,
@@ -169,6 +194,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         pins,
         old_layouts,
         metrics,
+        mode: args.mode,
+        cni: cni::CniEndpoints::default(),
     };
     let mut ready = false;
     match source.load() {
@@ -183,6 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(TICK);
+    let mut cni_server = cni::listen(&args.cni_socket);
     let mut ticks: u64 = 0;
     loop {
         tokio::select! {
@@ -201,6 +229,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(()) if ready => enforcer.reconcile_interfaces().await,
                 Some(()) => {}
                 None => anyhow::bail!("the netlink link monitor stopped"),
+            },
+            call = crate::cni::server::next_call(&mut cni_server) => match call {
+                Some(call) => enforcer.cni_call(call, ready).await,
+                None => {
+                    tracing::error!("the CNI socket's accept task stopped: not serving the plugin any more");
+                    cni_server = None;
+                }
             },
             _ = tick.tick() => if ready {
                 enforcer.reconcile_interfaces().await;
@@ -287,14 +322,33 @@ impl Enforcer {
             tracing::warn!("{noun} accepted with a change: {warning}");
         }
         self.metrics.set_invalid_objects(load.errors.len());
+        self.state = load.state;
+        self.recompile(source.name());
+    }
+
+    /// Compiles the last loaded state for this node and syncs.
+    fn recompile(&mut self, cause: &str) {
         let started = std::time::Instant::now();
-        self.image = compile(&load.state, Some(&self.node));
+        let context = NodeContext {
+            name: Some(&self.node),
+            addresses: &self.node_addresses,
+            allow_node: self.allow_node,
+        };
+        // Pods the CNI plugin announced: their addresses on pods the state names
+        // without one, then deny-all endpoints for the rest.
+        let state = self.cni.pending.fill_state(&self.state, &self.node);
+        self.image = compile_node(&state, &context);
+        let denied = self.cni.pending.merge_into(&mut self.image);
+        if denied > 0 {
+            tracing::info!(addresses = denied, "cni: pods not in the state yet are denied both ways");
+        }
         self.metrics.observe_compile(started.elapsed());
         let _ = self.names.send(Arc::new(events::names(&self.image)));
         if self.flow_context.receiver_count() > 0 {
-            let _ = self.flow_context.send(Arc::new(FlowContext::new(&load.state, &self.image)));
+            let _ = self.flow_context.send(Arc::new(FlowContext::new(&state, &self.image)));
         }
-        self.sync(source.name());
+        drop(state);
+        self.sync(cause);
     }
 
     /// Lists interfaces, attaches to new managed ones, forgets gone ones, refreshes
@@ -336,16 +390,40 @@ impl Enforcer {
         for conflict in conflicts {
             tracing::warn!("{conflict}");
         }
-        if bindings != self.bindings {
-            self.bindings = bindings;
+        let node_changed = match links::node_addresses(&self.handle).await {
+            Ok(addresses) if addresses != self.node_addresses => {
+                tracing::info!(addresses = ?addresses, "node addresses changed");
+                self.node_addresses = addresses;
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::warn!("listing the node's addresses: {error}");
+                false
+            }
+        };
+        let bindings_changed = bindings != self.bindings;
+        self.bindings = bindings;
+        if node_changed {
+            self.recompile("node addresses");
+        } else if bindings_changed {
             self.sync("interfaces");
         }
+        self.answer_cni_waiters();
     }
 
     fn sync(&mut self, cause: &str) {
-        let target = Contents::from_image(&self.image, &self.bindings);
+        let target = Contents::from_image_in(&self.image, &self.bindings, self.mode);
         let started = std::time::Instant::now();
         let report = sync::sync(&mut self.datapath.maps, &mut self.live, &target);
+        // The sync's last write: flows are re-checked (`--existing-flows=cut`) only
+        // against a complete new policy. A no-op sync keeps the generation.
+        if report.verdict_writes > 0 {
+            match self.datapath.maps.bump_generation() {
+                Ok(generation) => tracing::debug!(generation, "policy generation"),
+                Err(error) => tracing::error!("bumping the policy generation (established flows are not re-checked for this change): {error}"),
+            }
+        }
         self.metrics.observe_sync(started.elapsed(), report.failed.len());
         self.metrics.set_map_entries("endpoints", self.live.endpoints.len());
         self.metrics.set_map_entries("identities", self.live.identities.len());
