@@ -2,10 +2,13 @@
 //! `kube::Client` (through a generated kubeconfig) and kube-runtime watchers, each
 //! scenario asserting verdicts of the image compiled from what the source loads.
 //! Also: the store's memory per 10,000 pods, measured with a counting allocator.
+//! Services, EndpointSlices and the policy mode annotation: `kube_source/services.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod apiserver;
 mod netns;
+#[path = "kube_source/services.rs"]
+mod services;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -1,5 +1,5 @@
 //! A test Kubernetes API server: the list/watch protocol over real HTTP/1.1 on a TCP
-//! socket, for Namespaces, Pods and NetworkPolicies, so that the agent's real
+//! socket, for Namespaces, Pods, NetworkPolicies, Services and EndpointSlices, so that the agent's real
 //! `kube::Client` and kube-runtime watchers can be pointed at it through a generated
 //! kubeconfig. It serves lists with a resourceVersion, watch streams (chunked) of
 //! ADDED/MODIFIED/DELETED/BOOKMARK events replayed from any resourceVersion still in
@@ -24,11 +24,13 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// The three resources, as (URL path, list kind).
+/// The resources, by URL path (`list_kind` gives each one's list kind).
 pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const PODS: &str = "/api/v1/pods";
 pub const POLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
-const RESOURCES: [&str; 3] = [NAMESPACES, PODS, POLICIES];
+pub const SERVICES: &str = "/api/v1/services";
+pub const ENDPOINT_SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+pub const RESOURCES: [&str; 5] = [NAMESPACES, PODS, POLICIES, SERVICES, ENDPOINT_SLICES];
 
 /// How long a test waits for the agent or the source.
 pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -270,6 +272,8 @@ fn list_kind(resource: &str) -> (&'static str, &'static str) {
     match resource {
         NAMESPACES => ("v1", "NamespaceList"),
         PODS => ("v1", "PodList"),
+        SERVICES => ("v1", "ServiceList"),
+        ENDPOINT_SLICES => ("discovery.k8s.io/v1", "EndpointSliceList"),
         _ => ("networking.k8s.io/v1", "NetworkPolicyList"),
     }
 }

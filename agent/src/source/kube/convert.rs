@@ -1,13 +1,16 @@
 //! Turning objects as the API server sends them into the slim `model` values the store
 //! keeps. Decoding goes through k8s-openapi types and validation through the manifest
-//! source's `validate`, so an error reads the same in both sources
+//! source's `validate` and `service`, so an error reads the same in both sources
 //! (`/api/v1/pods: Pod ns/name: field: message`). Everything the compiler does not read
-//! (managed fields, annotations, conditions, container specs beyond ports, ...) is gone
-//! once an object has been converted: the raw object is dropped on arrival.
+//! (managed fields, annotations other than `netfence.io/mode`, conditions other than
+//! an endpoint's `ready`, container specs beyond ports, ...) is gone once an object has
+//! been converted: the raw object is dropped on arrival. An FQDN EndpointSlice converts
+//! to nothing, without an error.
 
 use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
@@ -17,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::model;
 use crate::source::error::{Kind, ObjectKey, SourceError};
+use crate::source::service;
 use crate::source::validate::{self, Checker};
 
 /// The outcome of converting one object.
@@ -82,6 +86,8 @@ fn field<T: DeserializeOwned + Default>(
             let path = error.path().to_string();
             let field = if path == "." {
                 name.to_owned()
+            } else if path.starts_with('[') {
+                format!("{name}{path}")
             } else {
                 format!("{name}.{path}")
             };
@@ -171,6 +177,78 @@ impl Slim for model::Policy {
     }
 }
 
+impl Slim for model::Service {
+    type Raw = DynamicObject;
+    const KIND: Kind = Kind::Service;
+
+    fn convert(mut raw: DynamicObject, origin: &str) -> Converted<Self> {
+        raw.metadata.managed_fields = None;
+        let key = key_of(Self::KIND, &raw.metadata);
+        let mut cx = Checker::new(origin, object_name(Self::KIND, key.as_ref()));
+        let value = field::<core::ServiceSpec>(&mut cx, &mut raw.data, "spec").and_then(|spec| {
+            let svc = core::Service {
+                metadata: raw.metadata,
+                spec: Some(spec),
+                status: None,
+            };
+            service::service(&mut cx, &svc)
+        });
+        finish(key, value, cx)
+    }
+
+    fn tombstone(key: &ObjectKey) -> Self {
+        model::Service {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            cluster_ips: Vec::new(),
+            ports: Vec::new(),
+            selector: None,
+        }
+    }
+}
+
+impl Slim for model::EndpointSlice {
+    type Raw = DynamicObject;
+    const KIND: Kind = Kind::EndpointSlice;
+
+    fn convert(mut raw: DynamicObject, origin: &str) -> Converted<Self> {
+        raw.metadata.managed_fields = None;
+        let key = key_of(Self::KIND, &raw.metadata);
+        let mut cx = Checker::new(origin, object_name(Self::KIND, key.as_ref()));
+        let address_type = field::<String>(&mut cx, &mut raw.data, "addressType");
+        let endpoints = field::<Vec<discovery::Endpoint>>(&mut cx, &mut raw.data, "endpoints");
+        let ports = field::<Option<Vec<discovery::EndpointPort>>>(&mut cx, &mut raw.data, "ports");
+        let value = match (address_type, endpoints, ports) {
+            (Some(address_type), Some(endpoints), Some(ports)) => {
+                let slice = discovery::EndpointSlice {
+                    address_type,
+                    endpoints,
+                    metadata: raw.metadata,
+                    ports,
+                };
+                // Valid, but no packet carries a name: nothing to store, no error.
+                if service::is_fqdn(&slice) {
+                    None
+                } else {
+                    service::endpoint_slice(&mut cx, &slice)
+                }
+            }
+            _ => None,
+        };
+        finish(key, value, cx)
+    }
+
+    fn tombstone(key: &ObjectKey) -> Self {
+        model::EndpointSlice {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            service: None,
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
 impl Slim for model::Namespace {
     type Raw = PartialObjectMeta<core::Namespace>;
     const KIND: Kind = Kind::Namespace;
@@ -250,3 +328,13 @@ lookup!(
     |p| Some(Cow::Borrowed(&p.namespace))
 );
 lookup!(model::Namespace, "Namespace", "", "namespaces", |_n| None);
+lookup!(model::Service, "Service", "", "services", |s| Some(
+    Cow::Borrowed(&s.namespace)
+));
+lookup!(
+    model::EndpointSlice,
+    "EndpointSlice",
+    "discovery.k8s.io",
+    "endpointslices",
+    |s| Some(Cow::Borrowed(&s.namespace))
+);

@@ -1,6 +1,7 @@
 //! The Kubernetes API source: kube-rs watchers and reflector stores for Namespaces
-//! (metadata-only requests), Pods and NetworkPolicies, each object slimmed on arrival to the
-//! `model` value the compiler reads. Level-triggered: any change to a store marks the
+//! (metadata-only requests), Pods, NetworkPolicies, Services and EndpointSlices
+//! (`discovery.k8s.io/v1`), each object slimmed on arrival to the `model` value the
+//! compiler reads. Level-triggered: any change to a store marks the
 //! source dirty; after a short quiet period one `()` goes to the run loop, which calls
 //! [`KubeSource::load`] to rebuild the whole `model::State` from the stores.
 //!
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::Resource as _;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -30,13 +32,13 @@ use tokio::task::JoinHandle;
 
 pub use convert::Slim;
 
-use super::{Load, SourceError};
+use super::{Kind, Load, SourceError};
 use crate::model::{self, State};
 
 /// The resources the agent watches, as (API group, resource): the single list that
 /// the watchers below are built from and that `deploy/`'s ClusterRole must grant
 /// get/list/watch on (a test checks it), nothing more.
-pub const WATCHED: [(&str, &str); 3] = [
+pub const WATCHED: [(&str, &str); 5] = [
     (
         <core::Namespace as k8s_openapi::Resource>::GROUP,
         <core::Namespace as k8s_openapi::Resource>::URL_PATH_SEGMENT,
@@ -48,6 +50,14 @@ pub const WATCHED: [(&str, &str); 3] = [
     (
         <net::NetworkPolicy as k8s_openapi::Resource>::GROUP,
         <net::NetworkPolicy as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+    ),
+    (
+        <core::Service as k8s_openapi::Resource>::GROUP,
+        <core::Service as k8s_openapi::Resource>::URL_PATH_SEGMENT,
+    ),
+    (
+        <discovery::EndpointSlice as k8s_openapi::Resource>::GROUP,
+        <discovery::EndpointSlice as k8s_openapi::Resource>::URL_PATH_SEGMENT,
     ),
 ];
 
@@ -111,7 +121,7 @@ pub async fn client(connection: &Connection) -> Result<kube::Client, KubeError> 
 #[derive(Debug, Default)]
 struct Shared {
     /// Per `Kind` (as index): the first complete list has arrived.
-    listed: [AtomicBool; 3],
+    listed: [AtomicBool; Kind::ALL.len()],
     /// Objects that failed to decode or validate (each arrival counts).
     invalid_objects: AtomicU64,
     /// Watch, list and connection errors (each retried with backoff).
@@ -148,6 +158,8 @@ pub struct Stats {
     pub namespaces: usize,
     pub pods: usize,
     pub policies: usize,
+    pub services: usize,
+    pub endpoint_slices: usize,
 }
 
 /// The running watchers and their stores. Dropping it stops the watchers.
@@ -156,6 +168,8 @@ pub struct KubeSource {
     namespaces: Store<model::Namespace>,
     pods: Store<model::Pod>,
     policies: Store<model::Policy>,
+    services: Store<model::Service>,
+    endpoint_slices: Store<model::EndpointSlice>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -196,8 +210,32 @@ impl KubeSource {
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let origin = net::NetworkPolicy::url_path(&(), None);
         let (policies, writer) = reflector::store();
-        let stream = watcher::watcher(api, config);
+        let stream = watcher::watcher(api, config.clone());
         tasks.push(tokio::spawn(reflect::run::<model::Policy, _>(
+            stream,
+            writer,
+            shared.clone(),
+            origin,
+        )));
+
+        let resource = ApiResource::erase::<core::Service>(&());
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let origin = core::Service::url_path(&(), None);
+        let (services, writer) = reflector::store();
+        let stream = watcher::watcher(api, config.clone());
+        tasks.push(tokio::spawn(reflect::run::<model::Service, _>(
+            stream,
+            writer,
+            shared.clone(),
+            origin,
+        )));
+
+        let resource = ApiResource::erase::<discovery::EndpointSlice>(&());
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let origin = discovery::EndpointSlice::url_path(&(), None);
+        let (endpoint_slices, writer) = reflector::store();
+        let stream = watcher::watcher(api, config);
+        tasks.push(tokio::spawn(reflect::run::<model::EndpointSlice, _>(
             stream,
             writer,
             shared.clone(),
@@ -210,6 +248,8 @@ impl KubeSource {
             namespaces,
             pods,
             policies,
+            services,
+            endpoint_slices,
             shared,
             tasks,
         };
@@ -232,7 +272,13 @@ impl KubeSource {
             Err(_) => (Vec::new(), Vec::new()),
         };
         Some(Load {
-            state: state_of(&self.namespaces, &self.pods, &self.policies),
+            state: state_of(
+                &self.namespaces,
+                &self.pods,
+                &self.policies,
+                &self.services,
+                &self.endpoint_slices,
+            ),
             errors,
             warnings,
         })
@@ -245,20 +291,18 @@ impl KubeSource {
             namespaces: self.namespaces.len(),
             pods: self.pods.len(),
             policies: self.policies.len(),
+            services: self.services.len(),
+            endpoint_slices: self.endpoint_slices.len(),
         }
     }
 
     /// Which kinds have not been listed completely yet, for "not ready" messages.
     pub fn waiting_for(&self) -> Vec<&'static str> {
-        [
-            super::Kind::Namespace,
-            super::Kind::Pod,
-            super::Kind::NetworkPolicy,
-        ]
-        .into_iter()
-        .filter(|kind| !self.shared.listed[*kind as usize].load(Ordering::SeqCst))
-        .map(super::Kind::as_str)
-        .collect()
+        Kind::ALL
+            .into_iter()
+            .filter(|kind| !self.shared.listed[*kind as usize].load(Ordering::SeqCst))
+            .map(Kind::as_str)
+            .collect()
     }
 }
 
@@ -270,27 +314,33 @@ impl Drop for KubeSource {
     }
 }
 
-/// Builds the state from the stores: namespaces by name, pods and policies sorted by
-/// (namespace, name) as `State` requires.
+/// Builds the state from the stores: namespaces by name; pods, policies, services and
+/// endpoint slices sorted by (namespace, name) as `State` requires.
 pub fn state_of(
     namespaces: &Store<model::Namespace>,
     pods: &Store<model::Pod>,
     policies: &Store<model::Policy>,
+    services: &Store<model::Service>,
+    endpoint_slices: &Store<model::EndpointSlice>,
 ) -> State {
-    let mut pods: Vec<model::Pod> = pods.state().iter().map(|p| (**p).clone()).collect();
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut policies: Vec<model::Policy> = policies.state().iter().map(|p| (**p).clone()).collect();
-    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     State {
         namespaces: namespaces
             .state()
             .iter()
             .map(|n| (n.name.clone(), (**n).clone()))
             .collect(),
-        pods,
-        policies,
-        ..State::default()
+        pods: sorted(pods, |p| (&p.namespace, &p.name)),
+        policies: sorted(policies, |p| (&p.namespace, &p.name)),
+        services: sorted(services, |s| (&s.namespace, &s.name)),
+        endpoint_slices: sorted(endpoint_slices, |s| (&s.namespace, &s.name)),
     }
+}
+
+/// A store's values, sorted by `key`.
+fn sorted<K: Slim>(store: &Store<K>, key: impl Fn(&K) -> (&String, &String)) -> Vec<K> {
+    let mut values: Vec<K> = store.state().iter().map(|v| (**v).clone()).collect();
+    values.sort_by(|a, b| key(a).cmp(&key(b)));
+    values
 }
 
 /// Turns bursts of `mark_dirty` into one `()`: after QUIET without a new mark, or
