@@ -22,6 +22,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests queued for the run loop at most; a full queue makes connections wait.
 const QUEUE: usize = 64;
 
+/// A connection closed without a request.
+const EMPTY: &str = "connection closed without a request";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("creating {dir}: {error}")]
@@ -139,6 +142,11 @@ async fn serve(mut stream: UnixStream, calls: mpsc::Sender<CniCall>) {
                 }
             }
         }
+        Err(message) if message == EMPTY => {
+            // Another agent checking whether this socket is live (or a probe).
+            tracing::debug!("CNI socket: {message}");
+            return;
+        }
         Err(message) => {
             tracing::warn!("CNI socket: {message}");
             Response::error(message)
@@ -162,6 +170,9 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => return Err(format!("reading a request: {error}")),
         Err(_) => return Err(format!("no complete request within {} s", READ_TIMEOUT.as_secs())),
+    }
+    if body.is_empty() {
+        return Err(EMPTY.to_owned());
     }
     if body.len() as u64 > MAX_MESSAGE_BYTES {
         return Err(format!("request longer than {MAX_MESSAGE_BYTES} bytes"));
