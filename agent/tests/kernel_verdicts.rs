@@ -533,3 +533,16 @@ fn cut_rechecks_not_isolated_flows_and_audit_applies_to_the_recheck() {
     k.drop(FROM_POD, &packet(POD, PEER, &tcp(40000, 443, TCP_ACK)), Reason::DropPolicyChanged);
     assert!(k.conntrack().is_empty());
 }
+
+#[test]
+fn keep_mode_programs_carry_no_recheck_code() {
+    // `EXISTING_FLOWS_CUT` is a frozen load-time constant: with keep, the verifier
+    // removes the re-check, so an established packet costs exactly what it did.
+    let keep = Kernel::load();
+    let cut = Kernel::load_with(CUT);
+    for name in [FROM_POD, TO_POD] {
+        let (keep, cut) = (keep.xlated_bytes(name) / 8, cut.xlated_bytes(name) / 8);
+        eprintln!("{name}: {keep} xlated insns with keep, {cut} with cut");
+        assert!(keep < cut, "{name}: keep {keep} insns, cut {cut}");
+    }
+}

@@ -178,7 +178,7 @@ fn node(policy: &str) -> Node {
 
 fn agent(bed: &TestBed, log: &str, extra: &[&str]) -> Agent {
     let mut args: Vec<&std::ffi::OsStr> = vec!["--detach-on-exit".as_ref()];
-    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     Agent::start_with(
         netfence_bin(),
         bed.node(),

@@ -202,6 +202,12 @@ impl Kernel {
         m.insert(key, value, 0).unwrap();
     }
 
+    /// Bytes of `name` after the verifier (`bpftool prog`'s `xlated`): 8 per insn.
+    pub fn xlated_bytes(&self, name: &str) -> u32 {
+        let prog: &SchedClassifier = self.ebpf.program(name).unwrap().try_into().unwrap();
+        prog.info().unwrap().size_translated().unwrap()
+    }
+
     /// Sets the policy generation in SETTINGS, as the agent does after a sync.
     pub fn set_generation(&mut self, generation: u32) {
         let mut m: Array<&mut MapData, Settings> =

@@ -1,0 +1,318 @@
+//! Unit tests of sync: plan order, failures and retries, the identity guard, audit flags
+//! and verdict writes, over a fake map backend.
+
+use super::*;
+use std::net::Ipv4Addr;
+
+/// The fake backend: applies to a `Contents`, and fails on chosen operations.
+#[derive(Default)]
+struct Fake {
+    maps: Contents,
+    fail_on: Option<MapOp>,
+    log: Vec<MapOp>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("map full")]
+struct Full;
+
+impl MapBackend for Fake {
+    type Error = Full;
+    fn apply(&mut self, op: &MapOp) -> Result<(), Full> {
+        if self.fail_on.as_ref() == Some(op) {
+            return Err(Full);
+        }
+        self.log.push(op.clone());
+        record(&mut self.maps, op);
+        Ok(())
+    }
+}
+
+fn entry(policy: u32, peer: u32, port: u16) -> PolicyEntry {
+    PolicyEntry {
+        policy,
+        peer,
+        direction: netfence_common::DIR_INGRESS,
+        protocol: netfence_common::PROTO_TCP,
+        port,
+        port_bits: 16,
+    }
+}
+
+fn endpoint(policy: u32) -> EndpointValue {
+    EndpointValue {
+        policy,
+        flags: EP_ISOLATED_INGRESS,
+        ifindex: 0,
+        identity: 20,
+    }
+}
+
+fn pod(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, last))
+}
+
+fn contents(policy_id: u32, peer: u32) -> Contents {
+    let mut c = Contents::default();
+    c.rules.insert(7);
+    c.policy.insert(entry(policy_id, peer, 80), 7);
+    c.identities.insert(IpNet::from(pod(3)), peer);
+    c.endpoints.insert(pod(2), endpoint(policy_id));
+    c
+}
+
+#[test]
+fn first_sync_writes_everything_in_dependency_order() {
+    let target = contents(100, 30);
+    let ops = plan(&Contents::default(), &target);
+    assert_eq!(
+        ops,
+        vec![
+            MapOp::PutRule(7),
+            MapOp::PutPolicy(entry(100, 30, 80), 7),
+            MapOp::PutIdentity(IpNet::from(pod(3)), 30),
+            MapOp::PutEndpoint(pod(2), endpoint(100)),
+        ]
+    );
+}
+
+#[test]
+fn unchanged_image_writes_nothing() {
+    let target = contents(100, 30);
+    assert!(plan(&target, &target).is_empty());
+}
+
+#[test]
+fn policy_switch_adds_new_entries_before_the_endpoint_flip_and_deletes_after() {
+    let old = contents(100, 30);
+    let new = contents(200, 30);
+    let ops = plan(&old, &new);
+    let put_new = ops.iter().position(|o| *o == MapOp::PutPolicy(entry(200, 30, 80), 7));
+    let flip = ops.iter().position(|o| *o == MapOp::PutEndpoint(pod(2), endpoint(200)));
+    let del_old = ops.iter().position(|o| *o == MapOp::DeletePolicy(entry(100, 30, 80)));
+    let (put_new, flip, del_old) = (put_new.expect("put"), flip.expect("flip"), del_old.expect("del"));
+    assert!(put_new < flip && flip < del_old, "{ops:?}");
+    assert_eq!(ops.len(), 3, "rule and identity unchanged: {ops:?}");
+}
+
+#[test]
+fn removed_pod_is_deleted_endpoint_first() {
+    let old = contents(100, 30);
+    let new = Contents::default();
+    let ops = plan(&old, &new);
+    assert_eq!(ops.first(), Some(&MapOp::DeleteEndpoint(pod(2))));
+    assert_eq!(ops.last(), Some(&MapOp::DeleteRule(7)));
+    assert_eq!(ops.len(), 4);
+}
+
+#[test]
+fn failed_operation_is_reported_and_retried_next_sync() {
+    let target = contents(100, 30);
+    let mut backend = Fake {
+        fail_on: Some(MapOp::PutIdentity(IpNet::from(pod(3)), 30)),
+        ..Fake::default()
+    };
+    let mut live = Contents::default();
+    let report = sync(&mut backend, &mut live, &target);
+    assert_eq!(report.applied, 3);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].1, "map full");
+    assert!(!live.identities.contains_key(&IpNet::from(pod(3))));
+
+    backend.fail_on = None;
+    let report = sync(&mut backend, &mut live, &target);
+    assert_eq!(report.applied, 1, "only the failed write is retried");
+    assert!(report.failed.is_empty());
+    assert_eq!(live, target);
+    assert_eq!(backend.maps, target);
+}
+
+#[test]
+fn a_policy_whose_entries_do_not_all_fit_fails_closed_and_is_completed_by_a_retry() {
+    // Before: the endpoint is not isolated. After: isolated by policy 200, which
+    // allows ports 80 and 443 from identity 30; the port-443 entry does not fit.
+    let mut old = contents(100, 30);
+    old.endpoints.insert(pod(2), EndpointValue { flags: 0, ..endpoint(100) });
+    let mut new = contents(200, 30);
+    new.policy.insert(entry(200, 30, 443), 7);
+    let mut backend = Fake {
+        maps: old.clone(),
+        fail_on: Some(MapOp::PutPolicy(entry(200, 30, 443), 7)),
+        ..Fake::default()
+    };
+    let mut live = old.clone();
+    let report = sync(&mut backend, &mut live, &new);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.incomplete_policies(), BTreeSet::from([200]));
+    assert_eq!(
+        backend.maps.endpoints[&pod(2)],
+        endpoint(200),
+        "the endpoint is isolated by its new policy, not left open"
+    );
+    let enforced: Vec<_> = backend.maps.policy.keys().filter(|e| e.policy == 200).collect();
+    assert_eq!(enforced, vec![&entry(200, 30, 80)], "a subset of the new allows");
+    assert!(
+        backend.maps.policy.keys().all(|e| new.policy.contains_key(e)),
+        "no entry of the old policy is left to allow what the new one does not"
+    );
+    assert_eq!(live, backend.maps, "live records exactly what the maps hold");
+
+    backend.fail_on = None;
+    let report = sync(&mut backend, &mut live, &new);
+    assert_eq!(report.applied, 1, "only the missing entry is written");
+    assert!(report.incomplete_policies().is_empty());
+    assert_eq!(backend.maps, new);
+}
+
+/// Policy 100 allows ipBlock 198.18.0.0/15 (identity 40) except 198.18.0.3/32
+/// (identity 50, allowed nothing), and the except's prefix does not fit.
+#[test]
+fn an_unwritten_except_prefix_withholds_the_block_allow_instead_of_failing_open() {
+    let block: IpNet = "198.18.0.0/15".parse().unwrap();
+    let except = IpNet::from(pod(3));
+    let mut old = Contents::default();
+    old.identities.insert(block, 40);
+    old.policy.insert(entry(100, 40, 80), 7);
+    old.rules.insert(7);
+    old.endpoints.insert(pod(2), endpoint(100));
+    let mut new = old.clone();
+    new.identities.insert(except, 50);
+    let mut backend = Fake {
+        maps: old.clone(),
+        fail_on: Some(MapOp::PutIdentity(except, 50)),
+        ..Fake::default()
+    };
+    let mut live = old.clone();
+    let report = sync(&mut backend, &mut live, &new);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.withheld, vec![entry(100, 40, 80)]);
+    assert!(
+        !backend.maps.policy.contains_key(&entry(100, 40, 80)),
+        "198.18.0.3 would resolve to the block's identity: its allow is removed"
+    );
+    assert_eq!(live, backend.maps);
+
+    let report = sync(&mut backend, &mut live, &new);
+    assert_eq!(report.withheld, vec![entry(100, 40, 80)], "still withheld, never re-put first");
+    assert!(!backend.log.contains(&MapOp::PutPolicy(entry(100, 40, 80), 7)));
+
+    backend.fail_on = None;
+    let report = sync(&mut backend, &mut live, &new);
+    assert!(report.withheld.is_empty() && report.failed.is_empty());
+    let identity = backend.log.iter().position(|o| *o == MapOp::PutIdentity(except, 50));
+    let allow = backend.log.iter().position(|o| *o == MapOp::PutPolicy(entry(100, 40, 80), 7));
+    assert!(identity.unwrap() < allow.unwrap(), "the prefix first, then the allow");
+    assert_eq!(backend.maps, new);
+}
+
+#[test]
+fn an_unwritten_prefix_whose_identity_is_allowed_alike_withholds_nothing() {
+    let block: IpNet = "198.18.0.0/15".parse().unwrap();
+    let mut old = Contents::default();
+    old.identities.insert(block, 40);
+    old.policy.insert(entry(100, 40, 80), 7);
+    let mut new = old.clone();
+    new.identities.insert(IpNet::from(pod(3)), 50);
+    new.policy.insert(entry(100, 50, 80), 7);
+    let mut backend = Fake {
+        maps: old.clone(),
+        fail_on: Some(MapOp::PutIdentity(IpNet::from(pod(3)), 50)),
+        ..Fake::default()
+    };
+    let mut live = old;
+    let report = sync(&mut backend, &mut live, &new);
+    assert!(report.withheld.is_empty(), "{report:?}");
+    assert!(backend.maps.policy.contains_key(&entry(100, 40, 80)));
+    assert!(backend.maps.policy.contains_key(&entry(100, 50, 80)));
+}
+
+#[test]
+fn only_failed_policy_writes_make_a_policy_incomplete() {
+    let report = SyncReport {
+        applied: 0,
+        failed: vec![
+            (MapOp::PutIdentity(IpNet::from(pod(3)), 30), "full".into()),
+            (MapOp::PutEndpoint(pod(2), endpoint(5)), "full".into()),
+            (MapOp::PutPolicy(entry(9, 30, 80), 7), "full".into()),
+            (MapOp::PutPolicy(entry(9, 30, 81), 7), "full".into()),
+        ],
+        withheld: Vec::new(),
+        verdict_writes: 0,
+    };
+    assert_eq!(report.incomplete_policies(), BTreeSet::from([9]));
+}
+
+#[test]
+fn audit_flags_come_from_the_image_or_the_node_mode_and_only_where_isolated() {
+    let mut image = Image::default();
+    let endpoint = crate::image::Endpoint {
+        namespace: "x".into(),
+        pod: "a".into(),
+        policy: 5,
+        isolated_ingress: true,
+        isolated_egress: false,
+        audit_ingress: true,
+        audit_egress: false,
+        identity: 40,
+    };
+    image.endpoints.insert(pod(2), endpoint.clone());
+    image.endpoints.insert(pod(3), crate::image::Endpoint { audit_ingress: false, isolated_egress: true, ..endpoint });
+    let flags = |mode| {
+        let c = Contents::from_image_in(&image, &BTreeMap::new(), mode);
+        (c.endpoints[&pod(2)].flags, c.endpoints[&pod(3)].flags)
+    };
+    assert_eq!(
+        flags(Mode::Enforce),
+        (EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS)
+    );
+    assert_eq!(
+        flags(Mode::Audit),
+        (
+            EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS,
+            EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS | EP_ISOLATED_EGRESS | EP_AUDIT_EGRESS
+        ),
+        "audit mode audits every isolated direction, and no direction that is not isolated"
+    );
+}
+
+#[test]
+fn only_writes_a_verdict_depends_on_count_as_verdict_writes() {
+    let mut backend = Fake::default();
+    let mut live = Contents::default();
+    let target = contents(100, 30);
+    let report = sync(&mut backend, &mut live, &target);
+    assert_eq!((report.applied, report.verdict_writes), (4, 3), "the rule counter is no verdict write");
+    let report = sync(&mut backend, &mut live, &target);
+    assert_eq!((report.applied, report.verdict_writes), (0, 0), "a no-op sync bumps nothing");
+}
+
+#[test]
+fn bindings_fill_the_endpoint_ifindex() {
+    let mut image = Image::default();
+    image.endpoints.insert(
+        pod(2),
+        crate::image::Endpoint {
+            namespace: "x".into(),
+            pod: "a".into(),
+            policy: 5,
+            isolated_ingress: true,
+            isolated_egress: true,
+            audit_ingress: false,
+            audit_egress: false,
+            identity: 40,
+        },
+    );
+    let bindings = BTreeMap::from([(pod(2), 17)]);
+    let contents = Contents::from_image(&image, &bindings);
+    assert_eq!(
+        contents.endpoints[&pod(2)],
+        EndpointValue {
+            policy: 5,
+            flags: EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS,
+            ifindex: 17,
+            identity: 40
+        }
+    );
+    let unbound = Contents::from_image(&image, &BTreeMap::new());
+    assert_eq!(unbound.endpoints[&pod(2)].ifindex, 0);
+}
