@@ -253,9 +253,9 @@ spec:
   ingress:
   - from:
     - ipBlock:
-        cidr: 198.18.0.96/27
+        cidr: 198.19.1.96/27
         except:
-        - 198.18.0.101/32
+        - 198.19.1.101/32
 ",
     );
     let _agent = start(&bed, Attach::Auto);

@@ -14,7 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
+use netfence_testbed::{NODE_NAME, tcp_connects};
 use netns::{Agent, Attach, TestBed, bed, netfence_bin};
 
 const POLICY: &str = "apiVersion: networking.k8s.io/v1
@@ -72,7 +72,7 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
         bed.node(),
         NODE_NAME,
         &bed.manifests(),
-        &[POD_INTERFACES],
+        &[],
         Attach::Auto,
         log,
         &[
@@ -144,7 +144,10 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
     };
     assert_eq!(counted, 2.0, "one entry per allowed connection at b's veth");
     assert_eq!(
-        sample(&get(&bed, "/metrics"), "netfence_map_capacity{map=\"conntrack\"}"),
+        sample(
+            &get(&bed, "/metrics"),
+            "netfence_map_capacity{map=\"conntrack\"}"
+        ),
         f64::from(netfence_common::MAX_CONNTRACK)
     );
 }

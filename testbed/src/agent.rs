@@ -47,6 +47,7 @@ pub struct Agent {
 impl Agent {
     /// Starts `binary run --node-name NODE --manifests DIR --interfaces GLOB... --attach
     /// MODE --detach-on-exit` inside `node` and waits until it logs `netfence: ready`.
+    /// No globs means `--bridge cni0` (every port of the CNI bridge, as on Flannel).
     pub fn start(
         binary: &Path,
         node: &Netns,
@@ -96,6 +97,9 @@ impl Agent {
             .arg(manifests)
             .args(["--attach", attach.as_arg()])
             .args(extra);
+        if interfaces.is_empty() {
+            cmd.args(["--bridge", crate::node::BRIDGE]);
+        }
         for glob in interfaces {
             cmd.args(["--interfaces", glob]);
         }

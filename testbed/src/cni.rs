@@ -21,6 +21,10 @@ use serde_json::{Map, Value, json};
 
 use crate::netns::Netns;
 
+/// The pod MTU Flannel's VXLAN backend writes (`FLANNEL_MTU`): a 1500-byte uplink
+/// minus 50 bytes of VXLAN encapsulation.
+pub const VXLAN_MTU: u32 = 1450;
+
 /// How long one plugin may run before it is killed and the operation fails.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(5);
@@ -54,7 +58,8 @@ impl ConfList {
     }
 
     /// The conflist Flannel's CNI plugin builds for its delegate on a node whose pod
-    /// subnets are `v4` and `v6` (one `host-local` range each): bridge `cni0` as the
+    /// subnets are `v4` and `v6` (one `host-local` range each), with the MTU Flannel
+    /// adds for its VXLAN backend on a 1500-byte uplink (1450): bridge `cni0` as the
     /// pods' gateway, hairpin on, no masquerade, `routes` given to each pod, IPAM state
     /// in `data_dir` (the test bed's own directory, so parallel beds never share it).
     pub fn flannel_delegate(v4: &str, v6: &str, routes: &[&str], data_dir: &Path) -> ConfList {
@@ -66,6 +71,7 @@ impl ConfList {
                 "plugins": [{
                     "type": "bridge",
                     "bridge": "cni0",
+                    "mtu": VXLAN_MTU,
                     "isGateway": true,
                     "isDefaultGateway": true,
                     "hairpinMode": true,
@@ -278,6 +284,12 @@ impl Cni {
             plugin_dirs,
             cache_dir,
         }
+    }
+
+    /// Searches `dir` before the other plugin directories (e.g. a freshly built
+    /// chained plugin).
+    pub fn prepend_plugin_dir(&mut self, dir: PathBuf) {
+        self.plugin_dirs.insert(0, dir);
     }
 
     /// The first `plugin_dirs` entry holding an executable named `name`.
@@ -551,6 +563,7 @@ mod tests {
         assert_eq!(bridge["isDefaultGateway"], true);
         assert_eq!(bridge["hairpinMode"], true);
         assert_eq!(bridge["ipMasq"], false);
+        assert_eq!(bridge["mtu"], 1450);
         assert_eq!(
             bridge["ipam"]["ranges"],
             json!([[{"subnet": "198.18.0.0/24"}], [{"subnet": "fd00:18::/64"}]])

@@ -2,7 +2,7 @@
 //! `prod` with `web`, `api` and `db`, and a `backup` server outside the cluster) built
 //! in network namespaces, enforced by the real `netfence run`, and probed with real
 //! connections. Prints one row per probe and fails if any verdict differs from the
-//! policy. Everything it creates (`nfx*` namespaces, a temp directory) is removed on
+//! policy. Everything it creates (`nfx*` namespaces, a temp directory with the CNI IPAM state) is removed on
 //! exit, Ctrl-C included.
 
 use std::net::IpAddr;
@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
 use netfence_testbed::{
-    Attach, NODE_V4, PodNs, TestBed, cluster_yaml, namespace_spec, ping, pod_spec, tcp_connects,
+    Attach, BRIDGE, NODE_IP, NODE_V4, PodNs, TestBed, cluster_yaml, namespace_spec, ping, pod_spec,
+    tcp_connects,
 };
 
 use crate::cmd::{cargo, repo_root, run};
@@ -24,7 +25,8 @@ const PODS: [(&str, u8, &str, (&str, u16)); 3] = [
     ("db", 12, "db", ("mysql", 3306)),
 ];
 const NAMESPACE: &str = "prod";
-/// The backup server: not a pod, reachable from db through an ipBlock /32.
+/// The backup server: not a pod but a host beyond the node (198.19.1.200), reachable
+/// from db through an ipBlock /32.
 const BACKUP: (&str, u8) = ("backup", 200);
 
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +119,8 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "node {} (bridge br0 {NODE_V4}/24), netfence enforcing {}:",
+        "node {} (node IP {NODE_IP}; pods created by the CNI bridge plugin on {BRIDGE} \
+         {NODE_V4}/24 with host-local IPAM, as Flannel delegates), netfence enforcing {}:",
         bed.node().name(),
         examples.display()
     );
@@ -127,14 +130,19 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
         } else {
             "pod prod/"
         };
+        let host_if = if host.name == BACKUP.0 {
+            format!("routed link {}", host.host_if)
+        } else {
+            format!("{BRIDGE} port {}", host.host_if)
+        };
         let pod = if host.name == BACKUP.0 {
             String::new()
         } else {
             host.name.clone()
         };
         println!(
-            "  {:<7} {:<15} {:<14} {role}{pod}",
-            host.name, host.v4, host.v6
+            "  {:<7} {:<15} {:<16} {:<24} {role}{pod}",
+            host.name, host.v4, host.v6, host_if
         );
     }
     let agent = bed.start_agent(binary, Attach::Auto)?;

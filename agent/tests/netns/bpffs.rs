@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use netfence_testbed::{NODE_NAME, POD_INTERFACES};
+use netfence_testbed::NODE_NAME;
 
 use super::{Agent, Attach, TestBed, netfence_bin};
 
@@ -53,7 +53,7 @@ pub fn start_pinned(bed: &TestBed, pin_dir: &Path, log: &Path, extra: &[&OsStr])
         bed.node(),
         NODE_NAME,
         &bed.manifests(),
-        &[POD_INTERFACES],
+        &[],
         Attach::Tcx,
         log.to_owned(),
         &args,

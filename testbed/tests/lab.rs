@@ -1,0 +1,114 @@
+//! The lab itself, without netfence (root): pods made by CNI reach each other on one
+//! node and across two nodes over flannel.1 (IPv4 and IPv6, TCP and UDP with replies),
+//! hosts beyond the node are routed both ways, and CNI DEL removes a pod's veth and
+//! releases its addresses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use netfence_testbed::{NodeAddrs, TestBed, ping, tcp_connects, udp_exchange};
+
+#[test]
+fn pods_on_one_node_are_cni_bridge_ports_and_reach_each_other_and_external_hosts() {
+    let mut bed = TestBed::new("nfh1l").unwrap();
+    let a = bed.pod("x", "a", &[], 10, &[]).unwrap();
+    let b = bed.pod("x", "b", &[], 11, &[]).unwrap();
+    let ext = bed.external("ext", 100).unwrap();
+    for pod in [&a, &b] {
+        assert!(pod.host_if.starts_with("veth"), "{}", pod.host_if);
+        let link = bed
+            .node()
+            .ip(&["-d", "link", "show", "dev", &pod.host_if])
+            .unwrap();
+        assert!(link.contains("master cni0"), "{link}");
+        assert!(link.contains("hairpin on"), "{link}");
+        assert!(link.contains("mtu 1450"), "{link}");
+    }
+    let ext_link = bed
+        .node()
+        .ip(&["-d", "link", "show", "dev", &ext.host_if])
+        .unwrap();
+    assert!(
+        !ext_link.contains("master"),
+        "external hosts are no bridge ports: {ext_link}"
+    );
+    assert!(tcp_connects(&a.netns, &b.netns, b.ip4(), 80).unwrap());
+    assert!(tcp_connects(&a.netns, &b.netns, b.ip6(), 80).unwrap());
+    assert!(
+        udp_exchange(&a.netns, &b.netns, b.ip4(), 53)
+            .unwrap()
+            .reply_arrived
+    );
+    assert!(tcp_connects(&a.netns, &ext.netns, ext.ip4(), 873).unwrap());
+    assert!(tcp_connects(&ext.netns, &b.netns, b.ip4(), 80).unwrap());
+    assert!(tcp_connects(&ext.netns, &b.netns, b.ip6(), 80).unwrap());
+    assert!(ping(&a.netns, ext.ip6()).unwrap());
+    let addrs = bed.node_addrs(1).unwrap();
+    assert!(
+        bed.cluster_yaml()
+            .contains(&format!("hostIP: {}", addrs.node_ip()))
+    );
+}
+
+#[test]
+fn cni_del_removes_the_veth_and_releases_the_addresses() {
+    let mut bed = TestBed::new("nfh1l").unwrap();
+    let a = bed.pod("x", "a", &[], 10, &[]).unwrap();
+    let veth = a.host_if.clone();
+    drop(a);
+    let links = bed.node().ip(&["-o", "link"]).unwrap();
+    assert!(!links.contains(&veth), "{veth} still there:\n{links}");
+    // host-local released 198.18.0.10 and fd00:18::10: the same pod can be made again.
+    let again = bed.pod("x", "a", &[], 10, &[]).unwrap();
+    assert_ne!(
+        again.host_if, veth,
+        "the bridge plugin names veths at random"
+    );
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_over_flannel_vxlan() {
+    let start = std::time::Instant::now();
+    let mut bed = TestBed::two_nodes("nfh1l").unwrap();
+    let nodes = start.elapsed();
+    let a = bed.pod_on(1, "x", "a", &[], 10, &[]).unwrap();
+    let b = bed.pod_on(2, "x", "b", &[], 11, &[]).unwrap();
+    eprintln!(
+        "two nodes in {nodes:?}, two pods in {:?}",
+        start.elapsed() - nodes
+    );
+    let ext = bed.external("ext", 100).unwrap();
+    assert_eq!(b.v4.to_string(), "198.18.1.11");
+    assert_eq!(b.v6.to_string(), "fd00:18:1::11");
+    let node2 = bed.node_ns(2).unwrap();
+    let vxlan = node2
+        .ip(&["-d", "link", "show", "dev", "flannel.1"])
+        .unwrap();
+    for expected in [
+        "vxlan id 1 ",
+        "local 198.19.0.2",
+        "dstport 8472",
+        "nolearning",
+    ] {
+        assert!(vxlan.contains(expected), "{expected:?} not in {vxlan}");
+    }
+    assert!(tcp_connects(&a.netns, &b.netns, b.ip4(), 80).unwrap());
+    assert!(tcp_connects(&b.netns, &a.netns, a.ip4(), 80).unwrap());
+    assert!(tcp_connects(&a.netns, &b.netns, b.ip6(), 80).unwrap());
+    let udp = udp_exchange(&b.netns, &a.netns, a.ip4(), 53).unwrap();
+    assert!(udp.request_arrived && udp.reply_arrived, "{udp:?}");
+    assert!(tcp_connects(&b.netns, &ext.netns, ext.ip4(), 873).unwrap());
+    assert!(tcp_connects(&ext.netns, &b.netns, b.ip4(), 80).unwrap());
+    // The pod-to-pod packets crossed as VXLAN: flannel.1 counted them on both nodes.
+    let stats = node2
+        .ip(&["-j", "-s", "link", "show", "dev", "flannel.1"])
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let received = stats[0]["stats64"]["rx"]["packets"].as_u64().unwrap();
+    assert!(
+        received >= 10,
+        "flannel.1 on node2 received {received} packets"
+    );
+    assert_eq!(NodeAddrs::new(2).unwrap().name(), "node2");
+    assert!(bed.cluster_yaml().contains("nodeName: node2"));
+    assert!(bed.cluster_yaml().contains("hostIP: 198.19.0.2"));
+}
