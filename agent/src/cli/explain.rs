@@ -472,3 +472,45 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::image::{Endpoint, EndpointPolicyInfo};
+
+    /// b (198.18.0.11) is isolated for ingress by `x/b-lockdown` alone, in audit mode.
+    fn audited_image() -> Image {
+        let mut image = Image::default();
+        image.endpoints.insert(
+            IpAddr::from([198, 18, 0, 11]),
+            Endpoint {
+                namespace: "x".into(),
+                pod: "b".into(),
+                policy: 9,
+                isolated_ingress: true,
+                isolated_egress: false,
+                audit_ingress: true,
+                audit_egress: false,
+                identity: 20,
+            },
+        );
+        image.endpoint_policies = BTreeMap::from([(
+            9,
+            EndpointPolicyInfo { ingress: vec!["x/b-lockdown".into()], egress: Vec::new() },
+        )]);
+        image
+    }
+
+    #[test]
+    fn an_audited_direction_passes_and_names_the_policy_that_would_deny() {
+        let image = audited_image();
+        let c = connection(&image, IpAddr::from([198, 18, 0, 10]), IpAddr::from([198, 18, 0, 11]), ExplainProtocol::Tcp, 80);
+        assert!(c.allowed, "audit passes");
+        assert_eq!((c.ingress.verdict, c.ingress.isolated_by.clone()), ("audited", vec!["x/b-lockdown".to_owned()]));
+        let text = Explanation { from: "x/a".into(), to: "x/b".into(), protocol: "TCP", port: 80, connections: vec![c] }.text();
+        assert!(text.contains(": ALLOWED (audit: would be denied)"), "{text}");
+        assert!(text.contains("passes (audit: would be denied by x/b-lockdown)"), "{text}");
+    }
+}
