@@ -31,6 +31,22 @@ pub fn bed() -> TestBed {
     }
 }
 
+/// Two nodes over VXLAN for one test (`node1`, `node2`; names `nft<pid>x<n>-*`).
+pub fn two_nodes() -> TestBed {
+    match TestBed::two_nodes("nft") {
+        Ok(bed) => bed,
+        Err(error) => panic!("setting up the two test nodes: {error:#}"),
+    }
+}
+
+/// Starts node `number`'s agent on `bed` and waits until it is ready.
+pub fn start_on(bed: &TestBed, number: u8, attach: Attach) -> Agent {
+    match bed.start_agent_on(number, netfence_bin(), attach) {
+        Ok(agent) => agent,
+        Err(error) => panic!("starting netfence on node{number}: {error:#}"),
+    }
+}
+
 /// Starts the agent on `bed` and waits until it is ready.
 pub fn start(bed: &TestBed, attach: Attach) -> Agent {
     match bed.start_agent(netfence_bin(), attach) {
