@@ -37,6 +37,23 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// A plugin directory whose `netfence-cni` runs the real one and appends
+/// `COMMAND start_ns end_ns exit_status` to `times` beside it.
+fn timing_wrapper(bed: &TestBed, plugins: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = bed.scratch("timed-plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "#!/bin/sh\nstart=$(date +%s%N)\n'{}'\nrc=$?\necho \"$CNI_COMMAND $start $(date +%s%N) $rc\" >> '{}'\nexit $rc\n",
+        plugins.join("netfence-cni").display(),
+        dir.join("times").display()
+    );
+    let path = dir.join("netfence-cni");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 fn bed(prefix: &str) -> TestBed {
     TestBed::new(prefix).unwrap_or_else(|error| panic!("setting up the test node: {error:#}"))
 }
@@ -149,8 +166,10 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
     let flows = bed.scratch("flows.json");
     let mut agent = start_agent(&bed, &socket, &flows);
     assert_eq!(last_endpoints(&agent), 4, "two dual-stack pods");
-    // From now on the runtime chains netfence-cni after bridge + host-local.
-    bed.chain_plugin(&plugin_entry(&socket, true), &plugins).unwrap();
+    // From now on the runtime chains netfence-cni after bridge + host-local (through
+    // a wrapper that records when each invocation starts and returns).
+    let timed = timing_wrapper(&bed, &plugins);
+    bed.chain_plugin(&plugin_entry(&socket, true), &timed).unwrap();
 
     // ADD of a pod the agent's state does not have (the usual order on a cluster).
     let started = Instant::now();
@@ -164,12 +183,19 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
         .unwrap_or_else(|| panic!("ADD returned before the agent confirmed:\n{log}"));
     assert!(programmed.contains("DefaultDeny"), "{programmed}");
     let agent_ms = programmed.split("ms=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+    // The pod's ADD includes the bed's echo to each gateway after CNI (1 s timeout
+    // each): denied for the new pod, answered for the others.
     println!(
-        "measured: pod ADD (loopback, bridge + host-local, netfence-cni) {} ms, without netfence-cni {} ms; \
+        "measured: pod creation with netfence-cni {} ms (its gateway echoes are dropped), without {} ms; \
          agent ADD-to-programmed {agent_ms} ms",
         add_took.as_millis(),
         baseline.as_millis()
     );
+    let times = std::fs::read_to_string(timed.join("times")).unwrap();
+    let add = times.lines().find(|l| l.starts_with("ADD ")).expect("the wrapper ran for ADD");
+    let fields: Vec<u128> = add.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields[2], 0, "netfence-cni ADD exit status: {add}");
+    println!("measured: netfence-cni ADD start to return {} ms", (fields[1] - fields[0]) / 1_000_000);
     wait_for_endpoints(&agent, 6);
 
     // Every packet the new pod sends is dropped by its deny-all endpoint, from the
