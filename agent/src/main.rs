@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => netfence::cli::explain::run(&args),
         Command::Status(args) => netfence::cli::status::run(&args),
         Command::Uninstall(args) => netfence::cli::uninstall::run(&args),
+        Command::CniInstall(args) => netfence::cni::command::run(&args),
     };
     match result {
         Ok(code) => code,

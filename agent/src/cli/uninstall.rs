@@ -2,6 +2,10 @@
 //! `--pin-dir`. Unlinking a pinned TCX link releases it (detaching the program) once
 //! no process holds it; unlinking a pinned map frees it once no program uses it. Run
 //! it after stopping the agent: a running agent holds its links open.
+//!
+//! With `--cni-conf-dir` / `--cni-bin-dir` it also reverses `netfence cni-install`:
+//! the netfence-cni entry leaves every conflist (first, so no runtime calls a plugin
+//! that is gone), then the binary goes.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,6 +21,19 @@ pub struct Removed {
 }
 
 pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
+    if args.cni_conf_dir.is_some() || args.cni_bin_dir.is_some() {
+        let removed = crate::cni::command::uninstall(args.cni_conf_dir.as_deref(), args.cni_bin_dir.as_deref())?;
+        for path in &removed.conflists {
+            println!("netfence-cni: removed from {}", path.display());
+        }
+        if let Some(dir) = &args.cni_bin_dir {
+            let what = if removed.binary { "removed from" } else { "not present in" };
+            println!("netfence-cni: binary {what} {}", dir.display());
+        }
+        if args.cni_conf_dir.is_some() && removed.conflists.is_empty() {
+            println!("netfence-cni: in no conflist");
+        }
+    }
     match uninstall(&args.pin_dir)? {
         None => println!(
             "nothing to uninstall: {} is not a pin directory on a BPF file system",
