@@ -284,6 +284,15 @@ impl TestBed {
         Ok(PodNs::plain(name, v4, v6, host_if, netns))
     }
 
+    /// Installs (or replaces) the lab's kube-proxy DNAT for `vips` on every node, as
+    /// kube-proxy programs every node with every Service.
+    pub fn install_services(&self, vips: &[crate::kube_proxy::Vip]) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            crate::kube_proxy::install(&node.netns, vips)?;
+        }
+        Ok(())
+    }
+
     /// The declared Namespaces and Pods as one `kind: List`.
     pub fn cluster_yaml(&self) -> String {
         cluster_yaml(&self.namespaces, &self.pods)

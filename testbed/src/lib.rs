@@ -17,20 +17,30 @@ mod agent;
 mod bed;
 pub mod cni;
 pub mod flannel;
+pub mod kube_proxy;
 mod manifest;
 mod netns;
 mod node;
 mod probe;
+mod service_yaml;
 
 pub use agent::{Agent, Attach};
 pub use bed::{
     NODE_IP, NODE_NAME, NODE_V4, NODE_V6, POD_INTERFACES, TestBed, namespace_spec, pod_spec,
     pod_spec_on,
 };
+pub use kube_proxy::{Protocol, SERVICE_CIDR, Vip};
 pub use manifest::{NamespaceSpec, PodSpec, cluster_yaml};
 pub use netns::Netns;
 pub use node::{BRIDGE, CLUSTER_V4, CLUSTER_V6, CNI_BIN_DIR, NodeAddrs, PodNs};
-pub use probe::{CONNECT_TIMEOUT, UdpOutcome, ping, tcp_connects, udp_exchange, udp_from_address};
+pub use probe::{
+    CONNECT_TIMEOUT, UdpOutcome, ping, tcp_connects, tcp_via, udp_exchange, udp_from_address,
+    udp_via,
+};
+pub use service_yaml::{
+    EndpointSliceSpec, ServicePortSpec, ServiceSpec, SliceEndpoint, TargetPort,
+    endpoint_slice_yaml, service_yaml,
+};
 
 /// Fails with a clear message unless running as root: the beds create network
 /// namespaces and the agent loads BPF programs.

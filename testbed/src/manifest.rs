@@ -27,7 +27,7 @@ pub struct PodSpec {
     pub ports: Vec<(String, u16)>,
 }
 
-const CREATED: &str = "2026-11-23T12:00:00Z";
+pub(crate) const CREATED: &str = "2026-11-23T12:00:00Z";
 
 /// The Namespaces, then the Pods, as one `kind: List`.
 pub fn cluster_yaml(namespaces: &[NamespaceSpec], pods: &[PodSpec]) -> String {
@@ -113,7 +113,7 @@ fn pod_item(out: &mut String, pod: &PodSpec, version: u32) {
     let _ = writeln!(out, "    startTime: \"{CREATED}\"");
 }
 
-fn write_labels(out: &mut String, labels: &[(String, String)]) {
+pub(crate) fn write_labels(out: &mut String, labels: &[(String, String)]) {
     if labels.is_empty() {
         return;
     }
@@ -125,7 +125,7 @@ fn write_labels(out: &mut String, labels: &[(String, String)]) {
 
 /// A YAML scalar as kubectl prints it: plain when unambiguous, double-quoted when it
 /// would otherwise read as a number, a boolean, null, or contain YAML syntax.
-fn scalar(value: &str) -> String {
+pub(crate) fn scalar(value: &str) -> String {
     let plain = !value.is_empty()
         && value
             .chars()
@@ -143,7 +143,7 @@ fn scalar(value: &str) -> String {
 }
 
 /// A stable, UUID-shaped id derived from the object's kind and names.
-fn uid(parts: &[&str]) -> String {
+pub(crate) fn uid(parts: &[&str]) -> String {
     let mut a: u64 = 0xcbf2_9ce4_8422_2325;
     let mut b: u64 = 0x8422_2325_cbf2_9ce4;
     for byte in parts.join("/").bytes() {

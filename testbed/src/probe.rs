@@ -23,9 +23,23 @@ const REPLY: &[u8; 4] = b"pong";
 /// request and its reply. A listener is bound to `to_ip:port` inside `to`.
 pub fn tcp_connects(from: &Netns, to: &Netns, to_ip: IpAddr, port: u16) -> anyhow::Result<bool> {
     let target = SocketAddr::new(to_ip, port);
+    tcp_via(from, to, target, target)
+}
+
+/// Whether a TCP connection from `from` to `connect` (e.g. a Service's ClusterIP:port)
+/// reaches a listener bound to `listen` (its backend pod IP:targetPort) inside `to`
+/// and carries a request and its reply (which must come back from `connect`, else
+/// the client's stack resets it).
+pub fn tcp_via(
+    from: &Netns,
+    to: &Netns,
+    listen: SocketAddr,
+    connect: SocketAddr,
+) -> anyhow::Result<bool> {
+    let target = connect;
     let listener = to
-        .run(|| bind_retrying(|| TcpListener::bind(target)))?
-        .with_context(|| format!("listening on {target} in {}", to.name()))?;
+        .run(|| bind_retrying(|| TcpListener::bind(listen)))?
+        .with_context(|| format!("listening on {listen} in {}", to.name()))?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + CONNECT_TIMEOUT * 2;
     std::thread::scope(|scope| {
@@ -105,7 +119,20 @@ pub fn udp_exchange(
     to_ip: IpAddr,
     port: u16,
 ) -> anyhow::Result<UdpOutcome> {
-    udp_probe(from, None, to, to_ip, port)
+    let target = SocketAddr::new(to_ip, port);
+    udp_probe(from, None, to, target, target)
+}
+
+/// A UDP request from `from` to `connect` (e.g. a ClusterIP:port) answered by a socket
+/// bound to `listen` inside `to` (its backend); the reply counts as arrived only if it
+/// comes back from `connect` (un-DNATed), as a DNS client requires.
+pub fn udp_via(
+    from: &Netns,
+    to: &Netns,
+    listen: SocketAddr,
+    connect: SocketAddr,
+) -> anyhow::Result<UdpOutcome> {
+    udp_probe(from, None, to, listen, connect)
 }
 
 /// Like [`udp_exchange`] but from a socket bound to `source`, an address the caller
@@ -117,21 +144,21 @@ pub fn udp_from_address(
     to_ip: IpAddr,
     port: u16,
 ) -> anyhow::Result<UdpOutcome> {
-    udp_probe(from, Some(source), to, to_ip, port)
+    let target = SocketAddr::new(to_ip, port);
+    udp_probe(from, Some(source), to, target, target)
 }
 
 fn udp_probe(
     from: &Netns,
     source: Option<IpAddr>,
     to: &Netns,
-    to_ip: IpAddr,
-    port: u16,
+    listen: SocketAddr,
+    target: SocketAddr,
 ) -> anyhow::Result<UdpOutcome> {
-    let target = SocketAddr::new(to_ip, port);
     let server = to
-        .run(|| bind_retrying(|| UdpSocket::bind(target)))?
-        .with_context(|| format!("binding UDP {target} in {}", to.name()))?;
-    let local = source.unwrap_or(match to_ip {
+        .run(|| bind_retrying(|| UdpSocket::bind(listen)))?
+        .with_context(|| format!("binding UDP {listen} in {}", to.name()))?;
+    let local = source.unwrap_or(match target.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     });
@@ -153,8 +180,8 @@ fn udp_probe(
     let request_arrived = &buf[..len] == REQUEST;
     // A reply that cannot even be sent (no route) is a reply that did not arrive.
     let reply_sent = server.send_to(REPLY, sender).is_ok();
-    let reply_arrived =
-        reply_sent && matches!(client.recv(&mut buf), Ok(len) if &buf[..len] == REPLY);
+    let reply_arrived = reply_sent
+        && matches!(client.recv_from(&mut buf), Ok((len, from)) if &buf[..len] == REPLY && from == target);
     Ok(UdpOutcome {
         request_arrived,
         reply_arrived,

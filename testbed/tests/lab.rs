@@ -112,3 +112,122 @@ fn pods_on_two_nodes_reach_each_other_over_flannel_vxlan() {
     assert!(bed.cluster_yaml().contains("nodeName: node2"));
     assert!(bed.cluster_yaml().contains("hostIP: 198.19.0.2"));
 }
+
+#[test]
+fn service_vips_reach_backends_on_the_same_and_the_other_node_and_replies_return() {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use netfence_testbed::{Protocol, Vip, tcp_via, udp_via};
+
+    let mut bed = TestBed::two_nodes("nfh1l").unwrap();
+    let client = bed.pod_on(1, "x", "client", &[], 10, &[]).unwrap();
+    let near = bed.pod_on(1, "x", "near", &[], 20, &[]).unwrap();
+    let far = bed.pod_on(2, "x", "far", &[], 30, &[]).unwrap();
+    let (near_vip, far_vip) = (
+        Ipv4Addr::new(198, 19, 128, 10),
+        Ipv4Addr::new(198, 19, 128, 11),
+    );
+    let vips = |near_backend: &netfence_testbed::PodNs| {
+        vec![
+            Vip {
+                cluster_ip: near_vip,
+                port: 80,
+                protocol: Protocol::Tcp,
+                backends: vec![(near_backend.v4, 8080)],
+            },
+            Vip {
+                cluster_ip: near_vip,
+                port: 53,
+                protocol: Protocol::Udp,
+                backends: vec![(near_backend.v4, 5353)],
+            },
+            Vip {
+                cluster_ip: far_vip,
+                port: 80,
+                protocol: Protocol::Tcp,
+                backends: vec![(far.v4, 8080)],
+            },
+            Vip {
+                cluster_ip: far_vip,
+                port: 53,
+                protocol: Protocol::Udp,
+                backends: vec![(far.v4, 5353)],
+            },
+        ]
+    };
+    bed.install_services(&vips(&near)).unwrap();
+    let at = |ip: Ipv4Addr, port| SocketAddr::new(ip.into(), port);
+    // Same node: the backend's reply is bridged back to the client, and un-DNATed
+    // only because bridged packets pass netfilter (bridge-nf-call-iptables).
+    assert!(
+        tcp_via(
+            &client.netns,
+            &near.netns,
+            at(near.v4, 8080),
+            at(near_vip, 80)
+        )
+        .unwrap()
+    );
+    let udp = udp_via(
+        &client.netns,
+        &near.netns,
+        at(near.v4, 5353),
+        at(near_vip, 53),
+    )
+    .unwrap();
+    assert!(
+        udp.request_arrived && udp.reply_arrived,
+        "same node UDP: {udp:?}"
+    );
+    // Other node: DNAT on node1, across flannel.1, reply un-DNATed on node1.
+    assert!(tcp_via(&client.netns, &far.netns, at(far.v4, 8080), at(far_vip, 80)).unwrap());
+    let udp = udp_via(&client.netns, &far.netns, at(far.v4, 5353), at(far_vip, 53)).unwrap();
+    assert!(
+        udp.request_arrived && udp.reply_arrived,
+        "cross-node UDP: {udp:?}"
+    );
+    // From node2's side too (its own kube-proxy table), and from node1 itself.
+    assert!(tcp_via(&far.netns, &near.netns, at(near.v4, 8080), at(near_vip, 80)).unwrap());
+    assert!(tcp_via(bed.node(), &far.netns, at(far.v4, 8080), at(far_vip, 80)).unwrap());
+    // A wrong port of the VIP is not translated.
+    assert!(
+        !tcp_via(
+            &client.netns,
+            &near.netns,
+            at(near.v4, 8080),
+            at(near_vip, 81)
+        )
+        .unwrap()
+    );
+    // Endpoints change: the near VIP now fronts the far pod; the old backend gets nothing.
+    bed.install_services(&vips(&far)).unwrap();
+    assert!(
+        tcp_via(
+            &client.netns,
+            &far.netns,
+            at(far.v4, 8080),
+            at(near_vip, 80)
+        )
+        .unwrap()
+    );
+    assert!(
+        !tcp_via(
+            &client.netns,
+            &near.netns,
+            at(near.v4, 8080),
+            at(near_vip, 80)
+        )
+        .unwrap()
+    );
+    let table = bed
+        .node()
+        .command("nft")
+        .args(["list", "table", "ip", "kube-proxy-lab"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("198.18.1.30 . 8080") && !table.contains("198.18.0.20"),
+        "{table}"
+    );
+}
