@@ -102,7 +102,10 @@ impl Agent {
         }
         // Each test agent serves netfence-cni on a socket of its own (beside its log),
         // never the node's `/run/netfence/cni.sock`, unless the caller picks one.
-        if !extra.iter().any(|a| a.to_str().is_some_and(|a| a.starts_with("--cni-socket"))) {
+        if !extra
+            .iter()
+            .any(|a| a.to_str().is_some_and(|a| a.starts_with("--cni-socket")))
+        {
             cmd.arg("--cni-socket").arg(log.with_extension("cni.sock"));
         }
         for glob in interfaces {

@@ -231,3 +231,53 @@ fn service_vips_reach_backends_on_the_same_and_the_other_node_and_replies_return
         "{table}"
     );
 }
+
+#[test]
+fn cni_check_passes_on_a_made_pod_and_a_plugin_error_is_quoted() {
+    use netfence_testbed::cni::{Attachment, Cni, ConfList};
+
+    let bed = TestBed::new("nfh1l").unwrap();
+    let dir = bed.scratch("cni-direct");
+    let mut list = ConfList::flannel_delegate(
+        "198.18.0.0/24",
+        "fd00:18::/64",
+        // No gateway-less routes: the bridge plugin's CHECK (1.1.1) reports them as
+        // missing, as the kernel shows them with the gateway.
+        &[],
+        &dir.join("ipam"),
+    );
+    list.declare_capability(0, "ips").unwrap();
+    let cni = Cni::new(vec!["/usr/lib/cni".into()], dir.join("results"));
+    let pod = netfence_testbed::Netns::new(&format!("{}-direct", bed.id())).unwrap();
+    let ok = Attachment::pod(
+        "direct1",
+        pod.name(),
+        "x",
+        "direct",
+        &[
+            "198.18.0.40".parse().unwrap(),
+            "fd00:18::40".parse().unwrap(),
+        ],
+    );
+    let result = cni.add(bed.node(), &list, &ok).unwrap();
+    assert_eq!(result["ips"][0]["address"], "198.18.0.40/24", "{result}");
+    assert_eq!(cni.cached(&list, &ok).unwrap(), Some(result));
+    cni.check(bed.node(), &list, &ok).unwrap();
+    cni.del(bed.node(), &list, &ok).unwrap();
+    assert_eq!(cni.cached(&list, &ok).unwrap(), None);
+    // An address outside the node's subnet: host-local's error, quoted.
+    let bad = Attachment::pod(
+        "direct2",
+        pod.name(),
+        "x",
+        "direct",
+        &["10.0.0.1".parse().unwrap()],
+    );
+    let error = format!("{:#}", cni.add(bed.node(), &list, &bad).unwrap_err());
+    assert!(
+        error.contains("CNI plugin bridge ADD failed")
+            && error.contains("CNI error")
+            && error.contains("10.0.0.1"),
+        "{error}"
+    );
+}
