@@ -28,16 +28,33 @@ pub fn compile(args: &CompileArgs) -> anyhow::Result<ExitCode> {
                 image.rules.len()
             );
             for (addr, endpoint) in &image.endpoints {
-                let isolation = match (endpoint.isolated_ingress, endpoint.isolated_egress) {
-                    (true, true) => "isolated ingress+egress",
-                    (true, false) => "isolated ingress",
-                    (false, true) => "isolated egress",
-                    (false, false) => "not isolated",
+                let direction = |isolated: bool, audit: bool, name: &str| match (isolated, audit) {
+                    (false, _) => None,
+                    (true, false) => Some(name.to_owned()),
+                    (true, true) => Some(format!("{name} (audit)")),
+                };
+                let isolated: Vec<String> = [
+                    direction(endpoint.isolated_ingress, endpoint.audit_ingress, "ingress"),
+                    direction(endpoint.isolated_egress, endpoint.audit_egress, "egress"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let isolation = if isolated.is_empty() {
+                    "not isolated".to_owned()
+                } else {
+                    format!("isolated {}", isolated.join("+"))
                 };
                 println!(
                     "  {addr:<40} {}/{}  identity={} policy={} {isolation}",
                     endpoint.namespace, endpoint.pod, endpoint.identity, endpoint.policy
                 );
+            }
+            // ClusterIPs: egress entries allow them through their backends.
+            for (net, identity) in &image.identities {
+                if let Some(service) = image.identity_info.get(identity).and_then(|i| i.service.as_ref()) {
+                    println!("  {:<40} service {service}  identity={identity}", net.addr().to_string());
+                }
             }
         }
     }
