@@ -186,6 +186,9 @@ pub struct RunArgs {
     /// ADD returns once its endpoint is enforced). An empty value disables it.
     #[arg(long, value_name = "PATH", default_value = netfence_cni::spec::DEFAULT_SOCKET_PATH)]
     pub cni_socket: String,
+    /// `--cni-conf-dir`, `--cni-timeout-seconds`, `--cni-fail-closed`.
+    #[command(flatten)]
+    pub cni: crate::cni::command::CniRunArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -195,7 +195,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         old_layouts,
         metrics,
         mode: args.mode,
-        cni: cni::CniEndpoints::default(),
+        // Pending CNI pods a previous agent saved: kept by the first sync.
+        cni: cni::CniEndpoints::open(&args),
     };
     let mut ready = false;
     match source.load() {
@@ -238,6 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
             },
             _ = tick.tick() => if ready {
+                enforcer.cni_tick(true);
                 enforcer.reconcile_interfaces().await;
                 enforcer.refresh_metrics();
                 enforcer.metrics.set_source_errors(source.errors());
@@ -246,6 +248,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     enforcer.refresh_conntrack_metric();
                 }
             } else {
+                enforcer.cni_tick(false);
                 health.set_waiting(source.waiting_for());
                 enforcer.metrics.set_source_errors(source.errors());
             },

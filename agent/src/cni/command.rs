@@ -34,6 +34,24 @@ pub struct CniInstallArgs {
     pub fail_closed: bool,
 }
 
+/// `netfence run`'s flags for keeping the plugin chained (`--cni-conf-dir`): the entry
+/// it writes is `cni-install`'s, with `socketPath` = `--cni-socket` (the same path
+/// on the host and in the agent's container).
+#[derive(Debug, clap::Args)]
+pub struct CniRunArgs {
+    /// Keep netfence-cni chained last in the Flannel conflist of this directory (the
+    /// host's /etc/cni/net.d, mounted) while the agent runs: when Flannel rewrites its
+    /// conflist without the entry, it is put back within a second. Off by default.
+    #[arg(long = "cni-conf-dir", value_name = "DIR")]
+    pub conf_dir: Option<PathBuf>,
+    /// The entry's `timeoutSeconds` (as `cni-install --timeout-seconds`).
+    #[arg(long = "cni-timeout-seconds", value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub timeout_seconds: u32,
+    /// The entry's `failClosed` (as `cni-install --fail-closed`).
+    #[arg(long = "cni-fail-closed", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fail_closed: bool,
+}
+
 /// Installs the binary, then chains it into the Flannel conflist.
 pub fn run(args: &CniInstallArgs) -> anyhow::Result<ExitCode> {
     let plugin = match &args.plugin {

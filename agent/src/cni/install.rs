@@ -42,7 +42,7 @@ pub fn plugin_entry(socket_path: &Path, timeout_seconds: u32, fail_closed: bool)
     })
 }
 
-fn is_ours(plugin: &Value) -> bool {
+pub(crate) fn is_ours(plugin: &Value) -> bool {
     plugin.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE)
 }
 
@@ -82,7 +82,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value, InstallError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, InstallError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| InstallError::NotConflist {
         path: path.to_owned(),

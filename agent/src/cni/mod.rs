@@ -5,11 +5,16 @@
 //!
 //! - [`server`]: the unix socket (`--cni-socket`), one request per connection.
 //! - [`pending`]: pending endpoints, merged around `compile`, and the readiness check.
+//! - [`persist`]: the pending endpoints kept in a file across agent restarts.
 //! - [`install`], [`command`]: `netfence cni-install` and `netfence uninstall`'s reverse.
+//! - [`keep`]: `netfence run --cni-conf-dir`, the entry put back when Flannel rewrites
+//!   its conflist.
 
 pub mod command;
 pub mod install;
+pub mod keep;
 pub mod pending;
+pub mod persist;
 pub mod server;
 
 pub use pending::{Pending, PendingEndpoint};

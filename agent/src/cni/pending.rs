@@ -27,28 +27,52 @@ use crate::model::{PodPhase, State};
 /// Names used for a pending endpoint whose pod the plugin could not name.
 pub const UNNAMED_NAMESPACE: &str = "cni";
 
-/// One container the plugin announced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One container the plugin announced. Serialized as it is kept across agent
+/// restarts ([`crate::cni::persist`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PendingEndpoint {
     pub container_id: String,
+    /// `CNI_NETNS` as the runtime gave it (host path).
+    #[serde(default)]
+    pub netns: String,
+    /// `CNI_IFNAME`.
+    #[serde(default)]
+    pub ifname: String,
     /// Canonical (IPv4-mapped IPv6 as IPv4), sorted, deduplicated.
     pub ips: Vec<IpAddr>,
+    #[serde(default)]
     pub namespace: Option<String>,
+    #[serde(default)]
     pub pod: Option<String>,
+    #[serde(default)]
     pub host_interfaces: Vec<String>,
+    /// When the ADD arrived, seconds since the Unix epoch.
+    #[serde(default)]
+    pub added_unix: u64,
+    /// The agent has seen `netns` (a pod's namespace, not its own): once the path is
+    /// gone, the pod is gone even if its DEL never came ([`Pending::sweep`]). False
+    /// while the agent cannot see the path: such an entry stays until its DEL.
+    #[serde(default)]
+    pub netns_seen: bool,
 }
 
 impl PendingEndpoint {
-    pub fn from_request(request: &Request) -> Self {
+    /// The request's container, added at `added_unix`, its netns not seen yet.
+    pub fn from_request(request: &Request, added_unix: u64) -> Self {
         let mut ips: Vec<IpAddr> = request.ips.iter().map(|ip| canonical_addr(*ip)).collect();
         ips.sort();
         ips.dedup();
         Self {
             container_id: request.container_id.clone(),
+            netns: request.netns.clone(),
+            ifname: request.ifname.clone(),
             ips,
             namespace: request.pod_namespace.clone(),
             pod: request.pod_name.clone(),
             host_interfaces: request.host_interfaces.clone(),
+            added_unix,
+            netns_seen: false,
         }
     }
 
@@ -102,6 +126,34 @@ impl Pending {
         self.by_container.remove(container_id)
     }
 
+    /// Every pending container, by container id.
+    pub fn iter(&self) -> impl Iterator<Item = &PendingEndpoint> {
+        self.by_container.values()
+    }
+
+    /// Looks at every container's network namespace path through `look`: an entry
+    /// whose path was seen and is now [`NetnsView::Gone`] is dropped (the pod is gone
+    /// without a DEL: the runtime removes the namespace with the sandbox); one seen
+    /// for the first time is marked seen. Returns the dropped entries and whether any
+    /// entry changed (dropped or marked).
+    pub fn sweep(&mut self, look: impl Fn(&str) -> NetnsView) -> (Vec<PendingEndpoint>, bool) {
+        let mut gone = Vec::new();
+        let mut changed = false;
+        for endpoint in self.by_container.values_mut() {
+            match look(&endpoint.netns) {
+                NetnsView::Present if !endpoint.netns_seen => {
+                    endpoint.netns_seen = true;
+                    changed = true;
+                }
+                NetnsView::Gone if endpoint.netns_seen => gone.push(endpoint.container_id.clone()),
+                NetnsView::Present | NetnsView::Gone | NetnsView::Unseen => {}
+            }
+        }
+        let gone: Vec<PendingEndpoint> = gone.iter().filter_map(|id| self.by_container.remove(id)).collect();
+        changed |= !gone.is_empty();
+        (gone, changed)
+    }
+
     /// `state` with the plugin's addresses on the pods it names that are scheduled
     /// to `node`, have no address yet, are not host-network and have not terminated.
     /// Borrowed when no pod changes.
@@ -143,6 +195,40 @@ impl Pending {
             }
         }
         added
+    }
+}
+
+/// What the agent sees at a pod's network namespace path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetnsView {
+    /// The path exists and is not the agent's own network namespace.
+    Present,
+    /// Nothing at the path.
+    Gone,
+    /// No path, or one that resolves to the agent's own network namespace (a
+    /// `/proc/PID/ns/net` of another PID namespace names some process of the agent's):
+    /// it says nothing about the pod.
+    Unseen,
+}
+
+/// Looks at `path` from this process: [`NetnsView`]. An error other than "not
+/// found" (permissions) is `Unseen`: an entry is never dropped on a doubt.
+pub fn look_at_netns(path: &str) -> NetnsView {
+    use std::os::unix::fs::MetadataExt as _;
+    if path.is_empty() {
+        return NetnsView::Unseen;
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let own = std::fs::metadata("/proc/self/ns/net").ok();
+            if own.is_some_and(|own| own.dev() == meta.dev() && own.ino() == meta.ino()) {
+                NetnsView::Unseen
+            } else {
+                NetnsView::Present
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => NetnsView::Gone,
+        Err(_) => NetnsView::Unseen,
     }
 }
 

@@ -72,7 +72,7 @@ fn tcp(src: &str, dst: &str) -> Packet {
 #[test]
 fn an_unknown_pod_is_denied_both_ways_until_the_state_has_it() {
     let mut pending = Pending::default();
-    pending.add(PendingEndpoint::from_request(&request("c9", &["198.18.0.99"], Some(("x", "late")))));
+    pending.add(PendingEndpoint::from_request(&request("c9", &["198.18.0.99"], Some(("x", "late"))), 0));
     let image = image_with(&pending, &state(None));
     let endpoint = &image.endpoints[&"198.18.0.99".parse::<IpAddr>().unwrap()];
     assert_eq!(endpoint, &deny_all("x", "late"));
@@ -87,7 +87,7 @@ fn an_unknown_pod_is_denied_both_ways_until_the_state_has_it() {
 
     // Without names: cni/<container id>.
     let mut unnamed = Pending::default();
-    unnamed.add(PendingEndpoint::from_request(&request("c10", &["198.18.0.98"], None)));
+    unnamed.add(PendingEndpoint::from_request(&request("c10", &["198.18.0.98"], None), 0));
     let image = image_with(&unnamed, &state(None));
     assert_eq!(image.endpoints[&"198.18.0.98".parse::<IpAddr>().unwrap()], deny_all("cni", "c10"));
 }
@@ -95,7 +95,7 @@ fn an_unknown_pod_is_denied_both_ways_until_the_state_has_it() {
 #[test]
 fn a_pod_the_state_names_without_an_address_gets_its_real_policy_at_once() {
     let mut pending = Pending::default();
-    pending.add(PendingEndpoint::from_request(&request("c1", &["198.18.0.12"], Some(("x", "new")))));
+    pending.add(PendingEndpoint::from_request(&request("c1", &["198.18.0.12"], Some(("x", "new"))), 0));
     let state = state(None);
     let image = image_with(&pending, &state);
     let endpoint = &image.endpoints[&"198.18.0.12".parse::<IpAddr>().unwrap()];
@@ -111,7 +111,7 @@ fn a_pod_the_state_names_without_an_address_gets_its_real_policy_at_once() {
 #[test]
 fn the_state_catching_up_replaces_the_deny_all_endpoint() {
     let mut pending = Pending::default();
-    pending.add(PendingEndpoint::from_request(&request("c1", &["198.18.0.12"], Some(("x", "renamed")))));
+    pending.add(PendingEndpoint::from_request(&request("c1", &["198.18.0.12"], Some(("x", "renamed"))), 0));
     let before = image_with(&pending, &state(None));
     assert!(is_deny_all(&before.endpoints[&"198.18.0.12".parse::<IpAddr>().unwrap()]));
     let after = image_with(&pending, &state(Some("198.18.0.12")));
@@ -123,8 +123,8 @@ fn the_state_catching_up_replaces_the_deny_all_endpoint() {
 #[test]
 fn del_removes_the_endpoint_and_a_reused_address_drops_the_stale_container() {
     let mut pending = Pending::default();
-    pending.add(PendingEndpoint::from_request(&request("old", &["198.18.0.50", "fd00:18::50"], None)));
-    let stale = pending.add(PendingEndpoint::from_request(&request("new", &["198.18.0.50"], None)));
+    pending.add(PendingEndpoint::from_request(&request("old", &["198.18.0.50", "fd00:18::50"], None), 0));
+    let stale = pending.add(PendingEndpoint::from_request(&request("new", &["198.18.0.50"], None), 0));
     assert_eq!(stale, vec!["old".to_owned()]);
     assert_eq!(pending.len(), 1);
     let image = image_with(&pending, &state(None));
@@ -139,7 +139,7 @@ fn del_removes_the_endpoint_and_a_reused_address_drops_the_stale_container() {
 #[test]
 fn programmed_needs_the_live_entry_a_binding_and_an_attachment() {
     let mut pending = Pending::default();
-    pending.add(PendingEndpoint::from_request(&request("c9", &["198.18.0.99"], None)));
+    pending.add(PendingEndpoint::from_request(&request("c9", &["198.18.0.99"], None), 0));
     let image = image_with(&pending, &state(None));
     let ip: IpAddr = "198.18.0.99".parse().unwrap();
     let ips = [ip];

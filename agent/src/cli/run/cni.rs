@@ -7,23 +7,35 @@
 //! The answer waits until [`programmed`] holds for every address: after each
 //! reconcile (netlink events, the 1 s tick) waiting ADDs are re-checked. Before the
 //! agent's first complete state nothing is compiled; the ADD waits for it.
+//!
+//! The pending set survives restarts: it is saved beside the socket on every change
+//! ([`crate::cni::persist`]) and read back before the first sync. Every tick, entries
+//! whose network namespace is gone are dropped (a DEL that never came), and with
+//! `--cni-conf-dir` the plugin's conflist entry is re-ensured ([`crate::cni::keep`]).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use netfence_cni::protocol::{Command, Enforcement, Response};
 use tokio::sync::oneshot;
 
-use super::Enforcer;
-use crate::cni::pending::programmed;
-use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint};
+use super::{Enforcer, RunArgs};
+use crate::cni::install::plugin_entry;
+use crate::cni::keep::{Check, ConflistKeeper, Ensured};
+use crate::cni::pending::{NetnsView, look_at_netns, programmed};
+use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
+use crate::dataplane::last_sync::now_unix;
 
 /// The pending endpoints and the ADDs waiting for them.
 #[derive(Debug, Default)]
 pub(super) struct CniEndpoints {
     pub(super) pending: Pending,
     waiters: Vec<Waiter>,
+    /// Where `pending` is saved (beside `--cni-socket`; none without a socket).
+    file: Option<PathBuf>,
+    /// `--cni-conf-dir`.
+    keeper: Option<ConflistKeeper>,
 }
 
 #[derive(Debug)]
@@ -33,6 +45,92 @@ struct Waiter {
     ips: Vec<IpAddr>,
     reply: oneshot::Sender<Response>,
     started: Instant,
+}
+
+impl CniEndpoints {
+    /// Reads the pending endpoints a previous agent saved (dropping those whose
+    /// network namespace is gone) and, with `--cni-conf-dir`, ensures the conflist
+    /// entry once. Runs before the first sync, which then keeps their endpoints.
+    pub(super) fn open(args: &RunArgs) -> Self {
+        let mut cni = Self::default();
+        if !args.cni_socket.is_empty() {
+            let file = persist::path_for(Path::new(&args.cni_socket));
+            match persist::load(&file) {
+                Ok(endpoints) if !endpoints.is_empty() => {
+                    let count = endpoints.len();
+                    for endpoint in endpoints {
+                        cni.pending.add(endpoint);
+                    }
+                    let (gone, _) = cni.pending.sweep(look_at_netns);
+                    tracing::info!(
+                        file = %file.display(),
+                        restored = cni.pending.len(),
+                        gone = gone.len(),
+                        "cni: {} pending pods restored (deny-all until they appear in the state); {} gone (network namespace removed)",
+                        cni.pending.len(),
+                        gone.len()
+                    );
+                    for endpoint in &gone {
+                        log_gone(endpoint);
+                    }
+                    if cni.pending.len() != count {
+                        save(&file, &cni.pending);
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!("cni: {error}; starting with no pending pods (it is rewritten on the next ADD or DEL)"),
+            }
+            cni.file = Some(file);
+        }
+        if let Some(dir) = &args.cni.conf_dir {
+            if args.cni_socket.is_empty() {
+                tracing::error!(dir = %dir.display(), "--cni-conf-dir without a CNI socket (--cni-socket ''): the conflist is left alone");
+            } else {
+                let entry = plugin_entry(Path::new(&args.cni_socket), args.cni.timeout_seconds, args.cni.fail_closed);
+                let mut keeper = ConflistKeeper::new(dir.clone(), entry);
+                let check = keeper.check();
+                log_check(keeper.dir(), check, true);
+                cni.keeper = Some(keeper);
+            }
+        }
+        cni
+    }
+}
+
+fn save(file: &Path, pending: &Pending) {
+    if let Err(error) = persist::save(file, pending.iter()) {
+        tracing::error!("cni: {error} (a restart before the next save forgets the pending pods' deny-all)");
+    }
+}
+
+fn log_gone(endpoint: &PendingEndpoint) {
+    let (namespace, pod) = endpoint.names();
+    tracing::info!(
+        container = %endpoint.container_id,
+        pod = %format!("{namespace}/{pod}"),
+        netns = %endpoint.netns,
+        "cni: pending pod gone without a DEL (its network namespace no longer exists); forgotten"
+    );
+}
+
+fn log_check(dir: &Path, check: Check, first: bool) {
+    match check {
+        Check::Unchanged => {}
+        Check::Ensured(Ensured::Chained(path)) if first => {
+            tracing::info!(file = %path.display(), "netfence-cni chained in {}", path.display());
+        }
+        Check::Ensured(Ensured::Chained(_)) => {}
+        Check::Ensured(Ensured::Restored(path)) => {
+            tracing::warn!(file = %path.display(), "netfence-cni entry restored in {}", path.display());
+        }
+        Check::Ensured(Ensured::Updated(path)) => {
+            tracing::info!(file = %path.display(), "netfence-cni entry updated in {} (its settings differed)", path.display());
+        }
+        Check::Failed { message, repeated: false } => {
+            tracing::warn!(dir = %dir.display(), "netfence-cni not chained (retried every second): {message}");
+        }
+        Check::Failed { message, repeated: true } => tracing::debug!("netfence-cni not chained: {message}"),
+    }
 }
 
 /// Listens on `--cni-socket` unless it is empty. A failure is logged, not fatal:
@@ -59,7 +157,7 @@ impl Enforcer {
     /// Handles one plugin request. `ready`: the first complete state is enforced.
     pub(super) async fn cni_call(&mut self, call: CniCall, ready: bool) {
         let CniCall { request, reply } = call;
-        let endpoint = PendingEndpoint::from_request(&request);
+        let mut endpoint = PendingEndpoint::from_request(&request, now_unix());
         let (namespace, pod) = endpoint.names();
         let pod = format!("{namespace}/{pod}");
         match request.command {
@@ -75,9 +173,19 @@ impl Enforcer {
                     host_interfaces = ?endpoint.host_interfaces,
                     "cni: ADD"
                 );
+                match look_at_netns(&endpoint.netns) {
+                    NetnsView::Present => endpoint.netns_seen = true,
+                    NetnsView::Gone | NetnsView::Unseen => tracing::warn!(
+                        container = %request.container_id,
+                        %pod,
+                        netns = %endpoint.netns,
+                        "cni: the pod's network namespace is not visible to the agent: if its DEL is missed, its deny-all endpoint stays until its address is reused (mount the host's /run/netns)"
+                    ),
+                }
                 for stale in self.cni.pending.add(endpoint.clone()) {
                     tracing::info!(container = %stale, "cni: dropped a pending container whose address was reused (its DEL was missed)");
                 }
+                self.save_pending();
                 self.cni.waiters.push(Waiter {
                     container_id: request.container_id,
                     pod,
@@ -95,6 +203,9 @@ impl Enforcer {
                 let removed = self.cni.pending.remove(&request.container_id).is_some();
                 self.cni.waiters.retain(|w| w.container_id != request.container_id);
                 tracing::info!(container = %request.container_id, %pod, pending = removed, "cni: DEL");
+                if removed {
+                    self.save_pending();
+                }
                 if removed && ready {
                     self.recompile("cni");
                 }
@@ -112,6 +223,35 @@ impl Enforcer {
                 };
                 let _ = reply.send(answer);
             }
+        }
+    }
+
+    fn save_pending(&self) {
+        if let Some(file) = &self.cni.file {
+            save(file, &self.cni.pending);
+        }
+    }
+
+    /// Every tick: forgets pending pods whose network namespace is gone (a missed
+    /// DEL), recompiling if ready; re-ensures the conflist entry (`--cni-conf-dir`).
+    pub(super) fn cni_tick(&mut self, ready: bool) {
+        if let Some(keeper) = &mut self.cni.keeper {
+            let check = keeper.check();
+            log_check(keeper.dir(), check, false);
+        }
+        if self.cni.pending.is_empty() {
+            return;
+        }
+        let (gone, changed) = self.cni.pending.sweep(look_at_netns);
+        for endpoint in &gone {
+            log_gone(endpoint);
+        }
+        self.cni.waiters.retain(|w| !gone.iter().any(|e| e.container_id == w.container_id));
+        if changed {
+            self.save_pending();
+        }
+        if !gone.is_empty() && ready {
+            self.recompile("cni");
         }
     }
 
