@@ -1,6 +1,7 @@
 //! `netfence status` against a running agent with pinned state, then after SIGTERM:
 //! attachments with interface names, map fill, counters that grow with traffic, the
-//! last-sync record and whether its agent runs. Needs root.
+//! last-sync record and whether its agent runs, the flags the agent enforces with
+//! and the pinned policy generation. Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -215,4 +216,132 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("agent: not running (last pid"), "{text}");
     assert!(text.contains("attached (6 links"), "{text}");
+}
+
+fn status_text(bed: &TestBed, pin_dir: &Path) -> String {
+    let out = bed
+        .node()
+        .command(&netfence_bin().to_string_lossy())
+        .args(["status", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Everything the ingress of x/b allows: nothing (`ingress: []`).
+const LOCKDOWN: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: b-from-a
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: b
+  policyTypes: [Ingress]
+  ingress: []
+";
+
+#[test]
+fn status_shows_the_flags_and_the_pinned_policy_generation_after_the_agent_stopped() {
+    let mut bed = TestBed::new("nfh6").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
+    bed.namespace("x", &[]);
+    let _a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
+    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
+    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
+    bed.write_cluster().unwrap();
+    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let bpffs = Bpffs::mount("nfh6-status");
+    let pin_dir = bpffs.pin_dir();
+    let log = bed.scratch("agent-nfh6.log");
+    let mut agent = start_pinned(
+        &bed,
+        &pin_dir,
+        &log,
+        &[
+            "--mode=audit".as_ref(),
+            "--existing-flows=cut".as_ref(),
+            "--allow-node=false".as_ref(),
+        ],
+    );
+
+    let running = status_json(&bed, &pin_dir);
+    assert_eq!(
+        (
+            &running["mode"],
+            &running["existing_flows"],
+            &running["allow_node"]
+        ),
+        (
+            &Value::from("audit"),
+            &Value::from("cut"),
+            &Value::from(false)
+        ),
+        "{running}"
+    );
+    assert_eq!(running["last_sync"]["mode"], "audit", "{running}");
+    assert_eq!(running["last_sync"]["existing_flows"], "cut", "{running}");
+    assert_eq!(running["last_sync"]["allow_node"], false, "{running}");
+    let first = running["policy_generation"].as_u64().unwrap();
+    assert!(first >= 1, "the first sync wrote entries and bumped it: {running}");
+    let audited_before = running["counters"]["policy_audit"].as_u64().unwrap();
+
+    // x/c is not allowed into x/b: audit mode lets it pass and counts it.
+    assert!(
+        tcp_connects(&c.netns, &b.netns, b.ip4(), 81).unwrap(),
+        "audit mode passes what the policy would deny"
+    );
+    let audited = status_json(&bed, &pin_dir);
+    assert!(
+        audited["counters"]["policy_audit"].as_u64().unwrap() > audited_before,
+        "the would-be drop is counted as policy_audit: {audited}"
+    );
+    assert_eq!(
+        audited["counters"]["policy_deny"], 0,
+        "audit mode drops nothing: {audited}"
+    );
+    assert_eq!(
+        audited["counters"]["policy_changed_deny"], 0,
+        "listed, and nothing re-checked was dropped: {audited}"
+    );
+
+    // A policy change bumps the pinned generation.
+    let syncs = agent.generation();
+    bed.write_manifest("policy.yaml", LOCKDOWN).unwrap();
+    agent.wait_for_sync_after(syncs).unwrap();
+    let changed = status_json(&bed, &pin_dir);
+    let generation = changed["policy_generation"].as_u64().unwrap();
+    assert!(generation > first, "{first} -> {changed}");
+
+    assert!(agent.stop().unwrap().success());
+    let stopped = status_json(&bed, &pin_dir);
+    assert_eq!(stopped["agent_running"], false, "{stopped}");
+    assert_eq!(
+        stopped["policy_generation"].as_u64(),
+        Some(generation),
+        "read from the pinned SETTINGS map, not from the agent: {stopped}"
+    );
+    assert_eq!(stopped["mode"], "audit", "{stopped}");
+    let pid = stopped["last_sync"]["pid"].as_u64().unwrap();
+    let text = status_text(&bed, &pin_dir);
+    let lines: Vec<&str> = text.lines().collect();
+    let agent_line = format!("agent: not running (last pid {pid})");
+    assert_eq!(
+        lines[..2],
+        [
+            agent_line.as_str(),
+            "enforcing with: --mode=audit --existing-flows=cut --allow-node=false"
+        ],
+        "{text}"
+    );
+    let generation_line = format!("policy generation: {generation}");
+    assert!(lines.contains(&generation_line.as_str()), "{text}");
+    for counter in ["policy_audit", "policy_changed_deny"] {
+        assert!(
+            lines.iter().any(|l| l.trim_start().starts_with(counter)),
+            "{counter} in {text}"
+        );
+    }
 }

@@ -80,6 +80,8 @@ struct Enforcer {
     metrics: Arc<Metrics>,
     /// `--mode`.
     mode: crate::dataplane::sync::Mode,
+    /// `--existing-flows` (for the last-sync record; the programs got it at load).
+    existing_flows: crate::dataplane::loader::ExistingFlows,
     /// Pods the CNI plugin announced, and the ADDs waiting for their enforcement.
     cni: cni::CniEndpoints,
 }
@@ -195,6 +197,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         old_layouts,
         metrics,
         mode: args.mode,
+        existing_flows: args.existing_flows,
         // Pending CNI pods a previous agent saved: kept by the first sync.
         cni: cni::CniEndpoints::open(&args),
     };
@@ -480,6 +483,9 @@ impl Enforcer {
             identities: self.live.identities.len(),
             policy_entries: self.live.policy.len(),
             rules: self.live.rules.len(),
+            mode: Some(self.mode),
+            existing_flows: Some(self.existing_flows),
+            allow_node: Some(self.allow_node),
         };
         let path = last_sync::path_for(self.pins.root());
         if let Err(error) = last_sync::write(&path, &record) {

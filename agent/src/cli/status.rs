@@ -1,6 +1,8 @@
 //! `netfence status`: what the pinned state under `--pin-dir` enforces, read from the
 //! BPF file system and the agent's last-sync record, so it works whether or not an
-//! agent runs: attachments (pinned TCX links), map fill, verdict counters, last sync.
+//! agent runs: attachments (pinned TCX links), map fill, verdict counters, last sync,
+//! the flags the agent enforces with (from the record) and the policy generation
+//! (from the pinned SETTINGS map, so it is right after the agent stopped too).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,16 +10,18 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use aya::maps::lpm_trie::LpmTrie;
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use netfence_common::reason::COUNTER_EVENTS_LOST;
 use netfence_common::{
     CtKey, CtValue, EndpointKey, EndpointValue, FragKey, FragValue, IdentityKey, PolicyKey,
-    PolicyValue, Reason, map,
+    PolicyValue, Reason, Settings, map,
 };
 
 use super::{Output, StatusArgs};
 use crate::dataplane::last_sync::{self, LastSync};
+use crate::dataplane::loader::ExistingFlows;
 use crate::dataplane::pin::{self, Hook, PinDir};
+use crate::dataplane::sync::Mode;
 
 /// Everything `status` reports.
 #[derive(Debug, serde::Serialize)]
@@ -39,6 +43,17 @@ pub struct Status {
     pub last_sync: Option<LastSync>,
     /// Whether the agent that wrote `last_sync` is running now.
     pub agent_running: bool,
+    /// `--mode` of the agent that wrote `last_sync` (the pinned programs keep
+    /// enforcing with it after it stopped). `None`: no record, or a record written
+    /// before the flags were recorded. Likewise the next two.
+    pub mode: Option<Mode>,
+    /// `--existing-flows` of that agent.
+    pub existing_flows: Option<ExistingFlows>,
+    /// `--allow-node` of that agent.
+    pub allow_node: Option<bool>,
+    /// The policy generation in the pinned SETTINGS map: bumped by every sync that
+    /// changed what a verdict depends on. `None` when the maps are not pinned.
+    pub policy_generation: Option<u32>,
 }
 
 /// One pinned TCX link.
@@ -77,6 +92,10 @@ pub fn read(dir: &Path) -> anyhow::Result<Status> {
         .as_ref()
         .is_some_and(|s| last_sync::agent_running(s.pid));
     let mut status = Status {
+        mode: last_sync.as_ref().and_then(|s| s.mode),
+        existing_flows: last_sync.as_ref().and_then(|s| s.existing_flows),
+        allow_node: last_sync.as_ref().and_then(|s| s.allow_node),
+        policy_generation: None,
         pin_dir: dir.to_owned(),
         pinned: false,
         layout: pin::layout(),
@@ -125,6 +144,11 @@ pub fn read(dir: &Path) -> anyhow::Result<Status> {
             status.counters.insert(reason.name(), sum(reason.code())?);
         }
         status.events_lost = sum(COUNTER_EVENTS_LOST)?;
+        let settings = open::<Array<MapData, Settings>>(&pins, map::SETTINGS)?.0;
+        let settings = settings
+            .get(&0, 0)
+            .context("reading SETTINGS[0]")?;
+        status.policy_generation = Some(settings.generation);
     }
     Ok(status)
 }
@@ -203,6 +227,7 @@ pub fn text(status: &Status) -> String {
         (None, _) => "not running (no sync recorded)".to_owned(),
     };
     let _ = writeln!(out, "agent: {agent}");
+    let _ = writeln!(out, "enforcing with: {}", flags_text(status));
     if !status.pinned {
         let _ = writeln!(
             out,
@@ -254,6 +279,9 @@ pub fn text(status: &Status) -> String {
                 m.name, m.entries, m.capacity
             );
         }
+        if let Some(generation) = status.policy_generation {
+            let _ = writeln!(out, "policy generation: {generation}");
+        }
         let _ = writeln!(out, "counters (packets):");
         for (name, n) in &status.counters {
             let _ = writeln!(out, "  {name:<20} {n}");
@@ -282,8 +310,28 @@ pub fn text(status: &Status) -> String {
     out
 }
 
+/// The recorded flags as the command line spells them.
+fn flags_text(status: &Status) -> String {
+    fn name(value: &impl clap::ValueEnum) -> String {
+        value
+            .to_possible_value()
+            .map_or_else(|| "?".to_owned(), |v| v.get_name().to_owned())
+    }
+    match (status.mode, status.existing_flows, status.allow_node) {
+        (Some(mode), Some(flows), Some(allow_node)) => format!(
+            "--mode={} --existing-flows={} --allow-node={allow_node}",
+            name(&mode),
+            name(&flows)
+        ),
+        _ if status.last_sync.is_none() => "unknown (no sync recorded)".to_owned(),
+        _ => "not recorded (the last sync record predates them)".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
@@ -303,6 +351,117 @@ mod tests {
         assert_eq!(json["pinned"], false);
         assert_eq!(json["agent_running"], false);
         assert_eq!(json["last_sync"], serde_json::Value::Null);
+    }
+
+    fn pinned_status(last_sync: Option<LastSync>) -> Status {
+        Status {
+            pin_dir: PathBuf::from("/sys/fs/bpf/nfh6"),
+            pinned: true,
+            layout: "v9".into(),
+            maps_pinned: true,
+            other_layouts: Vec::new(),
+            attachments: vec![Attachment {
+                ifindex: 1,
+                interface: Some("lo".into()),
+                program: "to_pod",
+                tc_hook: "egress",
+            }],
+            maps: vec![MapFill {
+                name: map::ENDPOINTS,
+                entries: 2,
+                capacity: 16,
+            }],
+            counters: BTreeMap::from([
+                (Reason::AuditPolicy.name(), 5),
+                (Reason::DropPolicyChanged.name(), 2),
+            ]),
+            events_lost: 0,
+            mode: last_sync.as_ref().and_then(|s| s.mode),
+            existing_flows: last_sync.as_ref().and_then(|s| s.existing_flows),
+            allow_node: last_sync.as_ref().and_then(|s| s.allow_node),
+            last_sync,
+            agent_running: false,
+            policy_generation: Some(7),
+        }
+    }
+
+    fn record() -> LastSync {
+        LastSync {
+            pin_dir: PathBuf::from("/sys/fs/bpf/nfh6"),
+            pid: 4242,
+            generation: 3,
+            unix_time: 0,
+            cause: "manifests".into(),
+            writes: 10,
+            failed_writes: 0,
+            endpoints: 2,
+            identities: 4,
+            policy_entries: 6,
+            rules: 1,
+            mode: Some(Mode::Audit),
+            existing_flows: Some(ExistingFlows::Cut),
+            allow_node: Some(false),
+        }
+    }
+
+    #[test]
+    fn text_shows_the_flags_and_the_policy_generation() {
+        let status = pinned_status(Some(record()));
+        let shown = text(&status);
+        let lines: Vec<&str> = shown.lines().collect();
+        let (last, rest) = lines.split_last().unwrap();
+        assert_eq!(
+            rest,
+            [
+                "agent: not running (last pid 4242)",
+                "enforcing with: --mode=audit --existing-flows=cut --allow-node=false",
+                "pin dir: /sys/fs/bpf/nfh6",
+                "attached (1 links, enforcing whether or not the agent runs):",
+                "  lo (ifindex 1): to_pod on tc egress",
+                "maps (layout v9):",
+                "  ENDPOINTS         2 / 16      (12.5%)",
+                "policy generation: 7",
+                "counters (packets):",
+                "  policy_audit         5",
+                "  policy_changed_deny  2",
+                "  events_lost          0",
+            ]
+        );
+        assert!(
+            last.starts_with("last sync: generation 3 (manifests) ")
+                && last.ends_with("s ago: 10 writes, 0 failed; 2 endpoints, 4 identities, 6 policy entries"),
+            "{last}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["mode"], "audit");
+        assert_eq!(json["existing_flows"], "cut");
+        assert_eq!(json["allow_node"], false);
+        assert_eq!(json["policy_generation"], 7);
+        assert_eq!(json["last_sync"]["mode"], "audit");
+    }
+
+    #[test]
+    fn text_says_when_the_flags_are_not_known() {
+        let mut old = record();
+        (old.mode, old.existing_flows, old.allow_node) = (None, None, None);
+        let old_text = text(&pinned_status(Some(old)));
+        assert_eq!(
+            old_text.lines().nth(1),
+            Some("enforcing with: not recorded (the last sync record predates them)")
+        );
+        let mut none = pinned_status(None);
+        none.policy_generation = None;
+        let none_text = text(&none);
+        assert_eq!(
+            none_text.lines().take(2).collect::<Vec<_>>(),
+            ["agent: not running (no sync recorded)", "enforcing with: unknown (no sync recorded)"]
+        );
+        assert!(!none_text.contains("policy generation"), "{none_text}");
+        let json = serde_json::to_value(&none).unwrap();
+        assert_eq!(
+            (&json["mode"], &json["existing_flows"], &json["allow_node"], &json["policy_generation"]),
+            (&Value::Null, &Value::Null, &Value::Null, &Value::Null)
+        );
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! The record of the agent's last sync that `netfence status` reads: generation,
-//! time, map entry counts and the agent's pid. A BPF file system holds no regular
+//! time, map entry counts, the agent's pid and the flags it enforces with (`--mode`,
+//! `--existing-flows`, `--allow-node`). A BPF file system holds no regular
 //! files, so the record lives beside the pins, under [`STATE_DIR`], one file per pin
 //! directory. Written atomically (a temporary file renamed over the old one), so a
 //! reader sees the previous record or the new one, never half of one.
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize as _;
+
+use super::loader::ExistingFlows;
+use super::sync::Mode;
 
 /// Where the records live (tmpfs on a node: gone at reboot, like the pins).
 pub const STATE_DIR: &str = "/run/netfence";
@@ -31,6 +37,28 @@ pub struct LastSync {
     pub identities: usize,
     pub policy_entries: usize,
     pub rules: usize,
+    /// `--mode` of the agent. `None` in a record written before the flags were
+    /// recorded (such records still read).
+    #[serde(default, deserialize_with = "value_enum")]
+    pub mode: Option<Mode>,
+    /// `--existing-flows` of the agent (`None` as for `mode`).
+    #[serde(default, deserialize_with = "value_enum")]
+    pub existing_flows: Option<ExistingFlows>,
+    /// `--allow-node` of the agent (`None` as for `mode`).
+    #[serde(default)]
+    pub allow_node: Option<bool>,
+}
+
+/// Reads a flag's value by its command-line name (`enforce`, `cut`...), the names
+/// it is written with.
+fn value_enum<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: clap::ValueEnum,
+{
+    Option::<String>::deserialize(deserializer)?
+        .map(|text| T::from_str(&text, false).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// The record file of a pin directory: `STATE_DIR/<the path, '/' and other
@@ -130,6 +158,9 @@ mod tests {
             identities: 4,
             policy_entries: 6,
             rules: 1,
+            mode: Some(Mode::Audit),
+            existing_flows: Some(ExistingFlows::Cut),
+            allow_node: Some(false),
         }
     }
 
@@ -160,6 +191,52 @@ mod tests {
         assert_eq!(read(&path).unwrap(), Some(second));
         let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(files.len(), 1, "only the record: {files:?}");
+    }
+
+    #[test]
+    fn the_flags_are_written_by_their_command_line_names() {
+        let json = serde_json::to_value(record()).unwrap();
+        assert_eq!(
+            (&json["mode"], &json["existing_flows"], &json["allow_node"]),
+            (&serde_json::json!("audit"), &serde_json::json!("cut"), &serde_json::json!(false))
+        );
+        let mut enforce = record();
+        enforce.mode = Some(Mode::Enforce);
+        enforce.existing_flows = Some(ExistingFlows::Keep);
+        let text = serde_json::to_string(&enforce).unwrap();
+        assert!(text.contains(r#""mode":"enforce","existing_flows":"keep","allow_node":false"#), "{text}");
+        assert_eq!(serde_json::from_str::<LastSync>(&text).unwrap(), enforce);
+    }
+
+    #[test]
+    fn a_record_without_the_flags_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.json");
+        // What an agent before the flags were recorded wrote.
+        std::fs::write(
+            &path,
+            r#"{"pin_dir":"/sys/fs/bpf/netfence","pid":42,"generation":3,"unix_time":1700000000,
+                "cause":"manifests","writes":10,"failed_writes":1,"endpoints":2,"identities":4,
+                "policy_entries":6,"rules":1}"#,
+        )
+        .unwrap();
+        let old = read(&path).unwrap().unwrap();
+        assert_eq!((old.mode, old.existing_flows, old.allow_node), (None, None, None));
+        assert_eq!(old.generation, 3);
+    }
+
+    #[test]
+    fn an_unknown_flag_value_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        let mut json = serde_json::to_value(record()).unwrap();
+        json["mode"] = serde_json::json!("permissive");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let error = read(&path).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{} is not a sync record: invalid variant: permissive", path.display())),
+            "{error}"
+        );
     }
 
     #[test]
