@@ -104,18 +104,22 @@ fn endpoint_bound_to_another_port_is_spoofed_or_wrong_port() {
     // Bound to the port the packet is on: judged normally.
     k.endpoint(POD, POLICY, 0, TEST_RUN_IFINDEX);
     k.pass(FROM_POD, &packet(POD, PEER, &udp(5000, 53)), Reason::AllowNotIsolated);
-    k.pass(TO_POD, &packet(PEER, POD, &udp(53, 5000)), Reason::AllowNotIsolated);
+    // Another flow (the reply of the first would be established).
+    k.pass(TO_POD, &packet(PEER, POD, &udp(5001, 54)), Reason::AllowNotIsolated);
+    k.pass(TO_POD, &packet(PEER, POD, &udp(53, 5000)), Reason::AllowEstablished);
 }
 
 #[test]
-fn not_isolated_passes_without_policy_or_conntrack() {
+fn not_isolated_passes_without_policy_and_tracks_the_flow() {
     let mut k = node(0);
     // A rule that would allow it: never consulted, so its hit counter stays 0.
     k.allow(entry(POLICY, ID_PEER, DIR_EGRESS, PROTO_TCP, 80, 16), 11);
     k.pass(FROM_POD, &packet(POD, PEER, &tcp(40000, 80, TCP_SYN)), Reason::AllowNotIsolated);
     k.pass(TO_POD, &packet(PEER, POD, &tcp(40000, 81, TCP_SYN)), Reason::AllowNotIsolated);
     assert_eq!(k.rule_hits(11), 0);
-    assert!(k.conntrack().is_empty(), "isolated in neither direction: no entry");
+    // Isolated in neither direction, the flows are still tracked: a policy that
+    // isolates the pod later keeps their replies passing (`--existing-flows=keep`).
+    assert_eq!(k.conntrack().len(), 2, "one entry per new flow");
     assert!(k.events().is_empty());
 }
 

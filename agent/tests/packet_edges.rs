@@ -1,6 +1,7 @@
 //! Packet tests of the edges of enforcement, with the real agent on a test node:
 //! established flows across a tightening policy (`--existing-flows cut` stops them,
-//! `keep` lets them run, an unrelated allowed flow is untouched), and audit mode (the
+//! `keep` lets them run, an unrelated allowed flow is untouched; also flows opened
+//! before their pods were isolated at all), and audit mode (the
 //! node-wide `--mode audit` and the per-policy `netfence.io/mode` annotation: what
 //! would drop passes, and the flow log and metrics say `audit`). Names `nfh2<pid>x<n>-*`;
 //! needs root.
@@ -255,6 +256,82 @@ fn keep_lets_an_established_flow_run_across_a_tightening_change() {
     // New connections do meet the new policy.
     assert!(!tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 7000).unwrap());
     assert!(!agent.log().contains("policy_changed_deny"));
+}
+
+/// A policy that selects no pod: a and b start isolated in neither direction.
+const NOBODY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: nobody
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: nobody
+";
+
+/// a's egress and b's ingress both isolated, nothing allowed.
+const LOCKDOWN_A_AND_B: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: a-egress
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: a
+  policyTypes: [Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: b-ingress
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: b
+  policyTypes: [Ingress]
+";
+
+/// A flow a→b:7000 opened while neither pod was isolated, then both isolated with
+/// nothing allowed: `keep` lets it run, `cut` stops it. Returns whether it still ran
+/// 20 rounds after the sync (or stopped), with the agent.
+fn isolate_under_stream(mode: &str) -> (bool, Agent, Node) {
+    let node = node(NOBODY);
+    let mut agent = agent(&node.bed, &format!("agent-isolate-{mode}.log"), &["--existing-flows", mode]);
+    let flow = Stream::open(&node.a, &node.b, 7000);
+    let started = Instant::now();
+    assert!(
+        flow.wait(Duration::from_secs(5), |s| s.answered_since(started) >= 3),
+        "the flow runs before the change"
+    );
+    let generation = agent.generation();
+    node.bed.write_manifest("policy.yaml", LOCKDOWN_A_AND_B).unwrap();
+    agent.wait_for_sync_after(generation).unwrap();
+    let synced = Instant::now();
+    let ran = flow.wait(Duration::from_secs(5), |s| {
+        s.answered_since(synced) >= 20 || s.stopped_at().is_some()
+    }) && flow.stopped_at().is_none();
+    // New connections meet the new policy either way.
+    assert!(!tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 7000).unwrap());
+    drop(flow);
+    (ran, agent, node)
+}
+
+#[test]
+fn keep_lets_a_flow_run_when_its_pods_become_isolated() {
+    let (ran, agent, _node) = isolate_under_stream("keep");
+    assert!(ran, "with keep, the flow opened before isolation keeps flowing\n{}", agent.log());
+}
+
+#[test]
+fn cut_stops_a_flow_when_its_pods_become_isolated() {
+    let (ran, mut agent, node) = isolate_under_stream("cut");
+    assert!(!ran, "with cut, the flow stops");
+    let a_ip = node.a.ip4().to_string();
+    let line = agent.wait_for_line(&["drop", "reason=policy_changed_deny", &a_ip]).unwrap();
+    assert!(line.contains("isolated_by=x/"), "{line}");
 }
 
 /// b isolated for ingress, nothing allowed; `annotation` sets `netfence.io/mode`.

@@ -27,7 +27,7 @@
 //!     drops (`DropSpoofed`); `to_pod` for an unknown destination passes
 //!     (`AllowUnknownDestination`), for another port's pod drops (`DropWrongPort`).
 //!  7. Not isolated in this direction: passes (`AllowNotIsolated`), with a conntrack
-//!     entry only when isolated the other way (so the replies pass there).
+//!     entry (so the replies pass if the other way is isolated, now or later).
 //!  8. Peer identity: IDENTITIES longest prefix of the remote address, else world.
 //!  9. Policy: four lookups in `policy::allowing_rule`'s order; a hit passes
 //!     (`AllowPolicy`, rule counted, conntrack entry), a miss drops (`DropPolicy`) —
@@ -184,17 +184,21 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
     let policy_egress = policy_direction == DIR_EGRESS;
 
     // 7. Not isolated in this direction: passes without a policy lookup.
-    let (this_way, other_way, audit, origin) = if policy_egress {
-        (EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EP_AUDIT_EGRESS, CT_ORIGIN_LOCAL)
+    let (this_way, audit, origin) = if policy_egress {
+        (EP_ISOLATED_EGRESS, EP_AUDIT_EGRESS, CT_ORIGIN_LOCAL)
     } else {
-        (EP_ISOLATED_INGRESS, EP_ISOLATED_EGRESS, EP_AUDIT_INGRESS, CT_ORIGIN_REMOTE)
+        (EP_ISOLATED_INGRESS, EP_AUDIT_INGRESS, CT_ORIGIN_REMOTE)
     };
     if endpoint.flags & this_way == 0 {
         if let Some(hit) = stale {
             hit.restamp(0);
             return Verdict { reason: Reason::AllowEstablished, policy: endpoint.policy, rule: 0, direction };
         }
-        if endpoint.flags & other_way != 0 && !icmp_error {
+        // An entry even when isolated in neither direction: a policy that isolates
+        // the pod later must not turn this flow's replies into new traffic
+        // (`--existing-flows=keep` keeps it), and the flow's next packets cost one
+        // lookup instead of a conntrack miss plus the endpoint lookup.
+        if !icmp_error {
             conntrack::create(pkt, key, origin, 0);
         }
         return Verdict { reason: Reason::AllowNotIsolated, policy: endpoint.policy, rule: 0, direction };
