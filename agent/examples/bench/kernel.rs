@@ -65,6 +65,17 @@ fn cases() -> Vec<Case> {
             prime: None,
         },
         Case {
+            key: "new_syn_vip_from_pod",
+            program: program::FROM_POD,
+            frame: packet(
+                client,
+                std::net::IpAddr::V4(scene::SERVICE_VIP),
+                &tcp(40001, scene::SERVICE_PORT, TCP_SYN),
+            ),
+            reason: Reason::AllowPolicy,
+            prime: None,
+        },
+        Case {
             key: "new_deny_to_pod",
             program: program::TO_POD,
             frame: packet(scene::intruder(), server, &tcp(40000, scene::TCP_PORT, TCP_SYN)),
@@ -176,7 +187,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         "1. Per-packet cost of the TC programs (ns per packet, BPF run_time_ns / run_cnt)",
         &[
             "policies", "pods", "POLICY entries", "est. to_pod", "est. from_pod",
-            "new SYN to_pod", "new SYN from_pod", "new deny to_pod",
+            "new SYN to_pod", "new SYN from_pod", "SYN to VIP from_pod", "new deny to_pod",
         ],
     );
     s1.method(format!(
@@ -184,7 +195,9 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     ));
     s1.method("est. = ACK of a flow whose conntrack entry exists (one lookup); new SYN = a pure SYN, which always");
     s1.method("goes through endpoint, identity and policy lookups (allowed, refreshes its entry); new deny = SYN from a");
-    s1.method("peer no rule allows (all four policy lookups miss, drop counted, event sent; denies never create entries).");
+    s1.method("peer no rule allows (all four policy lookups miss, drop counted, event sent; denies never create entries);");
+    s1.method("SYN to VIP = the client's SYN to the server's Service ClusterIP:80 (before kube-proxy's DNAT), allowed");
+    s1.method("through the VIP's own identity and exact-port entry: the same lookups as to the pod.");
     s1.method(format!(
         "policies = generated NetworkPolicies (+2 of the bench), pods = generated pods, {} of them local.",
         scene::LOCAL_PODS

@@ -3,6 +3,8 @@
 //! `server` (198.18.0.11), and two policies that isolate both: the server accepts the
 //! client on TCP 5201 (iperf3 and the connection tests) and UDP 7000, the client may
 //! send only there. Every measured packet goes through a policy lookup on both hooks.
+//! A Service `server` on ClusterIP 198.19.200.1:80 fronts the server's TCP port, so
+//! the client's egress allows the ClusterIP too.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,7 +14,7 @@ use netfence::dataplane::sync::Contents;
 use netfence::image::Image;
 use netfence::model::{
     ContainerPort, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy, Port, PortSpec,
-    Protocol, Rule, State,
+    Protocol, Rule, Service, ServicePort, State,
 };
 use netfence::scenario::{self, Params};
 
@@ -26,6 +28,9 @@ pub const SERVER_HOST: u8 = 11;
 pub const TCP_PORT: u16 = 5201;
 /// UDP port of the request/response and propagation probes.
 pub const UDP_PORT: u16 = 7000;
+/// The server's Service: this ClusterIP on `SERVICE_PORT` → the server's TCP port.
+pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
+pub const SERVICE_PORT: u16 = 80;
 /// A local pod of a typical node (kubelet's default limit is 110).
 pub const LOCAL_PODS: usize = 100;
 
@@ -136,6 +141,18 @@ pub fn state(pods: usize, policies: usize) -> State {
     state.pods.push(pod("client", CLIENT));
     state.pods.push(pod("server", SERVER));
     state.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state.services.push(Service {
+        namespace: NAMESPACE.to_owned(),
+        name: "server".to_owned(),
+        cluster_ips: vec![IpAddr::V4(SERVICE_VIP)],
+        ports: vec![ServicePort {
+            name: None,
+            protocol: Protocol::Tcp,
+            port: SERVICE_PORT,
+            target_port: Port::Name("iperf".to_owned()),
+        }],
+        selector: Some(labels(&[("app", "server")])),
+    });
     state.policies.push(server_policy(true));
     state.policies.push(client_policy());
     state.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
