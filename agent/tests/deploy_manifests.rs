@@ -236,8 +236,10 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
     assert_eq!(capabilities.add.unwrap(), CAPABILITIES);
 
-    // Exactly two host paths: the bpffs for the pins, and the directory of the
-    // agent's last-sync record (the root filesystem is read-only).
+    // Exactly four host paths: the bpffs for the pins, the directory of the agent's
+    // last-sync record and CNI socket (the root filesystem is read-only), the CNI
+    // configuration directory (--cni-conf-dir), and the network namespaces, read only
+    // (a pending CNI pod whose namespace is gone is forgotten).
     let mounts = container.volume_mounts.clone().unwrap();
     let volumes = spec.volumes.unwrap();
     let record_dir = netfence::dataplane::last_sync::path_for(std::path::Path::new("/sys/fs/bpf/netfence"))
@@ -258,13 +260,22 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert_eq!(
         host_paths,
         vec![
+            ("/host/etc/cni/net.d".to_owned(), "/etc/cni/net.d".to_owned()),
             (record_dir.clone(), record_dir),
+            ("/run/netns".to_owned(), "/run/netns".to_owned()),
             ("/sys/fs/bpf".to_owned(), "/sys/fs/bpf".to_owned()),
         ]
     );
+    let propagation: Vec<(&str, Option<&str>, Option<bool>)> = mounts
+        .iter()
+        .map(|m| (m.mount_path.as_str(), m.mount_propagation.as_deref(), m.read_only))
+        .collect();
     assert!(
-        mounts.iter().all(|m| m.mount_propagation.is_none()),
-        "no bidirectional mounts"
+        propagation.iter().all(|(path, mode, read_only)| match *path {
+            "/run/netns" => *mode == Some("HostToContainer") && *read_only == Some(true),
+            _ => mode.is_none(),
+        }),
+        "no bidirectional mounts; the network namespaces read only, host to container: {propagation:?}"
     );
 
     let resources = container.resources.clone().unwrap();
