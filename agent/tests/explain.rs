@@ -1,9 +1,16 @@
 //! `netfence explain`: the verdict, the isolating policies and the allowing rule for
 //! one connection, and the pod-pair matrix (its JSON contract and text grid), checked
-//! against `Image::lookup` on the table-test cluster and end to end on the demo example.
+//! against `Image::lookup` on the table-test cluster and end to end on the demo example;
+//! `--mode audit` (audited verdicts, `A` cells and the additive `audited` matrix), and
+//! a Service ClusterIP as the destination (the Service named, the backend rule that
+//! allows the VIP, no ingress check at the VIP).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+#[path = "explain/audit.rs"]
+mod audit;
 mod common_state;
+#[path = "explain/service.rs"]
+mod service;
 
 use std::path::PathBuf;
 use std::process::Command;

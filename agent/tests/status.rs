@@ -226,7 +226,11 @@ fn status_text(bed: &TestBed, pin_dir: &Path) -> String {
         .arg(pin_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -246,7 +250,8 @@ spec:
 
 #[test]
 fn status_shows_the_flags_and_the_pinned_policy_generation_after_the_agent_stopped() {
-    let mut bed = TestBed::new("nfh6").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
+    let mut bed =
+        TestBed::new("nfh6").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
     bed.namespace("x", &[]);
     let _a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
     let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
@@ -285,7 +290,10 @@ fn status_shows_the_flags_and_the_pinned_policy_generation_after_the_agent_stopp
     assert_eq!(running["last_sync"]["existing_flows"], "cut", "{running}");
     assert_eq!(running["last_sync"]["allow_node"], false, "{running}");
     let first = running["policy_generation"].as_u64().unwrap();
-    assert!(first >= 1, "the first sync wrote entries and bumped it: {running}");
+    assert!(
+        first >= 1,
+        "the first sync wrote entries and bumped it: {running}"
+    );
     let audited_before = running["counters"]["policy_audit"].as_u64().unwrap();
 
     // x/c is not allowed into x/b: audit mode lets it pass and counts it.

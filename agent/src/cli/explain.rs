@@ -1,12 +1,25 @@
 //! `netfence explain`: the verdict for one connection, and the allow/deny matrix of
 //! every pod pair, both computed through the compiled image's `lookup` (the userspace
 //! mirror of the kernel lookup), never a second evaluator: what `explain` says is what
-//! the datapath does. The image is compiled with every pod local (`node = None`).
+//! the datapath does. The image is compiled with every pod local (`node = None`), and
+//! put in the node mode asked for (`--mode audit` audits every isolated direction, as
+//! `netfence run --mode audit` programs the endpoints).
 //!
 //! A connection from a pod to its own address never reaches the pod's veth (the
 //! kernel keeps it on the pod's loopback), so no policy can drop it: `explain` and the
 //! matrix report such self pairs as allowed, as the upstream e2e tests do.
+//!
+//! A destination may be a Service ClusterIP (`svc/NS/NAME` or the address): the
+//! source's egress check decides it through the entry its backends' rule wrote for the
+//! VIP; the VIP itself is no local endpoint, so it has no ingress check (each backend's
+//! own ingress policy decides after the DNAT).
 
+mod matrix;
+mod service;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -14,7 +27,10 @@ use std::process::ExitCode;
 use netfence_common::{DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6};
 use serde::Serialize;
 
+pub use self::matrix::{Matrix, matrix, matrix_with};
+pub use self::service::ServicePeer;
 use super::{ExplainArgs, ExplainProtocol, Family, Output};
+use crate::dataplane::sync::Mode;
 use crate::image::{DirectionVerdict, Image, Packet, canonical_addr};
 use crate::model::State;
 use crate::source::ManifestDir;
@@ -25,7 +41,7 @@ const SOURCE_PORT: u16 = 40000;
 /// Why `explain` cannot answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExplainError {
-    #[error("{0:?}: expected NAMESPACE/POD or an IP address")]
+    #[error("{0:?}: expected NAMESPACE/POD, svc/NAMESPACE/NAME or an IP address")]
     BadTarget(String),
     #[error("no pod {0} in the manifests")]
     NoSuchPod(String),
@@ -33,21 +49,34 @@ pub enum ExplainError {
         "{0} has no pod IP of its own (it is hostNetwork, has no IP yet, or has terminated): no policy applies to it"
     )]
     NotAnEndpoint(String),
+    #[error("no Service {0} in the manifests")]
+    NoSuchService(String),
+    #[error(
+        "Service {0} has no ClusterIP (headless or ExternalName): connections go to its pods directly; explain --to one of them"
+    )]
+    NoClusterIp(String),
+    #[error(
+        "--from {0}: a Service is only a destination (its ClusterIP sends nothing); explain from a pod"
+    )]
+    ServiceAsSource(String),
     #[error("{from} and {to} have no address family in common")]
     NoCommonFamily { from: String, to: String },
     #[error("--port is required for {0}")]
     PortRequired(&'static str),
 }
 
-/// One end of a connection: its addresses (one per family) and its pod, if any.
+/// One end of a connection: its addresses (one per family) and its pod or Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub addrs: Vec<IpAddr>,
     /// `ns/name` of the pod owning the address(es).
     pub pod: Option<String>,
+    /// `ns/name` of the Service whose ClusterIP(s) the addresses are.
+    pub service: Option<String>,
 }
 
-/// Resolves `NS/POD` or an IP address against the state and image.
+/// Resolves `NS/POD`, `svc/NS/NAME` (the Service's first ClusterIP of each family) or
+/// an IP address against the state and image.
 pub fn resolve(state: &State, image: &Image, text: &str) -> Result<Target, ExplainError> {
     if let Ok(addr) = text.parse::<IpAddr>() {
         let addr = canonical_addr(addr);
@@ -58,7 +87,11 @@ pub fn resolve(state: &State, image: &Image, text: &str) -> Result<Target, Expla
         return Ok(Target {
             addrs: vec![addr],
             pod,
+            service: service::of_vip(image, addr),
         });
+    }
+    if let Some(name) = service::named(text) {
+        return service::resolve(state, text, name);
     }
     let Some((namespace, name)) = text.split_once('/') else {
         return Err(ExplainError::BadTarget(text.to_owned()));
@@ -76,7 +109,58 @@ pub fn resolve(state: &State, image: &Image, text: &str) -> Result<Target, Expla
     Ok(Target {
         addrs,
         pod: Some(text.to_owned()),
+        service: None,
     })
+}
+
+/// What a question asks besides its two ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub protocol: ExplainProtocol,
+    /// The destination port (ignored for ICMP).
+    pub port: u16,
+    /// One family, or every family both ends have (`None`).
+    pub family: Option<Family>,
+    /// The node mode (`netfence run --mode`).
+    pub mode: Mode,
+}
+
+impl Probe {
+    /// A probe in enforce mode.
+    pub fn new(protocol: ExplainProtocol, port: u16, family: Option<Family>) -> Self {
+        Self {
+            protocol,
+            port,
+            family,
+            mode: Mode::Enforce,
+        }
+    }
+
+    /// The port reported: 0 for ICMP, which has none.
+    fn reported_port(&self) -> u16 {
+        if self.protocol == ExplainProtocol::Icmp {
+            0
+        } else {
+            self.port
+        }
+    }
+}
+
+/// `image` as a node in `mode` enforces it: in `Mode::Audit` every isolated direction
+/// of every endpoint is audited, as `dataplane::sync::Contents::from_image_in` sets
+/// the endpoint flags for `netfence run --mode audit`.
+pub fn in_mode(image: &Image, mode: Mode) -> Cow<'_, Image> {
+    match mode {
+        Mode::Enforce => Cow::Borrowed(image),
+        Mode::Audit => {
+            let mut audited = image.clone();
+            for endpoint in audited.endpoints.values_mut() {
+                endpoint.audit_ingress |= endpoint.isolated_ingress;
+                endpoint.audit_egress |= endpoint.isolated_egress;
+            }
+            Cow::Owned(audited)
+        }
+    }
 }
 
 /// The IP protocol number of `protocol` for the family of `addr`.
@@ -104,8 +188,9 @@ pub struct Check {
     /// `ns/name` of the endpoint that checks (`None`: the address is no pod).
     pub endpoint: Option<String>,
     /// `not_local` (no pod: nothing to check), `not_isolated`, `allowed`, `denied`,
-    /// `audited` (no rule allows it, but every isolating policy is in audit mode: it
-    /// passes, reported `audit`), `loopback` (a pod talking to itself).
+    /// `audited` (no rule allows it, but the direction is audited — every isolating
+    /// policy is in audit mode, or the node is (`--mode audit`): it passes, reported
+    /// `audit`), `loopback` (a pod talking to itself).
     pub verdict: &'static str,
     /// The policies that isolate the endpoint in this direction.
     pub isolated_by: Vec<String>,
@@ -121,7 +206,10 @@ pub struct Connection {
     pub family: Family,
     pub src: IpAddr,
     pub dst: IpAddr,
+    /// The connection passes (audited directions pass).
     pub allowed: bool,
+    /// It passes only because a direction is audited: enforcing, it would be denied.
+    pub audited: bool,
     /// The identity the destination's ingress check sees the source as, and back.
     pub src_identity: u32,
     pub dst_identity: u32,
@@ -129,6 +217,10 @@ pub struct Connection {
     pub egress: Check,
     /// At the destination (its ingress policy).
     pub ingress: Check,
+    /// When `dst` is a Service ClusterIP: the Service, and the backend whose rule
+    /// allows the VIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServicePeer>,
 }
 
 /// The answer to `explain --from --to`.
@@ -138,6 +230,8 @@ pub struct Explanation {
     pub to: String,
     pub protocol: &'static str,
     pub port: u16,
+    /// The node mode explained (`enforce` or `audit`).
+    pub mode: Mode,
     pub connections: Vec<Connection>,
 }
 
@@ -167,7 +261,18 @@ fn check(image: &Image, local: IpAddr, verdict: DirectionVerdict, direction: u8)
         DirectionVerdict::Denied => ("denied", None),
         DirectionVerdict::Audited => ("audited", None),
     };
-    let rule = rule_id.and_then(|id| image.rules.get(&id)).map(|info| {
+    Check {
+        endpoint: endpoint.map(|e| format!("{}/{}", e.namespace, e.pod)),
+        verdict: word,
+        isolated_by,
+        rule: rule_id.and_then(|id| rule_name(image, id)),
+        rule_id,
+    }
+}
+
+/// A rule as `ns/policy direction[index]`.
+fn rule_name(image: &Image, id: u32) -> Option<String> {
+    image.rules.get(&id).map(|info| {
         let direction = if info.direction == DIR_INGRESS {
             "ingress"
         } else {
@@ -177,14 +282,7 @@ fn check(image: &Image, local: IpAddr, verdict: DirectionVerdict, direction: u8)
             "{}/{} {direction}[{}]",
             info.namespace, info.policy, info.index
         )
-    });
-    Check {
-        endpoint: endpoint.map(|e| format!("{}/{}", e.namespace, e.pod)),
-        verdict: word,
-        isolated_by,
-        rule,
-        rule_id,
-    }
+    })
 }
 
 /// The verdict for a new connection `src → dst`, through `Image::lookup`.
@@ -219,19 +317,22 @@ pub fn connection(
         ingress.verdict = "loopback";
         allowed = true;
     }
+    let audited = allowed && (egress.verdict == "audited" || ingress.verdict == "audited");
     Connection {
         family: family_of(dst),
         src,
         dst,
         allowed,
+        audited,
         src_identity: image.identity_of(src),
         dst_identity: image.identity_of(dst),
         egress,
         ingress,
+        service: None,
     }
 }
 
-/// Explains `from → to` in `family`, or in every family both ends have.
+/// Explains `from → to` in enforce mode (see [`explain_with`]).
 pub fn explain(
     state: &State,
     image: &Image,
@@ -241,14 +342,33 @@ pub fn explain(
     port: u16,
     family: Option<Family>,
 ) -> Result<Explanation, ExplainError> {
-    let source = resolve(state, image, from)?;
-    let destination = resolve(state, image, to)?;
+    explain_with(state, image, from, to, &Probe::new(protocol, port, family))
+}
+
+/// Explains `from → to` in `probe.family`, or in every family both ends have, with
+/// the image in `probe.mode`.
+pub fn explain_with(
+    state: &State,
+    image: &Image,
+    from: &str,
+    to: &str,
+    probe: &Probe,
+) -> Result<Explanation, ExplainError> {
+    let image = in_mode(image, probe.mode);
+    if service::named(from).is_some() {
+        return Err(ExplainError::ServiceAsSource(from.to_owned()));
+    }
+    let source = resolve(state, &image, from)?;
+    let destination = resolve(state, &image, to)?;
     let mut connections = Vec::new();
     for src in &source.addrs {
         for dst in &destination.addrs {
             let same = src.is_ipv4() == dst.is_ipv4();
-            if same && family.is_none_or(|f| f == family_of(*dst)) {
-                connections.push(connection(image, *src, *dst, protocol, port));
+            if same && probe.family.is_none_or(|f| f == family_of(*dst)) {
+                let mut c = connection(&image, *src, *dst, probe.protocol, probe.port);
+                let protocol = protocol_number(probe.protocol, *dst);
+                c.service = service::peer(state, &image, &c, protocol, probe.reported_port());
+                connections.push(c);
             }
         }
     }
@@ -261,18 +381,16 @@ pub fn explain(
     Ok(Explanation {
         from: from.to_owned(),
         to: to.to_owned(),
-        protocol: protocol.as_str(),
-        port: if protocol == ExplainProtocol::Icmp {
-            0
-        } else {
-            port
-        },
+        protocol: probe.protocol.as_str(),
+        port: probe.reported_port(),
+        mode: probe.mode,
         connections,
     })
 }
 
-fn check_text(out: &mut String, what: &str, check: &Check) {
+fn check_text(out: &mut String, what: &str, check: &Check, mode: Mode) {
     let who = check.endpoint.as_deref().unwrap_or("-");
+    let by = check.isolated_by.join(", ");
     let _ = match check.verdict {
         "not_local" => writeln!(
             out,
@@ -286,44 +404,51 @@ fn check_text(out: &mut String, what: &str, check: &Check) {
             out,
             "  {what} at {who}: not isolated (no policy selects it for {what}): allowed"
         ),
+        "audited" if mode == Mode::Audit => writeln!(
+            out,
+            "  {what} at {who}: isolated by {by}; no rule allows it: passes (audit, --mode audit: would be denied by {by})"
+        ),
         "audited" => writeln!(
             out,
-            "  {what} at {who}: isolated by {by} in audit mode; no rule allows it: passes (audit: would be denied by {by})",
-            by = check.isolated_by.join(", ")
+            "  {what} at {who}: isolated by {by} in audit mode; no rule allows it: passes (audit: would be denied by {by})"
         ),
-        _ => {
-            let by = check.isolated_by.join(", ");
-            match &check.rule {
-                Some(rule) => writeln!(
-                    out,
-                    "  {what} at {who}: isolated by {by}; allowed by {rule} (rule id {})",
-                    check.rule_id.unwrap_or_default()
-                ),
-                None => writeln!(
-                    out,
-                    "  {what} at {who}: isolated by {by}; no rule allows it: DENIED"
-                ),
-            }
-        }
+        _ => match &check.rule {
+            Some(rule) => writeln!(
+                out,
+                "  {what} at {who}: isolated by {by}; allowed by {rule} (rule id {})",
+                check.rule_id.unwrap_or_default()
+            ),
+            None => writeln!(
+                out,
+                "  {what} at {who}: isolated by {by}; no rule allows it: DENIED"
+            ),
+        },
     };
 }
 
 impl Explanation {
     pub fn text(&self) -> String {
         let mut out = String::new();
+        if self.mode == Mode::Audit {
+            let _ = writeln!(
+                out,
+                "mode audit: every isolated direction is audited (as netfence run --mode audit): what no rule allows passes, reported as audit"
+            );
+        }
         for c in &self.connections {
             let port = if self.port == 0 {
                 String::new()
             } else {
                 format!(" port {}", self.port)
             };
-            let name = |pod: &Option<String>| {
-                pod.as_deref()
-                    .map(|p| format!(" ({p})"))
-                    .unwrap_or_default()
+            let name = |check: &Check, addr: IpAddr| match (&check.endpoint, &c.service) {
+                (Some(pod), _) => format!(" ({pod})"),
+                (None, Some(service)) if service.vip == addr => {
+                    format!(" (Service {})", service.name)
+                }
+                (None, _) => String::new(),
             };
-            let audited = c.egress.verdict == "audited" || c.ingress.verdict == "audited";
-            let verdict = match (c.allowed, audited) {
+            let verdict = match (c.allowed, c.audited) {
                 (true, true) => "ALLOWED (audit: would be denied)",
                 (true, false) => "ALLOWED",
                 (false, _) => "DENIED",
@@ -333,99 +458,15 @@ impl Explanation {
                 "{} {}{} -> {}{}{port}: {verdict}",
                 self.protocol,
                 c.src,
-                name(&c.egress.endpoint),
+                name(&c.egress, c.src),
                 c.dst,
-                name(&c.ingress.endpoint)
+                name(&c.ingress, c.dst)
             );
-            check_text(&mut out, "egress", &c.egress);
-            check_text(&mut out, "ingress", &c.ingress);
-        }
-        out
-    }
-}
-
-/// The allow/deny table of every pod pair (the DESIGN.md JSON contract).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Matrix {
-    pub port: u16,
-    pub protocol: &'static str,
-    /// `ns/name`, sorted by namespace then name: every pod with an address of its own.
-    pub pods: Vec<String>,
-    /// `allowed[i][j]`: a new connection from `pods[i]` to `pods[j]` is allowed.
-    pub allowed: Vec<Vec<bool>>,
-}
-
-/// Every pod pair through `Image::lookup`. A pair is probed in `family`, or by default
-/// over IPv4 when both pods have an IPv4 address, else IPv6; a pair with no common
-/// family is denied (no connection is possible).
-pub fn matrix(
-    state: &State,
-    image: &Image,
-    protocol: ExplainProtocol,
-    port: u16,
-    family: Option<Family>,
-) -> Matrix {
-    let mut pods: Vec<(String, Vec<IpAddr>)> = state
-        .pods
-        .iter()
-        .filter(|p| p.is_live_endpoint())
-        .map(|p| {
-            let addrs = p.ips.iter().map(|ip| canonical_addr(*ip)).collect();
-            (format!("{}/{}", p.namespace, p.name), addrs)
-        })
-        .collect();
-    pods.sort_by(|a, b| a.0.split_once('/').cmp(&b.0.split_once('/')));
-    let pick = |addrs: &[IpAddr], f: Family| addrs.iter().copied().find(|a| family_of(*a) == f);
-    let allowed = pods
-        .iter()
-        .map(|(_, from)| {
-            pods.iter()
-                .map(|(_, to)| {
-                    let families = match family {
-                        Some(f) => vec![f],
-                        None => vec![Family::Ipv4, Family::Ipv6],
-                    };
-                    families
-                        .into_iter()
-                        .find_map(|f| Some((pick(from, f)?, pick(to, f)?)))
-                        .is_some_and(|(src, dst)| {
-                            connection(image, src, dst, protocol, port).allowed
-                        })
-                })
-                .collect()
-        })
-        .collect();
-    Matrix {
-        port: if protocol == ExplainProtocol::Icmp {
-            0
-        } else {
-            port
-        },
-        protocol: protocol.as_str(),
-        pods: pods.into_iter().map(|(name, _)| name).collect(),
-        allowed,
-    }
-}
-
-impl Matrix {
-    /// The grid of the upstream e2e truth tables: rows are sources, columns
-    /// destinations, `.` allowed, `X` denied, tab-separated.
-    pub fn text(&self) -> String {
-        let mut out = String::new();
-        let port = if self.port == 0 {
-            String::new()
-        } else {
-            format!("/{}", self.port)
-        };
-        let _ = writeln!(
-            out,
-            "{}{port}: rows = from, columns = to; . allowed, X denied (a pod to itself: loopback, always allowed)",
-            self.protocol
-        );
-        let _ = writeln!(out, "-\t{}", self.pods.join("\t"));
-        for (pod, row) in self.pods.iter().zip(&self.allowed) {
-            let cells: Vec<&str> = row.iter().map(|a| if *a { "." } else { "X" }).collect();
-            let _ = writeln!(out, "{pod}\t{}", cells.join("\t"));
+            check_text(&mut out, "egress", &c.egress, self.mode);
+            match &c.service {
+                Some(service) => service::text(&mut out, c, service, self.protocol, self.port),
+                None => check_text(&mut out, "ingress", &c.ingress, self.mode),
+            }
         }
         out
     }
@@ -446,8 +487,14 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         (None, protocol) => return Err(ExplainError::PortRequired(protocol.as_str()).into()),
     };
     let image = crate::compile::compile(&load.state, None);
+    let probe = Probe {
+        protocol: args.protocol,
+        port,
+        family: args.family,
+        mode: args.mode,
+    };
     if args.matrix {
-        let matrix = matrix(&load.state, &image, args.protocol, port, args.family);
+        let matrix = matrix_with(&load.state, &image, &probe);
         match args.output {
             Output::Json => println!("{}", serde_json::to_string(&matrix)?),
             Output::Text => print!("{}", matrix.text()),
@@ -457,60 +504,10 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let (Some(from), Some(to)) = (&args.from, &args.to) else {
         anyhow::bail!("give --from and --to, or --matrix");
     };
-    let explanation = explain(
-        &load.state,
-        &image,
-        from,
-        to,
-        args.protocol,
-        port,
-        args.family,
-    )?;
+    let explanation = explain_with(&load.state, &image, from, to, &probe)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
         Output::Text => print!("{}", explanation.text()),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::image::{Endpoint, EndpointPolicyInfo};
-
-    /// b (198.18.0.11) is isolated for ingress by `x/b-lockdown` alone, in audit mode.
-    fn audited_image() -> Image {
-        let mut image = Image::default();
-        image.endpoints.insert(
-            IpAddr::from([198, 18, 0, 11]),
-            Endpoint {
-                namespace: "x".into(),
-                pod: "b".into(),
-                policy: 9,
-                isolated_ingress: true,
-                isolated_egress: false,
-                audit_ingress: true,
-                audit_egress: false,
-                identity: 20,
-            },
-        );
-        image.endpoint_policies = BTreeMap::from([(
-            9,
-            EndpointPolicyInfo { ingress: vec!["x/b-lockdown".into()], egress: Vec::new() },
-        )]);
-        image
-    }
-
-    #[test]
-    fn an_audited_direction_passes_and_names_the_policy_that_would_deny() {
-        let image = audited_image();
-        let c = connection(&image, IpAddr::from([198, 18, 0, 10]), IpAddr::from([198, 18, 0, 11]), ExplainProtocol::Tcp, 80);
-        assert!(c.allowed, "audit passes");
-        assert_eq!((c.ingress.verdict, c.ingress.isolated_by.clone()), ("audited", vec!["x/b-lockdown".to_owned()]));
-        let text = Explanation { from: "x/a".into(), to: "x/b".into(), protocol: "TCP", port: 80, connections: vec![c] }.text();
-        assert!(text.contains(": ALLOWED (audit: would be denied)"), "{text}");
-        assert!(text.contains("passes (audit: would be denied by x/b-lockdown)"), "{text}");
-    }
 }

@@ -211,7 +211,8 @@ pub struct ExplainArgs {
     /// Source: NAMESPACE/POD or an IP address.
     #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<String>,
-    /// Destination: NAMESPACE/POD or an IP address.
+    /// Destination: NAMESPACE/POD, svc/NAMESPACE/NAME (the Service's ClusterIP of
+    /// each family) or an IP address (a ClusterIP is named by its Service).
     #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub to: Option<String>,
     /// Print the allow/deny table of every pod pair instead.
@@ -225,6 +226,11 @@ pub struct ExplainArgs {
     /// Address family (default: every family both ends have; the matrix prefers IPv4).
     #[arg(long, value_enum)]
     pub family: Option<Family>,
+    /// The node mode to explain, as `netfence run --mode`: `audit` audits every
+    /// isolated direction (what no rule allows passes, shown as audited; `A` in the
+    /// matrix).
+    #[arg(long, value_enum, default_value_t = crate::dataplane::sync::Mode::Enforce)]
+    pub mode: crate::dataplane::sync::Mode,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }

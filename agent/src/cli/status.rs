@@ -145,9 +145,7 @@ pub fn read(dir: &Path) -> anyhow::Result<Status> {
         }
         status.events_lost = sum(COUNTER_EVENTS_LOST)?;
         let settings = open::<Array<MapData, Settings>>(&pins, map::SETTINGS)?.0;
-        let settings = settings
-            .get(&0, 0)
-            .context("reading SETTINGS[0]")?;
+        let settings = settings.get(&0, 0).context("reading SETTINGS[0]")?;
         status.policy_generation = Some(settings.generation);
     }
     Ok(status)
@@ -429,7 +427,9 @@ mod tests {
         );
         assert!(
             last.starts_with("last sync: generation 3 (manifests) ")
-                && last.ends_with("s ago: 10 writes, 0 failed; 2 endpoints, 4 identities, 6 policy entries"),
+                && last.ends_with(
+                    "s ago: 10 writes, 0 failed; 2 endpoints, 4 identities, 6 policy entries"
+                ),
             "{last}"
         );
         let json = serde_json::to_value(&status).unwrap();
@@ -454,12 +454,20 @@ mod tests {
         let none_text = text(&none);
         assert_eq!(
             none_text.lines().take(2).collect::<Vec<_>>(),
-            ["agent: not running (no sync recorded)", "enforcing with: unknown (no sync recorded)"]
+            [
+                "agent: not running (no sync recorded)",
+                "enforcing with: unknown (no sync recorded)"
+            ]
         );
         assert!(!none_text.contains("policy generation"), "{none_text}");
         let json = serde_json::to_value(&none).unwrap();
         assert_eq!(
-            (&json["mode"], &json["existing_flows"], &json["allow_node"], &json["policy_generation"]),
+            (
+                &json["mode"],
+                &json["existing_flows"],
+                &json["allow_node"],
+                &json["policy_generation"]
+            ),
             (&Value::Null, &Value::Null, &Value::Null, &Value::Null)
         );
     }

@@ -198,13 +198,20 @@ mod tests {
         let json = serde_json::to_value(record()).unwrap();
         assert_eq!(
             (&json["mode"], &json["existing_flows"], &json["allow_node"]),
-            (&serde_json::json!("audit"), &serde_json::json!("cut"), &serde_json::json!(false))
+            (
+                &serde_json::json!("audit"),
+                &serde_json::json!("cut"),
+                &serde_json::json!(false)
+            )
         );
         let mut enforce = record();
         enforce.mode = Some(Mode::Enforce);
         enforce.existing_flows = Some(ExistingFlows::Keep);
         let text = serde_json::to_string(&enforce).unwrap();
-        assert!(text.contains(r#""mode":"enforce","existing_flows":"keep","allow_node":false"#), "{text}");
+        assert!(
+            text.contains(r#""mode":"enforce","existing_flows":"keep","allow_node":false"#),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<LastSync>(&text).unwrap(), enforce);
     }
 
@@ -221,7 +228,10 @@ mod tests {
         )
         .unwrap();
         let old = read(&path).unwrap().unwrap();
-        assert_eq!((old.mode, old.existing_flows, old.allow_node), (None, None, None));
+        assert_eq!(
+            (old.mode, old.existing_flows, old.allow_node),
+            (None, None, None)
+        );
         assert_eq!(old.generation, 3);
     }
 
@@ -234,7 +244,10 @@ mod tests {
         std::fs::write(&path, json.to_string()).unwrap();
         let error = read(&path).unwrap_err().to_string();
         assert!(
-            error.starts_with(&format!("{} is not a sync record: invalid variant: permissive", path.display())),
+            error.starts_with(&format!(
+                "{} is not a sync record: invalid variant: permissive",
+                path.display()
+            )),
             "{error}"
         );
     }
