@@ -537,6 +537,23 @@ fn a_pending_pod_stays_denied_both_ways_across_an_agent_restart() {
     let (sent, received) = outbound.finish();
     assert!(received > 0, "new → srv UDP 9000 allowed: {sent} sent, none received");
 
+    // A pending pod torn down without a DEL (its namespace removed, as a runtime
+    // removes a sandbox's): a tick of the agent forgets it, and its deny-all endpoint.
+    let generation = agent.generation();
+    let lost = bed.pod("x", "lost", &[("app", "lost")], 13, &[]).unwrap();
+    agent.wait_for_sync_after(generation).unwrap();
+    wait_for_endpoints(&agent, 8);
+    assert_eq!(persist::load(&file).unwrap().len(), 2);
+    let removed_at = Instant::now();
+    let status = Process::new("ip").args(["netns", "delete", lost.netns.name()]).status().unwrap();
+    assert!(status.success());
+    agent.wait_for_line(&["gone without a DEL", "x/lost"]).unwrap();
+    println!("measured: pending pod's namespace removed to forgotten {} ms", removed_at.elapsed().as_millis());
+    wait_for_endpoints(&agent, 6);
+    let left: Vec<String> = persist::load(&file).unwrap().into_iter().filter_map(|e| e.pod).collect();
+    assert_eq!(left, ["new"]);
+    drop(lost); // DEL of a pod already forgotten (the testbed reports the missing namespace)
+
     // DEL forgets it, and the file goes with the last pending pod.
     drop(new);
     agent.wait_for_line(&["cni: DEL", "x/new", "pending=true"]).unwrap();
