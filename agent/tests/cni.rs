@@ -2,9 +2,11 @@
 //! (testbed's libcni-like runner: CNI_COMMAND, CNI_NETNS, CNI_IFNAME, CNI_CONTAINERID,
 //! CNI_PATH, the config on stdin, `prevResult` chained): Debian's `bridge` +
 //! `host-local` on `cni0`, then `netfence-cni`, against a running `netfence run`
-//! (packet tests, need root); the agent down with `failClosed` true and false; and
-//! `netfence cni-install` / `uninstall` on a CNI directory, with the DaemonSet's init
-//! container (no root).
+//! (packet tests, need root); the agent down with `failClosed` true and false; a
+//! pending pod across a SIGKILL restart on pinned maps, and one whose namespace goes
+//! without a DEL; `run --cni-conf-dir` putting the entry back after Flannel rewrites
+//! its conflist; and `netfence cni-install` / `uninstall` on a CNI directory, with the
+//! DaemonSet's init container (no root).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
@@ -277,7 +279,7 @@ fn cni_install_and_uninstall_edit_the_flannel_conflist_idempotently() {
     let dir = tempfile::tempdir().unwrap();
     let (bin, conf) = (dir.path().join("opt/cni/bin"), dir.path().join("etc/cni/net.d"));
     std::fs::create_dir_all(&conf).unwrap();
-    let flannel = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+    let flannel = FLANNEL_CONFLIST;
     std::fs::write(conf.join("10-flannel.conflist"), flannel).unwrap();
     let plugin = dir.path().join("netfence-cni");
     std::fs::write(&plugin, b"plugin bytes").unwrap();
