@@ -1,18 +1,20 @@
 //! `cargo xtask demo`: the NetworkPolicy example of `deploy/examples/` (namespace
-//! `prod` with `web`, `api` and `db`, and a `backup` server outside the cluster) built
-//! in network namespaces, enforced by the real `netfence run`, and probed with real
-//! connections. Prints one row per probe and fails if any verdict differs from the
+//! `prod` with `web`, `api` and `db`, the Services `api` and `db` in front of them,
+//! and a `backup` server outside the cluster) built in network namespaces — a Flannel
+//! node with a kube-proxy-like DNAT for the ClusterIPs — enforced by the real
+//! `netfence run`, and probed with real connections, to pods and to ClusterIPs. Prints one row per probe and fails if any verdict differs from the
 //! policy. Everything it creates (`nfx*` namespaces, a temp directory with the CNI IPAM state) is removed on
 //! exit, Ctrl-C included.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
 use netfence_testbed::{
-    Attach, BRIDGE, NODE_IP, NODE_V4, PodNs, TestBed, cluster_yaml, namespace_spec, ping, pod_spec,
-    tcp_connects,
+    Attach, BRIDGE, EndpointSliceSpec, NODE_IP, NODE_NAME, NODE_V4, PodNs, Protocol,
+    ServicePortSpec, ServiceSpec, SliceEndpoint, TargetPort, TestBed, Vip, cluster_yaml,
+    endpoint_slice_yaml, namespace_spec, ping, pod_spec, service_yaml, tcp_connects, tcp_via,
 };
 
 use crate::cmd::{cargo, repo_root, run};
@@ -29,10 +31,19 @@ const NAMESPACE: &str = "prod";
 /// from db through an ipBlock /32.
 const BACKUP: (&str, u8) = ("backup", 200);
 
+/// The Services of `deploy/examples/workloads/prod.yaml` (named as the pod they front,
+/// same port name and number), with the ClusterIPs the demo gives them.
+const SERVICES: [(&str, Ipv4Addr); 2] = [
+    ("api", Ipv4Addr::new(198, 19, 128, 11)),
+    ("db", Ipv4Addr::new(198, 19, 128, 12)),
+];
+
 #[derive(Clone, Copy, Debug)]
 enum Probe {
     Tcp(u16),
     Icmp,
+    /// TCP to the ClusterIP of the Service named as the target pod, on its port.
+    Service(u16),
 }
 
 const ALLOWED: bool = true;
@@ -53,6 +64,10 @@ const PROBES: &[(&str, &str, Probe, bool)] = &[
     ("api", "web", Probe::Tcp(80), ALLOWED),
     ("backup", "web", Probe::Tcp(80), ALLOWED),
     ("api", "web", Probe::Icmp, ALLOWED),
+    // Through the Services' ClusterIPs (kube-proxy's DNAT after netfence's check).
+    ("web", "api", Probe::Service(5000), ALLOWED),
+    ("web", "db", Probe::Service(3306), DENIED),
+    ("api", "db", Probe::Service(3306), ALLOWED),
 ];
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -61,18 +76,76 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// The Namespace and Pods of the example, as `deploy/examples/cluster.yaml` holds them.
+/// The Namespace, Pods, Services and EndpointSlices of the example, as
+/// `deploy/examples/cluster.yaml` holds them.
 pub fn example_cluster_yaml() -> String {
     let namespaces = [namespace_spec(NAMESPACE, &[])];
     let pods: Vec<_> = PODS
         .iter()
         .map(|(name, host, app, port)| pod_spec(NAMESPACE, name, &[("app", app)], *host, &[*port]))
         .collect();
-    format!(
-        "# The cluster state of the example, as `kubectl get namespace prod; kubectl get pods -n prod\n\
-         # -o yaml` would print it on node1 (pod IPs as `cargo xtask demo` assigns them).\n{}",
+    let mut out = format!(
+        "# The cluster state of the example, as `kubectl get namespace prod; kubectl get\n\
+         # pods,services,endpointslices -n prod -o yaml` would print it on node1 (pod IPs and\n\
+         # ClusterIPs as `cargo xtask demo` assigns them).\n{}",
         cluster_yaml(&namespaces, &pods)
-    )
+    );
+    for (service, vip) in SERVICES {
+        let Some((_, _, app, (port_name, port))) = PODS.iter().find(|p| p.0 == service) else {
+            continue;
+        };
+        let pod = pods.iter().find(|p| p.name == service);
+        let address = pod.and_then(|p| p.ips.first().copied()).unwrap_or(IpAddr::V4(vip));
+        out.push_str("---\n");
+        out.push_str(&service_yaml(&ServiceSpec {
+            namespace: NAMESPACE.into(),
+            name: service.into(),
+            cluster_ip: IpAddr::V4(vip),
+            ports: vec![ServicePortSpec {
+                name: (*port_name).into(),
+                port: *port,
+                target_port: TargetPort::Number(*port),
+                protocol: Protocol::Tcp,
+            }],
+            selector: vec![("app".into(), (*app).into())],
+        }));
+        out.push_str("---\n");
+        out.push_str(&endpoint_slice_yaml(&EndpointSliceSpec {
+            namespace: NAMESPACE.into(),
+            name: format!("{service}-demo1"),
+            service: service.into(),
+            endpoints: vec![SliceEndpoint {
+                address,
+                ready: true,
+                node_name: NODE_NAME.into(),
+                pod: service.into(),
+            }],
+            ports: vec![((*port_name).into(), *port, Protocol::Tcp)],
+            ipv6: false,
+        }));
+    }
+    out
+}
+
+/// The lab's kube-proxy rules for the example's Services.
+fn service_vips(hosts: &[PodNs]) -> anyhow::Result<Vec<Vip>> {
+    SERVICES
+        .iter()
+        .map(|(service, vip)| {
+            let pod = find(hosts, service)?;
+            let port = PODS
+                .iter()
+                .find(|p| p.0 == *service)
+                .map(|p| p.3.1)
+                .with_context(|| format!("no pod for Service {service}"))?;
+            Ok(Vip {
+                cluster_ip: *vip,
+                port,
+                protocol: Protocol::Tcp,
+                backends: vec![(pod.v4, port)],
+            })
+        })
+        .collect()
 }
 
 pub fn demo(print_cluster: bool) -> anyhow::Result<()> {
@@ -145,6 +218,10 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
             host.name, host.v4, host.v6, host_if
         );
     }
+    bed.install_services(&service_vips(&hosts)?)?;
+    for (service, vip) in SERVICES {
+        println!("  svc/{service:<11} {vip:<15} ClusterIP, DNAT by the node's nftables (as kube-proxy)");
+    }
     let agent = bed.start_agent(binary, Attach::Auto)?;
     println!();
     println!(
@@ -159,19 +236,31 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
         }
         let (from, to) = (find(&hosts, from)?, find(&hosts, to)?);
         let ip = IpAddr::V4(to.v4);
+        let mut to_name = to.name.clone();
         let (port, observed) = match probe {
             Probe::Tcp(port) => (
                 format!(":{port}"),
                 tcp_connects(&from.netns, &to.netns, ip, port)?,
             ),
             Probe::Icmp => ("icmp".to_owned(), ping(&from.netns, ip)?),
+            Probe::Service(port) => {
+                let vip = SERVICES
+                    .iter()
+                    .find(|s| s.0 == to.name)
+                    .map(|s| s.1)
+                    .with_context(|| format!("no Service {}", to.name))?;
+                to_name = format!("svc/{}", to.name);
+                let listen = SocketAddr::new(ip, port);
+                let connect = SocketAddr::new(IpAddr::V4(vip), port);
+                (format!(":{port}"), tcp_via(&from.netns, &to.netns, listen, connect)?)
+            }
         };
         let mark = if observed == expected { "✓" } else { "✗" };
         wrong += usize::from(observed != expected);
         println!(
             "{:<7} → {:<7} {port:<6} {:<9} {:<9} {mark}",
             from.name,
-            to.name,
+            to_name,
             word(expected),
             word(observed)
         );
