@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser as _;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use netfence::cli::{Cli, Command};
@@ -91,6 +92,8 @@ fn every_manifest_decodes_into_its_kubernetes_type() {
             "DaemonSet" => drop(typed::<DaemonSet>(&file, &value)),
             "Deployment" => drop(typed::<Deployment>(&file, &value)),
             "Service" => drop(typed::<Service>(&file, &value)),
+            // The demo's Services' slices, in its cluster state.
+            "EndpointSlice" => drop(typed::<EndpointSlice>(&file, &value)),
             "NetworkPolicy" => drop(typed::<NetworkPolicy>(&file, &value)),
             // The demo's cluster state (`kubectl get -o yaml` output).
             "List" => {}
