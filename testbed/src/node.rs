@@ -101,6 +101,11 @@ impl Node {
         // What a Flannel node has: forwarding (Flannel and the bridge plugin's
         // isGateway set it), and bridged packets through netfilter (kube-proxy needs
         // it: a same-node Service reply is bridged and must meet its conntrack entry).
+        // And no IPv6 DAD on the node's interfaces (`cni0`, host veths, uplinks),
+        // created after this: while a link-local address is tentative the kernel sends
+        // no neighbour solicitation for a forwarded packet (`ndisc_send_ns` needs a
+        // usable link-local source), so the first IPv6 replies toward a fresh pod would
+        // wait a second or more for DAD, longer than a probe's timeout.
         run_in(
             &netns,
             "sysctl",
@@ -110,6 +115,8 @@ impl Node {
                 "net.ipv6.conf.all.forwarding=1",
                 "net.bridge.bridge-nf-call-iptables=1",
                 "net.bridge.bridge-nf-call-ip6tables=1",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
             ],
         )?;
         // `cni0` as the bridge plugin leaves it after a node's first pod (it adopts an
