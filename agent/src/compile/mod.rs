@@ -119,7 +119,10 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
             );
         }
     }
-    let frontends = frontends(state);
+    let frontends: Vec<ResolvedFrontend> = frontends(state)
+        .iter()
+        .map(|f| ResolvedFrontend::new(f, &identities.trie))
+        .collect();
 
     // Local endpoints, grouped by what decides their entries.
     let mut groups: BTreeMap<GroupKey, Vec<(IpAddr, &Pod)>> = BTreeMap::new();
@@ -177,7 +180,7 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
             }
         }
         if !content.egress.is_empty() {
-            add_frontends(&mut entries, &frontends, &identities.trie);
+            add_frontends(&mut entries, &frontends);
         }
         if !host.is_empty() {
             if !content.ingress.is_empty() {
@@ -281,39 +284,70 @@ fn deciding_policies(state: &State, selecting: &[usize], direction: u8) -> Optio
     })
 }
 
+/// A frontend with its VIP and backends resolved to identities (once per compile).
+struct ResolvedFrontend {
+    vip: u32,
+    protocol: u8,
+    port: u16,
+    /// (backend identity, target port).
+    backends: Vec<(u32, u16)>,
+}
+
+impl ResolvedFrontend {
+    fn new(frontend: &Frontend, trie: &BTreeMap<IpNet, u32>) -> Self {
+        let mut backends: Vec<(u32, u16)> = frontend
+            .backends
+            .iter()
+            .map(|(addr, port)| (identity_in(trie, *addr), *port))
+            .collect();
+        backends.sort_unstable();
+        backends.dedup();
+        ResolvedFrontend {
+            vip: identity_in(trie, frontend.vip),
+            protocol: frontend.protocol.number(),
+            port: frontend.port,
+            backends,
+        }
+    }
+}
+
 /// Adds to an egress-isolated endpoint policy's `entries` every VIP:port whose
 /// backends it allows (one is enough: kube-proxy picks among them), with the rule
 /// that allows the first such backend. The VIP's own identity is unique to it, so
-/// these exact-port entries allow nothing else.
-fn add_frontends(
-    entries: &mut BTreeMap<EntryKey, u32>,
-    frontends: &[Frontend],
-    trie: &BTreeMap<IpNet, u32>,
-) {
+/// these exact-port entries allow nothing else. Backends whose identity no egress
+/// entry names (and no `IDENTITY_ANY` entry exists) are skipped without a lookup.
+fn add_frontends(entries: &mut BTreeMap<EntryKey, u32>, frontends: &[ResolvedFrontend]) {
+    let peers: BTreeSet<u32> = entries
+        .keys()
+        .filter(|(_, direction, _)| *direction == DIR_EGRESS)
+        .map(|(peer, _, _)| *peer)
+        .collect();
+    let any = peers.contains(&netfence_common::IDENTITY_ANY);
     for frontend in frontends {
-        let vip = identity_in(trie, frontend.vip);
-        let protocol = frontend.protocol.number();
-        let allowing = frontend.backends.iter().find_map(|(addr, port)| {
-            let peer = identity_in(trie, *addr);
-            lookup_in_order(peer, protocol, *port, |peer, protocol, port, port_bits| {
-                let key = (
-                    peer,
-                    DIR_EGRESS,
-                    PortMatch {
-                        protocol,
-                        port,
-                        port_bits,
-                    },
-                );
-                entries.get(&key).copied()
-            })
-        });
+        let allowing = frontend
+            .backends
+            .iter()
+            .filter(|(peer, _)| any || peers.contains(peer))
+            .find_map(|(peer, port)| {
+                lookup_in_order(*peer, frontend.protocol, *port, |peer, protocol, port, port_bits| {
+                    let key = (
+                        peer,
+                        DIR_EGRESS,
+                        PortMatch {
+                            protocol,
+                            port,
+                            port_bits,
+                        },
+                    );
+                    entries.get(&key).copied()
+                })
+            });
         if let Some(rule) = allowing {
             let key = (
-                vip,
+                frontend.vip,
                 DIR_EGRESS,
                 PortMatch {
-                    protocol,
+                    protocol: frontend.protocol,
                     port: frontend.port,
                     port_bits: 16,
                 },

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::image::canonical_addr;
-use crate::model::{Port, Protocol, Service, ServicePort, State};
+use crate::model::{EndpointSlice, Port, Protocol, Service, ServicePort, State};
 
 /// One VIP:port of a Service and where it may lead.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,11 +49,24 @@ pub fn vips(state: &State) -> BTreeMap<IpAddr, String> {
 /// The frontends of every Service with a ClusterIP.
 pub fn frontends(state: &State) -> Vec<Frontend> {
     let owners = vips(state);
+    // EndpointSlices by (namespace, Service name).
+    let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in &state.endpoint_slices {
+        if let Some(service) = &slice.service {
+            slices
+                .entry((slice.namespace.as_str(), service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
     let mut out = Vec::new();
     for service in &state.services {
         let name = format!("{}/{}", service.namespace, service.name);
+        let own = slices
+            .get(&(service.namespace.as_str(), service.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
         for port in &service.ports {
-            let backends = backends(state, service, port);
+            let backends = backends(state, service, own, port);
             for vip in &service.cluster_ips {
                 let vip = canonical_addr(*vip);
                 if owners.get(&vip) != Some(&name) {
@@ -76,13 +89,14 @@ pub fn frontends(state: &State) -> Vec<Frontend> {
     out
 }
 
-/// The (address, target port) pairs behind one Service port, both families.
-fn backends(state: &State, service: &Service, port: &ServicePort) -> BTreeSet<(IpAddr, u16)> {
-    let slices: Vec<_> = state
-        .endpoint_slices
-        .iter()
-        .filter(|s| s.namespace == service.namespace && s.service.as_deref() == Some(&service.name))
-        .collect();
+/// The (address, target port) pairs behind one Service port, both families, from the
+/// Service's own `slices`.
+fn backends(
+    state: &State,
+    service: &Service,
+    slices: &[&EndpointSlice],
+    port: &ServicePort,
+) -> BTreeSet<(IpAddr, u16)> {
     if slices.is_empty() {
         return selected_pods(state, service, port);
     }
