@@ -13,7 +13,11 @@
 //!   8000–8099, and (one in three) from the `tier: web` pods of one named namespace on
 //!   the named port `http`; one in four also isolates egress (UDP 53 and TCP 5432 to one
 //!   app of its namespace); one in ten allows ingress from an ipBlock in 198.19.0.0/16
-//!   with an except.
+//!   with an except;
+//! - one Service per (namespace, app), `<app>` on ClusterIP 198.19.128.0 + k, ports
+//!   `http` 80 → targetPort `http` and `pg` 5432 → 5432 (what the egress rules allow),
+//!   with one EndpointSlice listing its pods (ready), as the EndpointSlice controller
+//!   would.
 //!
 //! No I/O, no clock: a splitmix64 generator seeded from `seed` decides every choice.
 
@@ -23,8 +27,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::model::{
-    ContainerPort, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy, Port, PortSpec,
-    Protocol, Rule, State,
+    ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy,
+    Port, PortSpec, Protocol, Rule, Service, ServicePort, SliceEndpoint, SlicePort, State,
 };
 
 /// Pods per generated namespace.
@@ -184,12 +188,77 @@ pub fn generate(params: &Params) -> State {
         .map(|j| policy(&mut rng, namespaces_n, j))
         .collect();
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let (services, endpoint_slices) = services_of(&pods);
     State {
         namespaces,
         pods,
         policies,
-        ..State::default()
+        services,
+        endpoint_slices,
     }
+}
+
+/// One Service per (namespace, app) with its EndpointSlice, sorted by (namespace,
+/// name). ClusterIPs count up from 198.19.128.0.
+fn services_of(pods: &[Pod]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut apps: BTreeMap<(&str, &str), Vec<IpAddr>> = BTreeMap::new();
+    for pod in pods {
+        if let Some(app) = pod.labels.get("app") {
+            apps.entry((pod.namespace.as_str(), app.as_str()))
+                .or_default()
+                .extend(pod.ips.iter().copied());
+        }
+    }
+    let base = u32::from(Ipv4Addr::new(198, 19, 128, 0));
+    let mut services = Vec::with_capacity(apps.len());
+    let mut slices = Vec::with_capacity(apps.len());
+    for (k, ((namespace, app), addresses)) in apps.into_iter().enumerate() {
+        services.push(Service {
+            namespace: namespace.to_owned(),
+            name: app.to_owned(),
+            cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(base.wrapping_add(k as u32)))],
+            ports: vec![
+                ServicePort {
+                    name: Some("http".to_owned()),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    target_port: Port::Name("http".to_owned()),
+                },
+                ServicePort {
+                    name: Some("pg".to_owned()),
+                    protocol: Protocol::Tcp,
+                    port: 5432,
+                    target_port: Port::Number(5432),
+                },
+            ],
+            selector: Some(labels(&[("app", app.to_owned())])),
+        });
+        slices.push(EndpointSlice {
+            namespace: namespace.to_owned(),
+            name: format!("{app}-gen"),
+            service: Some(app.to_owned()),
+            ports: vec![
+                SlicePort {
+                    name: Some("http".to_owned()),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                },
+                SlicePort {
+                    name: Some("pg".to_owned()),
+                    protocol: Protocol::Tcp,
+                    port: 5432,
+                },
+            ],
+            endpoints: addresses
+                .into_iter()
+                .map(|address| SliceEndpoint {
+                    addresses: vec![address],
+                    ready: true,
+                })
+                .collect(),
+        });
+    }
+    (services, slices)
 }
 
 fn app(rng: &mut Rng) -> (&'static str, String) {
