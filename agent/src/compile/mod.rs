@@ -119,7 +119,7 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
             );
         }
     }
-    let frontends: Vec<ResolvedFrontend> = frontends(state)
+    let frontends: Vec<ResolvedFrontend> = frontends(state, &vips)
         .iter()
         .map(|f| ResolvedFrontend::new(f, &identities.trie))
         .collect();

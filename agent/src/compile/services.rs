@@ -46,9 +46,9 @@ pub fn vips(state: &State) -> BTreeMap<IpAddr, String> {
     vips
 }
 
-/// The frontends of every Service with a ClusterIP.
-pub fn frontends(state: &State) -> Vec<Frontend> {
-    let owners = vips(state);
+/// The frontends of every Service with a ClusterIP. `owners` is [`vips`] of `state`
+/// (the Service that keeps each ClusterIP).
+pub fn frontends(state: &State, owners: &BTreeMap<IpAddr, String>) -> Vec<Frontend> {
     // EndpointSlices by (namespace, Service name).
     let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in &state.endpoint_slices {

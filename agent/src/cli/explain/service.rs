@@ -11,7 +11,7 @@ use netfence_common::DIR_EGRESS;
 use serde::Serialize;
 
 use super::{Connection, ExplainError, Target};
-use crate::compile::services::frontends;
+use crate::compile::services::{frontends, vips};
 use crate::image::{Image, canonical_addr};
 use crate::model::State;
 
@@ -94,7 +94,7 @@ pub fn peer(
     port: u16,
 ) -> Option<ServicePeer> {
     let name = of_vip(image, c.dst)?;
-    let frontend = frontends(state)
+    let frontend = frontends(state, &vips(state))
         .into_iter()
         .find(|f| f.vip == c.dst && f.protocol.number() == protocol && f.port == port);
     let source = image.endpoints.get(&c.src);
