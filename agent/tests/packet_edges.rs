@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
-use netns::{Agent, Attach, PodNs, TestBed, netfence_bin};
+use netns::{Agent, Attach, PodNs, TestBed, abc_pods, netfence_bin};
 
 /// The client's pace: one line every this long over one connection.
 const PACE: Duration = Duration::from_millis(100);
@@ -168,12 +168,7 @@ struct Node {
 
 fn node(policy: &str) -> Node {
     let mut bed = TestBed::new("nfh2").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
-    bed.namespace("x", &[]);
-    let a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
-    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
-    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
-    bed.write_cluster().unwrap();
-    bed.write_manifest("policy.yaml", policy).unwrap();
+    let [a, b, c] = abc_pods(&mut bed, policy);
     Node { bed, a, b, c }
 }
 

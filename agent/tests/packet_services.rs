@@ -8,11 +8,11 @@
 
 mod netns;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use netfence_testbed::{
     EndpointSliceSpec, Protocol, ServicePortSpec, ServiceSpec, SliceEndpoint, TargetPort, Vip,
-    endpoint_slice_yaml, service_yaml, tcp_connects, tcp_via, udp_via,
+    endpoint_slice_yaml, service_yaml, tcp_connects,
 };
 use netns::{ALLOW, Agent, Attach, DENY, PodNs, TestBed, Verdicts, bed, netfence_bin, start, start_on, two_nodes};
 
@@ -83,55 +83,6 @@ fn vip(cluster_ip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(&PodNs,
     }
 }
 
-/// TCP from `from` to `vip:port`, served by `backend` on `target`.
-fn tcp_to_vip(
-    verdicts: &mut Verdicts,
-    from: &PodNs,
-    vip: Ipv4Addr,
-    port: u16,
-    backend: &PodNs,
-    target: u16,
-    expected: bool,
-) {
-    let observed = tcp_via(
-        &from.netns,
-        &backend.netns,
-        SocketAddr::new(backend.ip4(), target),
-        SocketAddr::new(IpAddr::V4(vip), port),
-    )
-    .unwrap();
-    verdicts.observed(
-        &format!("TCP  {} → {vip}:{port} (backend {}:{target})", from.name, backend.name),
-        expected,
-        observed,
-    );
-}
-
-/// UDP request to `vip:port` served by `backend` on `target`; an arrived request must
-/// get its reply back from the VIP.
-fn udp_to_vip(
-    verdicts: &mut Verdicts,
-    from: &PodNs,
-    vip: Ipv4Addr,
-    port: u16,
-    backend: &PodNs,
-    target: u16,
-    expected: bool,
-) {
-    let outcome = udp_via(
-        &from.netns,
-        &backend.netns,
-        SocketAddr::new(backend.ip4(), target),
-        SocketAddr::new(IpAddr::V4(vip), port),
-    )
-    .unwrap();
-    let what = format!("UDP  {} → {vip}:{port} (backend {}:{target})", from.name, backend.name);
-    verdicts.observed(&what, expected, outcome.request_arrived);
-    if outcome.request_arrived {
-        verdicts.observed(&format!("{what} (reply from the VIP)"), ALLOW, outcome.reply_arrived);
-    }
-}
-
 const CLIENT_EGRESS: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -181,14 +132,14 @@ fn egress_to_a_service_follows_its_backends_and_endpoint_changes() {
     let mut agent = start(&bed, Attach::Auto);
 
     let mut verdicts = Verdicts::new();
-    tcp_to_vip(&mut verdicts, &client, WEB_VIP, 80, &web, 8080, ALLOW);
-    tcp_to_vip(&mut verdicts, &client, DB_VIP, 5432, &db, 5432, DENY);
+    verdicts.tcp_via(&client, (WEB_VIP.into(), 80), (&web, 8080), ALLOW);
+    verdicts.tcp_via(&client, (DB_VIP.into(), 5432), (&db, 5432), DENY);
     // The pod itself on its target port is allowed, the VIP on another port is not.
     verdicts.tcp(&client, &web, 8080, ALLOW);
-    tcp_to_vip(&mut verdicts, &client, WEB_VIP, 8080, &web, 8080, DENY);
+    verdicts.tcp_via(&client, (WEB_VIP.into(), 8080), (&web, 8080), DENY);
     // A pod without an egress policy reaches both (the lab's DNAT works).
-    tcp_to_vip(&mut verdicts, &free, DB_VIP, 5432, &db, 5432, ALLOW);
-    tcp_to_vip(&mut verdicts, &free, WEB_VIP, 80, &web, 8080, ALLOW);
+    verdicts.tcp_via(&free, (DB_VIP.into(), 5432), (&db, 5432), ALLOW);
+    verdicts.tcp_via(&free, (WEB_VIP.into(), 80), (&web, 8080), ALLOW);
     verdicts.check();
 
     // Endpoints change while the policy stands: db's Service now fronts web2 on
@@ -206,7 +157,7 @@ fn egress_to_a_service_follows_its_backends_and_endpoint_changes() {
     .unwrap();
     agent.wait_for_sync_after(generation).unwrap();
     let mut verdicts = Verdicts::new();
-    tcp_to_vip(&mut verdicts, &client, DB_VIP, 5432, &web2, 8080, ALLOW);
+    verdicts.tcp_via(&client, (DB_VIP.into(), 5432), (&web2, 8080), ALLOW);
     verdicts.check();
 
     let generation = agent.generation();
@@ -222,7 +173,7 @@ fn egress_to_a_service_follows_its_backends_and_endpoint_changes() {
     .unwrap();
     agent.wait_for_sync_after(generation).unwrap();
     let mut verdicts = Verdicts::new();
-    tcp_to_vip(&mut verdicts, &client, DB_VIP, 5432, &db, 5432, DENY);
+    verdicts.tcp_via(&client, (DB_VIP.into(), 5432), (&db, 5432), DENY);
     verdicts.check();
 }
 
@@ -310,11 +261,11 @@ spec:
     let _agent = start(&bed, Attach::Auto);
 
     let mut verdicts = Verdicts::new();
-    tcp_to_vip(&mut verdicts, &client, WEB_VIP, 80, &web, 8080, ALLOW);
+    verdicts.tcp_via(&client, (WEB_VIP.into(), 80), (&web, 8080), ALLOW);
     // `other` may not send to web at all (its egress), and web would refuse it anyway.
-    tcp_to_vip(&mut verdicts, &other, WEB_VIP, 80, &web, 8080, DENY);
-    udp_to_vip(&mut verdicts, &other, DNS_VIP, 53, &dns, 53, ALLOW);
-    tcp_to_vip(&mut verdicts, &other, DNS_VIP, 53, &dns, 53, ALLOW);
+    verdicts.tcp_via(&other, (WEB_VIP.into(), 80), (&web, 8080), DENY);
+    verdicts.udp_via(&other, (DNS_VIP.into(), 53), (&dns, 53), ALLOW);
+    verdicts.tcp_via(&other, (DNS_VIP.into(), 53), (&dns, 53), ALLOW);
     // The DNS rule allows the DNS pod on 53 only.
     verdicts.tcp(&other, &dns, 54, DENY);
     verdicts.check();
@@ -358,8 +309,8 @@ spec:
     bed.install_services(&[vip(WEB_VIP, 80, Protocol::Tcp, &[(&web, 8080)])]).unwrap();
     let _agents = [start_on(&bed, 1, Attach::Auto), start_on(&bed, 2, Attach::Auto)];
     let mut verdicts = Verdicts::new();
-    tcp_to_vip(&mut verdicts, &client, WEB_VIP, 80, &web, 8080, ALLOW);
-    tcp_to_vip(&mut verdicts, &intruder, WEB_VIP, 80, &web, 8080, DENY);
+    verdicts.tcp_via(&client, (WEB_VIP.into(), 80), (&web, 8080), ALLOW);
+    verdicts.tcp_via(&intruder, (WEB_VIP.into(), 80), (&web, 8080), DENY);
     verdicts.check();
 }
 

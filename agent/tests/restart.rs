@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use netfence_testbed::tcp_connects;
-use netns::{Agent, Bpffs, PodNs, TestBed, bed, netfence_bin, start_pinned};
+use netns::{Agent, B_FROM_A, Bpffs, PodNs, TestBed, abc_pods, bed, netfence_bin, start_pinned};
 
 /// An echo flow: the client sends 8 bytes every 10 ms and waits for them back,
 /// recording the longest time between two completed round trips.
@@ -97,32 +97,10 @@ fn denied(c: &PodNs, b: &PodNs, port: u16) {
     );
 }
 
-const POLICY: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: b-from-a
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: b
-  policyTypes: [Ingress]
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: a
-";
-
 #[test]
 fn sigkill_restart_and_layout_switch_keep_the_flow_and_the_deny() {
     let mut bed = bed();
-    bed.namespace("x", &[]);
-    let a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
-    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
-    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
-    bed.write_cluster().unwrap();
-    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let [a, b, c] = abc_pods(&mut bed, B_FROM_A);
     let bpffs = Bpffs::mount("restart");
     let pin_dir = bpffs.pin_dir();
     let log = bed.scratch("agent-restart.log");

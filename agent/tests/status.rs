@@ -14,7 +14,7 @@ mod netns;
 use std::path::Path;
 
 use netfence_testbed::tcp_connects;
-use netns::{Bpffs, TestBed, bed, netfence_bin, start_pinned};
+use netns::{B_FROM_A, Bpffs, TestBed, abc_pods, bed, netfence_bin, start_pinned};
 use serde_json::Value;
 
 fn status_json(bed: &TestBed, pin_dir: &Path) -> Value {
@@ -85,32 +85,10 @@ fn flow_line(path: &Path, matches: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-const POLICY: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: b-from-a
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: b
-  policyTypes: [Ingress]
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: a
-";
-
 #[test]
 fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
     let mut bed = bed();
-    bed.namespace("x", &[]);
-    let a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
-    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
-    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
-    bed.write_cluster().unwrap();
-    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let [a, b, c] = abc_pods(&mut bed, B_FROM_A);
     let bpffs = Bpffs::mount("status");
     let pin_dir = bpffs.pin_dir();
 
@@ -252,12 +230,7 @@ spec:
 fn status_shows_the_flags_and_the_pinned_policy_generation_after_the_agent_stopped() {
     let mut bed =
         TestBed::new("nfh6").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
-    bed.namespace("x", &[]);
-    let _a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
-    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
-    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
-    bed.write_cluster().unwrap();
-    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let [_a, b, c] = abc_pods(&mut bed, B_FROM_A);
     let bpffs = Bpffs::mount("nfh6-status");
     let pin_dir = bpffs.pin_dir();
     let log = bed.scratch("agent-nfh6.log");

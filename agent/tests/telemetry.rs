@@ -15,23 +15,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use netfence_testbed::{NODE_NAME, tcp_connects};
-use netns::{Agent, Attach, TestBed, bed, netfence_bin};
-
-const POLICY: &str = "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: b-from-a
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: b
-  ingress:
-  - from:
-    - podSelector:
-        matchLabels:
-          app: a
-";
+use netns::{Agent, Attach, B_FROM_A, TestBed, abc_pods, bed, netfence_bin};
 
 fn get(bed: &TestBed, path: &str) -> String {
     bed.node()
@@ -60,12 +44,7 @@ fn sample(text: &str, prefix: &str) -> f64 {
 #[test]
 fn metrics_count_packets_by_reason_and_allows_by_rule() {
     let mut bed = bed();
-    bed.namespace("x", &[]);
-    let a = bed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
-    let b = bed.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
-    let c = bed.pod("x", "c", &[("app", "c")], 12, &[]).unwrap();
-    bed.write_cluster().unwrap();
-    bed.write_manifest("policy.yaml", POLICY).unwrap();
+    let [a, b, c] = abc_pods(&mut bed, B_FROM_A);
     let log = bed.scratch("agent-telemetry.log");
     let _agent = Agent::start_with(
         netfence_bin(),

@@ -16,7 +16,7 @@ use std::path::Path;
 #[allow(unused_imports, reason = "only the pin tests use these")]
 pub use bpffs::{Bpffs, start_pinned};
 pub use netfence_testbed::{Agent, Attach, PodNs, TestBed, UdpOutcome};
-use netfence_testbed::{ping, tcp_connects, udp_exchange};
+use netfence_testbed::{ping, tcp_connects, tcp_via, udp_exchange, udp_via};
 
 /// The agent binary under test.
 pub fn netfence_bin() -> &'static Path {
@@ -53,6 +53,40 @@ pub fn start(bed: &TestBed, attach: Attach) -> Agent {
         Ok(agent) => agent,
         Err(error) => panic!("starting netfence: {error:#}"),
     }
+}
+
+/// Pod `b` of namespace `x` admits only pod `a` (ingress isolated): the policy of
+/// the [`abc_pods`] fixture.
+pub const B_FROM_A: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: b-from-a
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: b
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: a
+";
+
+/// The fixture many packet tests share: namespace `x` with pods `a`, `b`, `c`
+/// (`app: <name>`, hosts 10, 11, 12), written to the manifests with `policy` as
+/// `policy.yaml`.
+pub fn abc_pods(bed: &mut TestBed, policy: &str) -> [PodNs; 3] {
+    bed.namespace("x", &[]);
+    let pods = [("a", 10), ("b", 11), ("c", 12)].map(|(name, host)| {
+        bed.pod("x", name, &[("app", name)], host, &[])
+            .unwrap_or_else(|e| panic!("creating pod {name}: {e:#}"))
+    });
+    bed.write_cluster().unwrap_or_else(|e| panic!("writing the cluster: {e:#}"));
+    bed.write_manifest("policy.yaml", policy)
+        .unwrap_or_else(|e| panic!("writing the policy: {e:#}"));
+    pods
 }
 
 pub const ALLOW: bool = true;
@@ -124,6 +158,49 @@ impl Verdicts {
         let ip = to.ip4();
         let outcome = udp_exchange(&from.netns, &to.netns, ip, port);
         let what = format!("UDP  {} → {} [{ip}]:{port}", from.name, to.name);
+        self.udp_outcome(what, expected, outcome, "(reply)")
+    }
+
+    /// A new TCP connection to `vip:port` (a Service ClusterIP) that the node's DNAT
+    /// sends to `backend`, listening on its IPv4 address and `target`.
+    pub fn tcp_via(
+        &mut self,
+        from: &PodNs,
+        (vip, port): (std::net::IpAddr, u16),
+        (backend, target): (&PodNs, u16),
+        expected: bool,
+    ) -> &mut Self {
+        let what = format!("TCP  {} → {vip}:{port} (backend {}:{target})", from.name, backend.name);
+        let listen = std::net::SocketAddr::new(backend.ip4(), target);
+        let connect = std::net::SocketAddr::new(vip, port);
+        self.record(what, expected, tcp_via(&from.netns, &backend.netns, listen, connect));
+        self
+    }
+
+    /// A UDP request to `vip:port` served by `backend` on `target`: `expected` is the
+    /// verdict of the request; an arrived request must get its reply back from the VIP.
+    pub fn udp_via(
+        &mut self,
+        from: &PodNs,
+        (vip, port): (std::net::IpAddr, u16),
+        (backend, target): (&PodNs, u16),
+        expected: bool,
+    ) -> &mut Self {
+        let what = format!("UDP  {} → {vip}:{port} (backend {}:{target})", from.name, backend.name);
+        let listen = std::net::SocketAddr::new(backend.ip4(), target);
+        let connect = std::net::SocketAddr::new(vip, port);
+        let outcome = udp_via(&from.netns, &backend.netns, listen, connect);
+        self.udp_outcome(what, expected, outcome, "(reply from the VIP)")
+    }
+
+    /// Records a UDP probe's request verdict and, when the request arrived, its reply.
+    fn udp_outcome(
+        &mut self,
+        what: String,
+        expected: bool,
+        outcome: anyhow::Result<UdpOutcome>,
+        reply: &str,
+    ) -> &mut Self {
         match outcome {
             Ok(UdpOutcome {
                 request_arrived,
@@ -132,7 +209,7 @@ impl Verdicts {
                 self.lines.push((what.clone(), expected, request_arrived));
                 if request_arrived {
                     self.lines
-                        .push((format!("{what} (reply)"), ALLOW, reply_arrived));
+                        .push((format!("{what} {reply}"), ALLOW, reply_arrived));
                 }
             }
             Err(error) => panic!("probe {what} could not run: {error:#}"),
