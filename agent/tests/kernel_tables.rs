@@ -68,7 +68,7 @@ fn expectation(verdict: DirectionVerdict, hook: &str) -> Option<(u32, Reason)> {
         // `from_pod` never sees a packet from an address that is no local pod (it
         // would be spoofed); `to_pod` passes packets for addresses it does not know.
         DirectionVerdict::NotLocal if hook == FROM_POD => None,
-        DirectionVerdict::NotLocal => Some((TC_ACT_OK, Reason::AllowUnknownDestination)),
+        DirectionVerdict::NotLocal => Some((TC_ACT_SHOT, Reason::DropWrongPort)),
         DirectionVerdict::NotIsolated => Some((TC_ACT_OK, Reason::AllowNotIsolated)),
         DirectionVerdict::Allowed { .. } => Some((TC_ACT_OK, Reason::AllowPolicy)),
         DirectionVerdict::Denied => Some((TC_ACT_SHOT, Reason::DropPolicy)),
@@ -225,7 +225,7 @@ fn run_scenario(state: &State, probes: &[(u8, u16)]) -> usize {
         Reason::AllowPolicy,
         Reason::AllowNotIsolated,
         Reason::DropPolicy,
-        Reason::AllowUnknownDestination,
+        Reason::DropWrongPort,
     ] {
         assert!(
             table.expected.contains_key(&reason),

@@ -50,8 +50,8 @@ fn node_with(flags: u32, options: Options) -> Kernel {
 #[test]
 fn non_ip_passes_both_ways() {
     let mut k = node(BOTH);
-    k.pass(FROM_POD, &frame::arp(), Reason::AllowNonIp);
-    k.pass(TO_POD, &frame::arp(), Reason::AllowNonIp);
+    k.pass(FROM_POD, &frame::arp(), Reason::AllowArp);
+    k.pass(TO_POD, &frame::arp(), Reason::AllowArp);
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn unknown_source_from_pod_is_spoofed() {
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].src, events[0].reason), (addr16(OTHER), Reason::DropSpoofed.code()));
     // The same address to a pod no endpoint knows: not ours to judge.
-    k.pass(TO_POD, &packet(PEER, OTHER, &tcp(40000, 80, TCP_SYN)), Reason::AllowUnknownDestination);
+    k.drop(TO_POD, &packet(PEER, OTHER, &tcp(40000, 80, TCP_SYN)), Reason::DropWrongPort);
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub mod map {
     pub const RULE_HITS: &str = "RULE_HITS";
     pub const EVENTS: &str = "EVENTS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const PORTS: &str = "PORTS";
 }
 
 /// Program names (the function names in the eBPF crate).
@@ -45,10 +46,16 @@ pub mod global {
     /// re-checked against the current policy (`u32`). Zero (`keep`): established flows
     /// pass until they close; the verifier prunes the re-check, so it costs nothing.
     pub const EXISTING_FLOWS_CUT: &str = "EXISTING_FLOWS_CUT";
+    /// Nanoseconds an idle UDP/SCTP/ICMP conntrack entry that has seen no reply stays
+    /// valid (`u64`; nf_conntrack's unreplied UDP timeout is the model). An unreplied
+    /// TCP entry (SYN sent, nothing back) uses `CT_OTHER_TIMEOUT_NS`, as SYN_SENT.
+    pub const CT_UNREPLIED_TIMEOUT_NS: &str = "CT_UNREPLIED_TIMEOUT_NS";
 }
 
 /// Map capacities. The agent refuses an image that does not fit.
 pub const MAX_ENDPOINTS: u32 = 16_384;
+/// One entry per bound host-side interface.
+pub const MAX_PORTS: u32 = 16_384;
 pub const MAX_IDENTITY_PREFIXES: u32 = 262_144;
 pub const MAX_POLICY_ENTRIES: u32 = 524_288;
 pub const MAX_CONNTRACK: u32 = 262_144;
@@ -60,6 +67,7 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// Default conntrack timeouts.
 pub const DEFAULT_CT_TCP_TIMEOUT_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const DEFAULT_CT_OTHER_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+pub const DEFAULT_CT_UNREPLIED_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 
 /// Traffic direction, seen from the local endpoint (pod).
 pub const DIR_INGRESS: u8 = 0;
@@ -72,6 +80,14 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
+/// Tunnel protocols a pod may never send (`Reason::DropTunnel`): what a node
+/// decapsulates carries any inner source. IP-in-IP, IPv6-in-IPv4, GRE.
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6_IN_IP: u8 = 41;
+pub const PROTO_GRE: u8 = 47;
+/// UDP ports of VXLAN: Linux's default (Flannel's) and IANA's.
+pub const UDP_PORT_VXLAN_LINUX: u16 = 8472;
+pub const UDP_PORT_VXLAN_IANA: u16 = 4789;
 
 /// Reserved identities. Compiled identities are never one of these.
 /// `IDENTITY_WORLD`: an address covered by no pod and no ipBlock (also an LPM miss).
@@ -124,13 +140,22 @@ pub struct EndpointValue {
     pub policy: u32,
     /// `EP_*` flags.
     pub flags: u32,
-    /// Host-side interface of the pod, or 0 while unknown. When set, packets from
-    /// this address on another interface are spoofed, and packets to it on another
-    /// interface are not for this port.
+    /// Host-side interface of the pod, or 0 while unbound. Packets from this address
+    /// on another interface are spoofed, packets to it on another interface are not
+    /// for that port, and an unbound endpoint fails closed both ways
+    /// (`Reason::DropUnbound`).
     pub ifindex: u32,
     /// The pod's own identity (reported in events).
     pub identity: u32,
 }
+
+// ---------------------------------------------------------------------------------
+// PORTS: HashMap<u32, EndpointValue>: host-side interface index → the endpoint bound
+// to it (the same value as that pod's ENDPOINTS entries; a dual-stack pod has one).
+// It judges what has no unicast pod address of its own: broadcast and multicast to
+// the pod (its ingress policy), and its link-local addresses (fe80::/10,
+// 169.254.0.0/16) both ways. No entry: the port has no bound endpoint, and such
+// packets drop (`Reason::DropUnbound`).
 
 // ---------------------------------------------------------------------------------
 // IDENTITIES: LpmTrie<IdentityKey, u32> (aya's `Key { prefix_len, data }` wraps it).
@@ -223,7 +248,10 @@ pub struct CtValue {
     pub rule: u32,
     pub origin: u8,
     pub state: u8,
-    pub _pad: [u8; 2],
+    /// 1 once a packet of the other direction than `origin`'s passed (the flow was
+    /// answered); until then the entry has the short unreplied timeouts.
+    pub replied: u8,
+    pub _pad: u8,
     /// `Settings::generation` when the entry was created or last re-checked. With
     /// `EXISTING_FLOWS_CUT`, an entry of another generation is re-checked against the
     /// current policy on its next packet.

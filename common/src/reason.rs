@@ -11,13 +11,12 @@ pub enum Reason {
     AllowPolicy = 1,
     /// The local endpoint is not isolated in this direction.
     AllowNotIsolated = 2,
-    /// Not IPv4/IPv6 (ARP and other link-layer traffic).
-    AllowNonIp = 3,
-    /// ICMPv6 neighbour discovery and multicast listener messages.
+    /// ARP: from a pod only with a sender address bound to its port and a sender
+    /// hardware address equal to the frame's source.
+    AllowArp = 3,
+    /// ICMPv6 neighbour discovery and multicast listener messages that stay on the
+    /// link (validated source, hop limit, length and target from a pod).
     AllowNeighbourDiscovery = 4,
-    /// A packet to an address that is no local endpoint (broadcast, multicast, or a
-    /// pod netfence does not know yet): not ours to judge.
-    AllowUnknownDestination = 5,
     /// A non-first fragment whose first fragment was allowed.
     AllowFragment = 6,
     /// ICMP error about a flow conntrack allowed.
@@ -34,7 +33,8 @@ pub enum Reason {
     DropSpoofed = 17,
     /// Truncated or malformed IP/L4 header.
     DropMalformed = 18,
-    /// A packet for a pod, on another pod's port (e.g. a flooded frame).
+    /// A unicast packet to a port for an address that is not the pod's behind it (a
+    /// flooded frame, another pod's or an unknown address).
     DropWrongPort = 19,
     /// A non-first fragment with no allowed first fragment.
     DropFragment = 20,
@@ -44,6 +44,21 @@ pub enum Reason {
     /// (`--existing-flows=cut`, re-checked after a policy change): its conntrack
     /// entry is deleted.
     DropPolicyChanged = 22,
+    /// An EtherType other than ARP, IPv4 and IPv6.
+    DropLinkLayer = 23,
+    /// ARP from a pod claiming an address not bound to its port, a hardware address
+    /// not its frame's source, or malformed.
+    DropArpSpoofed = 24,
+    /// Neighbour discovery or MLD a pod may not send: router advertisements and
+    /// redirects, a wrong hop limit, oversized, a forged source or target, or a
+    /// destination off the link.
+    DropNeighbourDiscovery = 25,
+    /// A tunnel packet from a pod (VXLAN UDP 8472/4789, IP-in-IP, IPv6-in-IPv4, GRE):
+    /// what a node decapsulates carries any inner source.
+    DropTunnel = 26,
+    /// The endpoint (or the port, for broadcast, multicast and link-local traffic)
+    /// has no bound interface yet: fails closed both ways.
+    DropUnbound = 27,
 }
 
 /// Number of COUNTERS slots (highest code + 1).
@@ -54,13 +69,12 @@ pub const REASON_SLOTS: u32 = 32;
 pub const COUNTER_EVENTS_LOST: u32 = REASON_SLOTS - 1;
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 20] = [
         Reason::AllowEstablished,
         Reason::AllowPolicy,
         Reason::AllowNotIsolated,
-        Reason::AllowNonIp,
+        Reason::AllowArp,
         Reason::AllowNeighbourDiscovery,
-        Reason::AllowUnknownDestination,
         Reason::AllowFragment,
         Reason::AllowRelatedIcmp,
         Reason::AuditPolicy,
@@ -71,6 +85,11 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropUnsupported,
         Reason::DropPolicyChanged,
+        Reason::DropLinkLayer,
+        Reason::DropArpSpoofed,
+        Reason::DropNeighbourDiscovery,
+        Reason::DropTunnel,
+        Reason::DropUnbound,
     ];
 
     #[inline(always)]
@@ -92,9 +111,8 @@ impl Reason {
             Reason::AllowEstablished => "established",
             Reason::AllowPolicy => "policy_allow",
             Reason::AllowNotIsolated => "not_isolated",
-            Reason::AllowNonIp => "non_ip",
+            Reason::AllowArp => "arp",
             Reason::AllowNeighbourDiscovery => "neighbour_discovery",
-            Reason::AllowUnknownDestination => "unknown_destination",
             Reason::AllowFragment => "fragment_allow",
             Reason::AllowRelatedIcmp => "related_icmp",
             Reason::AuditPolicy => "policy_audit",
@@ -105,8 +123,13 @@ impl Reason {
             Reason::DropFragment => "fragment_drop",
             Reason::DropUnsupported => "unsupported",
             Reason::DropPolicyChanged => "policy_changed_deny",
+            Reason::DropLinkLayer => "link_layer",
+            Reason::DropArpSpoofed => "arp_spoofed",
+            Reason::DropNeighbourDiscovery => "neighbour_discovery_forbidden",
+            Reason::DropTunnel => "tunnel",
+            Reason::DropUnbound => "unbound",
         }
     }
 }
 
-const _: () = assert!(Reason::DropPolicyChanged.code() < COUNTER_EVENTS_LOST);
+const _: () = assert!(Reason::DropUnbound.code() < COUNTER_EVENTS_LOST);

@@ -121,7 +121,8 @@ pub fn create(pkt: &Packet, key: &CtKey, origin: u8, rule: u32) {
         rule,
         origin,
         state: if closing { CT_STATE_CLOSING } else { CT_STATE_OPEN },
-        _pad: [0; 2],
+        replied: 0,
+        _pad: 0,
         generation: maps::generation(),
         _pad2: 0,
     };

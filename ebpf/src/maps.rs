@@ -9,15 +9,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use netfence_common::{
-    Addr, CtKey, CtValue, DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS, EVENTS_BYTES,
-    EndpointKey, EndpointValue, Event, FragKey, FragValue, IDENTITY_WORLD, IdentityKey,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IDENTITY_PREFIXES, MAX_POLICY_ENTRIES,
-    MAX_RULES, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, Reason, Settings,
+    Addr, CtKey, CtValue, DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS,
+    DEFAULT_CT_UNREPLIED_TIMEOUT_NS, EVENTS_BYTES, EndpointKey, EndpointValue, Event, FragKey,
+    FragValue, IDENTITY_WORLD, IdentityKey, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS,
+    MAX_IDENTITY_PREFIXES, MAX_POLICY_ENTRIES, MAX_PORTS, MAX_RULES, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, Reason, Settings,
     reason::{COUNTER_EVENTS_LOST, REASON_SLOTS},
 };
 
 #[map]
 static ENDPOINTS: HashMap<EndpointKey, EndpointValue> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+static PORTS: HashMap<u32, EndpointValue> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 #[map]
 static IDENTITIES: LpmTrie<IdentityKey, u32> =
@@ -52,6 +55,8 @@ static CT_TCP_TIMEOUT_NS: u64 = DEFAULT_CT_TCP_TIMEOUT_NS;
 #[unsafe(no_mangle)]
 static CT_OTHER_TIMEOUT_NS: u64 = DEFAULT_CT_OTHER_TIMEOUT_NS;
 #[unsafe(no_mangle)]
+static CT_UNREPLIED_TIMEOUT_NS: u64 = DEFAULT_CT_UNREPLIED_TIMEOUT_NS;
+#[unsafe(no_mangle)]
 static EVENT_ALLOWS: u32 = 0;
 #[unsafe(no_mangle)]
 static EXISTING_FLOWS_CUT: u32 = 0;
@@ -66,6 +71,12 @@ pub fn ct_tcp_timeout_ns() -> u64 {
 pub fn ct_other_timeout_ns() -> u64 {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&raw const CT_OTHER_TIMEOUT_NS) }
+}
+
+#[inline(always)]
+pub fn ct_unreplied_timeout_ns() -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&raw const CT_UNREPLIED_TIMEOUT_NS) }
 }
 
 #[inline(always)]
@@ -103,6 +114,13 @@ pub fn endpoint(addr: &Addr) -> Option<EndpointValue> {
     // once, by value (the agent may rewrite it concurrently: a torn read gives either
     // the old or the new endpoint's fields, each of which is a valid endpoint state).
     ENDPOINTS.get_ptr(key).map(|p| unsafe { p.read() })
+}
+
+/// The endpoint bound to host-side interface `ifindex`, if any.
+#[inline(always)]
+pub fn port(ifindex: u32) -> Option<EndpointValue> {
+    // SAFETY: as `endpoint`.
+    PORTS.get_ptr(ifindex).map(|p| unsafe { p.read() })
 }
 
 /// The identity of a remote address: the longest IDENTITIES prefix covering it.

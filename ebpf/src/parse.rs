@@ -153,7 +153,7 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
         ETH_P_IPV6 => parse_ipv6(ctx, l3, pkt)?,
         // Fails open: ARP and other link-layer protocols carry no IP flow that
         // NetworkPolicy speaks about, and pods need ARP to reach anything.
-        _ => return Err(Reason::AllowNonIp),
+        _ => return Err(Reason::AllowArp),
     }
     if pkt.fragment == Fragment::NonFirst {
         return Ok(());

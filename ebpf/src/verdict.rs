@@ -161,9 +161,7 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
                 // not synced yet) is not let out of a veth netfence enforces on.
                 Reason::DropSpoofed
             } else {
-                // Fails open: broadcast, multicast or a pod this agent does not know yet;
-                // not an endpoint netfence judges.
-                Reason::AllowUnknownDestination
+                Reason::DropWrongPort
             },
             direction,
         );
