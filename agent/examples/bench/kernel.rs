@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::frame::{TCP_ACK, TCP_SYN, packet, tcp};
 use crate::report::{Report, Section, f1, int};
-use crate::{Args, floor, progress, scene};
+use crate::{Args, breakdown, floor, progress, scene};
 
 /// One measured path.
 struct Case {
@@ -284,6 +284,8 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     s6.note("only local pods but is preallocated, so its marginal cost per pod is zero up to 16,384 local addresses;");
     s6.note("RULE_HITS is a preallocated per-CPU hash (65,536 rules), so B/policy counts the POLICY trie only.");
     report.sections.push(s1);
+    progress("per-packet cost: the established path, stage by stage");
+    breakdown::run(args.quick, report)?;
     report.sections.push(s6);
     Ok(())
 }
