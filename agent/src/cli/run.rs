@@ -96,6 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = LoadOptions {
         ct_tcp_timeout_ns: args.ct_tcp_timeout.saturating_mul(1_000_000_000),
         ct_other_timeout_ns: args.ct_other_timeout.saturating_mul(1_000_000_000),
+        ct_unreplied_timeout_ns: args.ct_unreplied_timeout.saturating_mul(1_000_000_000),
         event_allows: args.log_allows,
         existing_flows: args.existing_flows,
     };
@@ -432,6 +433,7 @@ impl Enforcer {
         }
         self.metrics.observe_sync(started.elapsed(), report.failed.len());
         self.metrics.set_map_entries("endpoints", self.live.endpoints.len());
+        self.metrics.set_map_entries("ports", self.live.ports.len());
         self.metrics.set_map_entries("identities", self.live.identities.len());
         self.metrics.set_map_entries("policy", self.live.policy.len());
         self.metrics.set_map_entries("rules", self.live.rules.len());

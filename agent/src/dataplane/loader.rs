@@ -45,6 +45,8 @@ pub enum LoadError {
 pub struct LoadOptions {
     pub ct_tcp_timeout_ns: u64,
     pub ct_other_timeout_ns: u64,
+    /// Idle timeout of a non-TCP conntrack entry that has seen no reply.
+    pub ct_unreplied_timeout_ns: u64,
     pub event_allows: bool,
     /// `--existing-flows`.
     pub existing_flows: ExistingFlows,
@@ -55,6 +57,7 @@ impl Default for LoadOptions {
         Self {
             ct_tcp_timeout_ns: netfence_common::DEFAULT_CT_TCP_TIMEOUT_NS,
             ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
+            ct_unreplied_timeout_ns: netfence_common::DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
             event_allows: false,
             existing_flows: ExistingFlows::Keep,
         }
@@ -76,6 +79,7 @@ pub enum ExistingFlows {
 /// The maps the agent writes.
 pub struct Maps {
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    ports: HashMap<MapData, u32, EndpointValue>,
     identities: LpmTrie<MapData, IdentityKey, u32>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     rule_hits: PerCpuHashMap<MapData, u32, u64>,
@@ -124,6 +128,7 @@ impl Datapath {
         loader
             .override_global(global::CT_TCP_TIMEOUT_NS, &options.ct_tcp_timeout_ns, true)
             .override_global(global::CT_OTHER_TIMEOUT_NS, &options.ct_other_timeout_ns, true)
+            .override_global(global::CT_UNREPLIED_TIMEOUT_NS, &options.ct_unreplied_timeout_ns, true)
             .override_global(global::EVENT_ALLOWS, &event_allows, true)
             .override_global(global::EXISTING_FLOWS_CUT, &cut, true);
         if let Some(pins) = pins {
@@ -141,6 +146,7 @@ impl Datapath {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
         let maps = Maps {
             endpoints: take(&mut ebpf, map::ENDPOINTS)?,
+            ports: take(&mut ebpf, map::PORTS)?,
             identities: take(&mut ebpf, map::IDENTITIES)?,
             policy: take(&mut ebpf, map::POLICY)?,
             rule_hits: take(&mut ebpf, map::RULE_HITS)?,
@@ -236,7 +242,9 @@ impl MapBackend for Maps {
             ),
             MapOp::PutIdentity(net, id) => self.identities.insert(&identity_key(net), *id, 0),
             MapOp::PutEndpoint(addr, value) => self.endpoints.insert(endpoint_key(addr), *value, 0),
+            MapOp::PutPort(ifindex, value) => self.ports.insert(*ifindex, *value, 0),
             MapOp::DeleteEndpoint(addr) => self.endpoints.remove(&endpoint_key(addr)),
+            MapOp::DeletePort(ifindex) => self.ports.remove(ifindex),
             MapOp::DeleteIdentity(net) => self.identities.remove(&identity_key(net)),
             MapOp::DeletePolicy(entry) => self.policy.remove(&policy_key(entry)),
             MapOp::DeleteRule(rule) => self.rule_hits.remove(rule),
@@ -254,6 +262,10 @@ impl Maps {
         for item in self.endpoints.iter() {
             let (key, value) = item?;
             live.endpoints.insert(endpoint_addr(&key.addr), value);
+        }
+        for item in self.ports.iter() {
+            let (ifindex, value) = item?;
+            live.ports.insert(ifindex, value);
         }
         for item in self.identities.iter() {
             let (key, id) = item?;

@@ -89,6 +89,7 @@ impl Metrics {
         );
         for (map, capacity) in [
             ("endpoints", netfence_common::MAX_ENDPOINTS),
+            ("ports", netfence_common::MAX_PORTS),
             ("identities", netfence_common::MAX_IDENTITY_PREFIXES),
             ("policy", netfence_common::MAX_POLICY_ENTRIES),
             ("rules", netfence_common::MAX_RULES),
@@ -191,7 +192,8 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// Entries per map (`endpoints`, `identities`, `policy`, `rules`).
+    /// Entries per map (`endpoints`, `ports`, `identities`, `policy`, `rules`,
+    /// `conntrack`).
     pub fn set_map_entries(&self, map: &'static str, entries: usize) {
         self.map_entries
             .get_or_create(&vec![("map", map.to_owned())])
