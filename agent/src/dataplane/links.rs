@@ -2,9 +2,13 @@
 //! namespace, which ones netfence should manage (`--interfaces` globs, `--bridge`
 //! ports), change notifications, and the addresses on the far end of a veth.
 //!
-//! The far end's addresses bind a pod IP to its host-side interface (anti-spoofing):
-//! an RTM_GETADDR dump with `IFA_TARGET_NETNSID` reads the addresses of the peer's
-//! network namespace without entering it (Linux ≥ 4.20, strict checking on).
+//! [`bind`] decides which host-side interface each pod address belongs to (the
+//! anti-spoofing and port checks of the TC programs): from the netfence-cni ADD
+//! records first (the cluster's word: the pod's IPs and its host veth), and only for
+//! addresses no record names from what the pods show — the far end's addresses,
+//! read by an RTM_GETADDR dump with `IFA_TARGET_NETNSID` without entering the peer's
+//! network namespace (Linux ≥ 4.20, strict checking on) — and then only when
+//! exactly one interface shows the address.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -198,62 +202,182 @@ fn message_address(message: &netlink_packet_route::address::AddressMessage) -> O
     local.or(address)
 }
 
-/// Pod address → the host-side interfaces whose peer carries it, for every managed
-/// interface whose peer addresses could be read, and the interfaces that could not.
-pub async fn candidates(
-    handle: &Handle,
-    managed: &[&Interface],
-) -> (BTreeMap<IpAddr, Vec<u32>>, Vec<String>) {
-    let mut seen: BTreeMap<IpAddr, Vec<u32>> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for interface in managed {
-        match peer_addresses(handle, interface).await {
-            Ok(addresses) => {
-                for address in addresses {
-                    seen.entry(address).or_default().push(interface.index);
-                }
-            }
-            Err(error) => problems.push(format!(
-                "cannot read the addresses behind {}: {error}",
-                interface.name
-            )),
-        }
-    }
-    (seen, problems)
+/// One managed interface's peer-address read: `None` when it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRead {
+    pub index: u32,
+    pub name: String,
+    pub addresses: Option<Vec<IpAddr>>,
 }
 
-/// Binds each address to one interface. Bindings are sticky: an address stays bound
-/// to the interface it was first seen behind for as long as that interface still
-/// carries it, so a pod that puts another pod's address on itself does not take it
-/// over (nor unbind it). An address that appears behind several interfaces at once
-/// with no earlier binding is left unbound and reported: there is no telling which
-/// pod owns it.
-pub fn bind(
-    previous: &BTreeMap<IpAddr, u32>,
-    candidates: &BTreeMap<IpAddr, Vec<u32>>,
-) -> (BTreeMap<IpAddr, u32>, Vec<String>) {
-    let mut out = BTreeMap::new();
+/// Reads the peer addresses of every managed interface; the failures are also
+/// described in the returned messages.
+pub async fn peer_reads(handle: &Handle, managed: &[&Interface]) -> (Vec<PeerRead>, Vec<String>) {
+    let mut reads = Vec::new();
     let mut problems = Vec::new();
-    for (address, indexes) in candidates {
-        match (previous.get(address), &indexes[..]) {
-            (Some(kept), _) if indexes.contains(kept) => {
-                out.insert(*address, *kept);
-                if indexes.len() > 1 {
-                    problems.push(format!(
-                        "address {address} also appears behind interfaces {indexes:?}; it stays bound to {kept}"
-                    ));
-                }
+    for interface in managed {
+        let addresses = match peer_addresses(handle, interface).await {
+            Ok(addresses) => Some(addresses),
+            Err(error) => {
+                problems.push(format!(
+                    "cannot read the addresses behind {} (its previous bindings are kept): {error}",
+                    interface.name
+                ));
+                None
             }
-            (_, [only]) => {
-                out.insert(*address, *only);
-            }
-            _ => problems.push(format!(
-                "address {address} is behind several interfaces ({indexes:?}); not bound"
-            )),
+        };
+        reads.push(PeerRead {
+            index: interface.index,
+            name: interface.name.clone(),
+            addresses,
+        });
+    }
+    (reads, problems)
+}
+
+/// A pod the netfence-cni plugin announced (ADD, kept until DEL): its addresses and
+/// the host-side interfaces of its CNI result (the veth, and the bridge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniRecord {
+    /// `ns/pod` (or `cni/<container>`), for messages.
+    pub owner: String,
+    pub ips: Vec<IpAddr>,
+    pub host_interfaces: Vec<String>,
+}
+
+/// The bindings [`bind`] chose, and what it could not decide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// Address → host interface index.
+    pub bindings: BTreeMap<IpAddr, u32>,
+    pub problems: Vec<BindProblem>,
+}
+
+/// An address [`bind`] found claimed by more than its owner, or could not bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindProblem {
+    /// A CNI record binds `address` to `bound`; the pods behind `others` show it too
+    /// (a pod put an address that is not its own on its interface).
+    ClaimedElsewhere {
+        address: IpAddr,
+        owner: String,
+        bound: String,
+        others: Vec<String>,
+    },
+    /// No CNI record names `address` and several interfaces show it: unbound (fails
+    /// closed both ways) while contested.
+    Contested { address: IpAddr, interfaces: Vec<String> },
+    /// A CNI record names `address`, but not exactly one of its host interfaces is
+    /// managed here (`named`): unbound, and no other interface may take it.
+    NoHostInterface {
+        address: IpAddr,
+        owner: String,
+        named: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for BindProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClaimedElsewhere { address, owner, bound, others } => write!(
+                f,
+                "address {address} belongs to {owner} (CNI ADD) and is bound to {bound}, but is also shown behind {}: ignored there",
+                others.join(", ")
+            ),
+            Self::Contested { address, interfaces } => write!(
+                f,
+                "address {address} is shown behind several interfaces ({}) and no CNI ADD names it: not bound (its endpoint drops both ways) while contested",
+                interfaces.join(", ")
+            ),
+            Self::NoHostInterface { address, owner, named } => write!(
+                f,
+                "address {address} belongs to {owner} (CNI ADD), whose host interfaces {named:?} are not exactly one managed interface: not bound (its endpoint drops both ways)"
+            ),
         }
     }
-    (out, problems)
 }
+
+/// Binds pod addresses to host interfaces, from the cluster first:
+///
+/// 1. A CNI record binds each of its addresses to the one managed interface among
+///    its host interfaces, whoever else shows the address (none or several managed:
+///    the address stays unbound, and no other interface takes it).
+/// 2. An address no CNI record names binds to the interface whose peer shows it —
+///    only when exactly one does; shown behind several, it is unbound while
+///    contested (no first-claimer stickiness: a pod that adds another pod's address
+///    to itself never holds its binding, nor keeps it once that pod's veth shows it).
+///
+/// An interface whose peer read failed counts as still showing the addresses
+/// `previous` bound to it (a failed read does not unbind a pod).
+pub fn bind(previous: &BTreeMap<IpAddr, u32>, cni: &[CniRecord], reads: &[PeerRead]) -> Bound {
+    let mut shown: BTreeMap<IpAddr, Vec<&PeerRead>> = BTreeMap::new();
+    for read in reads {
+        let kept: Vec<IpAddr>;
+        let addresses = match &read.addresses {
+            Some(addresses) => addresses,
+            None => {
+                kept = previous.iter().filter(|(_, i)| **i == read.index).map(|(a, _)| *a).collect();
+                &kept
+            }
+        };
+        for address in addresses {
+            let behind = shown.entry(*address).or_default();
+            if !behind.iter().any(|r| r.index == read.index) {
+                behind.push(read);
+            }
+        }
+    }
+    let mut out = Bound::default();
+    let mut claimed = std::collections::BTreeSet::new();
+    for record in cni.iter().filter(|r| !r.host_interfaces.is_empty()) {
+        let host: Vec<&PeerRead> = reads.iter().filter(|r| record.host_interfaces.contains(&r.name)).collect();
+        for address in &record.ips {
+            if !claimed.insert(*address) {
+                continue; // one record per address (`Pending::add`); the first wins
+            }
+            let [only] = host[..] else {
+                out.problems.push(BindProblem::NoHostInterface {
+                    address: *address,
+                    owner: record.owner.clone(),
+                    named: record.host_interfaces.clone(),
+                });
+                continue;
+            };
+            out.bindings.insert(*address, only.index);
+            let others: Vec<String> = shown
+                .get(address)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.index != only.index)
+                .map(|r| r.name.clone())
+                .collect();
+            if !others.is_empty() {
+                out.problems.push(BindProblem::ClaimedElsewhere {
+                    address: *address,
+                    owner: record.owner.clone(),
+                    bound: only.name.clone(),
+                    others,
+                });
+            }
+        }
+    }
+    for (address, behind) in shown.iter().filter(|(a, _)| !claimed.contains(*a)) {
+        match behind[..] {
+            [only] => {
+                out.bindings.insert(*address, only.index);
+            }
+            _ => out.problems.push(BindProblem::Contested {
+                address: *address,
+                interfaces: behind.iter().map(|r| r.name.clone()).collect(),
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "links_tests.rs"]
+mod bind_tests;
 
 #[cfg(test)]
 mod tests {
@@ -287,35 +411,6 @@ mod tests {
         let only_glob = Selection::new(&["veth*".to_owned(), "lo".to_owned()], None).expect("valid");
         let names: Vec<_> = only_glob.managed(&all).iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, vec!["veth1234", "veth9999"]);
-    }
-
-    #[test]
-    fn bindings_are_sticky_against_an_address_claimed_by_a_second_interface() {
-        let a: IpAddr = "198.18.0.10".parse().expect("ip");
-        let c: IpAddr = "198.18.0.12".parse().expect("ip");
-        let first = BTreeMap::from([(a, vec![3]), (c, vec![5])]);
-        let (bound, problems) = bind(&BTreeMap::new(), &first);
-        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 5)]));
-        assert!(problems.is_empty());
-
-        // Pod behind interface 3 adds c's address to itself: c stays bound to 5.
-        let claimed = BTreeMap::from([(a, vec![3]), (c, vec![3, 5])]);
-        let (bound, problems) = bind(&bound, &claimed);
-        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 5)]));
-        assert_eq!(problems.len(), 1, "{problems:?}");
-
-        // c's interface goes away: the address moves to the one interface left.
-        let moved = BTreeMap::from([(a, vec![3]), (c, vec![3])]);
-        let (bound, _) = bind(&bound, &moved);
-        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 3)]));
-    }
-
-    #[test]
-    fn an_address_seen_twice_with_no_history_is_not_bound() {
-        let c: IpAddr = "198.18.0.12".parse().expect("ip");
-        let (bound, problems) = bind(&BTreeMap::new(), &BTreeMap::from([(c, vec![3, 5])]));
-        assert!(bound.is_empty());
-        assert!(problems[0].contains("not bound"), "{problems:?}");
     }
 
     #[test]

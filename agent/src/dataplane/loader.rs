@@ -1,5 +1,6 @@
 //! Loading the TC programs and holding their maps: the real `MapBackend`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -8,13 +9,17 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use netfence_common::{
-    EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
+    CtKey, CtValue, EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
     Settings, V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
 };
 
 use super::pin::{PINNED_MAPS, PinDir};
 use super::sync::{Contents, MapBackend, MapOp};
 use crate::image::PolicyEntry;
+
+/// Keys a CONNTRACK walk reads at most: its capacity, and as many again for keys
+/// the LRU evicts under the walk (a vanished key restarts the kernel's iteration).
+const CONNTRACK_WALK_LIMIT: usize = 2 * netfence_common::MAX_CONNTRACK as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -296,14 +301,42 @@ impl Maps {
         Ok(live)
     }
 
-    /// Live CONNTRACK entries of the loaded programs: a walk of the LRU map's keys, one
-    /// syscall per entry (at most `MAX_CONNTRACK`), so callers sample it rarely.
-    pub fn conntrack_entries(ebpf: &Ebpf) -> Result<usize, LoadError> {
+    /// Live CONNTRACK entries of the loaded programs, counted by their `local`
+    /// address (the pod side of the hook): a walk of the LRU map's keys, one syscall
+    /// per entry (at most `MAX_CONNTRACK`), so callers sample it rarely.
+    pub fn conntrack_by_local(ebpf: &Ebpf) -> Result<BTreeMap<IpAddr, usize>, LoadError> {
         let name = map::CONNTRACK;
         let found = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
-        let conntrack = HashMap::<&MapData, netfence_common::CtKey, netfence_common::CtValue>::try_from(found)
+        let conntrack = HashMap::<&MapData, CtKey, CtValue>::try_from(found)
             .map_err(|source| LoadError::Map { name, source })?;
-        Ok(conntrack.keys().filter(Result::is_ok).count())
+        let mut out: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        // Bounded: keys that vanish under the walk can restart the kernel's iteration.
+        for key in conntrack.keys().take(CONNTRACK_WALK_LIMIT).filter_map(Result::ok) {
+            *out.entry(endpoint_addr(&key.local)).or_default() += 1;
+        }
+        Ok(out)
+    }
+
+    /// Deletes every CONNTRACK entry whose `local` or `remote` address is in
+    /// `addresses` (a pod went or its address moved to another pod): one walk of the
+    /// keys (bounded by the capacity), then one delete per match. Returns how many
+    /// entries it deleted; an entry that vanished meanwhile is not counted.
+    pub fn purge_conntrack(ebpf: &mut Ebpf, addresses: &BTreeSet<IpAddr>) -> Result<usize, LoadError> {
+        if addresses.is_empty() {
+            return Ok(0);
+        }
+        let name = map::CONNTRACK;
+        let found = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        let mut conntrack = HashMap::<&mut MapData, CtKey, CtValue>::try_from(found)
+            .map_err(|source| LoadError::Map { name, source })?;
+        let wanted: BTreeSet<[u8; 16]> = addresses.iter().map(|a| endpoint_key(a).addr).collect();
+        let doomed: Vec<CtKey> = conntrack
+            .keys()
+            .take(CONNTRACK_WALK_LIMIT)
+            .filter_map(Result::ok)
+            .filter(|key| wanted.contains(&key.local) || wanted.contains(&key.remote))
+            .collect();
+        Ok(doomed.iter().filter(|key| conntrack.remove(key).is_ok()).count())
     }
 
     /// The policy generation in SETTINGS (pinned: a restarted agent continues it).
