@@ -79,7 +79,7 @@ fn veth_peer_addresses_bind_pod_ips_to_host_interfaces() {
             let managed = selection.managed(&all);
             let names: Vec<String> = managed.iter().map(|i| i.name.clone()).collect();
             let (reads, mut problems) = links::peer_reads(&handle, &managed).await;
-            let bound = links::bind(&Default::default(), &[], &reads);
+            let bound = links::bind(&Default::default(), &[], &reads, &Default::default());
             problems.extend(bound.problems.iter().map(ToString::to_string));
             let bindings: Vec<(IpAddr, String)> = bound
                 .bindings

@@ -308,12 +308,13 @@ impl Enforcer {
     /// packet a program sees (also one swapped into a pinned link, on maps a layout
     /// change left empty) meets the policy and its pod's binding. Then ready.
     async fn start(&mut self, load: Load, source: &dyn Source, health: &Health, ready: &mut bool) {
+        let cause = self.accept(load, source);
         if let Some(all) = self.list_interfaces().await {
             let managed: Vec<&Interface> = self.selection.managed(&all);
             // The compile below uses the node addresses and bindings read here.
             let _ = self.rebind(&managed).await;
         }
-        self.reload(load, source);
+        self.recompile(cause);
         self.reconcile_interfaces().await;
         let adopted = self.attachments.indexes().filter(|i| self.attachments.adopted(*i)).count();
         let pruned = self.attachments.prune_pins();
@@ -339,6 +340,13 @@ impl Enforcer {
     /// Compiles the source's state and syncs. Invalid objects are reported; their
     /// last good version (or nothing) stays enforced.
     fn reload(&mut self, load: Load, source: &dyn Source) {
+        let cause = self.accept(load, source);
+        self.recompile(cause);
+    }
+
+    /// Takes the source's state (reporting its invalid objects) without compiling;
+    /// returns the cause to compile it with.
+    fn accept(&mut self, load: Load, source: &dyn Source) -> &'static str {
         let noun = source.noun();
         for error in &load.errors {
             tracing::error!("invalid {noun}, skipped (last good version kept): {error}");
@@ -348,7 +356,7 @@ impl Enforcer {
         }
         self.metrics.set_invalid_objects(load.errors.len());
         self.state = load.state;
-        self.recompile(source.name());
+        source.name()
     }
 
     /// Compiles the last loaded state for this node and syncs.

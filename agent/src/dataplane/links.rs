@@ -7,10 +7,10 @@
 //! records first (the cluster's word: the pod's IPs and its host veth), and only for
 //! addresses no record names from what the pods show — the far end's addresses,
 //! read by an RTM_GETADDR dump with `IFA_TARGET_NETNSID` without entering the peer's
-//! network namespace (Linux ≥ 4.20, strict checking on) — and then only when
-//! exactly one interface shows the address.
+//! network namespace (Linux ≥ 4.20, strict checking on) — and then only on an
+//! interface not known to be another pod's, and only when exactly one is left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use futures::TryStreamExt as _;
@@ -18,6 +18,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use netlink_packet_route::address::{AddressAttribute, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::Handle;
+
+use super::owners::Owner;
 
 /// Errors talking to rtnetlink.
 #[derive(Debug, thiserror::Error)]
@@ -239,8 +241,8 @@ pub async fn peer_reads(handle: &Handle, managed: &[&Interface]) -> (Vec<PeerRea
 /// the host-side interfaces of its CNI result (the veth, and the bridge).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniRecord {
-    /// `ns/pod` (or `cni/<container>`), for messages.
-    pub owner: String,
+    /// The pod (as its deny-all endpoint names it while the state lacks it).
+    pub owner: Owner,
     pub ips: Vec<IpAddr>,
     pub host_interfaces: Vec<String>,
 }
@@ -256,24 +258,34 @@ pub struct Bound {
 /// An address [`bind`] found claimed by more than its owner, or could not bind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BindProblem {
-    /// A CNI record binds `address` to `bound`; the pods behind `others` show it too
-    /// (a pod put an address that is not its own on its interface).
+    /// `address` belongs to `owner` and is bound to `bound`; the pods behind `others`
+    /// show it too (a pod put an address that is not its own on its interface).
     ClaimedElsewhere {
         address: IpAddr,
-        owner: String,
+        owner: Option<Owner>,
         bound: String,
         others: Vec<String>,
     },
-    /// No CNI record names `address` and several interfaces show it: unbound (fails
-    /// closed both ways) while contested.
-    Contested { address: IpAddr, interfaces: Vec<String> },
+    /// `address` is shown behind `interfaces` and no CNI record, and no other
+    /// address, tells which one is its pod's: unbound (its endpoint fails closed
+    /// both ways) while contested. Also an address shown only behind interfaces
+    /// that are another pod's.
+    Contested {
+        address: IpAddr,
+        owner: Option<Owner>,
+        interfaces: Vec<String>,
+    },
     /// A CNI record names `address`, but not exactly one of its host interfaces is
     /// managed here (`named`): unbound, and no other interface may take it.
     NoHostInterface {
         address: IpAddr,
-        owner: String,
+        owner: Owner,
         named: Vec<String>,
     },
+}
+
+fn pod_name(owner: Option<&Owner>) -> String {
+    owner.map_or_else(|| "no pod".to_owned(), |o| format!("{}/{}", o.namespace, o.pod))
 }
 
 impl std::fmt::Display for BindProblem {
@@ -281,17 +293,20 @@ impl std::fmt::Display for BindProblem {
         match self {
             Self::ClaimedElsewhere { address, owner, bound, others } => write!(
                 f,
-                "address {address} belongs to {owner} (CNI ADD) and is bound to {bound}, but is also shown behind {}: ignored there",
+                "address {address} belongs to {} and is bound to {bound}, but is also shown behind {}: ignored there",
+                pod_name(owner.as_ref()),
                 others.join(", ")
             ),
-            Self::Contested { address, interfaces } => write!(
+            Self::Contested { address, owner, interfaces } => write!(
                 f,
-                "address {address} is shown behind several interfaces ({}) and no CNI ADD names it: not bound (its endpoint drops both ways) while contested",
+                "address {address} ({}) is shown behind {} and nothing tells which is its pod's: not bound (its endpoint drops both ways) while contested",
+                pod_name(owner.as_ref()),
                 interfaces.join(", ")
             ),
             Self::NoHostInterface { address, owner, named } => write!(
                 f,
-                "address {address} belongs to {owner} (CNI ADD), whose host interfaces {named:?} are not exactly one managed interface: not bound (its endpoint drops both ways)"
+                "address {address} belongs to {} (CNI ADD), whose host interfaces {named:?} are not exactly one managed interface: not bound (its endpoint drops both ways)",
+                pod_name(Some(owner))
             ),
         }
     }
@@ -301,15 +316,25 @@ impl std::fmt::Display for BindProblem {
 ///
 /// 1. A CNI record binds each of its addresses to the one managed interface among
 ///    its host interfaces, whoever else shows the address (none or several managed:
-///    the address stays unbound, and no other interface takes it).
-/// 2. An address no CNI record names binds to the interface whose peer shows it —
-///    only when exactly one does; shown behind several, it is unbound while
-///    contested (no first-claimer stickiness: a pod that adds another pod's address
-///    to itself never holds its binding, nor keeps it once that pod's veth shows it).
+///    the address stays unbound, and no other interface takes it). That interface
+///    is then known to be the record's pod's.
+/// 2. An address no CNI record names binds to the interface whose peer shows it,
+///    among those not known to be another pod's — only when exactly one is left.
+///    An interface is known to be pod P's when a CNI record says so, or when it
+///    alone shows an address `owners` (the cluster state) gives P. An address shown
+///    behind several interfaces that nothing tells apart is unbound while contested.
+///    There is no first-claimer stickiness: a pod that adds another pod's address to
+///    itself never keeps its binding once that pod's veth shows it, and does not get
+///    it at all while the interface shows one of its own addresses.
 ///
 /// An interface whose peer read failed counts as still showing the addresses
 /// `previous` bound to it (a failed read does not unbind a pod).
-pub fn bind(previous: &BTreeMap<IpAddr, u32>, cni: &[CniRecord], reads: &[PeerRead]) -> Bound {
+pub fn bind(
+    previous: &BTreeMap<IpAddr, u32>,
+    cni: &[CniRecord],
+    reads: &[PeerRead],
+    owners: &BTreeMap<IpAddr, Owner>,
+) -> Bound {
     let mut shown: BTreeMap<IpAddr, Vec<&PeerRead>> = BTreeMap::new();
     for read in reads {
         let kept: Vec<IpAddr>;
@@ -327,10 +352,24 @@ pub fn bind(previous: &BTreeMap<IpAddr, u32>, cni: &[CniRecord], reads: &[PeerRe
             }
         }
     }
+    let others_showing = |address: &IpAddr, bound: u32| -> Vec<String> {
+        shown
+            .get(address)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.index != bound)
+            .map(|r| r.name.clone())
+            .collect()
+    };
     let mut out = Bound::default();
-    let mut claimed = std::collections::BTreeSet::new();
+    // Interface → the pods it is known to belong to.
+    let mut pods_of: BTreeMap<u32, BTreeSet<&Owner>> = BTreeMap::new();
+    let mut claimed = BTreeSet::new();
     for record in cni.iter().filter(|r| !r.host_interfaces.is_empty()) {
         let host: Vec<&PeerRead> = reads.iter().filter(|r| record.host_interfaces.contains(&r.name)).collect();
+        if let [only] = host[..] {
+            pods_of.entry(only.index).or_default().insert(&record.owner);
+        }
         for address in &record.ips {
             if !claimed.insert(*address) {
                 continue; // one record per address (`Pending::add`); the first wins
@@ -344,30 +383,48 @@ pub fn bind(previous: &BTreeMap<IpAddr, u32>, cni: &[CniRecord], reads: &[PeerRe
                 continue;
             };
             out.bindings.insert(*address, only.index);
-            let others: Vec<String> = shown
-                .get(address)
-                .into_iter()
-                .flatten()
-                .filter(|r| r.index != only.index)
-                .map(|r| r.name.clone())
-                .collect();
+            let others = others_showing(address, only.index);
             if !others.is_empty() {
                 out.problems.push(BindProblem::ClaimedElsewhere {
                     address: *address,
-                    owner: record.owner.clone(),
+                    owner: Some(record.owner.clone()),
                     bound: only.name.clone(),
                     others,
                 });
             }
         }
     }
-    for (address, behind) in shown.iter().filter(|(a, _)| !claimed.contains(*a)) {
-        match behind[..] {
+    let unclaimed: Vec<(&IpAddr, &Vec<&PeerRead>)> = shown.iter().filter(|(a, _)| !claimed.contains(*a)).collect();
+    for (address, behind) in &unclaimed {
+        if let ([only], Some(owner)) = (&behind[..], owners.get(*address)) {
+            pods_of.entry(only.index).or_default().insert(owner);
+        }
+    }
+    for (address, behind) in unclaimed {
+        let owner = owners.get(address);
+        let theirs: Vec<&PeerRead> = behind
+            .iter()
+            .filter(|r| {
+                owner.is_none_or(|owner| pods_of.get(&r.index).is_none_or(|pods| pods.iter().all(|p| *p == owner)))
+            })
+            .copied()
+            .collect();
+        match theirs[..] {
             [only] => {
                 out.bindings.insert(*address, only.index);
+                let others = others_showing(address, only.index);
+                if !others.is_empty() {
+                    out.problems.push(BindProblem::ClaimedElsewhere {
+                        address: *address,
+                        owner: owner.cloned(),
+                        bound: only.name.clone(),
+                        others,
+                    });
+                }
             }
             _ => out.problems.push(BindProblem::Contested {
                 address: *address,
+                owner: owner.cloned(),
                 interfaces: behind.iter().map(|r| r.name.clone()).collect(),
             }),
         }

@@ -52,9 +52,12 @@ pub struct Contents {
     pub rules: BTreeSet<u32>,
 }
 
-/// Endpoints with different values bound to one interface: PORTS can hold one, and
-/// holds `kept`'s (the lowest address). Normally a sign of a binding conflict (two
-/// pods' addresses behind one veth), reported by the agent at every sync.
+/// Endpoints with different endpoint policies or flags bound to one interface: PORTS
+/// can hold one, and holds `kept`'s (the lowest address). A sign of a binding
+/// conflict (two pods' addresses behind one veth), reported by the agent at every
+/// sync. Identities may differ without a conflict: a dual-stack pod's two addresses
+/// can fall in different ipBlock regions, and the identity only names the pod in
+/// events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortConflict {
     pub ifindex: u32,
@@ -75,7 +78,8 @@ impl std::fmt::Display for PortConflict {
 }
 
 /// PORTS for `endpoints`: each bound interface (ifindex ≠ 0) → the value of the
-/// lowest address bound to it (a dual-stack pod's addresses carry the same value).
+/// lowest address bound to it (a dual-stack pod's addresses carry the same policy
+/// and flags; IPv4 sorts first, so its identity is the one reported).
 pub fn ports_of(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> BTreeMap<u32, EndpointValue> {
     let mut ports = BTreeMap::new();
     // Ascending addresses: the first one seen per interface is the lowest.
@@ -85,7 +89,8 @@ pub fn ports_of(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> BTreeMap<u32, En
     ports
 }
 
-/// The interfaces whose bound endpoints disagree on the value PORTS holds.
+/// The interfaces whose bound endpoints disagree on what PORTS decides with (the
+/// endpoint policy and flags).
 pub fn port_conflicts(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> Vec<PortConflict> {
     let mut by_port: BTreeMap<u32, Vec<(IpAddr, &EndpointValue)>> = BTreeMap::new();
     for (addr, value) in endpoints.iter().filter(|(_, v)| v.ifindex != 0) {
@@ -95,7 +100,11 @@ pub fn port_conflicts(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> Vec<PortCo
         .into_iter()
         .filter_map(|(ifindex, bound)| {
             let (kept, value) = *bound.first()?;
-            let others: Vec<IpAddr> = bound.iter().filter(|(_, v)| *v != value).map(|(a, _)| *a).collect();
+            let others: Vec<IpAddr> = bound
+                .iter()
+                .filter(|(_, v)| (v.policy, v.flags) != (value.policy, value.flags))
+                .map(|(a, _)| *a)
+                .collect();
             (!others.is_empty()).then_some(PortConflict { ifindex, kept, others })
         })
         .collect()

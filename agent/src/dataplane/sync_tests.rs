@@ -344,14 +344,14 @@ fn different_endpoints_on_one_interface_keep_the_lowest_address_and_say_so() {
         (pod6(9), bound(300, 17)),
         (pod(5), bound(200, 17)),
         (pod(2), bound(100, 17)),
-        (pod(3), bound(100, 17)),
+        (pod(3), EndpointValue { identity: 21, ..bound(100, 17) }),
     ]);
     assert_eq!(ports_of(&endpoints), BTreeMap::from([(17, bound(100, 17))]));
     let conflicts = port_conflicts(&endpoints);
     assert_eq!(
         conflicts,
         vec![PortConflict { ifindex: 17, kept: pod(2), others: vec![pod(5), pod6(9)] }],
-        "pod(3) carries the kept value and is no conflict"
+        "pod(3) has the kept policy and flags (another identity) and is no conflict"
     );
     let text = conflicts[0].to_string();
     assert!(text.contains("interface 17") && text.contains("198.18.0.2") && text.contains("fd00::9"), "{text}");

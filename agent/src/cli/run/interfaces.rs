@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 
 use super::Enforcer;
 use crate::dataplane::links::{self, CniRecord, Interface};
+use crate::dataplane::owners::{self, Owner};
+use crate::image::Image;
 
 /// What a rebind changed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,8 +30,9 @@ impl Enforcer {
         }
     }
 
-    /// Recomputes the address bindings of the `managed` interfaces and re-reads the
-    /// node's addresses; syncs nothing (the caller does, once).
+    /// Recomputes the address bindings of the `managed` interfaces (with the owners
+    /// of the last compile) and re-reads the node's addresses; syncs nothing (the
+    /// caller does, once).
     pub(super) async fn rebind(&mut self, managed: &[&Interface]) -> Rebound {
         let records: Vec<CniRecord> = self
             .cni
@@ -38,7 +41,7 @@ impl Enforcer {
             .map(|endpoint| {
                 let (namespace, pod) = endpoint.names();
                 CniRecord {
-                    owner: format!("{namespace}/{pod}"),
+                    owner: Owner { namespace, pod },
                     ips: endpoint.ips.clone(),
                     host_interfaces: endpoint.host_interfaces.clone(),
                 }
@@ -48,7 +51,16 @@ impl Enforcer {
         for problem in unreadable {
             tracing::debug!("{problem}");
         }
-        let bound = links::bind(&self.bindings, &records, &reads);
+        // Before the first compile (at start), the owners the state alone gives.
+        let before_compile;
+        let owners = match &self.owners {
+            Some(owners) => owners,
+            None => {
+                before_compile = owners::owners(&self.state, &Image::default());
+                &before_compile
+            }
+        };
+        let bound = links::bind(&self.bindings, &records, &reads, owners);
         // Each problem is a warning once (they are re-found every second), then
         // debug while it lasts.
         let problems: BTreeSet<String> = bound.problems.iter().map(ToString::to_string).collect();
