@@ -69,12 +69,13 @@ impl RawLink {
         Ok(())
     }
 
-    /// Reads for `window` and counts the incoming frames (not the ones this namespace
-    /// sent) for which `matches` holds.
-    pub fn count(&self, window: Duration, matches: impl Fn(&[u8]) -> bool) -> anyhow::Result<usize> {
+    /// Reads for `window` and returns the incoming frames (not the ones this
+    /// namespace sent), oldest first. Reading consumes them: take one capture per
+    /// round and count every kind of frame in it.
+    pub fn capture(&self, window: Duration) -> anyhow::Result<Vec<Vec<u8>>> {
         let deadline = Instant::now() + window;
         let mut buf = vec![0u8; 65536];
-        let mut seen = 0;
+        let mut frames = Vec::new();
         for _ in 0..MAX_FRAMES {
             if Instant::now() >= deadline {
                 break;
@@ -99,11 +100,16 @@ impl RawLink {
                     _ => return Err(error).with_context(|| format!("capturing on {}", self.what)),
                 }
             };
-            if from.sll_pkttype != libc::PACKET_OUTGOING && matches(&buf[..len]) {
-                seen += 1;
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
+                frames.push(buf[..len].to_vec());
             }
         }
-        Ok(seen)
+        Ok(frames)
+    }
+
+    /// [`RawLink::capture`], counting the frames for which `matches` holds.
+    pub fn count(&self, window: Duration, matches: impl Fn(&[u8]) -> bool) -> anyhow::Result<usize> {
+        Ok(self.capture(window)?.iter().filter(|f| matches(f)).count())
     }
 }
 
