@@ -76,8 +76,13 @@ fn gratuitous_arp_cannot_take_the_gateway_of_a_neighbour_pod() {
     let _agent = start(&bed, Attach::Auto);
     Verdicts::new().udp(&victim, &attacker, 9000, DENY).check();
     claim_gateway(&attacker, &victim);
-    assert_eq!(entry(), Some(gateway), "the victim's gateway entry keeps cni0's MAC");
-    assert_eq!(diverted(&victim, &attacker, "arp"), 0, "the attacker receives none of the victim's traffic");
+    let poisoned = (entry(), diverted(&victim, &attacker, "arp"));
+    assert_eq!(
+        poisoned,
+        (Some(gateway), 0),
+        "the victim's gateway entry keeps cni0's MAC (the attacker's is {attacker_mac:?}) and the attacker \
+         receives none of the victim's traffic"
+    );
 }
 
 const PORT: u16 = 9700;
@@ -108,16 +113,19 @@ fn option(tag: &[u8], units: u8) -> Vec<u8> {
     option
 }
 
-/// UDP datagrams from `from` to each pod's link-local address (`fe80::…%eth0`):
-/// how many arrived at each.
-fn to_link_local(from: &PodNs, to: &[(&PodNs, Ipv6Addr)], round: &str) -> Vec<usize> {
+/// UDP datagrams from `from`, from a socket bound to `source` (its link-local or its
+/// global address), to each pod's link-local address (`fe80::…%eth0`): how many
+/// arrived at each.
+fn to_link_local(from: &PodNs, source: Ipv6Addr, to: &[(&PodNs, Ipv6Addr)], round: &str) -> Vec<usize> {
     let tag = marker(round);
     let servers: Vec<_> = to
         .iter()
         .map(|(pod, _)| udp_socket(&pod.netns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT)).unwrap())
         .collect();
-    let client = udp_socket(&from.netns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0)).unwrap();
     let eth0 = ifindex(&from.netns, "eth0").unwrap();
+    let scope = if source.is_unicast_link_local() { eth0 } else { 0 };
+    let bind = SocketAddr::V6(SocketAddrV6::new(source, 0, 0, scope));
+    let client = udp_socket(&from.netns, bind).unwrap();
     for (_, ll) in to {
         for _ in 0..TIMES {
             client.send_to(&tag, SocketAddrV6::new(*ll, PORT, 0, eth0)).unwrap();
@@ -177,19 +185,22 @@ fn link_local_traffic_and_neighbour_discovery_from_a_pod() {
             .collect()
     };
     let targets = [(&v, v_ll), (&n, n_ll)];
-    assert_eq!(to_link_local(&a, &targets, "ll-control"), [TIMES, TIMES], "without the agent: to v, n");
-    assert_eq!(neighbour_discovery("nd-control"), [TIMES; 3], "without the agent: NS ×2, RA");
+    // Counts in report order: UDP from a's link-local address to v's and n's fe80::,
+    // the same from a's global address, then the forged NS ×2 and the RA at v.
+    let round = |round: &str| -> Vec<usize> {
+        let mut counts = to_link_local(&a, a_ll, &targets, &format!("{round}-ll"));
+        counts.extend(to_link_local(&a, a.v6, &targets, &format!("{round}-global")));
+        counts.extend(neighbour_discovery(&format!("{round}-nd")));
+        counts
+    };
+    assert_eq!(round("control"), [TIMES; 7], "without the agent everything arrives");
 
     let _agent = start(&bed, Attach::Auto);
     Verdicts::new().udp(&a, &v, PORT, DENY).check();
     assert_eq!(
-        to_link_local(&a, &targets, "ll"),
-        [0, TIMES],
-        "to fe80:: of v (ingress deny-all) and of n (not isolated)"
-    );
-    assert_eq!(
-        neighbour_discovery("nd"),
-        [0; 3],
-        "NS from another pod's address, NS from an unassigned address, RA"
+        round("attack"),
+        [0, TIMES, 0, TIMES, 0, 0, 0],
+        "to fe80:: of v (ingress deny-all) and of n (not isolated) from a's fe80:: and from its global \
+         address; NS from another pod's address, NS from an unassigned address, RA"
     );
 }
