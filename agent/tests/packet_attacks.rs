@@ -164,5 +164,9 @@ fn wait_for_manifests_sync(agent: &mut netns::Agent, after: u64) {
         }
         seen = agent.wait_for_sync_after(seen).unwrap();
     }
-    assert!(synced_manifests(&agent.log()), "no manifests sync after generation {after}:\n{}", agent.log());
+    assert!(
+        synced_manifests(&agent.log()),
+        "no manifests sync after generation {after}:\n{}",
+        agent.log()
+    );
 }

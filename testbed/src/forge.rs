@@ -251,7 +251,11 @@ mod tests {
             IPPROTO_UDP,
             packet.len() - 20,
         );
-        assert_eq!(checksum(&[&pseudo, &packet[20..]]), 0, "UDP with pseudo header");
+        assert_eq!(
+            checksum(&[&pseudo, &packet[20..]]),
+            0,
+            "UDP with pseudo header"
+        );
         assert_eq!(u16::from_be_bytes([packet[2], packet[3]]), 34);
     }
 
@@ -271,13 +275,29 @@ mod tests {
 
     #[test]
     fn macs_groups_and_vxlan() {
-        assert_eq!(parse_mac("02:00:5e:10:00:ff").ok(), Some([2, 0, 0x5e, 0x10, 0, 0xff]));
+        assert_eq!(
+            parse_mac("02:00:5e:10:00:ff").ok(),
+            Some([2, 0, 0x5e, 0x10, 0, 0xff])
+        );
         assert!(parse_mac("02:00").is_err());
         assert_eq!(format_mac([2, 0, 0x5e, 0x10, 0, 0xff]), "02:00:5e:10:00:ff");
         let addr: Ipv6Addr = "fd00:18::1234:5678".parse().unwrap_or(Ipv6Addr::LOCALHOST);
         assert_eq!(solicited_node(addr).to_string(), "ff02::1:ff34:5678");
-        assert_eq!(ipv6_multicast_mac(solicited_node(addr)), [0x33, 0x33, 0xff, 0x34, 0x56, 0x78]);
+        assert_eq!(
+            ipv6_multicast_mac(solicited_node(addr)),
+            [0x33, 0x33, 0xff, 0x34, 0x56, 0x78]
+        );
         assert_eq!(vxlan(1, b"x"), [8, 0, 0, 0, 0, 0, 1, 0, b'x']);
-        assert_eq!(arp(ARP_REPLY, [1; 6], Ipv4Addr::new(1, 2, 3, 4), [2; 6], Ipv4Addr::new(5, 6, 7, 8)).len(), 28);
+        assert_eq!(
+            arp(
+                ARP_REPLY,
+                [1; 6],
+                Ipv4Addr::new(1, 2, 3, 4),
+                [2; 6],
+                Ipv4Addr::new(5, 6, 7, 8)
+            )
+            .len(),
+            28
+        );
     }
 }

@@ -108,7 +108,11 @@ impl RawLink {
     }
 
     /// [`RawLink::capture`], counting the frames for which `matches` holds.
-    pub fn count(&self, window: Duration, matches: impl Fn(&[u8]) -> bool) -> anyhow::Result<usize> {
+    pub fn count(
+        &self,
+        window: Duration,
+        matches: impl Fn(&[u8]) -> bool,
+    ) -> anyhow::Result<usize> {
         Ok(self.capture(window)?.iter().filter(|f| matches(f)).count())
     }
 }
@@ -138,7 +142,13 @@ fn eth_p_all() -> u16 {
 fn open_packet_socket(dev: &str) -> anyhow::Result<(OwnedFd, i32)> {
     let ifindex = i32::try_from(ifindex_here(dev)?)?;
     // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(eth_p_all())) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(eth_p_all()),
+        )
+    };
     if raw < 0 {
         return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
     }
@@ -146,7 +156,14 @@ fn open_packet_socket(dev: &str) -> anyhow::Result<(OwnedFd, i32)> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let addr = sockaddr_ll(ifindex);
     // SAFETY: the address is valid for the length given.
-    if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&addr).cast(), sockaddr_ll_len()) } != 0 {
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&addr).cast(),
+            sockaddr_ll_len(),
+        )
+    } != 0
+    {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("binding to {dev}"));
     }
     let timeout = libc::timeval {
@@ -208,7 +225,8 @@ pub fn link_local(netns: &Netns, dev: &str) -> anyhow::Result<Ipv6Addr> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let out = netns.ip(&["-j", "-6", "addr", "show", "dev", dev, "scope", "link"])?;
-        let json: Value = serde_json::from_str(&out).with_context(|| format!("ip -j addr: {out}"))?;
+        let json: Value =
+            serde_json::from_str(&out).with_context(|| format!("ip -j addr: {out}"))?;
         let found = json
             .pointer("/0/addr_info")
             .and_then(Value::as_array)
@@ -217,13 +235,21 @@ pub fn link_local(netns: &Netns, dev: &str) -> anyhow::Result<Ipv6Addr> {
             .find(|a| a.get("family").and_then(Value::as_str) == Some("inet6"));
         if let Some(addr) = found {
             let tentative = addr.get("tentative").and_then(Value::as_bool) == Some(true);
-            let local = addr.get("local").and_then(Value::as_str).unwrap_or_default();
+            let local = addr
+                .get("local")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !tentative {
-                return local.parse().with_context(|| format!("link-local address {local:?}"));
+                return local
+                    .parse()
+                    .with_context(|| format!("link-local address {local:?}"));
             }
         }
         if Instant::now() > deadline {
-            bail!("{dev} in {} has no usable link-local address: {out}", netns.name());
+            bail!(
+                "{dev} in {} has no usable link-local address: {out}",
+                netns.name()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -239,7 +265,10 @@ pub fn udp_socket(netns: &Netns, bind: SocketAddr) -> anyhow::Result<UdpSocket> 
 }
 
 /// Every datagram `socket` receives during `window`, with its sender.
-pub fn datagrams(socket: &UdpSocket, window: Duration) -> anyhow::Result<Vec<(Vec<u8>, SocketAddr)>> {
+pub fn datagrams(
+    socket: &UdpSocket,
+    window: Duration,
+) -> anyhow::Result<Vec<(Vec<u8>, SocketAddr)>> {
     socket.set_read_timeout(Some(SLICE))?;
     let deadline = Instant::now() + window;
     let mut buf = vec![0u8; 65536];
@@ -250,7 +279,11 @@ pub fn datagrams(socket: &UdpSocket, window: Duration) -> anyhow::Result<Vec<(Ve
         }
         match socket.recv_from(&mut buf) {
             Ok((len, from)) => got.push((buf[..len].to_vec(), from)),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e).context("receiving UDP"),
         }
     }

@@ -37,7 +37,8 @@ fn plugin_dir() -> PathBuf {
 
 fn squat(with_cni: bool) {
     let plugins = with_cni.then(plugin_dir);
-    let mut bed = TestBed::new("nfatk").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
+    let mut bed =
+        TestBed::new("nfatk").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
     bed.namespace("x", &[]);
     let server = bed.pod("x", "srv", &[("app", "srv")], 10, &[]).unwrap();
     let squatter = bed.pod("x", "sq", &[("app", "sq")], 11, &[]).unwrap();
@@ -46,10 +47,23 @@ fn squat(with_cni: bool) {
     policy(&bed, "srv.yaml", &ingress_from("srv", "v", &[PORT]));
     let dst = SocketAddr::new(server.ip4(), PORT);
     let contested = IpAddr::V4(CONTESTED);
-    squatter.netns.ip(&["addr", "add", &format!("{CONTESTED}/32"), "dev", "eth0"]).unwrap();
-    let all = Burst { arrived: TIMES, answered: TIMES };
-    let none = Burst { arrived: 0, answered: 0 };
-    assert_eq!(udp_burst(&squatter, any_port(contested), &server, dst), all, "control: no agent");
+    squatter
+        .netns
+        .ip(&["addr", "add", &format!("{CONTESTED}/32"), "dev", "eth0"])
+        .unwrap();
+    let all = Burst {
+        arrived: TIMES,
+        answered: TIMES,
+    };
+    let none = Burst {
+        arrived: 0,
+        answered: 0,
+    };
+    assert_eq!(
+        udp_burst(&squatter, any_port(contested), &server, dst),
+        all,
+        "control: no agent"
+    );
 
     let socket = bed.scratch("cni.sock");
     let mut agent = if with_cni {
@@ -61,14 +75,26 @@ fn squat(with_cni: bool) {
             &[],
             Attach::Auto,
             bed.scratch("agent-cni.log"),
-            &["--detach-on-exit".as_ref(), "--cni-socket".as_ref(), socket.as_os_str()],
+            &[
+                "--detach-on-exit".as_ref(),
+                "--cni-socket".as_ref(),
+                socket.as_os_str(),
+            ],
         )
         .unwrap_or_else(|e| panic!("starting netfence: {e:#}"))
     } else {
         super::netns::start(&bed, Attach::Auto)
     };
-    assert_eq!(udp_burst_from_port(&squatter, 0, &server, PORT), none, "the squatter from its own address");
-    assert_eq!(udp_burst(&squatter, any_port(contested), &server, dst), none, "before the victim exists");
+    assert_eq!(
+        udp_burst_from_port(&squatter, 0, &server, PORT),
+        none,
+        "the squatter from its own address"
+    );
+    assert_eq!(
+        udp_burst(&squatter, any_port(contested), &server, dst),
+        none,
+        "before the victim exists"
+    );
 
     if let Some(plugins) = &plugins {
         let entry = json!({
@@ -91,7 +117,11 @@ fn squat(with_cni: bool) {
         "the squatter with the victim's address, once the victim exists"
     );
     if with_cni {
-        assert_eq!(udp_burst_from_port(&victim, 0, &server, PORT), all, "the victim's own traffic");
+        assert_eq!(
+            udp_burst_from_port(&victim, 0, &server, PORT),
+            all,
+            "the victim's own traffic"
+        );
     }
     assert_eq!(
         udp_burst(&squatter, any_port(contested), &server, dst),

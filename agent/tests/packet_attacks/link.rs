@@ -18,7 +18,13 @@ const GROUP4: Ipv4Addr = Ipv4Addr::new(239, 1, 2, 3);
 const GROUP6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 3);
 
 /// The destinations of attack 1, in the order counts are reported.
-const KINDS: [&str; 5] = ["224.0.0.1", "239.1.2.3", "198.18.0.255", "ff02::1", "ff02::1:3"];
+const KINDS: [&str; 5] = [
+    "224.0.0.1",
+    "239.1.2.3",
+    "198.18.0.255",
+    "ff02::1",
+    "ff02::1:3",
+];
 
 /// A pod listening on `0.0.0.0:PORT4` and `[::]:PORT6`, joined to 239.1.2.3 and
 /// ff02::1:3 on its eth0.
@@ -30,10 +36,19 @@ struct Receiver<'a> {
 
 impl<'a> Receiver<'a> {
     fn join(pod: &'a PodNs) -> Receiver<'a> {
-        let v4 = udp_socket(&pod.netns, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), PORT4)).unwrap();
+        let v4 = udp_socket(
+            &pod.netns,
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), PORT4),
+        )
+        .unwrap();
         v4.join_multicast_v4(&GROUP4, &pod.v4).unwrap();
-        let v6 = udp_socket(&pod.netns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT6)).unwrap();
-        v6.join_multicast_v6(&GROUP6, ifindex(&pod.netns, "eth0").unwrap()).unwrap();
+        let v6 = udp_socket(
+            &pod.netns,
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT6),
+        )
+        .unwrap();
+        v6.join_multicast_v6(&GROUP6, ifindex(&pod.netns, "eth0").unwrap())
+            .unwrap();
         Receiver { pod, v4, v6 }
     }
 
@@ -130,7 +145,10 @@ fn unknown_ethertype_frames_do_not_cross_between_pods() {
     let d2 = bed.pod("x", "d2", &[("app", "d")], 11, &[]).unwrap();
     bed.write_cluster().unwrap();
     policy(&bed, "d.yaml", &deny_all("d", "[Ingress, Egress]"));
-    let (src, dst) = (mac(&d1.netns, "eth0").unwrap(), mac(&d2.netns, "eth0").unwrap());
+    let (src, dst) = (
+        mac(&d1.netns, "eth0").unwrap(),
+        mac(&d2.netns, "eth0").unwrap(),
+    );
     let attack = |round: &str| -> usize {
         let tag = marker(round);
         let mut payload = tag.clone();
@@ -144,11 +162,21 @@ fn unknown_ethertype_frames_do_not_cross_between_pods() {
         }
         std::thread::sleep(SETTLE);
         capture
-            .count(DRAIN, |f| f.get(12..14) == Some(&ETH_P_EXPERIMENTAL.to_be_bytes()[..]) && contains(f, &tag))
+            .count(DRAIN, |f| {
+                f.get(12..14) == Some(&ETH_P_EXPERIMENTAL.to_be_bytes()[..]) && contains(f, &tag)
+            })
             .unwrap()
     };
-    assert_eq!(attack("ethertype-control"), 2 * TIMES, "without the agent: unicast and broadcast");
+    assert_eq!(
+        attack("ethertype-control"),
+        2 * TIMES,
+        "without the agent: unicast and broadcast"
+    );
     let _agent = start(&bed, Attach::Auto);
     Verdicts::new().udp(&d1, &d2, 9000, DENY).check();
-    assert_eq!(attack("ethertype"), 0, "EtherType 0x88b5 frames, unicast and broadcast");
+    assert_eq!(
+        attack("ethertype"),
+        0,
+        "EtherType 0x88b5 frames, unicast and broadcast"
+    );
 }

@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use netfence_testbed::NODE_IP;
 use netfence_testbed::forge::{
-    ARP_REPLY, ARP_REQUEST, BROADCAST, ETH_P_ARP, ETH_P_IPV6, ND_NEIGHBOUR_SOLICIT, ND_ROUTER_ADVERT, arp,
-    contains, ethernet, format_mac, icmp6, ipv6_multicast_mac, solicited_node,
+    ARP_REPLY, ARP_REQUEST, BROADCAST, ETH_P_ARP, ETH_P_IPV6, ND_NEIGHBOUR_SOLICIT,
+    ND_ROUTER_ADVERT, arp, contains, ethernet, format_mac, icmp6, ipv6_multicast_mac,
+    solicited_node,
 };
 use netfence_testbed::raw::{RawLink, datagrams, ifindex, link_local, mac, neighbour, udp_socket};
 
@@ -27,8 +28,10 @@ fn claim_gateway(attacker: &PodNs, victim: &PodNs) {
     let link = RawLink::open(&attacker.netns, "eth0").unwrap();
     let request = arp(ARP_REQUEST, own, GATEWAY, [0; 6], GATEWAY);
     let reply = arp(ARP_REPLY, own, GATEWAY, own, GATEWAY);
-    link.send_times(&ethernet(BROADCAST, own, ETH_P_ARP, &request), TIMES).unwrap();
-    link.send_times(&ethernet(victim_mac, own, ETH_P_ARP, &reply), TIMES).unwrap();
+    link.send_times(&ethernet(BROADCAST, own, ETH_P_ARP, &request), TIMES)
+        .unwrap();
+    link.send_times(&ethernet(victim_mac, own, ETH_P_ARP, &reply), TIMES)
+        .unwrap();
     std::thread::sleep(SETTLE);
 }
 
@@ -39,12 +42,16 @@ fn diverted(victim: &PodNs, attacker: &PodNs, round: &str) -> usize {
     let capture = RawLink::open(&attacker.netns, "eth0").unwrap();
     let socket = udp_socket(&victim.netns, SocketAddr::new(victim.ip4(), 0)).unwrap();
     for _ in 0..TIMES {
-        socket.send_to(&tag, SocketAddr::new(IpAddr::V4(NODE_IP), 9)).unwrap();
+        socket
+            .send_to(&tag, SocketAddr::new(IpAddr::V4(NODE_IP), 9))
+            .unwrap();
     }
     std::thread::sleep(SETTLE);
     let source = victim.v4.octets();
     capture
-        .count(DRAIN, |f| f.get(26..30) == Some(&source[..]) && contains(f, &tag))
+        .count(DRAIN, |f| {
+            f.get(26..30) == Some(&source[..]) && contains(f, &tag)
+        })
         .unwrap()
 }
 
@@ -63,14 +70,27 @@ fn gratuitous_arp_cannot_take_the_gateway_of_a_neighbour_pod() {
     let reset = || {
         let gw = GATEWAY.to_string();
         let lladdr = format_mac(gateway);
-        victim.netns.ip(&["neigh", "replace", &gw, "lladdr", &lladdr, "dev", "eth0", "nud", "stale"]).unwrap();
+        victim
+            .netns
+            .ip(&[
+                "neigh", "replace", &gw, "lladdr", &lladdr, "dev", "eth0", "nud", "stale",
+            ])
+            .unwrap();
     };
     let entry = || neighbour(&victim.netns, "eth0", IpAddr::V4(GATEWAY)).unwrap();
     reset();
 
     claim_gateway(&attacker, &victim);
-    assert_eq!(entry(), Some(attacker_mac), "without the agent the victim's gateway entry is poisoned");
-    assert_eq!(diverted(&victim, &attacker, "arp-control"), TIMES, "and its gateway-bound traffic diverted");
+    assert_eq!(
+        entry(),
+        Some(attacker_mac),
+        "without the agent the victim's gateway entry is poisoned"
+    );
+    assert_eq!(
+        diverted(&victim, &attacker, "arp-control"),
+        TIMES,
+        "and its gateway-bound traffic diverted"
+    );
 
     reset();
     let _agent = start(&bed, Attach::Auto);
@@ -116,25 +136,48 @@ fn option(tag: &[u8], units: u8) -> Vec<u8> {
 /// UDP datagrams from `from`, from a socket bound to `source` (its link-local or its
 /// global address), to each pod's link-local address (`fe80::…%eth0`): how many
 /// arrived at each.
-fn to_link_local(from: &PodNs, source: Ipv6Addr, to: &[(&PodNs, Ipv6Addr)], round: &str) -> Vec<usize> {
+fn to_link_local(
+    from: &PodNs,
+    source: Ipv6Addr,
+    to: &[(&PodNs, Ipv6Addr)],
+    round: &str,
+) -> Vec<usize> {
     let tag = marker(round);
     let servers: Vec<_> = to
         .iter()
-        .map(|(pod, _)| udp_socket(&pod.netns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT)).unwrap())
+        .map(|(pod, _)| {
+            udp_socket(
+                &pod.netns,
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), PORT),
+            )
+            .unwrap()
+        })
         .collect();
     let eth0 = ifindex(&from.netns, "eth0").unwrap();
-    let scope = if source.is_unicast_link_local() { eth0 } else { 0 };
+    let scope = if source.is_unicast_link_local() {
+        eth0
+    } else {
+        0
+    };
     let bind = SocketAddr::V6(SocketAddrV6::new(source, 0, 0, scope));
     let client = udp_socket(&from.netns, bind).unwrap();
     for (_, ll) in to {
         for _ in 0..TIMES {
-            client.send_to(&tag, SocketAddrV6::new(*ll, PORT, 0, eth0)).unwrap();
+            client
+                .send_to(&tag, SocketAddrV6::new(*ll, PORT, 0, eth0))
+                .unwrap();
         }
     }
     std::thread::sleep(SETTLE);
     servers
         .iter()
-        .map(|s| datagrams(s, DRAIN).unwrap().iter().filter(|(d, _)| *d == tag).count())
+        .map(|s| {
+            datagrams(s, DRAIN)
+                .unwrap()
+                .iter()
+                .filter(|(d, _)| *d == tag)
+                .count()
+        })
         .collect()
 }
 
@@ -152,14 +195,22 @@ fn link_local_traffic_and_neighbour_discovery_from_a_pod() {
         link_local(&v.netns, "eth0").unwrap(),
         link_local(&n.netns, "eth0").unwrap(),
     );
-    let (a_mac, v_mac) = (mac(&a.netns, "eth0").unwrap(), mac(&v.netns, "eth0").unwrap());
+    let (a_mac, v_mac) = (
+        mac(&a.netns, "eth0").unwrap(),
+        mac(&v.netns, "eth0").unwrap(),
+    );
     let forged = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 0x99);
     // Attack 7y: what a forges, in the order counts are reported.
     let frames = |tag: &[u8]| -> Vec<Vec<u8>> {
         let group = solicited_node(v.v6);
         vec![
             // Another pod's (n's) global address as source, to v's address.
-            ethernet(v_mac, a_mac, ETH_P_IPV6, &solicitation(n.v6, v.v6, v.v6, &[tag, b"ns-pod"].concat())),
+            ethernet(
+                v_mac,
+                a_mac,
+                ETH_P_IPV6,
+                &solicitation(n.v6, v.v6, v.v6, &[tag, b"ns-pod"].concat()),
+            ),
             // An address no one has, to v's solicited-node group.
             ethernet(
                 ipv6_multicast_mac(group),
@@ -167,7 +218,12 @@ fn link_local_traffic_and_neighbour_discovery_from_a_pod() {
                 ETH_P_IPV6,
                 &solicitation(forged, group, v.v6, &[tag, b"ns-any"].concat()),
             ),
-            ethernet(ipv6_multicast_mac(ALL_NODES), a_mac, ETH_P_IPV6, &advertisement(a_ll, &[tag, b"ra"].concat())),
+            ethernet(
+                ipv6_multicast_mac(ALL_NODES),
+                a_mac,
+                ETH_P_IPV6,
+                &advertisement(a_ll, &[tag, b"ra"].concat()),
+            ),
         ]
     };
     let neighbour_discovery = |round: &str| -> Vec<usize> {
@@ -181,7 +237,12 @@ fn link_local_traffic_and_neighbour_discovery_from_a_pod() {
         let frames = capture.capture(DRAIN).unwrap();
         [&b"ns-pod"[..], b"ns-any", b"ra"]
             .iter()
-            .map(|kind| frames.iter().filter(|f| contains(f, &[&tag[..], kind].concat())).count())
+            .map(|kind| {
+                frames
+                    .iter()
+                    .filter(|f| contains(f, &[&tag[..], kind].concat()))
+                    .count()
+            })
             .collect()
     };
     let targets = [(&v, v_ll), (&n, n_ll)];
@@ -189,11 +250,20 @@ fn link_local_traffic_and_neighbour_discovery_from_a_pod() {
     // the same from a's global address, then the forged NS ×2 and the RA at v.
     let round = |round: &str| -> Vec<usize> {
         let mut counts = to_link_local(&a, a_ll, &targets, &format!("{round}-ll"));
-        counts.extend(to_link_local(&a, a.v6, &targets, &format!("{round}-global")));
+        counts.extend(to_link_local(
+            &a,
+            a.v6,
+            &targets,
+            &format!("{round}-global"),
+        ));
         counts.extend(neighbour_discovery(&format!("{round}-nd")));
         counts
     };
-    assert_eq!(round("control"), [TIMES; 7], "without the agent everything arrives");
+    assert_eq!(
+        round("control"),
+        [TIMES; 7],
+        "without the agent everything arrives"
+    );
 
     let _agent = start(&bed, Attach::Auto);
     Verdicts::new().udp(&a, &v, PORT, DENY).check();
