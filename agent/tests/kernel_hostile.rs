@@ -390,11 +390,13 @@ fn tunnels_from_a_pod_drop_whatever_the_policy() {
 /// first reply marks it answered, and then it lives the full one.
 #[test]
 fn unanswered_entries_expire_first() {
-    let options = Options { ct_unreplied_timeout_ns: 0, ..Options::default() };
+    let options = Options { ct_unreplied_timeout_ns: 1, ..Options::default() };
     let mut k = node_with(0, options);
     let out = packet(POD, PEER, &udp(40000, 53));
     k.pass(FROM_POD, &out, Reason::AllowNotIsolated);
-    // Unanswered, timeout 0: the next packet is a new flow again.
+    // Unanswered, timeout 1 ns: once the (coarse, tick-granular) clock moves on, the
+    // next packet is a new flow again.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     k.pass(FROM_POD, &out, Reason::AllowNotIsolated);
     let (key, entry) = k.conntrack()[0];
     assert_eq!(entry.replied, 0, "no reply yet");

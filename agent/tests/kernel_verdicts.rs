@@ -285,7 +285,8 @@ fn expired_entry_goes_back_to_policy() {
     let mut k = node_with(BOTH, Options { ct_other_timeout_ns: 1, ct_unreplied_timeout_ns: 1, ..Options::default() });
     k.allow(entry(POLICY, ID_PEER, DIR_EGRESS, PROTO_UDP, 53, 16), 31);
     k.pass(FROM_POD, &packet(POD, PEER, &udp(5000, 53)), Reason::AllowPolicy);
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    // Beyond a tick of the coarse clock the programs read.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     // The reply's entry expired (1 ns timeout), and ingress has no rule.
     k.drop(TO_POD, &packet(PEER, POD, &udp(53, 5000)), Reason::DropPolicy);
     // The original direction is allowed again by policy, which renews the entry.

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
@@ -110,10 +110,13 @@ pub fn generation() -> u32 {
     SETTINGS.get(0).map_or(0, |settings| settings.generation)
 }
 
+/// CLOCK_MONOTONIC_COARSE in ns (a cached clock, one tick behind at most, and far
+/// cheaper than the precise one): conntrack and fragment timeouts are seconds, and an
+/// entry is refreshed at most once a second.
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: helper without arguments or side effects.
-    unsafe { bpf_ktime_get_ns() }
+    // SAFETY: helper without arguments or side effects (Linux 5.11+).
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The local endpoint owning `addr`, if the agent knows one.

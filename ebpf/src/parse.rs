@@ -1,8 +1,9 @@
 //! Packet parsing: Ethernet (one VLAN tag), IPv4, IPv6 with its extension headers,
 //! and the first bytes of TCP, UDP, SCTP, ICMP and ICMPv6, into one `Packet` both
-//! families share (addresses IPv4-mapped). Every read goes through
-//! `bpf_skb_load_bytes` (`TcContext::load`), which checks bounds at run time and also
-//! reads non-linear (GRO) skbs; a failed read is a truncated packet.
+//! families share (addresses IPv4-mapped). Headers are read in place where they lie in
+//! the skb's linear data (`read`: a bounds check against `data_end`, no helper call),
+//! else through `bpf_skb_load_bytes` (`TcContext::load`), which also reads non-linear
+//! skbs; a failed read is a truncated packet.
 
 use aya_ebpf::programs::TcContext;
 use netfence_common::{Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped};
@@ -165,10 +166,39 @@ fn is_v4_mapped(addr: &Addr) -> bool {
     addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
+/// Offsets past this are read through the helper only (a bound the verifier needs for
+/// in-place reads; every header netfence reads on the fast path lies well within it).
+const MAX_DIRECT_OFFSET: usize = 0x3fff;
+
+/// The `T` at `offset` of the frame: in place when it lies in the linear data, else
+/// through `bpf_skb_load_bytes`; fails closed (`DropMalformed`) past the frame's end.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Reason> {
+    if offset <= MAX_DIRECT_OFFSET {
+        let at = ctx.data() + offset;
+        if at + core::mem::size_of::<T>() <= ctx.data_end() {
+            // SAFETY: `at .. at + size_of::<T>()` is inside the skb's linear data
+            // (checked against `data_end` just above); `T` is plain bytes, read
+            // unaligned.
+            return Ok(unsafe { (at as *const T).read_unaligned() });
+        }
+    }
+    ctx.load::<T>(offset).map_err(|_| Reason::DropMalformed)
+}
+
+/// The Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthHeader {
+    dst: [u8; 6],
+    src: [u8; 6],
+    ethertype: [u8; 2],
+}
+
 /// A big-endian u16 at `offset`.
 #[inline(always)]
 fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
-    ctx.load::<[u8; 2]>(offset).map(u16::from_be_bytes).map_err(|_| Reason::DropMalformed)
+    read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
 }
 
 /// Parses `ctx` into `pkt`. `Ok` means an IP packet to judge; `Err(reason)` means
@@ -182,8 +212,9 @@ fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
 #[inline(never)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     // Fails closed: a frame too short for an Ethernet header is malformed.
-    let mut ethertype = load_u16(ctx, ETH_HLEN - 2)?;
-    pkt.l2_group = ctx.load::<u8>(0).map_err(|_| Reason::DropMalformed)? & 1 != 0;
+    let eth = read::<EthHeader>(ctx, 0)?;
+    let mut ethertype = u16::from_be_bytes(eth.ethertype);
+    pkt.l2_group = eth.dst[0] & 1 != 0;
     let mut l3 = ETH_HLEN;
     // One 802.1Q / 802.1ad tag still in the frame (the kernel usually moves the outer
     // tag to skb metadata before TC; what remains in the data is parsed) is skipped and
@@ -233,7 +264,7 @@ struct Ipv4Header {
 /// no flow to allow, and one it would accept differently must not be guessed at.
 #[inline(always)]
 fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason> {
-    let ip = ctx.load::<Ipv4Header>(l3).map_err(|_| Reason::DropMalformed)?;
+    let ip = read::<Ipv4Header>(ctx, l3)?;
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
     let total_len = usize::from(u16::from_be_bytes(ip.total_len));
     if ip.version_ihl >> 4 != 4 || header_len < 20 || total_len < header_len || l3 + total_len > ctx.len() as usize {
@@ -278,7 +309,7 @@ struct Ipv6Header {
 /// `DropUnsupported`: the L4 header behind it cannot be checked).
 #[inline(always)]
 fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason> {
-    let ip = ctx.load::<Ipv6Header>(l3).map_err(|_| Reason::DropMalformed)?;
+    let ip = read::<Ipv6Header>(ctx, l3)?;
     // A jumbogram (payload length 0 with a hop-by-hop jumbo option) cannot cross a
     // veth with a normal MTU; it is treated as an empty payload and fails closed below.
     let end = l3 + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len));
@@ -370,7 +401,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             if l4 + 20 > end {
                 return Err(Reason::DropMalformed);
             }
-            let hdr = ctx.load::<[u8; 14]>(l4).map_err(|_| Reason::DropMalformed)?;
+            let hdr = read::<[u8; 14]>(ctx, l4)?;
             pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
             pkt.tcp_flags = hdr[13];
@@ -381,7 +412,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             if l4 + len > end {
                 return Err(Reason::DropMalformed);
             }
-            let hdr = ctx.load::<[u8; 4]>(l4).map_err(|_| Reason::DropMalformed)?;
+            let hdr = read::<[u8; 4]>(ctx, l4)?;
             pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
@@ -389,7 +420,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             if l4 + 8 > end {
                 return Err(Reason::DropMalformed);
             }
-            let hdr = ctx.load::<[u8; 8]>(l4).map_err(|_| Reason::DropMalformed)?;
+            let hdr = read::<[u8; 8]>(ctx, l4)?;
             pkt.icmp_type = hdr[0];
             pkt.is_echo = if pkt.protocol == PROTO_ICMP {
                 hdr[0] == ICMP_ECHO_REQUEST || hdr[0] == ICMP_ECHO_REPLY
