@@ -127,7 +127,9 @@ fn is_broadcast(a: &Addr) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fragment {
     No,
-    First(u32),
+    /// Identification and the protocol the fragment header names (what later
+    /// fragments carry too, so their records meet).
+    First(u32, u8),
     /// Identification and the protocol the fragment carries.
     Later(u32, u8),
 }
@@ -192,7 +194,7 @@ fn parse_v4(b: &[u8]) -> Result<Ip<'_>, Reason> {
     let id = u32::from(be16(b, 4));
     let fragment = match (offset, more) {
         (0, false) => Fragment::No,
-        (0, true) => Fragment::First(id),
+        (0, true) => Fragment::First(id, b[9]),
         _ => Fragment::Later(id, b[9]),
     };
     Ok(Ip {
@@ -234,7 +236,7 @@ fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reason> {
                     at += 8;
                     break;
                 }
-                fragment = Fragment::First(id);
+                fragment = Fragment::First(id, h[0]);
                 8
             }
             51 => (usize::from(h[1]) + 2) * 4,
@@ -411,8 +413,8 @@ impl World {
             });
         }
         let first_fragment = match ip.fragment {
-            Fragment::First(id) => {
-                Some(FragKey { src: ip.src, dst: ip.dst, ifindex: HERE, id, protocol: ip.protocol, _pad: [0; 3] })
+            Fragment::First(id, protocol) => {
+                Some(FragKey { src: ip.src, dst: ip.dst, ifindex: HERE, id, protocol, _pad: [0; 3] })
             }
             _ => None,
         };
