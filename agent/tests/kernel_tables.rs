@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use common_state::*;
 use kernel::frame::{self, L4, TCP_ACK, TCP_SYN, icmp, sctp, tcp, udp};
-use kernel::{FROM_POD, Kernel, TC_ACT_OK, TC_ACT_SHOT, TO_POD};
+use kernel::{FROM_POD, Kernel, TC_ACT_UNSPEC, TC_ACT_SHOT, TO_POD};
 use netfence::dataplane::sync::Contents;
 use netfence::image::{DirectionVerdict, Image, Packet};
 use netfence::model::{Protocol, State};
@@ -69,10 +69,10 @@ fn expectation(verdict: DirectionVerdict, hook: &str) -> Option<(u32, Reason)> {
         // would be spoofed); `to_pod` passes packets for addresses it does not know.
         DirectionVerdict::NotLocal if hook == FROM_POD => None,
         DirectionVerdict::NotLocal => Some((TC_ACT_SHOT, Reason::DropWrongPort)),
-        DirectionVerdict::NotIsolated => Some((TC_ACT_OK, Reason::AllowNotIsolated)),
-        DirectionVerdict::Allowed { .. } => Some((TC_ACT_OK, Reason::AllowPolicy)),
+        DirectionVerdict::NotIsolated => Some((TC_ACT_UNSPEC, Reason::AllowNotIsolated)),
+        DirectionVerdict::Allowed { .. } => Some((TC_ACT_UNSPEC, Reason::AllowPolicy)),
         DirectionVerdict::Denied => Some((TC_ACT_SHOT, Reason::DropPolicy)),
-        DirectionVerdict::Audited => Some((TC_ACT_OK, Reason::AuditPolicy)),
+        DirectionVerdict::Audited => Some((TC_ACT_UNSPEC, Reason::AuditPolicy)),
     }
 }
 
@@ -407,7 +407,7 @@ fn icmp_errors_of_allowed_flows_pass_with_a_compiled_image() {
     table.run(
         TO_POD,
         &error,
-        (TC_ACT_OK, Reason::AllowRelatedIcmp),
+        (TC_ACT_UNSPEC, Reason::AllowRelatedIcmp),
         "frag needed for an allowed flow",
     );
     let unknown = frame::ip(x_a, y_b, &tcp(81, 999, TCP_ACK));

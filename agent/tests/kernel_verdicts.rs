@@ -38,8 +38,9 @@ fn node(flags: u32) -> Kernel {
 
 fn node_with(flags: u32, options: Options) -> Kernel {
     let mut k = Kernel::load_with(options);
-    k.endpoint(POD, POLICY, flags, 0);
-    k.endpoint(POD6, POLICY, flags, 0);
+    k.endpoint(POD, POLICY, flags, TEST_RUN_IFINDEX);
+    k.endpoint(POD6, POLICY, flags, TEST_RUN_IFINDEX);
+    k.port(TEST_RUN_IFINDEX, POLICY, flags);
     k.identity("198.18.0.20/32", ID_PEER);
     k.identity("198.18.0.30/32", ID_OTHER);
     k.identity("fd00::20/128", ID_PEER);
@@ -48,7 +49,7 @@ fn node_with(flags: u32, options: Options) -> Kernel {
 }
 
 #[test]
-fn non_ip_passes_both_ways() {
+fn arp_for_its_own_address_passes_both_ways() {
     let mut k = node(BOTH);
     k.pass(FROM_POD, &frame::arp(), Reason::AllowArp);
     k.pass(TO_POD, &frame::arp(), Reason::AllowArp);
@@ -281,7 +282,7 @@ fn pure_syn_is_rechecked_despite_conntrack() {
 
 #[test]
 fn expired_entry_goes_back_to_policy() {
-    let mut k = node_with(BOTH, Options { ct_other_timeout_ns: 1, ..Options::default() });
+    let mut k = node_with(BOTH, Options { ct_other_timeout_ns: 1, ct_unreplied_timeout_ns: 1, ..Options::default() });
     k.allow(entry(POLICY, ID_PEER, DIR_EGRESS, PROTO_UDP, 53, 16), 31);
     k.pass(FROM_POD, &packet(POD, PEER, &udp(5000, 53)), Reason::AllowPolicy);
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -289,20 +290,6 @@ fn expired_entry_goes_back_to_policy() {
     k.drop(TO_POD, &packet(PEER, POD, &udp(53, 5000)), Reason::DropPolicy);
     // The original direction is allowed again by policy, which renews the entry.
     k.pass(FROM_POD, &packet(POD, PEER, &udp(5000, 53)), Reason::AllowPolicy);
-}
-
-#[test]
-fn neighbour_discovery_passes_before_endpoint_checks() {
-    let mut k = Kernel::load();
-    let unspecified = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-    let solicited = IpAddr::V6("ff02::1:ff00:10".parse().unwrap());
-    let link_local = IpAddr::V6("fe80::1".parse().unwrap());
-    // DAD neighbour solicitation, router solicitation, MLDv2 report.
-    k.pass(FROM_POD, &packet(unspecified, solicited, &icmp(true, 135, 0, 0, &[0; 16])), Reason::AllowNeighbourDiscovery);
-    k.pass(FROM_POD, &packet(link_local, solicited, &icmp(true, 133, 0, 0, &[])), Reason::AllowNeighbourDiscovery);
-    k.pass(TO_POD, &packet(link_local, solicited, &icmp(true, 143, 0, 0, &[])), Reason::AllowNeighbourDiscovery);
-    // An ICMPv6 echo from the same link-local source is no ND: unknown source.
-    k.drop(FROM_POD, &packet(link_local, solicited, &icmp(true, 128, 0, 1, &[])), Reason::DropSpoofed);
 }
 
 #[test]
@@ -357,8 +344,8 @@ fn icmp_errors_relate_to_their_flow() {
     k.allow(entry(POLICY, ID_PEER, DIR_EGRESS, PROTO_UDP, 53, 16), 35);
     let query = frame::ip(POD, PEER, &udp(5000, 53));
     k.pass(FROM_POD, &frame::eth(&query), Reason::AllowPolicy);
-    // Port unreachable quoting the query, sent back to the pod (by the peer or a router).
-    let unreachable = |quote: &[u8]| packet(OTHER, POD, &icmp(false, 3, 3, 0, &quote[..28]));
+    // Port unreachable quoting the query, sent back to the pod by the peer.
+    let unreachable = |quote: &[u8]| packet(PEER, POD, &icmp(false, 3, 3, 0, &quote[..28]));
     k.pass(TO_POD, &unreachable(&query), Reason::AllowRelatedIcmp);
     // Quoting a flow conntrack does not know: plain ICMP, which no rule allows.
     let unknown = frame::ip(POD, PEER, &udp(5001, 53));
@@ -412,7 +399,12 @@ fn allow_events_only_when_asked() {
 // ---------------------------------------------------------------------------------
 // Audit mode (endpoint flags EP_AUDIT_*) and existing flows (`--existing-flows`).
 
-const CUT: Options = Options { ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS, event_allows: false, cut_existing_flows: true };
+const CUT: Options = Options {
+    ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
+    ct_unreplied_timeout_ns: netfence_common::DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
+    event_allows: false,
+    cut_existing_flows: true,
+};
 
 #[test]
 fn audited_miss_passes_once_with_an_audit_event_and_its_replies_pass() {
@@ -523,7 +515,7 @@ fn cut_rechecks_not_isolated_flows_and_audit_applies_to_the_recheck() {
     k.set_generation(1);
     k.pass(TO_POD, &packet(PEER, POD, &tcp(443, 40000, TCP_SYN | TCP_ACK)), Reason::AllowEstablished);
     // Egress becomes isolated in audit mode, nothing allows 443: audited once, passes.
-    k.endpoint(POD, POLICY, BOTH | EP_AUDIT_EGRESS, 0);
+    k.endpoint(POD, POLICY, BOTH | EP_AUDIT_EGRESS, TEST_RUN_IFINDEX);
     k.set_generation(2);
     k.pass(TO_POD, &packet(PEER, POD, &tcp(443, 40000, TCP_ACK)), Reason::AuditPolicy);
     let events = k.events();
@@ -532,7 +524,7 @@ fn cut_rechecks_not_isolated_flows_and_audit_applies_to_the_recheck() {
     k.pass(FROM_POD, &packet(POD, PEER, &tcp(40000, 443, TCP_ACK)), Reason::AllowEstablished);
     assert_eq!(k.conntrack()[0].1.generation, 2);
     // Enforced: the same flow is cut on its next packet.
-    k.endpoint(POD, POLICY, BOTH, 0);
+    k.endpoint(POD, POLICY, BOTH, TEST_RUN_IFINDEX);
     k.set_generation(3);
     k.drop(FROM_POD, &packet(POD, PEER, &tcp(40000, 443, TCP_ACK)), Reason::DropPolicyChanged);
     assert!(k.conntrack().is_empty());

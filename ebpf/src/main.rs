@@ -7,6 +7,7 @@
 #![no_main]
 
 mod conntrack;
+mod link;
 mod maps;
 mod parse;
 mod policy;

@@ -8,6 +8,7 @@ use aya_ebpf::programs::TcContext;
 use netfence_common::{Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped};
 
 const ETH_HLEN: usize = 14;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -63,8 +64,17 @@ pub struct Packet {
     pub dst_port: u16,
     /// ICMP/ICMPv6 echo identifier (the conntrack "port" of a ping).
     pub echo_id: u16,
+    /// Length of the IP datagram (header included): `l4_end` minus the IP header's
+    /// offset (bounds ICMP errors).
+    pub ip_len: u16,
+    /// Offset of the ARP or IP header in the frame (after the VLAN tag, if any).
+    pub l3_offset: u16,
     /// IP protocol of the L4 header (after IPv6 extension headers).
     pub protocol: u8,
+    /// IPv6 hop limit (neighbour discovery checks it); IPv4 TTL.
+    pub hop_limit: u8,
+    /// The Ethernet destination is a group address (broadcast or multicast).
+    pub l2_group: bool,
     pub tcp_flags: u8,
     pub icmp_type: u8,
     pub is_ipv6: bool,
@@ -83,7 +93,11 @@ impl Packet {
         src_port: 0,
         dst_port: 0,
         echo_id: 0,
+        ip_len: 0,
+        l3_offset: 0,
         protocol: 0,
+        hop_limit: 0,
+        l2_group: false,
         tcp_flags: 0,
         icmp_type: 0,
         is_ipv6: false,
@@ -118,6 +132,37 @@ impl Packet {
     pub fn is_neighbour_discovery(&self) -> bool {
         self.protocol == PROTO_ICMPV6 && matches!(self.icmp_type, 130..=137 | 143)
     }
+
+    /// A packet for a group rather than one host: a broadcast or multicast Ethernet
+    /// destination, an IP multicast destination, or IPv4's limited broadcast.
+    #[inline(always)]
+    pub fn is_group(&self) -> bool {
+        self.l2_group || is_multicast(&self.dst) || self.dst == v4_mapped([255, 255, 255, 255])
+    }
+}
+
+/// IPv4 224.0.0.0/4 (IPv4-mapped) or IPv6 ff00::/8.
+#[inline(always)]
+pub fn is_multicast(addr: &Addr) -> bool {
+    addr[0] == 0xff || (is_v4_mapped(addr) && addr[12] & 0xf0 == 0xe0)
+}
+
+/// IPv6 fe80::/10 or IPv4 169.254.0.0/16 (IPv4-mapped): an address of the link, which
+/// belongs to the pod behind the port it is seen on (it is no cluster address).
+#[inline(always)]
+pub fn is_link_local(addr: &Addr) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || (is_v4_mapped(addr) && addr[12] == 169 && addr[13] == 254)
+}
+
+/// `::` (the source of duplicate address detection).
+#[inline(always)]
+pub fn is_unspecified(addr: &Addr) -> bool {
+    *addr == [0; 16]
+}
+
+#[inline(always)]
+fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
 /// A big-endian u16 at `offset`.
@@ -127,7 +172,9 @@ fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
 }
 
 /// Parses `ctx` into `pkt`. `Ok` means an IP packet to judge; `Err(reason)` means
-/// parsing alone decided: `AllowNonIp` passes, `DropMalformed`/`DropUnsupported` drop.
+/// parsing alone decided, except `AllowArp`, which means an ARP frame
+/// (`pkt.l3_offset` points at it) for the caller to judge; `DropLinkLayer`,
+/// `DropMalformed` and `DropUnsupported` drop.
 /// `pkt` keeps what was parsed before a failure (for the drop event).
 // A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
 // which keeps every call chain under the 512-byte stack limit (inlined, the whole
@@ -136,6 +183,7 @@ fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     // Fails closed: a frame too short for an Ethernet header is malformed.
     let mut ethertype = load_u16(ctx, ETH_HLEN - 2)?;
+    pkt.l2_group = ctx.load::<u8>(0).map_err(|_| Reason::DropMalformed)? & 1 != 0;
     let mut l3 = ETH_HLEN;
     // One 802.1Q / 802.1ad tag still in the frame (the kernel usually moves the outer
     // tag to skb metadata before TC; what remains in the data is parsed) is skipped and
@@ -148,12 +196,15 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             return Err(Reason::DropUnsupported);
         }
     }
+    pkt.l3_offset = l3 as u16;
     match ethertype {
         ETH_P_IP => parse_ipv4(ctx, l3, pkt)?,
         ETH_P_IPV6 => parse_ipv6(ctx, l3, pkt)?,
-        // Fails open: ARP and other link-layer protocols carry no IP flow that
-        // NetworkPolicy speaks about, and pods need ARP to reach anything.
-        _ => return Err(Reason::AllowArp),
+        // ARP is judged by the caller (`link::arp`): pods need it to reach anything.
+        ETH_P_ARP => return Err(Reason::AllowArp),
+        // Fails closed: no other link-layer protocol is any pod's business, and an
+        // EtherType netfence does not parse would carry anything past policy.
+        _ => return Err(Reason::DropLinkLayer),
     }
     if pkt.fragment == Fragment::NonFirst {
         return Ok(());
@@ -192,6 +243,8 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     pkt.dst = v4_mapped(ip.dst);
     pkt.protocol = ip.protocol;
     pkt.frag_protocol = ip.protocol;
+    pkt.hop_limit = ip.ttl;
+    pkt.ip_len = total_len as u16;
     let frag = u16::from_be_bytes(ip.frag);
     let more_fragments = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
@@ -235,6 +288,8 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     pkt.is_ipv6 = true;
     pkt.src = ip.src;
     pkt.dst = ip.dst;
+    pkt.hop_limit = ip.hop_limit;
+    pkt.ip_len = (end - l3) as u16;
     let mut next = ip.next_header;
     let mut offset = l3 + IPV6_HLEN;
     for _ in 0..IPV6_MAX_EXT_HEADERS {

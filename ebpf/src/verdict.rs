@@ -1,53 +1,122 @@
 //! The one decision both TC programs share: parse, conntrack, endpoint, policy, then
 //! count, report and act. `from_pod` and `to_pod` are wrappers that only fix the
 //! direction. The verdict is a `Reason`; the action is derived from it in one place
-//! (`finish`), so a computed drop can never return `TC_ACT_OK`.
+//! (`finish`), so a computed drop can never pass.
 //!
-//! Per packet, in this order (the first step that decides, decides):
-//!  1. Ethernet: non-IP (ARP, ...) passes (`AllowNonIp`); one VLAN tag is skipped, a
-//!     second one drops (`DropUnsupported`).
+//! # Threat model
+//!
+//! Every pod is root in its own network namespace with NET_RAW and NET_ADMIN there: it
+//! forges any frame and puts any address on its interface. `from_pod` therefore trusts
+//! nothing in a frame but the port it arrived on (`skb->ifindex`), and which addresses
+//! belong to which port comes from the agent (ENDPOINTS, PORTS: the cluster's pod IPs
+//! and the CNI ADD results), never from the pod. `to_pod` hands a pod only what its
+//! ingress policy allows, whoever sent it.
+//!
+//! # Per packet, in this order (the first step that decides, decides)
+//!
+//!  1. Ethernet: one VLAN tag is skipped, a second one drops (`DropUnsupported`).
+//!     ARP is judged in `link::arp` (`AllowArp` / `DropArpSpoofed`); IPv4 and IPv6 go
+//!     on; every other EtherType drops (`DropLinkLayer`).
 //!  2. IPv4 / IPv6 (extension headers walked, at most 6, else `DropUnsupported`) and
 //!     L4 (TCP, UDP, SCTP ports; ICMP/ICMPv6 type and echo identifier). Truncated or
 //!     malformed headers drop (`DropMalformed`).
-//!  3. ICMPv6 neighbour discovery and MLD pass (`AllowNeighbourDiscovery`) before any
-//!     endpoint check: they use link-local and unspecified sources.
+//!  3. ICMPv6 neighbour discovery and MLD are judged in `link::neighbour_discovery`
+//!     (`AllowNeighbourDiscovery` / `DropNeighbourDiscovery`); a fragmented one drops.
 //!  4. A non-first fragment follows its first fragment's recorded verdict
-//!     (`AllowFragment` / `DropFragment`); first fragments record theirs in `finish`.
+//!     (`AllowFragment` / `DropFragment`); first fragments record theirs in `run`.
 //!  5. Conntrack, one lookup: a live entry of this flow at this hook passes
-//!     (`AllowEstablished`). A TCP SYN without ACK skips it and is always re-checked.
-//!     ICMP errors instead look up the flow they quote (`AllowRelatedIcmp`).
+//!     (`AllowEstablished`); a reply marks it answered. A TCP SYN without ACK skips it
+//!     and is always re-checked. ICMP errors instead look up the flow they quote
+//!     (`AllowRelatedIcmp`, see `conntrack::related`), else go on as plain ICMP.
 //!     With `--existing-flows=cut` (a load-time constant; `keep` prunes this), an
-//!     entry of an older policy generation than SETTINGS' (one array lookup) is
-//!     re-checked: steps 6–9 run for it as for a new flow, but in the direction that
-//!     opened it (`CtValue.origin`) and on its server port. Allowed: re-stamped with
-//!     the current generation, passes (`AllowEstablished`). Denied: the entry is
-//!     deleted and the packet dropped (`DropPolicyChanged`), or in audit mode passes
-//!     re-stamped (`AuditPolicy`).
-//!  6. Endpoint of the local address: `from_pod` with an unknown or foreign source
-//!     drops (`DropSpoofed`); `to_pod` for an unknown destination passes
-//!     (`AllowUnknownDestination`), for another port's pod drops (`DropWrongPort`).
+//!     entry of an older policy generation than SETTINGS' is re-checked: steps 6–9
+//!     run for it as for a new flow, but in the direction that opened it
+//!     (`CtValue.origin`) and on its server port. Allowed: re-stamped, passes
+//!     (`AllowEstablished`). Denied: the entry is deleted and the packet dropped
+//!     (`DropPolicyChanged`), or in audit mode passes re-stamped (`AuditPolicy`).
+//!  6. The local endpoint, bound to this port:
+//!     - `from_pod`: a link-local source is the pod's behind this port (PORTS);
+//!       otherwise the source's ENDPOINTS entry must be bound to this port: unknown
+//!       or another port's drops (`DropSpoofed`), unbound drops (`DropUnbound`).
+//!     - `to_pod`: a group destination (broadcast or multicast, by Ethernet or IP
+//!       address) or a link-local one is for the pod behind this port (PORTS, judged
+//!       by its ingress policy, no conntrack entry for a group); otherwise the
+//!       destination's ENDPOINTS entry must be bound to this port: unknown or another
+//!       port's drops (`DropWrongPort`, e.g. a flooded frame), unbound drops
+//!       (`DropUnbound`). A port without a PORTS entry drops what needs it
+//!       (`DropUnbound`).
+//!     - Tunnels: from a pod, IP-in-IP, IPv6-in-IP, GRE and UDP to the VXLAN ports
+//!       8472/4789 drop (`DropTunnel`), whatever policy and `--allow-node` say: what a
+//!       node decapsulates carries any inner source.
 //!  7. Not isolated in this direction: passes (`AllowNotIsolated`), with a conntrack
 //!     entry (so the replies pass if the other way is isolated, now or later).
 //!  8. Peer identity: IDENTITIES longest prefix of the remote address, else world.
-//!  9. Policy: four lookups in `policy::allowing_rule`'s order; a hit passes
-//!     (`AllowPolicy`, rule counted, conntrack entry), a miss drops (`DropPolicy`) —
-//!     unless the endpoint audits this direction (`EP_AUDIT_*`): then it passes
-//!     (`AuditPolicy`) with a conntrack entry like an allow, so the flow is reported
-//!     once and its replies pass.
+//!  9. Policy: the generation is read, then four lookups in `policy::allowing_rule`'s
+//!     order; a hit passes (`AllowPolicy`, rule counted, conntrack entry stamped with
+//!     that generation), a miss drops (`DropPolicy`) — unless the endpoint audits this
+//!     direction (`EP_AUDIT_*`): then it passes (`AuditPolicy`) with a conntrack entry
+//!     like an allow, so the flow is reported once and its replies pass.
 //! 10. Every verdict is counted in COUNTERS; every drop and audit (and, with
-//!     EVENT_ALLOWS, every policy allow) is sent to EVENTS.
+//!     EVENT_ALLOWS, every policy allow) is sent to EVENTS. An allow returns
+//!     `TC_ACT_UNSPEC` (= `TCX_NEXT`): later TCX programs and clsact filters on the
+//!     port still see the packet; a drop returns `TC_ACT_SHOT`.
+//!
+//! # Every path that passes a packet without a policy lookup, and why it is safe
+//!
+//! - **ARP** (`AllowArp`). To a pod: it comes from the node or from a pod whose own
+//!   ARP passed the check below. From a pod: only a well-formed Ethernet/IPv4 request
+//!   or reply whose sender hardware address is the frame's source and whose sender
+//!   address is bound to this port (or 0.0.0.0, a probe): a pod can announce only
+//!   itself, never the gateway or another pod. ARP carries no payload beyond its
+//!   fixed fields and is not routed.
+//! - **Neighbour discovery and MLD** (`AllowNeighbourDiscovery`). From a pod: no RA,
+//!   no Redirect; RS/NS/NA with hop limit 255, at most 128 bytes, the pod's own
+//!   source (link-local, bound here, or `::` for DAD), an NA only for the pod's own
+//!   target, to a destination on the link (multicast, link-local, a local pod or the
+//!   node), so it can neither claim another pod's address nor leave the link; MLD
+//!   with hop limit 1, at most 512 bytes, link-local source, multicast destination.
+//!   To a pod: NS/NA/RS/RA/Redirect only with hop limit 255 and MLD with hop limit 1,
+//!   i.e. never routed here. Residual: colluding pods on one node can signal each
+//!   other through these bounded fields (as through ARP timing); no data reaches a
+//!   socket that is not raw.
+//! - **Established flows** (`AllowEstablished`). An entry exists only for a flow a
+//!   previous packet was allowed to open at this hook (steps 7 and 9), keyed by this
+//!   port's ifindex and the pod-side address bound to it, so a forged packet can only
+//!   match a flow of its own pod. A pure SYN never rides an entry. Entries of an
+//!   address whose pod went or changed are removed by the agent before the address's
+//!   new owner is programmed, so a reused IP does not inherit them.
+//! - **Related ICMP errors** (`AllowRelatedIcmp`). Only when the quote names a live
+//!   flow of this pod at this hook, the error goes to the quoted packet's sender (from
+//!   a pod: that flow's remote side), and it is no longer than a router's quote (576
+//!   bytes IPv4, 1,280 IPv6): no tunnel to a third address and little room beyond the
+//!   quote. Its source is not checked (routers on the path report PMTU), as in
+//!   nf_conntrack: whoever knows a pod's flow 5-tuple can send it such errors.
+//! - **Fragments** (`AllowFragment`). A non-first fragment passes only behind a first
+//!   fragment with the same addresses, id and protocol on the same port that passed,
+//!   within the reassembly timeout.
+//! - **Not isolated** (`AllowNotIsolated`). No policy selects the pod in this
+//!   direction: Kubernetes allows everything there; the endpoint (and so the
+//!   address binding) was still checked.
+//! - **Audit** (`AuditPolicy`). The operator asked to observe instead of enforce
+//!   (`--mode audit`, `netfence.io/mode: audit`); the flow is reported.
+//!
+//! Nothing else passes: unknown EtherTypes, unknown or foreign addresses, unbound
+//! endpoints, broadcast and multicast to isolated pods, link-local traffic of isolated
+//! pods and tunnels to the node all drop.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
 use netfence_common::{
     CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, DIR_EGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, CtKey, Event, FragKey, FragValue, Reason, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
+    EP_ISOLATED_INGRESS, CtKey, EndpointValue, Event, FragKey, FragValue, PROTO_GRE, PROTO_IPIP,
+    PROTO_IPV6_IN_IP, PROTO_UDP, Reason, UDP_PORT_VXLAN_IANA, UDP_PORT_VXLAN_LINUX, VERDICT_ALLOW,
+    VERDICT_AUDIT, VERDICT_DROP,
 };
 
-use crate::parse::{self, Fragment, Packet};
-use crate::{conntrack, maps, policy};
+use crate::parse::{self, Fragment, Packet, is_link_local};
+use crate::{conntrack, link, maps, policy};
 
 /// A first fragment's record is trusted this long (the longer of the IPv4 and IPv6
 /// reassembly timeouts, 30 s and 60 s); older records are stale (an IPv4 id reused).
@@ -80,6 +149,7 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let mut pkt = Packet::EMPTY;
     let verdict = match parse::parse(ctx, &mut pkt) {
+        Err(Reason::AllowArp) => Verdict::of(link::arp(ctx, &mut pkt, direction, ifindex), direction),
         Err(reason) => Verdict::of(reason, direction),
         Ok(()) => {
             let verdict = decide(ctx, &pkt, direction, ifindex);
@@ -98,10 +168,15 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
 // program needed 624 bytes).
 #[inline(never)]
 fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict {
-    // 3. Fails open for ND/MLD only: without them no IPv6 address resolves, and they
-    //    never leave the link (hop limit 255 / link-local scope).
+    // 3. ND/MLD pass without policy only as validated link traffic (without them no
+    //    IPv6 address resolves); fragmented, they fail closed (RFC 6980).
     if pkt.is_neighbour_discovery() {
-        return Verdict::of(Reason::AllowNeighbourDiscovery, direction);
+        let reason = if pkt.fragment == Fragment::None {
+            link::neighbour_discovery(ctx, pkt, direction, ifindex)
+        } else {
+            Reason::DropNeighbourDiscovery
+        };
+        return Verdict::of(reason, direction);
     }
 
     // 4. A non-first fragment has no ports to judge: it passes only behind a first
@@ -128,7 +203,7 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
             return Verdict { reason: Reason::AllowRelatedIcmp, policy: 0, rule, direction };
         }
     } else if !pkt.is_tcp_syn()
-        && let Some(hit) = conntrack::established(pkt, &key)
+        && let Some(hit) = conntrack::established(pkt, &key, direction)
     {
         if !maps::cut_existing_flows() {
             return Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction };
@@ -142,36 +217,56 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
     judge(pkt, &key, direction, stale.as_ref())
 }
 
+/// Step 6's endpoint: the one this packet's pod-side address belongs to, bound to this
+/// port, or the drop that fails closed.
+#[inline(always)]
+fn local_endpoint(pkt: &Packet, egress: bool, ifindex: u32) -> Result<EndpointValue, Reason> {
+    let local = if egress { &pkt.src } else { &pkt.dst };
+    // Link-local addresses and, to a pod, groups are no cluster address: they belong
+    // to the pod behind this port.
+    if is_link_local(local) || (!egress && pkt.is_group()) {
+        return maps::port(ifindex).ok_or(Reason::DropUnbound);
+    }
+    // Fails closed: from a pod, a source that is no pod netfence knows, or another
+    // pod's, is spoofed; to a pod, an address that is not its own is a flooded frame
+    // or a forged destination; an endpoint not bound to a port yet is neither's.
+    let foreign = if egress { Reason::DropSpoofed } else { Reason::DropWrongPort };
+    let endpoint = maps::endpoint(local).ok_or(foreign)?;
+    if endpoint.ifindex == 0 {
+        return Err(Reason::DropUnbound);
+    }
+    if endpoint.ifindex != ifindex {
+        return Err(foreign);
+    }
+    Ok(endpoint)
+}
+
+/// A tunnel packet: what a node decapsulates carries any inner source.
+#[inline(always)]
+fn is_tunnel(pkt: &Packet) -> bool {
+    matches!(pkt.protocol, PROTO_IPIP | PROTO_IPV6_IN_IP | PROTO_GRE)
+        || (pkt.protocol == PROTO_UDP && matches!(pkt.dst_port, UDP_PORT_VXLAN_LINUX | UDP_PORT_VXLAN_IANA))
+}
+
 /// Steps 6–9: the endpoint, identity and policy decision, for a new flow (`stale`
 /// `None`) or a stale entry's re-check.
 // A BPF-to-BPF call, not inlined: its frame is a sibling of `related`'s, not added to
 // it, which keeps every call chain under the 512-byte stack limit.
 #[inline(never)]
 fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit>) -> Verdict {
-    let icmp_error = pkt.is_icmp_error();
-
     // 6. The local endpoint (for a re-check too: a pod gone since is judged as a new
     //    packet of it would be).
     let egress = direction == DIR_EGRESS;
-    let local = if egress { &pkt.src } else { &pkt.dst };
-    let Some(endpoint) = maps::endpoint(local) else {
-        return Verdict::of(
-            if egress {
-                // Fails closed: a source that is no pod netfence knows (spoofed, or a pod
-                // not synced yet) is not let out of a veth netfence enforces on.
-                Reason::DropSpoofed
-            } else {
-                Reason::DropWrongPort
-            },
-            direction,
-        );
+    let endpoint = match local_endpoint(pkt, egress, key.ifindex) {
+        Ok(endpoint) => endpoint,
+        Err(reason) => return Verdict::of(reason, direction),
     };
-    if endpoint.ifindex != 0 && endpoint.ifindex != key.ifindex {
-        // Fails closed: the pod's address on another pod's port. From a pod it is a
-        // spoofed source; to a pod it is a frame flooded to the wrong port.
-        let reason = if egress { Reason::DropSpoofed } else { Reason::DropWrongPort };
-        return Verdict { reason, policy: endpoint.policy, rule: 0, direction };
+    if egress && is_tunnel(pkt) {
+        return Verdict { reason: Reason::DropTunnel, policy: endpoint.policy, rule: 0, direction };
     }
+    // Entries for flows only: an ICMP error belongs to the flow it quotes, and a group
+    // packet's replies come from the pod's own address, which has its own entries.
+    let track = !pkt.is_icmp_error() && !(!egress && pkt.is_group());
 
     // The policy question: a new flow's is this hook's direction and the packet's
     // destination port; a re-checked flow's is the direction and port it opened with.
@@ -180,6 +275,9 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
         None => (direction, pkt.dst_port),
     };
     let policy_egress = policy_direction == DIR_EGRESS;
+    // Read before the lookups: a sync finishing during them leaves the new entry
+    // stamped with the older generation, so `cut` re-checks it.
+    let generation = maps::generation();
 
     // 7. Not isolated in this direction: passes without a policy lookup.
     let (this_way, audit, origin) = if policy_egress {
@@ -196,8 +294,8 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
         // the pod later must not turn this flow's replies into new traffic
         // (`--existing-flows=keep` keeps it), and the flow's next packets cost one
         // lookup instead of a conntrack miss plus the endpoint lookup.
-        if !icmp_error {
-            conntrack::create(pkt, key, origin, 0);
+        if track {
+            conntrack::create(pkt, key, origin, 0, generation);
         }
         return Verdict { reason: Reason::AllowNotIsolated, policy: endpoint.policy, rule: 0, direction };
     }
@@ -217,8 +315,8 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
                 return Verdict { reason: Reason::AllowEstablished, policy, rule, direction };
             }
             maps::count_rule(rule);
-            if !icmp_error {
-                conntrack::create(pkt, key, origin, rule);
+            if track {
+                conntrack::create(pkt, key, origin, rule, generation);
             }
             Verdict { reason: Reason::AllowPolicy, policy, rule, direction }
         }
@@ -227,7 +325,7 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
         None if endpoint.flags & audit != 0 => {
             match stale {
                 Some(hit) => hit.restamp(0),
-                None if !icmp_error => conntrack::create(pkt, key, origin, 0),
+                None if track => conntrack::create(pkt, key, origin, 0, generation),
                 None => {}
             }
             Verdict { reason: Reason::AuditPolicy, policy, rule: 0, direction: policy_direction }
@@ -291,5 +389,7 @@ fn finish(pkt: &Packet, ifindex: u32, verdict: &Verdict) -> i32 {
             _pad: 0,
         });
     }
-    if drop { TC_ACT_SHOT } else { TC_ACT_OK }
+    // An allow is TCX_NEXT / TC_ACT_UNSPEC: netfence only removes packets, and what
+    // it lets through still meets every later program and filter on the port.
+    if drop { TC_ACT_SHOT } else { TC_ACT_UNSPEC }
 }

@@ -132,7 +132,8 @@ fn measure(datapath: &Datapath, case: &Case, repeat: u32) -> anyhow::Result<(f64
     })?;
     let after = prog.info()?;
     let counted = counter(datapath, case.reason)? - counted_before;
-    let expected_action = if case.reason.is_drop() { 2 } else { 0 };
+    // TC_ACT_SHOT for a drop; TC_ACT_UNSPEC (-1, TCX_NEXT) for an allow.
+    let expected_action = if case.reason.is_drop() { 2 } else { u32::MAX };
     if result.return_value != expected_action || counted != u64::from(repeat) {
         bail!(
             "{}: expected {} x{repeat} (action {expected_action}), got action {} and {counted} counted",

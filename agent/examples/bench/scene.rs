@@ -159,10 +159,15 @@ pub fn state(pods: usize, policies: usize) -> State {
     state
 }
 
-/// The image of this node and the map contents it gives (no interface bindings).
+/// The ifindex `BPF_PROG_TEST_RUN` gives a crafted frame's skb (loopback).
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The image of this node and the map contents it gives, every endpoint bound to
+/// the test run's port (unbound endpoints fail closed).
 pub fn image(state: &State) -> (Image, Contents) {
     let image = compile(state, Some(NODE));
-    let contents = Contents::from_image(&image, &BTreeMap::new());
+    let bindings: BTreeMap<_, _> = image.endpoints.keys().map(|addr| (*addr, TEST_RUN_IFINDEX)).collect();
+    let contents = Contents::from_image(&image, &bindings);
     (image, contents)
 }
 

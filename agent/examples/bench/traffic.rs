@@ -8,8 +8,9 @@
 //! - RR: UDP request/reply on one flow (established path after the first packet);
 //! - iperf3 TCP throughput.
 
+use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -53,8 +54,23 @@ struct Netfence {
 }
 
 impl Netfence {
-    fn enforce(node: &Netns, state: &netfence::model::State, ifaces: &[&str]) -> anyhow::Result<Self> {
-        let (_, target) = scene::image(state);
+    /// Enforces `state` on `ports`: each interface with the pod address behind it.
+    fn enforce(node: &Netns, state: &netfence::model::State, ports: &[(&str, Ipv4Addr)]) -> anyhow::Result<Self> {
+        let (image, _) = scene::image(state);
+        let bound: anyhow::Result<BTreeMap<IpAddr, u32>> = node.run(|| {
+            ports
+                .iter()
+                .map(|(iface, addr)| {
+                    let name = std::ffi::CString::new(*iface)?;
+                    // SAFETY: a valid NUL-terminated name; no other precondition.
+                    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                    anyhow::ensure!(index != 0, "no interface {iface}");
+                    Ok((IpAddr::V4(*addr), index))
+                })
+                .collect()
+        })?;
+        let target = Contents::from_image(&image, &bound?);
+        let ifaces: Vec<&str> = ports.iter().map(|(iface, _)| *iface).collect();
         let mut datapath = Datapath::load(&LoadOptions::default())?;
         let mut live = Contents::default();
         let synced = sync(&mut datapath.maps, &mut live, &target);
@@ -62,7 +78,7 @@ impl Netfence {
             bail!("sync failed: {op:?}: {error}");
         }
         let attached: anyhow::Result<()> = node.run(|| {
-            for iface in ifaces {
+            for iface in &ifaces {
                 for (name, hook) in [(program::FROM_POD, TcAttachType::Ingress), (program::TO_POD, TcAttachType::Egress)] {
                     classifier(&mut datapath.ebpf, name)?
                         .attach(iface, hook)
@@ -265,7 +281,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let mut bed = TestBed::new("nf5")?;
     let client = bed.pod(scene::NAMESPACE, "client", &[("app", "client")], scene::CLIENT_HOST, &[("iperf", scene::TCP_PORT)])?;
     let server = bed.pod(scene::NAMESPACE, "server", &[("app", "server")], scene::SERVER_HOST, &[("iperf", scene::TCP_PORT)])?;
-    let ifaces = [client.host_if.as_str(), server.host_if.as_str()];
+    let ports = [(client.host_if.as_str(), scene::CLIENT), (server.host_if.as_str(), scene::SERVER)];
     // Warm up ARP and the listener paths once.
     crr(&client, &server, 5)?;
     let mut s2 = Section::new(
@@ -299,7 +315,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         let none = workload(&client, &server, &sizes, with_iperf)?;
         progress(&format!("traffic: {policies} policies, netfence"));
         let ours = {
-            let _enforced = Netfence::enforce(bed.node(), &state, &ifaces)?;
+            let _enforced = Netfence::enforce(bed.node(), &state, &ports)?;
             workload(&client, &server, &sizes, with_iperf)?
         };
         let ruleset = nft::ruleset(&state, scene::NODE, sizes.nft_cap);

@@ -135,7 +135,8 @@ pub fn eth(ip_packet: &[u8]) -> Vec<u8> {
 
 /// An Ethernet frame with an explicit ethertype.
 pub fn eth_with(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02];
+    f.extend_from_slice(&ETH_SRC);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
@@ -159,10 +160,36 @@ pub fn packet(src: IpAddr, dst: IpAddr, l4: &L4) -> Vec<u8> {
     eth(&ip(src, dst, l4))
 }
 
-/// An ARP request frame.
+/// The source MAC of every frame these builders make.
+pub const ETH_SRC: [u8; 6] = [0x02, 0x02, 0, 0, 0, 0x01];
+/// Ethernet broadcast.
+pub const ETH_BROADCAST: [u8; 6] = [0xff; 6];
+
+/// An ARP request from 198.18.0.10 (the frame's own MAC) for 198.18.0.20.
 pub fn arp() -> Vec<u8> {
-    let mut body = vec![0, 1, 8, 0, 6, 4, 0, 1];
-    body.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 198, 18, 0, 10]);
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 198, 18, 0, 20]);
+    arp_with(1, ETH_SRC, Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 20))
+}
+
+/// An Ethernet/IPv4 ARP message (`op` 1 request, 2 reply) from the builders' source
+/// MAC, with sender hardware address `sender_mac` and the given addresses.
+pub fn arp_with(op: u16, sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut body = vec![0, 1, 8, 0, 6, 4];
+    body.extend_from_slice(&op.to_be_bytes());
+    body.extend_from_slice(&sender_mac);
+    body.extend_from_slice(&sender.octets());
+    body.extend_from_slice(&[0; 6]);
+    body.extend_from_slice(&target.octets());
     eth_with(0x0806, &body)
+}
+
+/// `frame` with its Ethernet destination replaced.
+pub fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
+}
+
+/// An untagged IPv6 frame with its hop limit replaced.
+pub fn hop_limit(mut frame: Vec<u8>, hops: u8) -> Vec<u8> {
+    frame[14 + 7] = hops;
+    frame
 }

@@ -81,9 +81,11 @@ impl MapBackend for Backend<'_> {
 
 impl Kernel {
     /// Makes the maps hold `image` (from `live`, what they hold now), through the
-    /// agent's sync; panics listing any failed map write.
+    /// agent's sync, every endpoint bound to the test run's port (where every crafted
+    /// frame arrives); panics listing any failed map write.
     pub fn sync_image(&mut self, live: &mut Contents, image: &Image) {
-        let target = Contents::from_image(image, &BTreeMap::new());
+        let bindings: BTreeMap<_, _> = image.endpoints.keys().map(|addr| (*addr, super::TEST_RUN_IFINDEX)).collect();
+        let target = Contents::from_image(image, &bindings);
         let report = sync(&mut Backend(self), live, &target);
         assert!(
             report.failed.is_empty(),

@@ -26,7 +26,9 @@ use netfence_common::{
     map, program,
 };
 
-pub const TC_ACT_OK: u32 = 0;
+/// What every allow returns: `TC_ACT_UNSPEC` (-1), which is `TCX_NEXT` under TCX, so
+/// later programs and filters on the port still run.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 /// `BPF_PROG_TEST_RUN` gives the skb the loopback device when no context is passed.
 pub const TEST_RUN_IFINDEX: u32 = 1;
@@ -38,6 +40,7 @@ pub const TO_POD: &str = program::TO_POD;
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub ct_other_timeout_ns: u64,
+    pub ct_unreplied_timeout_ns: u64,
     pub event_allows: bool,
     /// `--existing-flows=cut`.
     pub cut_existing_flows: bool,
@@ -47,6 +50,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
+            ct_unreplied_timeout_ns: netfence_common::DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
             event_allows: false,
             cut_existing_flows: false,
         }
@@ -77,6 +81,11 @@ impl Kernel {
             .override_global(
                 global::CT_OTHER_TIMEOUT_NS,
                 &options.ct_other_timeout_ns,
+                true,
+            )
+            .override_global(
+                global::CT_UNREPLIED_TIMEOUT_NS,
+                &options.ct_unreplied_timeout_ns,
                 true,
             )
             .override_global(global::EVENT_ALLOWS, &event_allows, true)
@@ -127,7 +136,7 @@ impl Kernel {
 
     pub fn pass(&mut self, name: &str, frame: &[u8], reason: Reason) {
         assert!(!reason.is_drop());
-        self.expect(name, frame, TC_ACT_OK, reason);
+        self.expect(name, frame, TC_ACT_UNSPEC, reason);
     }
 
     pub fn drop(&mut self, name: &str, frame: &[u8], reason: Reason) {
@@ -154,6 +163,19 @@ impl Kernel {
             identity: 0,
         };
         m.insert(endpoint_key(&addr), value, 0).unwrap();
+    }
+
+    /// The endpoint bound to port `ifindex` (PORTS), as the agent's sync writes it.
+    pub fn port(&mut self, ifindex: u32, policy: u32, flags: u32) {
+        let mut m: HashMap<&mut MapData, u32, EndpointValue> =
+            HashMap::try_from(self.ebpf.map_mut(map::PORTS).unwrap()).unwrap();
+        let value = EndpointValue {
+            policy,
+            flags,
+            ifindex,
+            identity: 0,
+        };
+        m.insert(ifindex, value, 0).unwrap();
     }
 
     pub fn identity(&mut self, net: &str, id: u32) {
@@ -200,6 +222,16 @@ impl Kernel {
         let mut m: HashMap<&mut MapData, CtKey, CtValue> =
             HashMap::try_from(self.ebpf.map_mut(map::CONNTRACK).unwrap()).unwrap();
         m.insert(key, value, 0).unwrap();
+    }
+
+    /// Removes every conntrack entry (as the agent does for an address whose pod went).
+    pub fn clear_conntrack(&mut self) {
+        let keys: Vec<CtKey> = self.conntrack().into_iter().map(|(key, _)| key).collect();
+        let mut m: HashMap<&mut MapData, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map_mut(map::CONNTRACK).unwrap()).unwrap();
+        for key in keys {
+            m.remove(&key).unwrap();
+        }
     }
 
     /// Bytes of `name` after the verifier (`bpftool prog`'s `xlated`): 8 per insn.
