@@ -228,7 +228,7 @@ fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reason> {
         let h = payload.get(at..).filter(|h| h.len() >= 8).ok_or(Reason::DropMalformed)?;
         let len = match next {
             44 => {
-                let offset = be16(h, 2) >> 3;
+                let (offset, more) = (be16(h, 2) >> 3, h[3] & 1 != 0);
                 let id = be32(h, 4);
                 if offset != 0 {
                     fragment = Fragment::Later(id, h[0]);
@@ -236,7 +236,10 @@ fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reason> {
                     at += 8;
                     break;
                 }
-                fragment = Fragment::First(id, h[0]);
+                // An atomic fragment (offset 0, no more) is a whole packet.
+                if more {
+                    fragment = Fragment::First(id, h[0]);
+                }
                 8
             }
             51 => (usize::from(h[1]) + 2) * 4,
