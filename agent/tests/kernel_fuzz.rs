@@ -272,8 +272,27 @@ impl Fuzz {
     }
 }
 
+/// `NFC_FUZZ_FRAME=<hex>`: run that one frame through both hooks and print both
+/// verdicts (to study a reported disagreement), instead of fuzzing.
+fn probe(frame_hex: &str) {
+    let frame: Vec<u8> = (0..frame_hex.len() / 2)
+        .map(|i| u8::from_str_radix(&frame_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut fuzz = Fuzz::new();
+    for hook in [Hook::FromPod, Hook::ToPod] {
+        let v = fuzz.world().judge(hook, &frame);
+        fuzz.one(hook, &frame);
+        println!("{hook:?}: model {v:?}, kernel {:?}", fuzz.kernel_hist);
+        fuzz.kernel_hist.clear();
+    }
+    println!("{}", fuzz.findings());
+}
+
 #[test]
 fn kernel_and_model_agree_on_random_frames() {
+    if let Ok(frame) = std::env::var("NFC_FUZZ_FRAME") {
+        return probe(&frame);
+    }
     let frames = env_u64("NFC_FUZZ_FRAMES", 50_000);
     let seed = env_u64("NFC_FUZZ_SEED", 1);
     let pools = fuzz_world::pools();

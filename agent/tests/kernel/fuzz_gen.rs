@@ -397,6 +397,12 @@ fn ipv6(rng: &mut Rng, pools: &Pools) -> Vec<u8> {
         _ => rng.below(9),
     };
     let mut kinds: Vec<u8> = (0..n).map(|_| rng.pick(&[0, 43, 60, 60, 44, 51])).collect();
+    // At most one fragment header (RFC 8200 4.1): which of two would name the
+    // datagram is no question the spec answers.
+    while kinds.iter().filter(|&&k| k == 44).count() > 1 {
+        let at = kinds.iter().rposition(|&k| k == 44).unwrap_or(0);
+        kinds.remove(at);
+    }
     if c.frag_id.is_some() && !kinds.contains(&44) {
         let at = rng.below(kinds.len() + 1);
         kinds.insert(at, 44);

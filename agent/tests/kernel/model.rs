@@ -282,7 +282,8 @@ fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
         PROTO_SCTP => 12,
-        p if is_icmp(v6, p) => 8,
+        // ICMP and ICMPv6 headers are checked whatever the family carrying them.
+        PROTO_ICMP | PROTO_ICMPV6 => 8,
         _ => 0,
     };
     if l4.len() < need {
