@@ -597,13 +597,13 @@ struct Quote {
 /// At least the quoted IP header and 8 bytes of its L4 header, or no relation.
 fn parse_quote(v6: bool, q: &[u8]) -> Option<Quote> {
     let (src, dst, protocol, l4) = if v6 {
-        if q.len() < 48 {
+        if q.len() < 48 || q[0] >> 4 != 6 {
             return None;
         }
         (addr_at(q, 8), addr_at(q, 24), q[6], &q[40..])
     } else {
         let ihl = usize::from(*q.first()? & 0x0f) * 4;
-        if q.len() < 20 || ihl < 20 || q.len() < ihl + 8 {
+        if q.len() < 20 || q[0] >> 4 != 4 || ihl < 20 || q.len() < ihl + 8 {
             return None;
         }
         (v4_at(q, 12), v4_at(q, 16), q[9], &q[ihl..])
