@@ -91,7 +91,7 @@ impl Pools {
 
 impl Tuple {
     pub fn v6(&self) -> bool {
-        !(self.src[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff])
+        self.src[..12] != [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
     }
 
     fn reversed(self) -> Self {

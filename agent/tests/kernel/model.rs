@@ -402,10 +402,12 @@ impl World {
             _ => parse_l4(ip.v6, ip.protocol, ip.l4)?,
         };
         // 3. Neighbour discovery and MLD.
-        if ip.v6 && ip.protocol == PROTO_ICMPV6 && ip.fragment == Fragment::No {
-            if let Some(kind @ (130..=137 | 143)) = l4.icmp_type {
-                return Err(self.neighbour(hook, &ip, kind));
-            }
+        if ip.v6
+            && ip.protocol == PROTO_ICMPV6
+            && ip.fragment == Fragment::No
+            && let Some(kind @ (130..=137 | 143)) = l4.icmp_type
+        {
+            return Err(self.neighbour(hook, &ip, kind));
         }
         // 4. Later fragments follow the first.
         if let Fragment::Later(id, protocol) = ip.fragment {
