@@ -213,7 +213,9 @@ fn content(rng: &mut Rng, pools: &Pools, v6: bool) -> Content {
                 0..=4 => (6, l4_of(rng, v6, 6, sp, dp)),
                 5..=8 => (17, l4_of(rng, v6, 17, sp, dp)),
                 9 => (132, l4_of(rng, v6, 132, sp, dp)),
-                10..=15 => icmp(rng, pools, v6),
+                10..=14 => icmp(rng, pools, v6),
+                // The other family's ICMP (ICMPv6 in IPv4, ICMP in IPv6): no ND, no errors.
+                15 => icmp(rng, pools, !v6),
                 16 => (rng.pick(&[4, 41, 47]), rng.bytes(20)),
                 _ => {
                     let len = rng.below(24);
