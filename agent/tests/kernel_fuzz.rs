@@ -27,6 +27,8 @@ mod fuzz_rig;
 mod fuzz_world;
 #[path = "kernel/model.rs"]
 mod model;
+#[path = "kernel/model_parse.rs"]
+mod model_parse;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
