@@ -222,6 +222,9 @@ pub fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
                 out.echo_id = Some(be16(l4, 4));
             }
         }
+        // The other family's ICMP is neither ND nor an error, but its echo still
+        // keys its flow by identifier (the spec does not say; the kernel does so).
+        PROTO_ICMP | PROTO_ICMPV6 if is_echo(protocol == PROTO_ICMPV6, l4[0]) => out.echo_id = Some(be16(l4, 4)),
         _ => {}
     }
     Ok(out)
