@@ -261,10 +261,10 @@ impl World {
     fn flow_verdict(&self, hook: Hook, frame: &[u8], ip: &Ip<'_>, l4: &L4) -> Verdict {
         let from_pod = hook == Hook::FromPod;
         let (local, remote) = if from_pod { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
-        let error = l4.icmp_type.is_some_and(|t| is_icmp_error(ip.v6, t));
+        let error = l4.icmp_type.is_some_and(|t| is_icmp_error(ip.v6, t)) || l4.foreign_error;
         // 5. Conntrack.
         if error {
-            if self.related(hook, ip, local, remote) {
+            if !l4.foreign_error && self.related(hook, ip, local, remote) {
                 return Verdict::only(Reason::AllowRelatedIcmp);
             }
         } else {

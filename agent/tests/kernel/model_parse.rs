@@ -76,6 +76,8 @@ pub struct L4 {
     pub echo_id: Option<u16>,
     pub tcp_flags: u8,
     pub icmp_type: Option<u8>,
+    /// The other family's ICMP, of an error kind.
+    pub foreign_error: bool,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -222,9 +224,16 @@ pub fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
                 out.echo_id = Some(be16(l4, 4));
             }
         }
-        // The other family's ICMP is neither ND nor an error, but its echo still
-        // keys its flow by identifier (the spec does not say; the kernel does so).
-        PROTO_ICMP | PROTO_ICMPV6 if is_echo(protocol == PROTO_ICMPV6, l4[0]) => out.echo_id = Some(be16(l4, 4)),
+        // The other family's ICMP (the spec does not say; the kernel does so): its
+        // echo keys the flow by identifier, its error kinds create no entry, but it
+        // is no ND and relates to no flow.
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let icmpv6 = protocol == PROTO_ICMPV6;
+            if is_echo(icmpv6, l4[0]) {
+                out.echo_id = Some(be16(l4, 4));
+            }
+            out.foreign_error = is_icmp_error(icmpv6, l4[0]);
+        }
         _ => {}
     }
     Ok(out)
