@@ -78,10 +78,11 @@ fn veth_peer_addresses_bind_pod_ips_to_host_interfaces() {
             let selection = Selection::new(&[], Some("br-nfl".to_owned())).expect("selection");
             let managed = selection.managed(&all);
             let names: Vec<String> = managed.iter().map(|i| i.name.clone()).collect();
-            let (candidates, mut problems) = links::candidates(&handle, &managed).await;
-            let (bindings, conflicts) = links::bind(&Default::default(), &candidates);
-            problems.extend(conflicts);
-            let bindings: Vec<(IpAddr, String)> = bindings
+            let (reads, mut problems) = links::peer_reads(&handle, &managed).await;
+            let bound = links::bind(&Default::default(), &[], &reads, &Default::default());
+            problems.extend(bound.problems.iter().map(ToString::to_string));
+            let bindings: Vec<(IpAddr, String)> = bound
+                .bindings
                 .into_iter()
                 .map(|(addr, index)| {
                     let name = all.iter().find(|i| i.index == index).map(|i| i.name.clone()).unwrap_or_default();

@@ -123,6 +123,11 @@ fn status_reports_attachments_fill_counters_and_the_agent_across_sigterm() {
         "one endpoint per pod address (IPv4 and IPv6): {running}"
     );
     assert_eq!(capacity, u64::from(netfence_common::MAX_ENDPOINTS));
+    assert_eq!(
+        fill(&running, "PORTS"),
+        (3, u64::from(netfence_common::MAX_PORTS)),
+        "one bound endpoint per pod veth: {running}"
+    );
     assert!(fill(&running, "POLICY").0 > 0, "{running}");
     assert!(fill(&running, "IDENTITIES").0 > 0, "{running}");
     let sync = &running["last_sync"];

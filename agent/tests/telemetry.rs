@@ -115,14 +115,25 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
     // (its SYN left c; b's ingress dropped it; its retransmissions share the entry).
     let conntrack = "netfence_map_entries{map=\"conntrack\"}";
     let deadline = Instant::now() + Duration::from_secs(12);
-    let counted = loop {
-        let counted = sample(&get(&bed, "/metrics"), conntrack);
+    let (counted, text) = loop {
+        let text = get(&bed, "/metrics");
+        let counted = sample(&text, conntrack);
         if counted >= 5.0 || Instant::now() > deadline {
-            break counted;
+            break (counted, text);
         }
         std::thread::sleep(Duration::from_millis(250));
     };
     assert_eq!(counted, 5.0, "2 at a's veth, 2 at b's, 1 at c's");
+    // The same walk counts them per local pod (the pod side of each entry).
+    for (pod, entries) in [("a", 2.0), ("b", 2.0), ("c", 1.0)] {
+        let series = format!("netfence_conntrack_entries{{namespace=\"x\",pod=\"{pod}\"}}");
+        assert_eq!(sample(&text, &series), entries, "{series} in:\n{text}");
+    }
+    assert_eq!(
+        sample(&text, "netfence_conntrack_entries{namespace=\"\",pod=\"unknown\"}"),
+        0.0,
+        "every entry belongs to a local pod"
+    );
     assert_eq!(
         sample(
             &get(&bed, "/metrics"),

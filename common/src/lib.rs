@@ -50,6 +50,13 @@ pub mod global {
     /// valid (`u64`; nf_conntrack's unreplied UDP timeout is the model). An unreplied
     /// TCP entry (SYN sent, nothing back) uses `CT_OTHER_TIMEOUT_NS`, as SYN_SENT.
     pub const CT_UNREPLIED_TIMEOUT_NS: &str = "CT_UNREPLIED_TIMEOUT_NS";
+    /// The bench only (`u32`): non-zero makes the programs stop after one stage of
+    /// the established path and pass, so the bench can measure each stage's cost:
+    /// 1 on entry, 2 after parsing, 3 after building the conntrack key, 4 after the
+    /// conntrack lookup, 5 after the established check (clock read, liveness,
+    /// refresh). 0 (every agent) runs the whole program; the verifier prunes the
+    /// cut-offs, so they cost nothing.
+    pub const BENCH_STAGE: &str = "BENCH_STAGE";
 }
 
 /// Map capacities. The agent refuses an image that does not fit.

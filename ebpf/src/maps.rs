@@ -60,6 +60,8 @@ static CT_UNREPLIED_TIMEOUT_NS: u64 = DEFAULT_CT_UNREPLIED_TIMEOUT_NS;
 static EVENT_ALLOWS: u32 = 0;
 #[unsafe(no_mangle)]
 static EXISTING_FLOWS_CUT: u32 = 0;
+#[unsafe(no_mangle)]
+static BENCH_STAGE: u32 = 0;
 
 #[inline(always)]
 pub fn ct_tcp_timeout_ns() -> u64 {
@@ -91,6 +93,14 @@ pub fn event_allows() -> bool {
 pub fn cut_existing_flows() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&raw const EXISTING_FLOWS_CUT) != 0 }
+}
+
+/// The bench's cut-off stage (`global::BENCH_STAGE`): 0 runs everything. Frozen at
+/// load like `cut_existing_flows`, so with 0 the verifier removes every cut-off.
+#[inline(always)]
+pub fn bench_stage() -> u32 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&raw const BENCH_STAGE) }
 }
 
 /// The current policy generation (one array lookup, which the kernel inlines). 0

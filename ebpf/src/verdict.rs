@@ -147,8 +147,16 @@ impl Verdict {
 pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     // SAFETY: `skb` is the context pointer the kernel passed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let stage = maps::bench_stage();
+    if stage == 1 {
+        return TC_ACT_UNSPEC;
+    }
     let mut pkt = Packet::EMPTY;
-    let verdict = match parse::parse(ctx, &mut pkt) {
+    let parsed = parse::parse(ctx, &mut pkt);
+    if stage == 2 {
+        return TC_ACT_UNSPEC;
+    }
+    let verdict = match parsed {
         Err(Reason::AllowArp) => Verdict::of(link::arp(ctx, &mut pkt, direction, ifindex), direction),
         Err(reason) => Verdict::of(reason, direction),
         Ok(()) => {
@@ -159,15 +167,20 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
             verdict
         }
     };
+    if stage != 0 {
+        return TC_ACT_UNSPEC;
+    }
     finish(&pkt, ifindex, &verdict)
 }
 
-/// Steps 3–5 for a parsed IP packet; `judge` does 6–9.
+/// Steps 3–5 for a parsed IP packet; `judge` does 6–9. `stage` is the bench's
+/// cut-off (`maps::bench_stage`; 0 in an agent: the verifier prunes it).
 // A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
 // which keeps every call chain under the 512-byte stack limit (inlined, the whole
 // program needed 624 bytes).
 #[inline(never)]
 fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict {
+    let stage = maps::bench_stage();
     // 3. ND/MLD pass without policy only as validated link traffic (without them no
     //    IPv6 address resolves); fragmented, they fail closed (RFC 6980).
     if pkt.is_neighbour_discovery() {
@@ -195,6 +208,14 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
     // 5. Conntrack first. ICMP errors are no flow of their own: they pass only through
     //    the flow they quote, or as ICMP through policy, and never create an entry.
     let key = conntrack::flow_key(pkt, direction, ifindex);
+    match stage {
+        3 => return Verdict::of(Reason::AllowEstablished, direction),
+        4 => {
+            let found = maps::conntrack(&key).is_some();
+            return Verdict::of(if found { Reason::AllowEstablished } else { Reason::DropPolicy }, direction);
+        }
+        _ => {}
+    }
     let icmp_error = pkt.is_icmp_error();
     // A stale entry to re-check (`cut` only).
     let mut stale: Option<conntrack::Hit> = None;
@@ -205,6 +226,9 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
     } else if !pkt.is_tcp_syn()
         && let Some(hit) = conntrack::established(pkt, &key, direction)
     {
+        if stage == 5 {
+            return Verdict::of(Reason::AllowEstablished, direction);
+        }
         if !maps::cut_existing_flows() {
             return Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction };
         }

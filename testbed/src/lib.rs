@@ -17,11 +17,13 @@ mod agent;
 mod bed;
 pub mod cni;
 pub mod flannel;
+pub mod forge;
 pub mod kube_proxy;
 mod manifest;
 mod netns;
 mod node;
 mod probe;
+pub mod raw;
 mod service_yaml;
 
 pub use agent::{Agent, Attach};

@@ -4,7 +4,8 @@
 //! and runs crafted frames through `BPF_PROG_TEST_RUN` with `repeat`, reading the
 //! programs' `run_time_ns / run_cnt` (BPF_ENABLE_STATS) around each batch. The verdict
 //! counter of the expected path must move by exactly `repeat`, so every figure is known
-//! to measure the path it names.
+//! to measure the path it names. Each row also measures an empty classifier through the
+//! same harness (`floor`) and gives every figure as a ratio to it.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -18,7 +19,7 @@ use serde_json::json;
 
 use crate::frame::{TCP_ACK, TCP_SYN, packet, tcp};
 use crate::report::{Report, Section, f1, int};
-use crate::{Args, progress, scene};
+use crate::{Args, breakdown, floor, progress, scene};
 
 /// One measured path.
 struct Case {
@@ -183,11 +184,12 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         (&[100, 1_000, 10_000], &[0, 100, 1_000, 10_000], 200_000)
     };
     let _stats = enable_stats()?;
+    let empty = floor::Empty::load()?;
     let mut s1 = Section::new(
         "per_packet",
         "1. Per-packet cost of the TC programs (ns per packet, BPF run_time_ns / run_cnt)",
         &[
-            "policies", "pods", "POLICY entries", "est. to_pod", "est. from_pod",
+            "policies", "pods", "POLICY entries", "empty prog", "est. to_pod", "est. from_pod",
             "new SYN to_pod", "new SYN from_pod", "SYN to VIP from_pod", "new deny to_pod",
         ],
     );
@@ -203,6 +205,8 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         "policies = generated NetworkPolicies (+2 of the bench), pods = generated pods, {} of them local.",
         scene::LOCAL_PODS
     ));
+    s1.method("empty prog = `r0 = 0; exit` loaded as a classifier, run on the same SYN frame the same way: the harness's own");
+    s1.method("cost (test-run loop, statistics clock reads); (N×) after each figure = that figure / empty prog, same row.");
     let mut s6 = Section::new(
         "map_memory",
         "6. BPF map memory (KiB, kernel memlock accounting of each map)",
@@ -231,11 +235,14 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
                 "policy_entries": image.policy.len(), "identity_prefixes": image.identities.len(),
                 "endpoints": image.endpoints.len(), "map_writes": synced.applied,
             });
-            let mut row = vec![int(policies), int(pods), int(image.policy.len())];
+            let (floor_ns, floor_test_run_ns) = empty.measure(&cases()[2].frame, repeat)?;
+            cells["empty"] = json!({ "bpf_stats_ns": floor_ns, "test_run_ns": floor_test_run_ns });
+            let mut row = vec![int(policies), int(pods), int(image.policy.len()), f1(floor_ns)];
             for case in cases() {
                 let (stats_ns, test_run_ns) = measure(&datapath, &case, repeat)?;
-                cells[case.key] = json!({ "bpf_stats_ns": stats_ns, "test_run_ns": test_run_ns });
-                row.push(f1(stats_ns));
+                let ratio = stats_ns / floor_ns;
+                cells[case.key] = json!({ "bpf_stats_ns": stats_ns, "test_run_ns": test_run_ns, "ratio_to_empty": ratio });
+                row.push(format!("{} ({ratio:.1}×)", f1(stats_ns)));
             }
             rows1.push(cells);
             s1.row(row);
@@ -277,6 +284,8 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     s6.note("only local pods but is preallocated, so its marginal cost per pod is zero up to 16,384 local addresses;");
     s6.note("RULE_HITS is a preallocated per-CPU hash (65,536 rules), so B/policy counts the POLICY trie only.");
     report.sections.push(s1);
+    progress("per-packet cost: the established path, stage by stage");
+    breakdown::run(args.quick, report)?;
     report.sections.push(s6);
     Ok(())
 }
@@ -290,12 +299,17 @@ fn flatness(section: &mut Section, rows: &[serde_json::Value]) {
             .collect();
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(0.0, f64::max);
+        let ratios: Vec<f64> = rows.iter().filter_map(|r| r[case.key]["ratio_to_empty"].as_f64()).collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(0.0, f64::max);
         section.note(format!(
-            "{}: {:.1}–{:.1} ns across sizes, max/min {:.2}",
+            "{}: {:.1}–{:.1} ns across sizes, max/min {:.2}; {:.1}–{:.1}× the empty program",
             case.key,
             min,
             max,
-            max / min
+            max / min,
+            low,
+            high
         ));
     }
 }

@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// Seconds an idle UDP/SCTP/ICMP flow stays in conntrack.
     #[arg(long, default_value_t = 120)]
     pub ct_other_timeout: u64,
+    /// Seconds an idle UDP/SCTP/ICMP flow that has seen no reply stays in conntrack
+    /// (an unanswered TCP SYN uses --ct-other-timeout).
+    #[arg(long, default_value_t = 30)]
+    pub ct_unreplied_timeout: u64,
     /// Also log every allowed new flow (drops are always logged).
     #[arg(long)]
     pub log_allows: bool,

@@ -1,8 +1,10 @@
 //! `netfence run`: enforce on this node. One task owns the loaded programs and reacts
 //! to three things, always recomputing from the whole state (level-triggered):
-//! a source change (reload, compile, sync), an interface change or a periodic tick
-//! (attach to new interfaces, forget gone ones, rebind pod addresses), and a signal
-//! (exit; pinned links stay attached unless `--detach-on-exit`).
+//! a source change (reload, compile, purge the conntrack entries of addresses whose
+//! pod went or changed, sync), an interface change or a periodic tick (forget gone
+//! interfaces, rebind pod addresses and sync them, then attach to new interfaces:
+//! `interfaces`), and a signal (exit; pinned links stay attached unless
+//! `--detach-on-exit`).
 //!
 //! Restart without a gap: maps and TCX links are pinned under `--pin-dir`. A new agent
 //! loads its programs on the pinned maps (conntrack and counters included), reads
@@ -18,8 +20,9 @@
 
 mod cni;
 mod feed;
+mod interfaces;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,7 +38,8 @@ use crate::dataplane::events::{self, Names};
 use crate::dataplane::flowlog::{FlowContext, FlowLog};
 use crate::dataplane::last_sync::{self, LastSync};
 use crate::dataplane::links::{self, Interface, Selection};
-use crate::dataplane::loader::{Datapath, LoadOptions};
+use crate::dataplane::loader::{Datapath, LoadOptions, Maps};
+use crate::dataplane::owners::{self, Owner};
 use crate::dataplane::pin::PinDir;
 use crate::dataplane::sync::{self, Contents};
 use crate::image::Image;
@@ -69,6 +73,11 @@ struct Enforcer {
     handle: rtnetlink::Handle,
     image: Image,
     bindings: BTreeMap<IpAddr, u32>,
+    /// The binding problems found last (each is logged as a warning once).
+    bind_problems: BTreeSet<String>,
+    /// Who owned each pod address at the last compile (`None` before the first):
+    /// addresses that change owner have their conntrack entries purged.
+    owners: Option<BTreeMap<IpAddr, Owner>>,
     live: Contents,
     generation: u64,
     names: tokio::sync::watch::Sender<Arc<Names>>,
@@ -96,6 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = LoadOptions {
         ct_tcp_timeout_ns: args.ct_tcp_timeout.saturating_mul(1_000_000_000),
         ct_other_timeout_ns: args.ct_other_timeout.saturating_mul(1_000_000_000),
+        ct_unreplied_timeout_ns: args.ct_unreplied_timeout.saturating_mul(1_000_000_000),
         event_allows: args.log_allows,
         existing_flows: args.existing_flows,
     };
@@ -182,13 +192,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         handle,
         image: Image::default(),
         // After a restart, the pinned endpoints' interfaces: the first sync then keeps
-        // them (no window without anti-spoofing), and `links::bind` keeps them sticky.
+        // them (no window without anti-spoofing), and `links::bind` keeps those of an
+        // interface whose peer cannot be read.
         bindings: live
             .endpoints
             .iter()
             .filter(|(_, value)| value.ifindex != 0)
             .map(|(addr, value)| (*addr, value.ifindex))
             .collect(),
+        bind_problems: BTreeSet::new(),
+        owners: None,
         live,
         generation: 0,
         names,
@@ -291,10 +304,17 @@ impl Drop for AbortOnDrop {
 }
 
 impl Enforcer {
-    /// The first complete state: maps first, then attach, so the first packet a
-    /// program sees meets the policy. Then ready.
+    /// The first complete state: bindings, then maps, then attach, so the first
+    /// packet a program sees (also one swapped into a pinned link, on maps a layout
+    /// change left empty) meets the policy and its pod's binding. Then ready.
     async fn start(&mut self, load: Load, source: &dyn Source, health: &Health, ready: &mut bool) {
-        self.reload(load, source);
+        let cause = self.accept(load, source);
+        if let Some(all) = self.list_interfaces().await {
+            let managed: Vec<&Interface> = self.selection.managed(&all);
+            // The compile below uses the node addresses and bindings read here.
+            let _ = self.rebind(&managed).await;
+        }
+        self.recompile(cause);
         self.reconcile_interfaces().await;
         let adopted = self.attachments.indexes().filter(|i| self.attachments.adopted(*i)).count();
         let pruned = self.attachments.prune_pins();
@@ -320,6 +340,13 @@ impl Enforcer {
     /// Compiles the source's state and syncs. Invalid objects are reported; their
     /// last good version (or nothing) stays enforced.
     fn reload(&mut self, load: Load, source: &dyn Source) {
+        let cause = self.accept(load, source);
+        self.recompile(cause);
+    }
+
+    /// Takes the source's state (reporting its invalid objects) without compiling;
+    /// returns the cause to compile it with.
+    fn accept(&mut self, load: Load, source: &dyn Source) -> &'static str {
         let noun = source.noun();
         for error in &load.errors {
             tracing::error!("invalid {noun}, skipped (last good version kept): {error}");
@@ -329,7 +356,7 @@ impl Enforcer {
         }
         self.metrics.set_invalid_objects(load.errors.len());
         self.state = load.state;
-        self.recompile(source.name());
+        source.name()
     }
 
     /// Compiles the last loaded state for this node and syncs.
@@ -353,73 +380,39 @@ impl Enforcer {
         if self.flow_context.receiver_count() > 0 {
             let _ = self.flow_context.send(Arc::new(FlowContext::new(&state, &self.image)));
         }
+        let owners = owners::owners(&state, &self.image);
         drop(state);
+        self.purge_moved(owners);
         self.sync(cause);
     }
 
-    /// Lists interfaces, attaches to new managed ones, forgets gone ones, refreshes
-    /// the address bindings, and syncs if they changed.
-    async fn reconcile_interfaces(&mut self) {
-        let all = match links::list(&self.handle).await {
-            Ok(all) => all,
-            Err(error) => {
-                tracing::error!("listing interfaces: {error}");
-                return;
-            }
-        };
-        let managed: Vec<&Interface> = self.selection.managed(&all);
-        let gone: Vec<u32> = self
-            .attachments
-            .indexes()
-            .filter(|index| !managed.iter().any(|i| i.index == *index))
-            .collect();
-        for index in gone {
-            if let Some(name) = self.attachments.forget(&mut self.datapath.ebpf, index) {
-                tracing::info!(interface = %name, index, "interface gone; forgotten");
-            }
+    /// Deletes the conntrack entries of every address whose owner pod went or
+    /// changed since the last compile, before the sync programs the new owner: no
+    /// flow of the old pod carries over to the new one. One walk for all of them.
+    fn purge_moved(&mut self, next: BTreeMap<IpAddr, Owner>) {
+        let moved = self.owners.as_ref().map(|previous| owners::moved(previous, &next)).unwrap_or_default();
+        self.owners = Some(next);
+        if moved.is_empty() {
+            return;
         }
-        for interface in &managed {
-            if self.attachments.is_attached(interface.index) {
-                continue;
-            }
-            match self.attachments.attach(&mut self.datapath.ebpf, interface) {
-                Ok(()) => tracing::info!(interface = %interface.name, index = interface.index, "attached"),
-                // Retried on the next tick: an interface can vanish or be mid-setup.
-                Err(error) => tracing::warn!("{error}; retrying"),
-            }
+        match Maps::purge_conntrack(&mut self.datapath.ebpf, &moved) {
+            Ok(entries) => tracing::info!(
+                addresses = moved.len(),
+                entries,
+                "conntrack: purged the entries of addresses whose pod went or changed: {moved:?}"
+            ),
+            Err(error) => tracing::error!(
+                addresses = ?moved,
+                "conntrack: purging the entries of addresses whose pod went or changed (their flows may carry over to the address's next pod until they idle out): {error}"
+            ),
         }
-        let (candidates, unreadable) = links::candidates(&self.handle, &managed).await;
-        let (bindings, conflicts) = links::bind(&self.bindings, &candidates);
-        for problem in unreadable {
-            tracing::debug!("{problem}");
-        }
-        for conflict in conflicts {
-            tracing::warn!("{conflict}");
-        }
-        let node_changed = match links::node_addresses(&self.handle).await {
-            Ok(addresses) if addresses != self.node_addresses => {
-                tracing::info!(addresses = ?addresses, "node addresses changed");
-                self.node_addresses = addresses;
-                true
-            }
-            Ok(_) => false,
-            Err(error) => {
-                tracing::warn!("listing the node's addresses: {error}");
-                false
-            }
-        };
-        let bindings_changed = bindings != self.bindings;
-        self.bindings = bindings;
-        if node_changed {
-            self.recompile("node addresses");
-        } else if bindings_changed {
-            self.sync("interfaces");
-        }
-        self.answer_cni_waiters();
     }
 
     fn sync(&mut self, cause: &str) {
         let target = Contents::from_image_in(&self.image, &self.bindings, self.mode);
+        for conflict in sync::port_conflicts(&target.endpoints) {
+            tracing::warn!("{conflict}");
+        }
         let started = std::time::Instant::now();
         let report = sync::sync(&mut self.datapath.maps, &mut self.live, &target);
         // The sync's last write: flows are re-checked (`--existing-flows=cut`) only
@@ -432,6 +425,7 @@ impl Enforcer {
         }
         self.metrics.observe_sync(started.elapsed(), report.failed.len());
         self.metrics.set_map_entries("endpoints", self.live.endpoints.len());
+        self.metrics.set_map_entries("ports", self.live.ports.len());
         self.metrics.set_map_entries("identities", self.live.identities.len());
         self.metrics.set_map_entries("policy", self.live.policy.len());
         self.metrics.set_map_entries("rules", self.live.rules.len());
@@ -506,10 +500,15 @@ impl Enforcer {
         }
     }
 
-    /// Counts the live conntrack entries into the metrics.
+    /// Counts the live conntrack entries into the metrics: the total, and per local
+    /// pod (one walk).
     fn refresh_conntrack_metric(&self) {
-        match crate::dataplane::loader::Maps::conntrack_entries(&self.datapath.ebpf) {
-            Ok(entries) => self.metrics.set_map_entries("conntrack", entries),
+        match Maps::conntrack_by_local(&self.datapath.ebpf) {
+            Ok(by_local) => {
+                self.metrics.set_map_entries("conntrack", by_local.values().sum());
+                let by_pod = crate::telemetry::metrics::conntrack_by_pod(&by_local, &self.image.endpoints);
+                self.metrics.set_conntrack_by_pod(&by_pod);
+            }
             Err(error) => tracing::debug!("counting conntrack entries: {error}"),
         }
     }

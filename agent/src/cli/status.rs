@@ -188,6 +188,8 @@ fn fills(pins: &PinDir) -> anyhow::Result<Vec<MapFill>> {
     }
     let (m, c) = open::<HashMap<MapData, EndpointKey, EndpointValue>>(pins, map::ENDPOINTS)?;
     let endpoints = fill(map::ENDPOINTS, c, m.keys())?;
+    let (m, c) = open::<HashMap<MapData, u32, EndpointValue>>(pins, map::PORTS)?;
+    let ports = fill(map::PORTS, c, m.keys())?;
     let (m, c) = open::<LpmTrie<MapData, IdentityKey, u32>>(pins, map::IDENTITIES)?;
     let identities = fill(map::IDENTITIES, c, m.keys())?;
     let (m, c) = open::<LpmTrie<MapData, PolicyKey, PolicyValue>>(pins, map::POLICY)?;
@@ -199,7 +201,7 @@ fn fills(pins: &PinDir) -> anyhow::Result<Vec<MapFill>> {
     let (m, c) = open::<PerCpuHashMap<MapData, u32, u64>>(pins, map::RULE_HITS)?;
     let rules = fill(map::RULE_HITS, c, m.keys())?;
     Ok(vec![
-        endpoints, identities, policy, conntrack, fragments, rules,
+        endpoints, ports, identities, policy, conntrack, fragments, rules,
     ])
 }
 

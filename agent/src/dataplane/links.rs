@@ -2,11 +2,15 @@
 //! namespace, which ones netfence should manage (`--interfaces` globs, `--bridge`
 //! ports), change notifications, and the addresses on the far end of a veth.
 //!
-//! The far end's addresses bind a pod IP to its host-side interface (anti-spoofing):
-//! an RTM_GETADDR dump with `IFA_TARGET_NETNSID` reads the addresses of the peer's
-//! network namespace without entering it (Linux ≥ 4.20, strict checking on).
+//! [`bind`] decides which host-side interface each pod address belongs to (the
+//! anti-spoofing and port checks of the TC programs): from the netfence-cni ADD
+//! records first (the cluster's word: the pod's IPs and its host veth), and only for
+//! addresses no record names from what the pods show — the far end's addresses,
+//! read by an RTM_GETADDR dump with `IFA_TARGET_NETNSID` without entering the peer's
+//! network namespace (Linux ≥ 4.20, strict checking on) — and then only on an
+//! interface not known to be another pod's, and only when exactly one is left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use futures::TryStreamExt as _;
@@ -14,6 +18,8 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use netlink_packet_route::address::{AddressAttribute, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::Handle;
+
+use super::owners::Owner;
 
 /// Errors talking to rtnetlink.
 #[derive(Debug, thiserror::Error)]
@@ -198,62 +204,237 @@ fn message_address(message: &netlink_packet_route::address::AddressMessage) -> O
     local.or(address)
 }
 
-/// Pod address → the host-side interfaces whose peer carries it, for every managed
-/// interface whose peer addresses could be read, and the interfaces that could not.
-pub async fn candidates(
-    handle: &Handle,
-    managed: &[&Interface],
-) -> (BTreeMap<IpAddr, Vec<u32>>, Vec<String>) {
-    let mut seen: BTreeMap<IpAddr, Vec<u32>> = BTreeMap::new();
-    let mut problems = Vec::new();
-    for interface in managed {
-        match peer_addresses(handle, interface).await {
-            Ok(addresses) => {
-                for address in addresses {
-                    seen.entry(address).or_default().push(interface.index);
-                }
-            }
-            Err(error) => problems.push(format!(
-                "cannot read the addresses behind {}: {error}",
-                interface.name
-            )),
-        }
-    }
-    (seen, problems)
+/// One managed interface's peer-address read: `None` when it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRead {
+    pub index: u32,
+    pub name: String,
+    pub addresses: Option<Vec<IpAddr>>,
 }
 
-/// Binds each address to one interface. Bindings are sticky: an address stays bound
-/// to the interface it was first seen behind for as long as that interface still
-/// carries it, so a pod that puts another pod's address on itself does not take it
-/// over (nor unbind it). An address that appears behind several interfaces at once
-/// with no earlier binding is left unbound and reported: there is no telling which
-/// pod owns it.
-pub fn bind(
-    previous: &BTreeMap<IpAddr, u32>,
-    candidates: &BTreeMap<IpAddr, Vec<u32>>,
-) -> (BTreeMap<IpAddr, u32>, Vec<String>) {
-    let mut out = BTreeMap::new();
+/// Reads the peer addresses of every managed interface; the failures are also
+/// described in the returned messages.
+pub async fn peer_reads(handle: &Handle, managed: &[&Interface]) -> (Vec<PeerRead>, Vec<String>) {
+    let mut reads = Vec::new();
     let mut problems = Vec::new();
-    for (address, indexes) in candidates {
-        match (previous.get(address), &indexes[..]) {
-            (Some(kept), _) if indexes.contains(kept) => {
-                out.insert(*address, *kept);
-                if indexes.len() > 1 {
-                    problems.push(format!(
-                        "address {address} also appears behind interfaces {indexes:?}; it stays bound to {kept}"
-                    ));
-                }
+    for interface in managed {
+        let addresses = match peer_addresses(handle, interface).await {
+            Ok(addresses) => Some(addresses),
+            Err(error) => {
+                problems.push(format!(
+                    "cannot read the addresses behind {} (its previous bindings are kept): {error}",
+                    interface.name
+                ));
+                None
             }
-            (_, [only]) => {
-                out.insert(*address, *only);
-            }
-            _ => problems.push(format!(
-                "address {address} is behind several interfaces ({indexes:?}); not bound"
-            )),
+        };
+        reads.push(PeerRead {
+            index: interface.index,
+            name: interface.name.clone(),
+            addresses,
+        });
+    }
+    (reads, problems)
+}
+
+/// A pod the netfence-cni plugin announced (ADD, kept until DEL): its addresses and
+/// the host-side interfaces of its CNI result (the veth, and the bridge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CniRecord {
+    /// The pod (as its deny-all endpoint names it while the state lacks it).
+    pub owner: Owner,
+    pub ips: Vec<IpAddr>,
+    pub host_interfaces: Vec<String>,
+}
+
+/// The bindings [`bind`] chose, and what it could not decide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bound {
+    /// Address → host interface index.
+    pub bindings: BTreeMap<IpAddr, u32>,
+    pub problems: Vec<BindProblem>,
+}
+
+/// An address [`bind`] found claimed by more than its owner, or could not bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindProblem {
+    /// `address` belongs to `owner` and is bound to `bound`; the pods behind `others`
+    /// show it too (a pod put an address that is not its own on its interface).
+    ClaimedElsewhere {
+        address: IpAddr,
+        owner: Option<Owner>,
+        bound: String,
+        others: Vec<String>,
+    },
+    /// `address` is shown behind `interfaces` and no CNI record, and no other
+    /// address, tells which one is its pod's: unbound (its endpoint fails closed
+    /// both ways) while contested. Also an address shown only behind interfaces
+    /// that are another pod's.
+    Contested {
+        address: IpAddr,
+        owner: Option<Owner>,
+        interfaces: Vec<String>,
+    },
+    /// A CNI record names `address`, but not exactly one of its host interfaces is
+    /// managed here (`named`): unbound, and no other interface may take it.
+    NoHostInterface {
+        address: IpAddr,
+        owner: Owner,
+        named: Vec<String>,
+    },
+}
+
+fn pod_name(owner: Option<&Owner>) -> String {
+    owner.map_or_else(|| "no pod".to_owned(), |o| format!("{}/{}", o.namespace, o.pod))
+}
+
+impl std::fmt::Display for BindProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ClaimedElsewhere { address, owner, bound, others } => write!(
+                f,
+                "address {address} belongs to {} and is bound to {bound}, but is also shown behind {}: ignored there",
+                pod_name(owner.as_ref()),
+                others.join(", ")
+            ),
+            Self::Contested { address, owner, interfaces } => write!(
+                f,
+                "address {address} ({}) is shown behind {} and nothing tells which is its pod's: not bound (its endpoint drops both ways) while contested",
+                pod_name(owner.as_ref()),
+                interfaces.join(", ")
+            ),
+            Self::NoHostInterface { address, owner, named } => write!(
+                f,
+                "address {address} belongs to {} (CNI ADD), whose host interfaces {named:?} are not exactly one managed interface: not bound (its endpoint drops both ways)",
+                pod_name(Some(owner))
+            ),
         }
     }
-    (out, problems)
 }
+
+/// Binds pod addresses to host interfaces, from the cluster first:
+///
+/// 1. A CNI record binds each of its addresses to the one managed interface among
+///    its host interfaces, whoever else shows the address (none or several managed:
+///    the address stays unbound, and no other interface takes it). That interface
+///    is then known to be the record's pod's.
+/// 2. An address no CNI record names binds to the interface whose peer shows it,
+///    among those not known to be another pod's — only when exactly one is left.
+///    An interface is known to be pod P's when a CNI record says so, or when it
+///    alone shows an address `owners` (the cluster state) gives P. An address shown
+///    behind several interfaces that nothing tells apart is unbound while contested.
+///    There is no first-claimer stickiness: a pod that adds another pod's address to
+///    itself never keeps its binding once that pod's veth shows it, and does not get
+///    it at all while the interface shows one of its own addresses.
+///
+/// An interface whose peer read failed counts as still showing the addresses
+/// `previous` bound to it (a failed read does not unbind a pod).
+pub fn bind(
+    previous: &BTreeMap<IpAddr, u32>,
+    cni: &[CniRecord],
+    reads: &[PeerRead],
+    owners: &BTreeMap<IpAddr, Owner>,
+) -> Bound {
+    let mut shown: BTreeMap<IpAddr, Vec<&PeerRead>> = BTreeMap::new();
+    for read in reads {
+        let kept: Vec<IpAddr>;
+        let addresses = match &read.addresses {
+            Some(addresses) => addresses,
+            None => {
+                kept = previous.iter().filter(|(_, i)| **i == read.index).map(|(a, _)| *a).collect();
+                &kept
+            }
+        };
+        for address in addresses {
+            let behind = shown.entry(*address).or_default();
+            if !behind.iter().any(|r| r.index == read.index) {
+                behind.push(read);
+            }
+        }
+    }
+    let others_showing = |address: &IpAddr, bound: u32| -> Vec<String> {
+        shown
+            .get(address)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.index != bound)
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let mut out = Bound::default();
+    // Interface → the pods it is known to belong to.
+    let mut pods_of: BTreeMap<u32, BTreeSet<&Owner>> = BTreeMap::new();
+    let mut claimed = BTreeSet::new();
+    for record in cni.iter().filter(|r| !r.host_interfaces.is_empty()) {
+        let host: Vec<&PeerRead> = reads.iter().filter(|r| record.host_interfaces.contains(&r.name)).collect();
+        if let [only] = host[..] {
+            pods_of.entry(only.index).or_default().insert(&record.owner);
+        }
+        for address in &record.ips {
+            if !claimed.insert(*address) {
+                continue; // one record per address (`Pending::add`); the first wins
+            }
+            let [only] = host[..] else {
+                out.problems.push(BindProblem::NoHostInterface {
+                    address: *address,
+                    owner: record.owner.clone(),
+                    named: record.host_interfaces.clone(),
+                });
+                continue;
+            };
+            out.bindings.insert(*address, only.index);
+            let others = others_showing(address, only.index);
+            if !others.is_empty() {
+                out.problems.push(BindProblem::ClaimedElsewhere {
+                    address: *address,
+                    owner: Some(record.owner.clone()),
+                    bound: only.name.clone(),
+                    others,
+                });
+            }
+        }
+    }
+    let unclaimed: Vec<(&IpAddr, &Vec<&PeerRead>)> = shown.iter().filter(|(a, _)| !claimed.contains(*a)).collect();
+    for (address, behind) in &unclaimed {
+        if let ([only], Some(owner)) = (&behind[..], owners.get(*address)) {
+            pods_of.entry(only.index).or_default().insert(owner);
+        }
+    }
+    for (address, behind) in unclaimed {
+        let owner = owners.get(address);
+        let theirs: Vec<&PeerRead> = behind
+            .iter()
+            .filter(|r| {
+                owner.is_none_or(|owner| pods_of.get(&r.index).is_none_or(|pods| pods.iter().all(|p| *p == owner)))
+            })
+            .copied()
+            .collect();
+        match theirs[..] {
+            [only] => {
+                out.bindings.insert(*address, only.index);
+                let others = others_showing(address, only.index);
+                if !others.is_empty() {
+                    out.problems.push(BindProblem::ClaimedElsewhere {
+                        address: *address,
+                        owner: owner.cloned(),
+                        bound: only.name.clone(),
+                        others,
+                    });
+                }
+            }
+            _ => out.problems.push(BindProblem::Contested {
+                address: *address,
+                owner: owner.cloned(),
+                interfaces: behind.iter().map(|r| r.name.clone()).collect(),
+            }),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "links_tests.rs"]
+mod bind_tests;
 
 #[cfg(test)]
 mod tests {
@@ -287,35 +468,6 @@ mod tests {
         let only_glob = Selection::new(&["veth*".to_owned(), "lo".to_owned()], None).expect("valid");
         let names: Vec<_> = only_glob.managed(&all).iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, vec!["veth1234", "veth9999"]);
-    }
-
-    #[test]
-    fn bindings_are_sticky_against_an_address_claimed_by_a_second_interface() {
-        let a: IpAddr = "198.18.0.10".parse().expect("ip");
-        let c: IpAddr = "198.18.0.12".parse().expect("ip");
-        let first = BTreeMap::from([(a, vec![3]), (c, vec![5])]);
-        let (bound, problems) = bind(&BTreeMap::new(), &first);
-        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 5)]));
-        assert!(problems.is_empty());
-
-        // Pod behind interface 3 adds c's address to itself: c stays bound to 5.
-        let claimed = BTreeMap::from([(a, vec![3]), (c, vec![3, 5])]);
-        let (bound, problems) = bind(&bound, &claimed);
-        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 5)]));
-        assert_eq!(problems.len(), 1, "{problems:?}");
-
-        // c's interface goes away: the address moves to the one interface left.
-        let moved = BTreeMap::from([(a, vec![3]), (c, vec![3])]);
-        let (bound, _) = bind(&bound, &moved);
-        assert_eq!(bound, BTreeMap::from([(a, 3), (c, 3)]));
-    }
-
-    #[test]
-    fn an_address_seen_twice_with_no_history_is_not_bound() {
-        let c: IpAddr = "198.18.0.12".parse().expect("ip");
-        let (bound, problems) = bind(&BTreeMap::new(), &BTreeMap::from([(c, vec![3, 5])]));
-        assert!(bound.is_empty());
-        assert!(problems[0].contains("not bound"), "{problems:?}");
     }
 
     #[test]

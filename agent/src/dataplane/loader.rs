@@ -1,5 +1,6 @@
 //! Loading the TC programs and holding their maps: the real `MapBackend`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -8,13 +9,17 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use netfence_common::{
-    EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
+    CtKey, CtValue, EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
     Settings, V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
 };
 
 use super::pin::{PINNED_MAPS, PinDir};
 use super::sync::{Contents, MapBackend, MapOp};
 use crate::image::PolicyEntry;
+
+/// Keys a CONNTRACK walk reads at most: its capacity, and as many again for keys
+/// the LRU evicts under the walk (a vanished key restarts the kernel's iteration).
+const CONNTRACK_WALK_LIMIT: usize = 2 * netfence_common::MAX_CONNTRACK as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -45,6 +50,8 @@ pub enum LoadError {
 pub struct LoadOptions {
     pub ct_tcp_timeout_ns: u64,
     pub ct_other_timeout_ns: u64,
+    /// Idle timeout of a non-TCP conntrack entry that has seen no reply.
+    pub ct_unreplied_timeout_ns: u64,
     pub event_allows: bool,
     /// `--existing-flows`.
     pub existing_flows: ExistingFlows,
@@ -55,6 +62,7 @@ impl Default for LoadOptions {
         Self {
             ct_tcp_timeout_ns: netfence_common::DEFAULT_CT_TCP_TIMEOUT_NS,
             ct_other_timeout_ns: netfence_common::DEFAULT_CT_OTHER_TIMEOUT_NS,
+            ct_unreplied_timeout_ns: netfence_common::DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
             event_allows: false,
             existing_flows: ExistingFlows::Keep,
         }
@@ -76,6 +84,7 @@ pub enum ExistingFlows {
 /// The maps the agent writes.
 pub struct Maps {
     endpoints: HashMap<MapData, EndpointKey, EndpointValue>,
+    ports: HashMap<MapData, u32, EndpointValue>,
     identities: LpmTrie<MapData, IdentityKey, u32>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     rule_hits: PerCpuHashMap<MapData, u32, u64>,
@@ -124,6 +133,7 @@ impl Datapath {
         loader
             .override_global(global::CT_TCP_TIMEOUT_NS, &options.ct_tcp_timeout_ns, true)
             .override_global(global::CT_OTHER_TIMEOUT_NS, &options.ct_other_timeout_ns, true)
+            .override_global(global::CT_UNREPLIED_TIMEOUT_NS, &options.ct_unreplied_timeout_ns, true)
             .override_global(global::EVENT_ALLOWS, &event_allows, true)
             .override_global(global::EXISTING_FLOWS_CUT, &cut, true);
         if let Some(pins) = pins {
@@ -141,6 +151,7 @@ impl Datapath {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
         let maps = Maps {
             endpoints: take(&mut ebpf, map::ENDPOINTS)?,
+            ports: take(&mut ebpf, map::PORTS)?,
             identities: take(&mut ebpf, map::IDENTITIES)?,
             policy: take(&mut ebpf, map::POLICY)?,
             rule_hits: take(&mut ebpf, map::RULE_HITS)?,
@@ -236,7 +247,9 @@ impl MapBackend for Maps {
             ),
             MapOp::PutIdentity(net, id) => self.identities.insert(&identity_key(net), *id, 0),
             MapOp::PutEndpoint(addr, value) => self.endpoints.insert(endpoint_key(addr), *value, 0),
+            MapOp::PutPort(ifindex, value) => self.ports.insert(*ifindex, *value, 0),
             MapOp::DeleteEndpoint(addr) => self.endpoints.remove(&endpoint_key(addr)),
+            MapOp::DeletePort(ifindex) => self.ports.remove(ifindex),
             MapOp::DeleteIdentity(net) => self.identities.remove(&identity_key(net)),
             MapOp::DeletePolicy(entry) => self.policy.remove(&policy_key(entry)),
             MapOp::DeleteRule(rule) => self.rule_hits.remove(rule),
@@ -254,6 +267,10 @@ impl Maps {
         for item in self.endpoints.iter() {
             let (key, value) = item?;
             live.endpoints.insert(endpoint_addr(&key.addr), value);
+        }
+        for item in self.ports.iter() {
+            let (ifindex, value) = item?;
+            live.ports.insert(ifindex, value);
         }
         for item in self.identities.iter() {
             let (key, id) = item?;
@@ -284,14 +301,42 @@ impl Maps {
         Ok(live)
     }
 
-    /// Live CONNTRACK entries of the loaded programs: a walk of the LRU map's keys, one
-    /// syscall per entry (at most `MAX_CONNTRACK`), so callers sample it rarely.
-    pub fn conntrack_entries(ebpf: &Ebpf) -> Result<usize, LoadError> {
+    /// Live CONNTRACK entries of the loaded programs, counted by their `local`
+    /// address (the pod side of the hook): a walk of the LRU map's keys, one syscall
+    /// per entry (at most `MAX_CONNTRACK`), so callers sample it rarely.
+    pub fn conntrack_by_local(ebpf: &Ebpf) -> Result<BTreeMap<IpAddr, usize>, LoadError> {
         let name = map::CONNTRACK;
         let found = ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
-        let conntrack = HashMap::<&MapData, netfence_common::CtKey, netfence_common::CtValue>::try_from(found)
+        let conntrack = HashMap::<&MapData, CtKey, CtValue>::try_from(found)
             .map_err(|source| LoadError::Map { name, source })?;
-        Ok(conntrack.keys().filter(Result::is_ok).count())
+        let mut out: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        // Bounded: keys that vanish under the walk can restart the kernel's iteration.
+        for key in conntrack.keys().take(CONNTRACK_WALK_LIMIT).filter_map(Result::ok) {
+            *out.entry(endpoint_addr(&key.local)).or_default() += 1;
+        }
+        Ok(out)
+    }
+
+    /// Deletes every CONNTRACK entry whose `local` or `remote` address is in
+    /// `addresses` (a pod went or its address moved to another pod): one walk of the
+    /// keys (bounded by the capacity), then one delete per match. Returns how many
+    /// entries it deleted; an entry that vanished meanwhile is not counted.
+    pub fn purge_conntrack(ebpf: &mut Ebpf, addresses: &BTreeSet<IpAddr>) -> Result<usize, LoadError> {
+        if addresses.is_empty() {
+            return Ok(0);
+        }
+        let name = map::CONNTRACK;
+        let found = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        let mut conntrack = HashMap::<&mut MapData, CtKey, CtValue>::try_from(found)
+            .map_err(|source| LoadError::Map { name, source })?;
+        let wanted: BTreeSet<[u8; 16]> = addresses.iter().map(|a| endpoint_key(a).addr).collect();
+        let doomed: Vec<CtKey> = conntrack
+            .keys()
+            .take(CONNTRACK_WALK_LIMIT)
+            .filter_map(Result::ok)
+            .filter(|key| wanted.contains(&key.local) || wanted.contains(&key.remote))
+            .collect();
+        Ok(doomed.iter().filter(|key| conntrack.remove(key).is_ok()).count())
     }
 
     /// The policy generation in SETTINGS (pinned: a restarted agent continues it).

@@ -1,6 +1,8 @@
 //! The kernel side, seen from userspace: load the TC programs (`loader`), find and
-//! follow the interfaces to enforce on (`links`), attach to them (`attach`), make the
-//! maps equal to the compiled image (`sync`), and read verdict events (`events`).
+//! follow the interfaces to enforce on and bind pod addresses to them (`links`),
+//! attach to them (`attach`), make the maps equal to the compiled image (`sync`),
+//! purge the conntrack entries of addresses that changed pod (`owners`), and read
+//! verdict events (`events`).
 
 pub mod attach;
 pub mod events;
@@ -8,6 +10,7 @@ pub mod flowlog;
 pub mod last_sync;
 pub mod links;
 pub mod loader;
+pub mod owners;
 pub mod pin;
 pub mod sync;
 

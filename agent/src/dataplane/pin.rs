@@ -34,12 +34,14 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/netfence";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Bumped by hand when a map's meaning changes without its sizes changing.
-const LAYOUT_REVISION: u32 = 2;
+/// 3: CtValue's first padding byte became `replied`, and PORTS joined the map set.
+const LAYOUT_REVISION: u32 = 3;
 
 /// The maps that are pinned (and so survive a restart). Globals (`.rodata`/`.bss`)
 /// are not: they are set per load.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     map::ENDPOINTS,
+    map::PORTS,
     map::IDENTITIES,
     map::POLICY,
     map::CONNTRACK,
@@ -76,11 +78,13 @@ pub enum PinError {
 pub fn layout() -> String {
     use std::mem::size_of;
     let description = format!(
-        "rev={LAYOUT_REVISION} ep={}/{}/{} id={}/4/{} pol={}/{}/{} ct={}/{}/{} frag={}/{}/{} \
+        "rev={LAYOUT_REVISION} ep={}/{}/{} ports=4/{}/{} id={}/4/{} pol={}/{}/{} ct={}/{}/{} frag={}/{}/{} \
          counters=8/{} rules=4/8/{} events={}",
         size_of::<EndpointKey>(),
         size_of::<EndpointValue>(),
         netfence_common::MAX_ENDPOINTS,
+        size_of::<EndpointValue>(),
+        netfence_common::MAX_PORTS,
         size_of::<IdentityKey>(),
         netfence_common::MAX_IDENTITY_PREFIXES,
         size_of::<PolicyKey>(),

@@ -6,9 +6,12 @@
 //! 2. new and changed IDENTITIES prefixes;
 //! 3. new and changed ENDPOINTS — this is where an endpoint switches to a new endpoint
 //!    policy, in one map write, after every entry of that policy is in place
-//!    (endpoint-policy ids are content hashes, so a changed policy is a new id);
-//! 4. removed ENDPOINTS, then removed IDENTITIES prefixes, then removed POLICY entries,
-//!    then removed rule counters.
+//!    (endpoint-policy ids are content hashes, so a changed policy is a new id) —
+//!    then new and changed PORTS (the same values, keyed by the bound interface:
+//!    they judge the pod's broadcast, multicast and link-local traffic, so they too
+//!    switch only once the policy is complete);
+//! 4. removed ENDPOINTS and removed PORTS, then removed IDENTITIES prefixes, then
+//!    removed POLICY entries, then removed rule counters.
 //!
 //! A failed operation is reported and leaves that entry as it was; `Live` records only
 //! what was applied, so the next sync retries the rest.
@@ -18,8 +21,14 @@
 //! - POLICY: the endpoint still switches to its new endpoint policy, whose missing
 //!   entries are missing *allows*: the pod fails closed (see
 //!   [`SyncReport::incomplete_policies`]); the old policy's entries are removed.
-//! - ENDPOINTS (a new pod): the pod has no entry; `from_pod` drops its packets as
-//!   spoofed, `to_pod` passes packets to it as an unknown destination.
+//! - ENDPOINTS (a new pod): the pod has no entry and fails closed both ways:
+//!   `from_pod` drops its packets as spoofed, `to_pod` drops packets to it as not
+//!   for that port (an unknown destination, `wrong_port`). Its PORTS entry is still
+//!   written (it is derived from the image, not from what was written), so its
+//!   broadcast, multicast and link-local traffic is judged by its policy.
+//! - PORTS: holds at most one entry per bound endpoint, so it cannot fill before
+//!   ENDPOINTS (`MAX_PORTS` = `MAX_ENDPOINTS`). A missing entry fails closed: the
+//!   veth's broadcast, multicast and link-local traffic drops as `unbound`.
 //! - IDENTITIES: the prefix's addresses would resolve to the longest written prefix
 //!   containing it (or world); POLICY entries that would then allow them wrongly are
 //!   withheld until the prefix is written (fail closed, see [`sync`]).
@@ -37,8 +46,68 @@ use crate::image::{Image, PolicyEntry};
 pub struct Contents {
     pub identities: BTreeMap<IpNet, u32>,
     pub endpoints: BTreeMap<IpAddr, EndpointValue>,
+    /// PORTS: bound host interface → the endpoint bound to it ([`ports_of`]).
+    pub ports: BTreeMap<u32, EndpointValue>,
     pub policy: BTreeMap<PolicyEntry, u32>,
     pub rules: BTreeSet<u32>,
+}
+
+/// Endpoints with different endpoint policies or flags bound to one interface: PORTS
+/// can hold one, and holds `kept`'s (the lowest address). A sign of a binding
+/// conflict (two pods' addresses behind one veth), reported by the agent at every
+/// sync. Identities may differ without a conflict: a dual-stack pod's two addresses
+/// can fall in different ipBlock regions, and the identity only names the pod in
+/// events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortConflict {
+    pub ifindex: u32,
+    /// The address whose value PORTS holds.
+    pub kept: IpAddr,
+    /// The other addresses bound there whose values differ from `kept`'s.
+    pub others: Vec<IpAddr>,
+}
+
+impl std::fmt::Display for PortConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interface {} has endpoints of different pods or policies bound to it: {} (its broadcast, multicast and link-local traffic is judged as {}'s) and {:?}",
+            self.ifindex, self.kept, self.kept, self.others
+        )
+    }
+}
+
+/// PORTS for `endpoints`: each bound interface (ifindex ≠ 0) → the value of the
+/// lowest address bound to it (a dual-stack pod's addresses carry the same policy
+/// and flags; IPv4 sorts first, so its identity is the one reported).
+pub fn ports_of(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> BTreeMap<u32, EndpointValue> {
+    let mut ports = BTreeMap::new();
+    // Ascending addresses: the first one seen per interface is the lowest.
+    for value in endpoints.values().filter(|v| v.ifindex != 0) {
+        ports.entry(value.ifindex).or_insert(*value);
+    }
+    ports
+}
+
+/// The interfaces whose bound endpoints disagree on what PORTS decides with (the
+/// endpoint policy and flags).
+pub fn port_conflicts(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> Vec<PortConflict> {
+    let mut by_port: BTreeMap<u32, Vec<(IpAddr, &EndpointValue)>> = BTreeMap::new();
+    for (addr, value) in endpoints.iter().filter(|(_, v)| v.ifindex != 0) {
+        by_port.entry(value.ifindex).or_default().push((*addr, value));
+    }
+    by_port
+        .into_iter()
+        .filter_map(|(ifindex, bound)| {
+            let (kept, value) = *bound.first()?;
+            let others: Vec<IpAddr> = bound
+                .iter()
+                .filter(|(_, v)| (v.policy, v.flags) != (value.policy, value.flags))
+                .map(|(a, _)| *a)
+                .collect();
+            (!others.is_empty()).then_some(PortConflict { ifindex, kept, others })
+        })
+        .collect()
 }
 
 /// `--mode`: what the node does with a new flow no rule allows.
@@ -55,7 +124,8 @@ pub enum Mode {
 
 impl Contents {
     /// What the maps should hold for `image`, with pod addresses bound to their host
-    /// interfaces where known (`bindings`: address → ifindex), in enforce mode.
+    /// interfaces where known (`bindings`: address → ifindex), in enforce mode. PORTS
+    /// follows from the bound endpoints ([`ports_of`]; see [`port_conflicts`]).
     pub fn from_image(image: &Image, bindings: &BTreeMap<IpAddr, u32>) -> Self {
         Self::from_image_in(image, bindings, Mode::Enforce)
     }
@@ -93,6 +163,7 @@ impl Contents {
             .collect();
         Self {
             identities: image.identities.clone(),
+            ports: ports_of(&endpoints),
             endpoints,
             policy: image.policy.clone(),
             rules: image.rules.keys().copied().collect(),
@@ -107,7 +178,9 @@ pub enum MapOp {
     PutPolicy(PolicyEntry, u32),
     PutIdentity(IpNet, u32),
     PutEndpoint(IpAddr, EndpointValue),
+    PutPort(u32, EndpointValue),
     DeleteEndpoint(IpAddr),
+    DeletePort(u32),
     DeleteIdentity(IpNet),
     DeletePolicy(PolicyEntry),
     DeleteRule(u32),
@@ -120,7 +193,9 @@ pub fn plan(live: &Contents, target: &Contents) -> Vec<MapOp> {
     ops.extend(changed(&live.policy, &target.policy).map(|(k, v)| MapOp::PutPolicy(*k, *v)));
     ops.extend(changed(&live.identities, &target.identities).map(|(k, v)| MapOp::PutIdentity(*k, *v)));
     ops.extend(changed(&live.endpoints, &target.endpoints).map(|(k, v)| MapOp::PutEndpoint(*k, *v)));
+    ops.extend(changed(&live.ports, &target.ports).map(|(k, v)| MapOp::PutPort(*k, *v)));
     ops.extend(removed(&live.endpoints, &target.endpoints).map(|k| MapOp::DeleteEndpoint(*k)));
+    ops.extend(removed(&live.ports, &target.ports).map(|k| MapOp::DeletePort(*k)));
     ops.extend(removed(&live.identities, &target.identities).map(|k| MapOp::DeleteIdentity(*k)));
     ops.extend(removed(&live.policy, &target.policy).map(|k| MapOp::DeletePolicy(*k)));
     ops.extend(live.rules.difference(&target.rules).map(|r| MapOp::DeleteRule(*r)));
@@ -156,7 +231,7 @@ pub struct SyncReport {
     /// POLICY entries kept out of the maps because an identity prefix they would
     /// wrongly cover is not written (see [`sync`]); written by a later sync.
     pub withheld: Vec<PolicyEntry>,
-    /// Applied writes to ENDPOINTS, IDENTITIES or POLICY (rule counters excluded):
+    /// Applied writes to ENDPOINTS, PORTS, IDENTITIES or POLICY (rule counters excluded):
     /// what a packet's verdict depends on. Non-zero: the agent bumps the policy
     /// generation after the sync (`--existing-flows=cut` re-checks established flows).
     pub verdict_writes: usize,
@@ -302,8 +377,14 @@ fn record(live: &mut Contents, op: &MapOp) {
         MapOp::PutEndpoint(k, v) => {
             live.endpoints.insert(*k, *v);
         }
+        MapOp::PutPort(k, v) => {
+            live.ports.insert(*k, *v);
+        }
         MapOp::DeleteEndpoint(k) => {
             live.endpoints.remove(k);
+        }
+        MapOp::DeletePort(k) => {
+            live.ports.remove(k);
         }
         MapOp::DeleteIdentity(k) => {
             live.identities.remove(k);

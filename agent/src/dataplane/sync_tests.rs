@@ -316,3 +316,102 @@ fn bindings_fill_the_endpoint_ifindex() {
     let unbound = Contents::from_image(&image, &BTreeMap::new());
     assert_eq!(unbound.endpoints[&pod(2)].ifindex, 0);
 }
+
+fn bound(policy: u32, ifindex: u32) -> EndpointValue {
+    EndpointValue { ifindex, ..endpoint(policy) }
+}
+
+fn pod6(last: u16) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last))
+}
+
+#[test]
+fn ports_hold_the_bound_endpoint_of_each_interface() {
+    // A dual-stack pod on 17, a pod on 18, an unbound address: two ports.
+    let endpoints = BTreeMap::from([
+        (pod(2), bound(100, 17)),
+        (pod6(2), bound(100, 17)),
+        (pod(3), bound(200, 18)),
+        (pod(4), bound(300, 0)),
+    ]);
+    assert_eq!(ports_of(&endpoints), BTreeMap::from([(17, bound(100, 17)), (18, bound(200, 18))]));
+    assert!(port_conflicts(&endpoints).is_empty(), "one value per interface");
+}
+
+#[test]
+fn different_endpoints_on_one_interface_keep_the_lowest_address_and_say_so() {
+    let endpoints = BTreeMap::from([
+        (pod6(9), bound(300, 17)),
+        (pod(5), bound(200, 17)),
+        (pod(2), bound(100, 17)),
+        (pod(3), EndpointValue { identity: 21, ..bound(100, 17) }),
+    ]);
+    assert_eq!(ports_of(&endpoints), BTreeMap::from([(17, bound(100, 17))]));
+    let conflicts = port_conflicts(&endpoints);
+    assert_eq!(
+        conflicts,
+        vec![PortConflict { ifindex: 17, kept: pod(2), others: vec![pod(5), pod6(9)] }],
+        "pod(3) has the kept policy and flags (another identity) and is no conflict"
+    );
+    let text = conflicts[0].to_string();
+    assert!(text.contains("interface 17") && text.contains("198.18.0.2") && text.contains("fd00::9"), "{text}");
+}
+
+#[test]
+fn ports_are_written_after_endpoints_and_removed_with_them_before_policy() {
+    let mut old = contents(100, 30);
+    old.endpoints.insert(pod(2), bound(100, 17));
+    old.ports = ports_of(&old.endpoints);
+    // The pod moves to interface 18 with a new policy; another pod appears on 19.
+    let mut new = contents(200, 30);
+    new.endpoints.insert(pod(2), bound(200, 18));
+    new.endpoints.insert(pod(4), bound(200, 19));
+    new.ports = ports_of(&new.endpoints);
+    let ops = plan(&old, &new);
+    assert_eq!(
+        ops,
+        vec![
+            MapOp::PutPolicy(entry(200, 30, 80), 7),
+            MapOp::PutEndpoint(pod(2), bound(200, 18)),
+            MapOp::PutEndpoint(pod(4), bound(200, 19)),
+            MapOp::PutPort(18, bound(200, 18)),
+            MapOp::PutPort(19, bound(200, 19)),
+            MapOp::DeletePort(17),
+            MapOp::DeletePolicy(entry(100, 30, 80)),
+        ]
+    );
+    // Going away: the endpoint and its port before the policy they name.
+    let ops = plan(&new, &Contents::default());
+    let last_port = ops.iter().rposition(|o| matches!(o, MapOp::DeletePort(_))).expect("ports deleted");
+    let first_policy = ops.iter().position(|o| matches!(o, MapOp::DeletePolicy(_))).expect("policy deleted");
+    assert!(last_port < first_policy, "{ops:?}");
+    assert_eq!(ops.iter().filter(|o| matches!(o, MapOp::DeletePort(_))).count(), 2);
+}
+
+#[test]
+fn port_writes_are_verdict_writes_and_read_back_into_live() {
+    let mut image = Image::default();
+    image.endpoints.insert(
+        pod(2),
+        crate::image::Endpoint {
+            namespace: "x".into(),
+            pod: "a".into(),
+            policy: 0,
+            isolated_ingress: false,
+            isolated_egress: false,
+            audit_ingress: false,
+            audit_egress: false,
+            identity: 40,
+        },
+    );
+    let unbound = Contents::from_image(&image, &BTreeMap::new());
+    let bound_now = Contents::from_image(&image, &BTreeMap::from([(pod(2), 17)]));
+    let mut backend = Fake::default();
+    let mut live = Contents::default();
+    sync(&mut backend, &mut live, &unbound);
+    assert!(live.ports.is_empty(), "an unbound endpoint has no port");
+    let report = sync(&mut backend, &mut live, &bound_now);
+    assert_eq!((report.applied, report.verdict_writes), (2, 2), "endpoint and port: {:?}", backend.log);
+    assert_eq!(live, bound_now);
+    assert_eq!(backend.maps, bound_now);
+}

@@ -1,14 +1,18 @@
 //! Prometheus metrics (`/metrics`, OpenMetrics text through `prometheus-client`).
 //! Names are stable and carry their unit; labels are low-cardinality (reason, map,
-//! policy rule), never per flow or per pod.
+//! policy rule, and for conntrack occupancy the node's own pods), never per flow.
 //!
 //! Kernel counters (COUNTERS per reason, RULE_HITS per rule) are cumulative in pinned
 //! maps; the run loop reads them every tick and adds the increase to the Prometheus
 //! counters (a decrease — new maps after a layout change — restarts the baseline).
-//! Conntrack entries are not exported: counting an LRU hash map means walking it
-//! (O(entries) syscalls) on every scrape.
+//! Conntrack entries are counted by a walk of the LRU map (O(entries) syscalls), so
+//! not on scrape: the run loop walks it every few seconds and sets the total
+//! (`netfence_map_entries{map="conntrack"}`) and the count per local pod
+//! (`netfence_conntrack_entries{namespace,pod}`: one series per pod of this node that
+//! has entries, plus `{namespace="",pod="unknown"}` for entries of no local endpoint).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::image::RuleInfo;
+use crate::image::{Endpoint, RuleInfo};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -31,6 +35,7 @@ pub struct Metrics {
     policy_denials: Family<Labels, Counter>,
     rule_allows: Family<Labels, Counter>,
     map_entries: Family<Labels, Gauge>,
+    conntrack_entries: Family<Labels, Gauge>,
     compile: Histogram,
     sync: Histogram,
     sync_failed_writes: Counter,
@@ -46,6 +51,29 @@ pub struct Metrics {
 struct Seen {
     reasons: BTreeMap<u32, u64>,
     rules: BTreeMap<u32, u64>,
+    /// The label sets of `conntrack_entries` set last (pods gone are removed).
+    conntrack_pods: BTreeSet<Labels>,
+}
+
+/// The `pod` label of conntrack entries whose local address is no local endpoint
+/// (with an empty `namespace`, which no Kubernetes namespace has).
+pub const UNKNOWN_POD: &str = "unknown";
+
+/// Conntrack entries per (namespace, pod) of the local endpoints, from entries per
+/// local address; addresses that are no endpoint count under `("", UNKNOWN_POD)`.
+pub fn conntrack_by_pod(
+    by_local: &BTreeMap<IpAddr, usize>,
+    endpoints: &BTreeMap<IpAddr, Endpoint>,
+) -> BTreeMap<(String, String), usize> {
+    let mut out: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (addr, entries) in by_local {
+        let key = endpoints.get(addr).map_or_else(
+            || (String::new(), UNKNOWN_POD.to_owned()),
+            |e| (e.namespace.clone(), e.pod.clone()),
+        );
+        *out.entry(key).or_default() += entries;
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -81,6 +109,12 @@ impl Metrics {
             "Entries the agent keeps in each map",
             map_entries.clone(),
         );
+        let conntrack_entries = Family::<Labels, Gauge>::default();
+        registry.register(
+            "conntrack_entries",
+            "Conntrack entries per local pod (the pod side of the flow at its veth); namespace=\"\",pod=\"unknown\": entries of no local endpoint",
+            conntrack_entries.clone(),
+        );
         let map_capacity = Family::<Labels, Gauge>::default();
         registry.register(
             "map_capacity",
@@ -89,6 +123,7 @@ impl Metrics {
         );
         for (map, capacity) in [
             ("endpoints", netfence_common::MAX_ENDPOINTS),
+            ("ports", netfence_common::MAX_PORTS),
             ("identities", netfence_common::MAX_IDENTITY_PREFIXES),
             ("policy", netfence_common::MAX_POLICY_ENTRIES),
             ("rules", netfence_common::MAX_RULES),
@@ -144,6 +179,7 @@ impl Metrics {
             policy_denials,
             rule_allows,
             map_entries,
+            conntrack_entries,
             compile,
             sync,
             sync_failed_writes,
@@ -191,11 +227,32 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// Entries per map (`endpoints`, `identities`, `policy`, `rules`).
+    /// Entries per map (`endpoints`, `ports`, `identities`, `policy`, `rules`,
+    /// `conntrack`).
     pub fn set_map_entries(&self, map: &'static str, entries: usize) {
         self.map_entries
             .get_or_create(&vec![("map", map.to_owned())])
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the conntrack entries per local pod ([`conntrack_by_pod`]) and removes
+    /// the series of pods that have none any more.
+    pub fn set_conntrack_by_pod(&self, by_pod: &BTreeMap<(String, String), usize>) {
+        let Ok(mut seen) = self.seen.lock() else {
+            return;
+        };
+        let mut now = BTreeSet::new();
+        for ((namespace, pod), entries) in by_pod {
+            let labels = vec![("namespace", namespace.clone()), ("pod", pod.clone())];
+            self.conntrack_entries
+                .get_or_create(&labels)
+                .set(i64::try_from(*entries).unwrap_or(i64::MAX));
+            now.insert(labels);
+        }
+        for stale in seen.conntrack_pods.difference(&now) {
+            self.conntrack_entries.remove(stale);
+        }
+        seen.conntrack_pods = now;
     }
 
     /// Cumulative kernel counters per reason code.
@@ -346,5 +403,49 @@ mod tests {
             text.contains("# TYPE netfence_compile_duration_seconds histogram"),
             "{text}"
         );
+        assert!(text.contains("netfence_map_capacity{map=\"ports\"} 16384"), "{text}");
+    }
+
+    #[test]
+    fn conntrack_entries_are_counted_per_local_pod_and_gone_pods_disappear() {
+        let endpoint = |namespace: &str, pod: &str| crate::cni::pending::deny_all(namespace, pod);
+        let ip = |text: &str| -> IpAddr { text.parse().expect("an address") };
+        let endpoints = BTreeMap::from([
+            (ip("198.18.0.2"), endpoint("x", "a")),
+            (ip("fd00::2"), endpoint("x", "a")),
+            (ip("198.18.0.3"), endpoint("y", "b")),
+        ]);
+        let by_local = BTreeMap::from([
+            (ip("198.18.0.2"), 3),
+            (ip("fd00::2"), 2),
+            (ip("198.18.0.3"), 1),
+            (ip("198.18.9.9"), 4),
+            (ip("fd00::99"), 1),
+        ]);
+        let by_pod = conntrack_by_pod(&by_local, &endpoints);
+        assert_eq!(
+            by_pod,
+            BTreeMap::from([
+                (("x".to_owned(), "a".to_owned()), 5),
+                (("y".to_owned(), "b".to_owned()), 1),
+                ((String::new(), UNKNOWN_POD.to_owned()), 5),
+            ]),
+            "a dual-stack pod's addresses add up; what is no local endpoint is unknown"
+        );
+        let metrics = Metrics::new();
+        metrics.set_conntrack_by_pod(&by_pod);
+        let text = metrics.encode();
+        for line in [
+            "netfence_conntrack_entries{namespace=\"x\",pod=\"a\"} 5",
+            "netfence_conntrack_entries{namespace=\"y\",pod=\"b\"} 1",
+            "netfence_conntrack_entries{namespace=\"\",pod=\"unknown\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        // b's entries are gone: its series goes, a's is updated.
+        metrics.set_conntrack_by_pod(&BTreeMap::from([(("x".to_owned(), "a".to_owned()), 1)]));
+        let text = metrics.encode();
+        assert!(text.contains("netfence_conntrack_entries{namespace=\"x\",pod=\"a\"} 1"), "{text}");
+        assert!(!text.contains("pod=\"b\"") && !text.contains("{namespace=\"\",pod=\"unknown\"}"), "{text}");
     }
 }

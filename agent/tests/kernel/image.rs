@@ -1,8 +1,10 @@
 //! Fills a test datapath's maps with a compiled `Image` exactly as the agent does:
-//! `Contents::from_image` (no interface bindings) and the agent's own ordered
-//! `dataplane::sync`, applied through a `MapBackend` over the test's maps.
+//! `Contents::from_image` (with no interface bindings, or the given ones: PORTS
+//! follows from them) and the agent's own ordered `dataplane::sync`, applied
+//! through a `MapBackend` over the test's maps.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues};
@@ -55,6 +57,16 @@ impl MapBackend for Backend<'_> {
                     HashMap::try_from(map_of(ebpf, map::ENDPOINTS)?)?;
                 m.insert(endpoint_key(addr), *value, 0)
             }
+            MapOp::PutPort(ifindex, value) => {
+                let mut m: HashMap<&mut MapData, u32, EndpointValue> =
+                    HashMap::try_from(map_of(ebpf, map::PORTS)?)?;
+                m.insert(*ifindex, *value, 0)
+            }
+            MapOp::DeletePort(ifindex) => {
+                let mut m: HashMap<&mut MapData, u32, EndpointValue> =
+                    HashMap::try_from(map_of(ebpf, map::PORTS)?)?;
+                m.remove(ifindex)
+            }
             MapOp::DeleteEndpoint(addr) => {
                 let mut m: HashMap<&mut MapData, _, EndpointValue> =
                     HashMap::try_from(map_of(ebpf, map::ENDPOINTS)?)?;
@@ -85,7 +97,18 @@ impl Kernel {
     /// frame arrives); panics listing any failed map write.
     pub fn sync_image(&mut self, live: &mut Contents, image: &Image) {
         let bindings: BTreeMap<_, _> = image.endpoints.keys().map(|addr| (*addr, super::TEST_RUN_IFINDEX)).collect();
-        let target = Contents::from_image(image, &bindings);
+        self.sync_image_bound(live, image, &bindings);
+    }
+
+    /// As [`Kernel::sync_image`], with pod addresses bound to interfaces
+    /// (`bindings`: address → ifindex; `TEST_RUN_IFINDEX` is the test run's).
+    pub fn sync_image_bound(
+        &mut self,
+        live: &mut Contents,
+        image: &Image,
+        bindings: &BTreeMap<IpAddr, u32>,
+    ) {
+        let target = Contents::from_image(image, bindings);
         let report = sync(&mut Backend(self), live, &target);
         assert!(
             report.failed.is_empty(),

@@ -1,0 +1,143 @@
+//! Attack 5: a pod puts another pod's future address on its own eth0 before that pod
+//! exists. Bindings come from the cluster (and the CNI ADD result), never from what a
+//! pod shows: the squatter never sends with the address; with netfence-cni chained
+//! (as `agent/tests/cni.rs` runs it) the real owner's traffic works, without it the
+//! owner may fail closed (not asserted), and the squatter still never gets through.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use netfence_testbed::NODE_NAME;
+use serde_json::json;
+
+use super::netns::{Agent, Attach, TestBed, netfence_bin};
+use super::{Burst, TIMES, any_port, ingress_from, policy, udp_burst, udp_burst_from_port};
+
+/// The contested address: the victim's (host 50), claimed first by the squatter.
+const CONTESTED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
+const PORT: u16 = 9500;
+
+/// Builds `netfence-cni` (a no-op when fresh) and returns the directory holding it,
+/// beside `netfence` (as `agent/tests/cni.rs` does).
+fn plugin_dir() -> PathBuf {
+    let dir = netfence_bin().parent().unwrap().to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "netfence-cni"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(status.success(), "cargo build -p netfence-cni: {status}");
+    dir
+}
+
+fn squat(with_cni: bool) {
+    let plugins = with_cni.then(plugin_dir);
+    let mut bed =
+        TestBed::new("nfatk").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
+    bed.namespace("x", &[]);
+    let server = bed.pod("x", "srv", &[("app", "srv")], 10, &[]).unwrap();
+    let squatter = bed.pod("x", "sq", &[("app", "sq")], 11, &[]).unwrap();
+    bed.write_cluster().unwrap();
+    // The server admits only the victim (app=v).
+    policy(&bed, "srv.yaml", &ingress_from("srv", "v", &[PORT]));
+    let dst = SocketAddr::new(server.ip4(), PORT);
+    let contested = IpAddr::V4(CONTESTED);
+    squatter
+        .netns
+        .ip(&["addr", "add", &format!("{CONTESTED}/32"), "dev", "eth0"])
+        .unwrap();
+    let all = Burst {
+        arrived: TIMES,
+        answered: TIMES,
+    };
+    let none = Burst {
+        arrived: 0,
+        answered: 0,
+    };
+    assert_eq!(
+        udp_burst(&squatter, any_port(contested), &server, dst),
+        all,
+        "control: no agent"
+    );
+
+    let socket = bed.scratch("cni.sock");
+    let mut agent = if with_cni {
+        Agent::start_with(
+            netfence_bin(),
+            bed.node(),
+            NODE_NAME,
+            &bed.manifests(),
+            &[],
+            Attach::Auto,
+            bed.scratch("agent-cni.log"),
+            &[
+                "--detach-on-exit".as_ref(),
+                "--cni-socket".as_ref(),
+                socket.as_os_str(),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("starting netfence: {e:#}"))
+    } else {
+        super::netns::start(&bed, Attach::Auto)
+    };
+    assert_eq!(
+        udp_burst_from_port(&squatter, 0, &server, PORT),
+        none,
+        "the squatter from its own address"
+    );
+    assert_eq!(
+        udp_burst(&squatter, any_port(contested), &server, dst),
+        none,
+        "before the victim exists"
+    );
+
+    if let Some(plugins) = &plugins {
+        let entry = json!({
+            "type": "netfence-cni",
+            "socketPath": socket.to_string_lossy(),
+            "timeoutSeconds": 20,
+            "failClosed": true,
+        });
+        bed.chain_plugin(&entry, plugins).unwrap();
+    }
+    let victim = bed.pod("x", "v", &[("app", "v")], 50, &[]).unwrap();
+    assert_eq!(victim.v4, CONTESTED);
+    let generation = agent.generation();
+    bed.write_cluster().unwrap();
+    super::wait_for_manifests_sync(&mut agent, generation);
+
+    assert_eq!(
+        udp_burst(&squatter, any_port(contested), &server, dst),
+        none,
+        "the squatter with the victim's address, once the victim exists"
+    );
+    if with_cni {
+        assert_eq!(
+            udp_burst_from_port(&victim, 0, &server, PORT),
+            all,
+            "the victim's own traffic"
+        );
+    }
+    assert_eq!(
+        udp_burst(&squatter, any_port(contested), &server, dst),
+        none,
+        "the squatter, after the victim's traffic"
+    );
+}
+
+#[test]
+fn a_squatted_address_binds_to_its_pod_with_netfence_cni() {
+    netfence_testbed::require_root().unwrap();
+    squat(true);
+}
+
+#[test]
+fn a_squatted_address_never_serves_the_squatter_without_netfence_cni() {
+    netfence_testbed::require_root().unwrap();
+    squat(false);
+}
