@@ -443,6 +443,19 @@ fn parsing_believes_nothing_beyond_the_ip_header_or_family() {
     frame6.extend_from_slice(&[17, 0, 0x03, 0xe8, 0, 0, 0, 9, 0, 0, 0, 0]);
     k.drop(FROM_POD, &frame6, Reason::DropMalformed);
 
+    // Two fragment headers in one packet (RFC 8200: at most one).
+    let mut twice = frame::ipv6(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10),
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20),
+        &udp(40000, 53),
+        &[44],
+        Some(frame::Frag { id: 9, more: true, offset: 0 }),
+    );
+    // The builder's chain is [44 (given as an extension), 44 (the fragment)]; make the
+    // first one a fragment header too.
+    twice[40..48].copy_from_slice(&[44, 0, 0, 1, 0, 0, 0, 8]);
+    k.drop(FROM_POD, &frame::eth(&twice), Reason::DropMalformed);
+
     // An ICMP error whose quote is cut short by the IP total length (the rest of the
     // quote in the frame's padding) relates to nothing.
     let error = frame::ip(PEER, POD, &icmp(false, 3, 3, 0, &query[..28]));

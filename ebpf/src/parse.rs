@@ -298,6 +298,7 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     pkt.ip_len = (end - l3) as u16;
     let mut next = ip.next_header;
     let mut offset = l3 + IPV6_HLEN;
+    let mut seen_fragment = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         // Every extension header is at least 8 bytes, inside the payload length.
         let is_extension = matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT);
@@ -316,6 +317,12 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
                 offset += (usize::from(hdr[1]) + 2) * 4;
             }
             NEXTHDR_FRAGMENT => {
+                // At most one fragment header (RFC 8200 4.1, 4.5): a second one would
+                // make the datagram's identity ambiguous. Fails closed.
+                if seen_fragment {
+                    return Err(Reason::DropMalformed);
+                }
+                seen_fragment = true;
                 let hdr = ctx.load::<[u8; 8]>(offset).map_err(|_| Reason::DropMalformed)?;
                 next = hdr[0];
                 pkt.frag_protocol = next;

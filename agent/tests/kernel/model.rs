@@ -183,13 +183,22 @@ impl World {
             Fragment::Later(..) => L4::default(),
             _ => parse_l4(ip.v6, ip.protocol, ip.l4)?,
         };
-        // 3. Neighbour discovery and MLD.
+        let first_fragment = match ip.fragment {
+            Fragment::First(id, protocol) => {
+                Some(FragKey { src: ip.src, dst: ip.dst, ifindex: HERE, id, protocol, _pad: [0; 3] })
+            }
+            _ => None,
+        };
+        // 3. Neighbour discovery and MLD (IPv6 only); in a first fragment never (RFC
+        // 6980: spec change K3), whose verdict is recorded like any first fragment's.
         if ip.v6
             && ip.protocol == PROTO_ICMPV6
-            && ip.fragment == Fragment::No
+            && !matches!(ip.fragment, Fragment::Later(..))
             && let Some(kind @ (130..=137 | 143)) = l4.icmp_type
         {
-            return Err(self.neighbour(hook, &ip, kind));
+            let reason =
+                if first_fragment.is_some() { Reason::DropNeighbourDiscovery } else { self.neighbour(hook, &ip, kind) };
+            return Ok(Verdict { reason, ct: CtEffect::None, first_fragment });
         }
         // 4. Later fragments follow the first.
         if let Fragment::Later(id, protocol) = ip.fragment {
@@ -200,23 +209,18 @@ impl World {
                 Reason::DropFragment
             });
         }
-        let first_fragment = match ip.fragment {
-            Fragment::First(id, protocol) => {
-                Some(FragKey { src: ip.src, dst: ip.dst, ifindex: HERE, id, protocol, _pad: [0; 3] })
-            }
-            _ => None,
-        };
         let mut verdict = self.flow_verdict(hook, frame, &ip, &l4);
         verdict.first_fragment = first_fragment;
         Ok(verdict)
     }
 
     fn arp(&self, hook: Hook, frame: &[u8], arp: &[u8]) -> Reason {
-        if hook == Hook::ToPod {
-            return Reason::AllowArp;
-        }
+        // Cut short: malformed at both hooks (spec change K4).
         if arp.len() < 28 {
             return Reason::DropMalformed;
+        }
+        if hook == Hook::ToPod {
+            return Reason::AllowArp;
         }
         let sender = [arp[14], arp[15], arp[16], arp[17]];
         let ok = be16(arp, 0) == 1
@@ -231,14 +235,15 @@ impl World {
 
     fn neighbour(&self, hook: Hook, ip: &Ip<'_>, kind: u8) -> Reason {
         let mld = matches!(kind, 130..=132 | 143);
+        // MLD is judged alike at both hooks (spec change S1).
         let ok = match hook {
-            Hook::ToPod => ip.hop_limit == if mld { 1 } else { 255 },
-            Hook::FromPod if mld => {
+            _ if mld => {
                 ip.hop_limit == 1
                     && ip.l4.len() <= 512
                     && (is_link_local(&ip.src) || ip.src == [0; 16])
                     && is_multicast(&ip.dst)
             }
+            Hook::ToPod => ip.hop_limit == 255,
             Hook::FromPod if matches!(kind, 134 | 137) => false,
             Hook::FromPod => {
                 let source = is_link_local(&ip.src) || (kind == 135 && ip.src == [0; 16]) || self.bound_here(&ip.src);
@@ -261,10 +266,10 @@ impl World {
     fn flow_verdict(&self, hook: Hook, frame: &[u8], ip: &Ip<'_>, l4: &L4) -> Verdict {
         let from_pod = hook == Hook::FromPod;
         let (local, remote) = if from_pod { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
-        let error = l4.icmp_type.is_some_and(|t| is_icmp_error(ip.v6, t)) || l4.foreign_error;
+        let error = l4.icmp_type.is_some_and(|t| is_icmp_error(ip.v6, t));
         // 5. Conntrack.
         if error {
-            if !l4.foreign_error && self.related(hook, ip, local, remote) {
+            if self.related(hook, ip, local, remote) {
                 return Verdict::only(Reason::AllowRelatedIcmp);
             }
         } else {
@@ -362,7 +367,9 @@ impl World {
         if q_local != local {
             return false;
         }
-        if remote != q_remote && !(hook == Hook::ToPod && self.identity(&remote) == IDENTITY_HOST) {
+        // From a pod, the error goes to the quoted flow's remote side; to a pod it may
+        // come from anyone (routers report PMTU: spec change K1).
+        if from_pod && remote != q_remote {
             return false;
         }
         let key = ct_key(local, q_remote, flow_ports(&q.l4, !from_pod), q.protocol);

@@ -76,8 +76,6 @@ pub struct L4 {
     pub echo_id: Option<u16>,
     pub tcp_flags: u8,
     pub icmp_type: Option<u8>,
-    /// The other family's ICMP, of an error kind.
-    pub foreign_error: bool,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -140,6 +138,7 @@ pub fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reason> {
     let payload = &b[40..length];
     let (mut next, mut at, mut walked) = (b[6], 0usize, 0usize);
     let mut fragment = Fragment::No;
+    let mut seen_fragment = false;
     while is_ext(next) {
         if walked == MAX_EXT {
             return Err(Reason::DropUnsupported);
@@ -147,7 +146,10 @@ pub fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reason> {
         walked += 1;
         let h = payload.get(at..).filter(|h| h.len() >= 8).ok_or(Reason::DropMalformed)?;
         let len = match next {
+            // A second fragment header: malformed (RFC 8200 4.1).
+            44 if fragment != Fragment::No || seen_fragment => return Err(Reason::DropMalformed),
             44 => {
+                seen_fragment = true;
                 let (offset, more) = (be16(h, 2) >> 3, h[3] & 1 != 0);
                 let id = be32(h, 4);
                 if offset != 0 {
@@ -202,8 +204,9 @@ pub fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
         PROTO_SCTP => 12,
-        // ICMP and ICMPv6 headers are checked whatever the family carrying them.
-        PROTO_ICMP | PROTO_ICMPV6 => 8,
+        // ICMP of the packet's own family; the other family's number is a plain
+        // portless protocol (spec, after the fuzz: K6).
+        p if is_icmp(v6, p) => 8,
         _ => 0,
     };
     if l4.len() < need {
@@ -223,16 +226,6 @@ pub fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
             if is_echo(v6, l4[0]) {
                 out.echo_id = Some(be16(l4, 4));
             }
-        }
-        // The other family's ICMP (the spec does not say; the kernel does so): its
-        // echo keys the flow by identifier, its error kinds create no entry, but it
-        // is no ND and relates to no flow.
-        PROTO_ICMP | PROTO_ICMPV6 => {
-            let icmpv6 = protocol == PROTO_ICMPV6;
-            if is_echo(icmpv6, l4[0]) {
-                out.echo_id = Some(be16(l4, 4));
-            }
-            out.foreign_error = is_icmp_error(icmpv6, l4[0]);
         }
         _ => {}
     }
