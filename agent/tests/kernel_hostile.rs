@@ -415,3 +415,81 @@ fn unanswered_entries_expire_first() {
     t.pass(TO_POD, &packet(PEER, POD, &tcp(80, 40001, TCP_SYN | TCP_ACK)), Reason::AllowEstablished);
     assert!(t.conntrack().iter().all(|(_, v)| v.replied == 1));
 }
+
+/// Found by the differential fuzz (`kernel_fuzz.rs`): what parsing must not believe.
+#[test]
+fn parsing_believes_nothing_beyond_the_ip_header_or_family() {
+    let mut k = node(BOTH);
+    // IPv4 carrying protocol 58 is no ICMPv6: an "NS" with TTL 255 meets policy as a
+    // portless protocol both ways (no ND pass between pods over IPv4).
+    let fake_nd = frame::ip(POD, PEER, &icmp(true, 135, 0, 0, &[0; 16]));
+    let mut ttl255 = frame::eth(&fake_nd);
+    ttl255[14 + 8] = 255;
+    k.drop(FROM_POD, &ttl255, Reason::DropPolicy);
+    let back = frame::ip(PEER, POD, &icmp(true, 135, 0, 0, &[0; 16]));
+    let mut back = frame::eth(&back);
+    back[14 + 8] = 255;
+    k.drop(TO_POD, &back, Reason::DropPolicy);
+    // Nor is it an ICMP error that could relate to a flow.
+    k.allow(entry(POLICY, ID_PEER, DIR_EGRESS, PROTO_UDP, 53, 16), 35);
+    let query = frame::ip(POD, PEER, &udp(40000, 53));
+    k.pass(FROM_POD, &frame::eth(&query), Reason::AllowPolicy);
+    k.drop(TO_POD, &packet(PEER, POD, &icmp(true, 1, 4, 0, &query[..28])), Reason::DropPolicy);
+
+    // An IPv6 extension header behind the payload length (in frame padding).
+    let mut short6 = frame::ip(POD6, PEER6, &udp(40000, 53));
+    short6[4..6].copy_from_slice(&4u16.to_be_bytes());
+    short6[6] = 44; // next header: fragment
+    let mut frame6 = frame::eth(&short6);
+    frame6.truncate(14 + 40 + 4);
+    frame6.extend_from_slice(&[17, 0, 0x03, 0xe8, 0, 0, 0, 9, 0, 0, 0, 0]);
+    k.drop(FROM_POD, &frame6, Reason::DropMalformed);
+
+    // Two fragment headers in one packet (RFC 8200: at most one).
+    let mut twice = frame::ipv6(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10),
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x20),
+        &udp(40000, 53),
+        &[44],
+        Some(frame::Frag { id: 9, more: true, offset: 0 }),
+    );
+    // The builder's chain is [44 (given as an extension), 44 (the fragment)]; make the
+    // first one a fragment header too.
+    twice[40..48].copy_from_slice(&[44, 0, 0, 1, 0, 0, 0, 8]);
+    k.drop(FROM_POD, &frame::eth(&twice), Reason::DropMalformed);
+
+    // An ICMP error whose quote is cut short by the IP total length (the rest of the
+    // quote in the frame's padding) relates to nothing.
+    let error = frame::ip(PEER, POD, &icmp(false, 3, 3, 0, &query[..28]));
+    let mut cut = error.clone();
+    let total = u16::try_from(20 + 8 + 20).unwrap();
+    cut[2..4].copy_from_slice(&total.to_be_bytes());
+    k.drop(TO_POD, &frame::eth(&cut), Reason::DropPolicy);
+    k.pass(TO_POD, &frame::eth(&error), Reason::AllowRelatedIcmp);
+}
+
+/// Found by the differential fuzz: group packets are no flow either way, and MLD to a
+/// pod is what RFC 3810 lets a listener accept.
+#[test]
+fn groups_make_no_entries_and_mld_to_a_pod_is_link_traffic() {
+    let mut k = node(0);
+    k.pass(FROM_POD, &packet(POD, v4("224.0.0.1"), &udp(5000, 5000)), Reason::AllowNotIsolated);
+    k.pass(FROM_POD, &packet(POD6, v6("ff02::1"), &udp(5000, 5000)), Reason::AllowNotIsolated);
+    k.pass(FROM_POD, &to_mac(packet(POD, v4("198.18.0.255"), &udp(5000, 5000)), ETH_BROADCAST), Reason::AllowNotIsolated);
+    assert!(k.conntrack().is_empty(), "{:?}", k.conntrack());
+    // MLD to a pod from a global source, too long, or not to a group: dropped.
+    let mld = |src: IpAddr, dst: IpAddr, records: usize| nd(src, dst, 143, &vec![0; records * 20], 1);
+    k.pass(TO_POD, &mld(v6("fe80::1"), v6("ff02::16"), 1), Reason::AllowNeighbourDiscovery);
+    k.drop(TO_POD, &mld(VICTIM6, v6("ff02::16"), 1), Reason::DropNeighbourDiscovery);
+    k.drop(TO_POD, &mld(v6("fe80::1"), v6("ff02::16"), 30), Reason::DropNeighbourDiscovery);
+    k.drop(TO_POD, &mld(v6("fe80::1"), POD6, 1), Reason::DropNeighbourDiscovery);
+    // A fragmented ND message: never (RFC 6980).
+    let ns = frame::ipv6(
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10),
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0x20),
+        &icmp(true, 135, 0, 0, &target(PEER6)),
+        &[],
+        Some(frame::Frag { id: 7, more: true, offset: 0 }),
+    );
+    k.drop(FROM_POD, &hop_limit(frame::eth(&ns), 255), Reason::DropNeighbourDiscovery);
+}

@@ -172,11 +172,26 @@ pub fn create(pkt: &Packet, key: &CtKey, origin: u8, rule: u32, generation: u32)
 ///   on the path may report (path MTU discovery), as nf_conntrack accepts;
 /// - an error is at most `ICMP_ERROR_MAX_V4`/`_V6` bytes (what RFC 1812 / RFC 4443
 ///   let a router quote), so it cannot carry a payload of its own.
-// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
-// which keeps every call chain under the 512-byte stack limit (inlined, the whole
-// program needed 624 bytes).
-#[inline(never)]
+#[inline(always)]
 pub fn related(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Option<u32> {
+    let found = related_flow(ctx, pkt, direction, ifindex);
+    (found & RELATED != 0).then_some(found as u32)
+}
+
+/// `related`'s answer as one scalar (`RELATED | rule`, or 0): a BPF-to-BPF call that
+/// returns an aggregate may leave a stack pointer in r0, which the verifier refuses
+/// ("cannot return stack pointer to the caller").
+const RELATED: u64 = 1 << 32;
+
+// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
+// which keeps every call chain under the 512-byte stack limit.
+#[inline(never)]
+fn related_flow(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> u64 {
+    related_in(ctx, pkt, direction, ifindex).map_or(0, |rule| RELATED | u64::from(rule))
+}
+
+#[inline(always)]
+fn related_in(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Option<u32> {
     let egress = direction == DIR_EGRESS;
     if pkt.ip_len > if pkt.is_ipv6 { ICMP_ERROR_MAX_V6 } else { ICMP_ERROR_MAX_V4 } {
         return None;

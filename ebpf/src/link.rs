@@ -85,29 +85,32 @@ pub fn arp(ctx: &TcContext, pkt: &mut Packet, direction: u8, ifindex: u32) -> Re
 
 /// Neighbour discovery and MLD (step 3), for a parsed ICMPv6 packet whose type is one
 /// of them. They pass without policy only as link traffic:
-/// - to a pod: NS/NA/RS/RA/Redirect with hop limit 255, MLD with hop limit 1 (a
-///   routed copy has a lower one: it did not come from the link);
+/// - MLD, either way: hop limit 1, at most `MLD_MAX_LEN` bytes, a link-local or `::`
+///   source and a multicast destination;
+/// - to a pod: NS/NA/RS/RA/Redirect with hop limit 255 (a routed copy has a lower
+///   one: it did not come from the link);
 /// - from a pod: never RA or Redirect (a pod is no router); RS/NS/NA with hop limit
 ///   255, at most `ND_MAX_LEN` bytes, a source that is the pod's (link-local, bound
 ///   to this port, or `::` for a DAD solicitation), for NA a target that is the
 ///   pod's, and a destination on the link (multicast, link-local, a local pod, or
-///   the node); MLD with hop limit 1, at most `MLD_MAX_LEN` bytes, a link-local or
-///   `::` source and a multicast destination.
+///   the node).
 ///
 /// Anything else fails closed (`DropNeighbourDiscovery`).
 // A BPF-to-BPF call: its frame is not added to the IP path's.
 #[inline(never)]
 pub fn neighbour_discovery(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Reason {
     let nd = matches!(pkt.icmp_type, ND_ROUTER_SOLICIT..=ND_REDIRECT);
-    let valid = if direction != DIR_EGRESS {
-        pkt.hop_limit == if nd { 255 } else { 1 }
-    } else if nd {
-        nd_from_pod(ctx, pkt, ifindex)
-    } else {
+    let valid = if !nd {
+        // MLD either way: what RFC 3810 lets a listener accept (a link-local or `::`
+        // source, hop limit 1), to a group, bounded.
         pkt.hop_limit == 1
             && message_len(pkt) <= MLD_MAX_LEN
             && (is_link_local(&pkt.src) || is_unspecified(&pkt.src))
             && is_multicast(&pkt.dst)
+    } else if direction != DIR_EGRESS {
+        pkt.hop_limit == 255
+    } else {
+        nd_from_pod(ctx, pkt, ifindex)
     };
     if valid { Reason::AllowNeighbourDiscovery } else { Reason::DropNeighbourDiscovery }
 }

@@ -112,26 +112,26 @@ impl Packet {
         self.protocol == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
+    /// ICMP in IPv4 or ICMPv6 in IPv6. The other family's ICMP number is just an IP
+    /// protocol without ports (no type, no echo, no error, no neighbour discovery):
+    /// no host stack would take it as ICMP.
     #[inline(always)]
     pub fn is_icmp(&self) -> bool {
-        self.protocol == PROTO_ICMP || self.protocol == PROTO_ICMPV6
+        is_icmp_of(self.protocol, self.is_ipv6)
     }
 
     /// An ICMP error that quotes another packet: IPv4 destination unreachable (3), time
     /// exceeded (11), parameter problem (12); ICMPv6 types 1–4.
     #[inline(always)]
     pub fn is_icmp_error(&self) -> bool {
-        match self.protocol {
-            PROTO_ICMP => matches!(self.icmp_type, 3 | 11 | 12),
-            PROTO_ICMPV6 => matches!(self.icmp_type, 1..=4),
-            _ => false,
-        }
+        self.is_icmp()
+            && if self.is_ipv6 { matches!(self.icmp_type, 1..=4) } else { matches!(self.icmp_type, 3 | 11 | 12) }
     }
 
     /// ICMPv6 neighbour discovery (133–137), MLD (130–132) and MLDv2 reports (143).
     #[inline(always)]
     pub fn is_neighbour_discovery(&self) -> bool {
-        self.protocol == PROTO_ICMPV6 && matches!(self.icmp_type, 130..=137 | 143)
+        self.is_ipv6 && self.protocol == PROTO_ICMPV6 && matches!(self.icmp_type, 130..=137 | 143)
     }
 
     /// A packet for a group rather than one host: a broadcast or multicast Ethernet
@@ -140,6 +140,12 @@ impl Packet {
     pub fn is_group(&self) -> bool {
         self.l2_group || is_multicast(&self.dst) || self.dst == v4_mapped([255, 255, 255, 255])
     }
+}
+
+/// `protocol` is the ICMP of its IP family.
+#[inline(always)]
+fn is_icmp_of(protocol: u8, ipv6: bool) -> bool {
+    if ipv6 { protocol == PROTO_ICMPV6 } else { protocol == PROTO_ICMP }
 }
 
 /// IPv4 224.0.0.0/4 (IPv4-mapped) or IPv6 ff00::/8.
@@ -323,7 +329,13 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     pkt.ip_len = (end - l3) as u16;
     let mut next = ip.next_header;
     let mut offset = l3 + IPV6_HLEN;
+    let mut seen_fragment = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
+        // Every extension header is at least 8 bytes, inside the payload length.
+        let is_extension = matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT);
+        if is_extension && offset + 8 > end {
+            return Err(Reason::DropMalformed);
+        }
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let hdr = ctx.load::<[u8; 2]>(offset).map_err(|_| Reason::DropMalformed)?;
@@ -336,6 +348,12 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
                 offset += (usize::from(hdr[1]) + 2) * 4;
             }
             NEXTHDR_FRAGMENT => {
+                // At most one fragment header (RFC 8200 4.1, 4.5): a second one would
+                // make the datagram's identity ambiguous. Fails closed.
+                if seen_fragment {
+                    return Err(Reason::DropMalformed);
+                }
+                seen_fragment = true;
                 let hdr = ctx.load::<[u8; 8]>(offset).map_err(|_| Reason::DropMalformed)?;
                 next = hdr[0];
                 pkt.frag_protocol = next;
@@ -416,7 +434,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
-        PROTO_ICMP | PROTO_ICMPV6 => {
+        PROTO_ICMP | PROTO_ICMPV6 if pkt.is_icmp() => {
             if l4 + 8 > end {
                 return Err(Reason::DropMalformed);
             }
@@ -470,12 +488,18 @@ pub fn quoted(ctx: &TcContext, pkt: &Packet, local_is_src: bool, key: &mut CtKey
         *dst = v4_mapped(ctx.load::<[u8; 4]>(inner + 16).ok()?);
         inner + header_len
     };
+    // The quote ends where the error's IP datagram does: bytes behind it are frame
+    // padding, not part of anything the error says.
+    if inner_l4 + 8 > pkt.l4_end as usize {
+        return None;
+    }
     let l4 = ctx.load::<[u8; 8]>(inner_l4).ok()?;
-    let is_echo = match key.protocol {
-        PROTO_ICMP => l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY,
-        PROTO_ICMPV6 => l4[0] == ICMPV6_ECHO_REQUEST || l4[0] == ICMPV6_ECHO_REPLY,
-        _ => false,
-    };
+    let is_echo = is_icmp_of(key.protocol, pkt.is_ipv6)
+        && if pkt.is_ipv6 {
+            l4[0] == ICMPV6_ECHO_REQUEST || l4[0] == ICMPV6_ECHO_REPLY
+        } else {
+            l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY
+        };
     if is_echo {
         key.local_port = u16::from_be_bytes([l4[4], l4[5]]);
         key.remote_port = 0;

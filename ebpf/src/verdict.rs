@@ -18,10 +18,12 @@
 //!     ARP is judged in `link::arp` (`AllowArp` / `DropArpSpoofed`); IPv4 and IPv6 go
 //!     on; every other EtherType drops (`DropLinkLayer`).
 //!  2. IPv4 / IPv6 (extension headers walked, at most 6, else `DropUnsupported`) and
-//!     L4 (TCP, UDP, SCTP ports; ICMP/ICMPv6 type and echo identifier). Truncated or
-//!     malformed headers drop (`DropMalformed`).
-//!  3. ICMPv6 neighbour discovery and MLD are judged in `link::neighbour_discovery`
-//!     (`AllowNeighbourDiscovery` / `DropNeighbourDiscovery`); a fragmented one drops.
+//!     L4 (TCP, UDP, SCTP ports; ICMP in IPv4 and ICMPv6 in IPv6: type and echo
+//!     identifier; the other family's ICMP number is a portless protocol). Truncated
+//!     or malformed headers, and headers past the IP length, drop (`DropMalformed`).
+//!  3. ICMPv6 neighbour discovery and MLD (in IPv6 only) are judged in
+//!     `link::neighbour_discovery` (`AllowNeighbourDiscovery` /
+//!     `DropNeighbourDiscovery`); a fragmented one drops (RFC 6980).
 //!  4. A non-first fragment follows its first fragment's recorded verdict
 //!     (`AllowFragment` / `DropFragment`); first fragments record theirs in `run`.
 //!  5. Conntrack, one lookup: a live entry of this flow at this hook passes
@@ -49,7 +51,9 @@
 //!       8472/4789 drop (`DropTunnel`), whatever policy and `--allow-node` say: what a
 //!       node decapsulates carries any inner source.
 //!  7. Not isolated in this direction: passes (`AllowNotIsolated`), with a conntrack
-//!     entry (so the replies pass if the other way is isolated, now or later).
+//!     entry (so the replies pass if the other way is isolated, now or later) unless
+//!     it is an ICMP error or goes to a group (no flow: replies come from unicast
+//!     addresses).
 //!  8. Peer identity: IDENTITIES longest prefix of the remote address, else world.
 //!  9. Policy: the generation is read, then four lookups in `policy::allowing_rule`'s
 //!     order; a hit passes (`AllowPolicy`, rule counted, conntrack entry stamped with
@@ -73,10 +77,11 @@
 //!   no Redirect; RS/NS/NA with hop limit 255, at most 128 bytes, the pod's own
 //!   source (link-local, bound here, or `::` for DAD), an NA only for the pod's own
 //!   target, to a destination on the link (multicast, link-local, a local pod or the
-//!   node), so it can neither claim another pod's address nor leave the link; MLD
-//!   with hop limit 1, at most 512 bytes, link-local source, multicast destination.
-//!   To a pod: NS/NA/RS/RA/Redirect only with hop limit 255 and MLD with hop limit 1,
-//!   i.e. never routed here. Residual: colluding pods on one node can signal each
+//!   node), so it can neither claim another pod's address nor leave the link. MLD,
+//!   either way: hop limit 1, at most 512 bytes, link-local (or `::`) source,
+//!   multicast destination, as RFC 3810 lets a listener accept. To a pod:
+//!   NS/NA/RS/RA/Redirect only with hop limit 255, i.e. never routed here. IPv4
+//!   carrying protocol 58 is no ND: it meets policy as a portless protocol. Residual: colluding pods on one node can signal each
 //!   other through these bounded fields (as through ARP timing); no data reaches a
 //!   socket that is not raw.
 //! - **Established flows** (`AllowEstablished`). An entry exists only for a flow a
@@ -156,15 +161,28 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     if stage == 2 {
         return TC_ACT_UNSPEC;
     }
-    let verdict = match parsed {
-        Err(Reason::AllowArp) => Verdict::of(link::arp(ctx, &mut pkt, direction, ifindex), direction),
-        Err(reason) => Verdict::of(reason, direction),
+    let mut verdict = Verdict::of(Reason::DropMalformed, direction);
+    verdict.reason = match parsed {
+        Err(Reason::AllowArp) => link::arp(ctx, &mut pkt, direction, ifindex),
+        Err(reason) => reason,
         Ok(()) => {
-            let verdict = decide(ctx, &pkt, direction, ifindex);
+            // Step 5's ICMP errors, here rather than in `decide`: `related`'s frame is
+            // then a sibling of `decide`'s, which keeps every call chain under the
+            // 512-byte stack limit. (An ICMP error is neither ND nor a non-first
+            // fragment, so steps 3 and 4 cannot decide it first.)
+            let related = if pkt.is_icmp_error() { conntrack::related(ctx, &pkt, direction, ifindex) } else { None };
+            let reason = match related {
+                Some(rule) => {
+                    verdict.rule = rule;
+                    Reason::AllowRelatedIcmp
+                }
+                None => decide(ctx, &pkt, direction, ifindex, &mut verdict),
+            };
+            verdict.reason = reason;
             if pkt.fragment == Fragment::First {
                 record_first_fragment(&pkt, ifindex, &verdict);
             }
-            verdict
+            reason
         }
     };
     if stage != 0 {
@@ -173,13 +191,27 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     finish(&pkt, ifindex, &verdict)
 }
 
-/// Steps 3–5 for a parsed IP packet; `judge` does 6–9. `stage` is the bench's
-/// cut-off (`maps::bench_stage`; 0 in an agent: the verifier prunes it).
+/// Writes a verdict's policy, rule and direction into `out` and returns its reason.
+/// The BPF-to-BPF calls of this module return their verdicts this way: a call that
+/// returns an aggregate can leave a stack pointer in r0, which the verifier refuses
+/// ("cannot return stack pointer to the caller"), and one copy of the verdict (the
+/// caller's) keeps the stack small.
+#[inline(always)]
+fn give(out: &mut Verdict, verdict: Verdict) -> Reason {
+    out.policy = verdict.policy;
+    out.rule = verdict.rule;
+    out.direction = verdict.direction;
+    verdict.reason
+}
+
+/// Steps 3–5 for a parsed IP packet, into `out` (see `give`); `judge` does 6–9.
+/// `stage` is the bench's cut-off (`maps::bench_stage`; 0 in an agent: the verifier
+/// prunes it).
 // A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
 // which keeps every call chain under the 512-byte stack limit (inlined, the whole
 // program needed 624 bytes).
 #[inline(never)]
-fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict {
+fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut Verdict) -> Reason {
     let stage = maps::bench_stage();
     // 3. ND/MLD pass without policy only as validated link traffic (without them no
     //    IPv6 address resolves); fragmented, they fail closed (RFC 6980).
@@ -189,13 +221,13 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
         } else {
             Reason::DropNeighbourDiscovery
         };
-        return Verdict::of(reason, direction);
+        return give(out, Verdict::of(reason, direction));
     }
 
     // 4. A non-first fragment has no ports to judge: it passes only behind a first
     //    fragment that passed here (fails closed otherwise).
     if pkt.fragment == Fragment::NonFirst {
-        return match maps::fragment(&fragment_key(pkt, ifindex)) {
+        let verdict = match maps::fragment(&fragment_key(pkt, ifindex)) {
             Some(first)
                 if first.allowed != 0 && maps::now_ns().saturating_sub(first.last_seen_ns) <= FRAGMENT_TIMEOUT_NS =>
             {
@@ -203,42 +235,41 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Verdict
             }
             _ => Verdict::of(Reason::DropFragment, direction),
         };
+        return give(out, verdict);
     }
 
     // 5. Conntrack first. ICMP errors are no flow of their own: they pass only through
     //    the flow they quote, or as ICMP through policy, and never create an entry.
     let key = conntrack::flow_key(pkt, direction, ifindex);
     match stage {
-        3 => return Verdict::of(Reason::AllowEstablished, direction),
+        3 => return give(out, Verdict::of(Reason::AllowEstablished, direction)),
         4 => {
             let found = maps::conntrack(&key).is_some();
-            return Verdict::of(if found { Reason::AllowEstablished } else { Reason::DropPolicy }, direction);
+            let reason = if found { Reason::AllowEstablished } else { Reason::DropPolicy };
+            return give(out, Verdict::of(reason, direction));
         }
         _ => {}
     }
-    let icmp_error = pkt.is_icmp_error();
-    // A stale entry to re-check (`cut` only).
+    // A stale entry to re-check (`cut` only). An ICMP error that relates to no flow
+    // (see `run`) is judged as plain ICMP.
     let mut stale: Option<conntrack::Hit> = None;
-    if icmp_error {
-        if let Some(rule) = conntrack::related(ctx, pkt, direction, ifindex) {
-            return Verdict { reason: Reason::AllowRelatedIcmp, policy: 0, rule, direction };
-        }
-    } else if !pkt.is_tcp_syn()
+    if !pkt.is_icmp_error()
+        && !pkt.is_tcp_syn()
         && let Some(hit) = conntrack::established(pkt, &key, direction)
     {
         if stage == 5 {
-            return Verdict::of(Reason::AllowEstablished, direction);
+            return give(out, Verdict::of(Reason::AllowEstablished, direction));
         }
         if !maps::cut_existing_flows() {
-            return Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction };
+            return give(out, Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction });
         }
         let current = maps::generation();
         if hit.generation == current {
-            return Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction };
+            return give(out, Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction });
         }
         stale = Some(conntrack::Hit { current, ..hit });
     }
-    judge(pkt, &key, direction, stale.as_ref())
+    judge(pkt, &key, direction, stale.as_ref(), out)
 }
 
 /// Step 6's endpoint: the one this packet's pod-side address belongs to, bound to this
@@ -272,12 +303,18 @@ fn is_tunnel(pkt: &Packet) -> bool {
         || (pkt.protocol == PROTO_UDP && matches!(pkt.dst_port, UDP_PORT_VXLAN_LINUX | UDP_PORT_VXLAN_IANA))
 }
 
-/// Steps 6–9: the endpoint, identity and policy decision, for a new flow (`stale`
-/// `None`) or a stale entry's re-check.
+/// Steps 6–9 (`decide_new`) into `out` (see `give`).
 // A BPF-to-BPF call, not inlined: its frame is a sibling of `related`'s, not added to
 // it, which keeps every call chain under the 512-byte stack limit.
 #[inline(never)]
-fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit>) -> Verdict {
+fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit>, out: &mut Verdict) -> Reason {
+    give(out, decide_new(pkt, key, direction, stale))
+}
+
+/// Steps 6–9: the endpoint, identity and policy decision, for a new flow (`stale`
+/// `None`) or a stale entry's re-check.
+#[inline(always)]
+fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit>) -> Verdict {
     // 6. The local endpoint (for a re-check too: a pod gone since is judged as a new
     //    packet of it would be).
     let egress = direction == DIR_EGRESS;
@@ -289,8 +326,8 @@ fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit
         return Verdict { reason: Reason::DropTunnel, policy: endpoint.policy, rule: 0, direction };
     }
     // Entries for flows only: an ICMP error belongs to the flow it quotes, and a group
-    // packet's replies come from the pod's own address, which has its own entries.
-    let track = !pkt.is_icmp_error() && !(!egress && pkt.is_group());
+    // packet (either way) is no flow: its replies come from unicast addresses.
+    let track = !pkt.is_icmp_error() && !pkt.is_group();
 
     // The policy question: a new flow's is this hook's direction and the packet's
     // destination port; a re-checked flow's is the direction and port it opened with.

@@ -1,10 +1,12 @@
 //! `cargo xtask`: developer tasks. `setup` installs the toolchain, `test` runs the
 //! build, lints and every test (CI runs this), `demo` runs the NetworkPolicy example of
-//! `deploy/examples/` in network namespaces and prints what passes and what is dropped.
+//! `deploy/examples/` in network namespaces and prints what passes and what is dropped,
+//! `fuzz` runs the datapath's differential fuzz for millions of frames.
 
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -30,6 +32,16 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The datapath's differential fuzz, long: release build, millions of random
+    /// frames through the TC programs and the spec model (needs root).
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = fuzz::DEFAULT_FRAMES)]
+        frames: u64,
+        /// The generator's seed (default: the clock's, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Setup, build, then run the example of deploy/examples in network namespaces and
     /// print which probes pass (needs root).
     Demo {
@@ -44,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::setup(),
         Task::Test => test::test(),
         Task::Bench { quick } => bench::bench(quick),
+        Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }
 }
