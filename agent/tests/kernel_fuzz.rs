@@ -2,7 +2,7 @@
 //! EtherType, ARP, VLAN tags, IPv4 options and bad headers, IPv6 extension chains,
 //! fragments, TCP/UDP/SCTP/ICMP/ICMPv6, ICMP errors quoting known and random flows,
 //! ND/MLD) run through both TC programs with `BPF_PROG_TEST_RUN` and through a
-//! userspace model written from the issue-13 datapath spec (`kernel/model.rs`, never
+//! userspace model written from the datapath spec `docs/verdicts.md` (`kernel/model.rs`, never
 //! from `ebpf/src`). Per frame the kernel's action and reason (the one COUNTERS slot
 //! that rose) are compared with the model's, and so are the conntrack entry and
 //! fragment record it creates or updates; then the map state is put back, so every

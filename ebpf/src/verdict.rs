@@ -14,6 +14,9 @@
 //!
 //! # Per packet, in this order (the first step that decides, decides)
 //!
+//! (`docs/verdicts.md` states the same rules as a checklist; the differential fuzz
+//! holds this code and an independent model of that page to the same verdicts.)
+//!
 //!  1. Ethernet: one VLAN tag is skipped, a second one drops (`DropUnsupported`).
 //!     ARP is judged in `link::arp` (`AllowArp` / `DropArpSpoofed`); IPv4 and IPv6 go
 //!     on; every other EtherType drops (`DropLinkLayer`).

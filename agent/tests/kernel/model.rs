@@ -1,5 +1,5 @@
 //! A userspace model of the TC programs' verdicts, written from the issue-13 datapath
-//! spec (`/work/spec-13.md`, steps 1–9) and the ABI in `common`, never from
+//! spec (`docs/verdicts.md`, steps 1–9) and the ABI in `common`, never from
 //! `ebpf/src`: the differential fuzz (`kernel_fuzz.rs`) runs the same frames through
 //! both, so every disagreement is a bug on one side. It parses raw frame bytes itself
 //! and judges them against a fixed map state ([`World`]); besides the reason it
@@ -190,7 +190,7 @@ impl World {
             _ => None,
         };
         // 3. Neighbour discovery and MLD (IPv6 only); in a first fragment never (RFC
-        // 6980: spec change K3), whose verdict is recorded like any first fragment's.
+        // 6980: docs/verdicts.md), whose verdict is recorded like any first fragment's.
         if ip.v6
             && ip.protocol == PROTO_ICMPV6
             && !matches!(ip.fragment, Fragment::Later(..))
@@ -215,7 +215,7 @@ impl World {
     }
 
     fn arp(&self, hook: Hook, frame: &[u8], arp: &[u8]) -> Reason {
-        // Cut short: malformed at both hooks (spec change K4).
+        // Cut short: malformed at both hooks (docs/verdicts.md).
         if arp.len() < 28 {
             return Reason::DropMalformed;
         }
@@ -235,7 +235,7 @@ impl World {
 
     fn neighbour(&self, hook: Hook, ip: &Ip<'_>, kind: u8) -> Reason {
         let mld = matches!(kind, 130..=132 | 143);
-        // MLD is judged alike at both hooks (spec change S1).
+        // MLD is judged alike at both hooks (docs/verdicts.md).
         let ok = match hook {
             _ if mld => {
                 ip.hop_limit == 1
@@ -368,7 +368,7 @@ impl World {
             return false;
         }
         // From a pod, the error goes to the quoted flow's remote side; to a pod it may
-        // come from anyone (routers report PMTU: spec change K1).
+        // come from anyone (routers report PMTU: docs/verdicts.md).
         if from_pod && remote != q_remote {
             return false;
         }

@@ -205,7 +205,7 @@ pub fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
         PROTO_UDP => 8,
         PROTO_SCTP => 12,
         // ICMP of the packet's own family; the other family's number is a plain
-        // portless protocol (spec, after the fuzz: K6).
+        // portless protocol (docs/verdicts.md).
         p if is_icmp(v6, p) => 8,
         _ => 0,
     };
