@@ -22,10 +22,7 @@ pub fn entry(list: &ConfList, att: &Attachment, result: &Value) -> anyhow::Resul
     );
     entry.insert("ifName".into(), att.ifname.clone().into());
     entry.insert("networkName".into(), list.name()?.into());
-    entry.insert(
-        "netns".into(),
-        format!("/run/netns/{}", att.netns).into(),
-    );
+    entry.insert("netns".into(), format!("/run/netns/{}", att.netns).into());
     if !att.args.is_empty() {
         let args: Vec<Value> = att.args.iter().map(|(k, v)| json!([k, v])).collect();
         entry.insert("cniArgs".into(), args.into());
@@ -56,8 +53,7 @@ pub fn result_of(entry: Value) -> anyhow::Result<Value> {
 
 /// Standard base64 with padding (Go's encoding of `[]byte` in JSON).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [
@@ -89,7 +85,10 @@ mod tests {
             ("fo", "Zm8="),
             ("foo", "Zm9v"),
             ("foob", "Zm9vYg=="),
-            ("{\"cniVersion\":\"1.0.0\"}", "eyJjbmlWZXJzaW9uIjoiMS4wLjAifQ=="),
+            (
+                "{\"cniVersion\":\"1.0.0\"}",
+                "eyJjbmlWZXJzaW9uIjoiMS4wLjAifQ==",
+            ),
         ] {
             assert_eq!(base64(input.as_bytes()), want, "{input:?}");
         }
@@ -102,7 +101,8 @@ mod tests {
         }))
         .unwrap();
         let att = Attachment::pod("c1", "ns1", "x", "p", &[]);
-        let result = json!({"cniVersion": "1.0.0", "ips": [{"address": "198.18.0.5/24", "interface": 2}]});
+        let result =
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "198.18.0.5/24", "interface": 2}]});
         let entry = entry(&list, &att, &result).unwrap();
         assert_eq!(entry["kind"], "cniCacheV1");
         assert_eq!(entry["containerId"], "c1");
@@ -110,7 +110,10 @@ mod tests {
         assert_eq!(entry["networkName"], "cbr0");
         assert_eq!(entry["netns"], "/run/netns/ns1");
         assert_eq!(entry["cniArgs"][1], json!(["K8S_POD_NAMESPACE", "x"]));
-        assert_eq!(entry["config"], base64(&serde_json::to_vec(&list.json).unwrap()));
+        assert_eq!(
+            entry["config"],
+            base64(&serde_json::to_vec(&list.json).unwrap())
+        );
         assert_eq!(result_of(entry).unwrap(), result);
         let error = result_of(json!({"kind": "other", "result": {}})).unwrap_err();
         assert!(error.to_string().contains("not \"cniCacheV1\""), "{error}");
