@@ -210,6 +210,19 @@ fn agent_daemonset() -> (PodSpec, Container) {
     (spec, container)
 }
 
+/// The agent container's arguments as the real CLI parses them (NODE_NAME comes from
+/// the env).
+fn parsed_run(container: &Container) -> netfence::cli::RunArgs {
+    let args = container.args.clone().unwrap();
+    let mut argv = vec!["netfence".to_owned()];
+    argv.extend(args.iter().cloned());
+    argv.extend(["--node-name".to_owned(), "n".to_owned()]);
+    let Command::Run(run) = Cli::try_parse_from(&argv).unwrap().command else {
+        panic!("not `run`: {args:?}");
+    };
+    run
+}
+
 #[test]
 fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     let (spec, container) = agent_daemonset();
@@ -239,12 +252,15 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
     assert_eq!(capabilities.add.unwrap(), CAPABILITIES);
 
-    // Exactly four host paths: the bpffs for the pins, the directory of the agent's
+    // Exactly five host paths: the bpffs for the pins, the directory of the agent's
     // last-sync record and CNI socket (the root filesystem is read-only), the CNI
-    // configuration directory (--cni-conf-dir), and the network namespaces, read only
-    // (a pending CNI pod whose namespace is gone is forgotten).
+    // configuration directory (--cni-conf-dir), the network namespaces, read only
+    // (a pending CNI pod whose namespace is gone is forgotten), and the runtime's CNI
+    // result cache, read only, where `run` reads it (--cni-cache-dir).
     let mounts = container.volume_mounts.clone().unwrap();
     let volumes = spec.volumes.unwrap();
+    let cache_dir = parsed_run(&container).cni.cache_dir;
+    assert!(!cache_dir.is_empty(), "--cni-cache-dir is on");
     let record_dir = netfence::dataplane::last_sync::path_for(std::path::Path::new("/sys/fs/bpf/netfence"))
         .parent()
         .unwrap()
@@ -267,6 +283,7 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
             (record_dir.clone(), record_dir),
             ("/run/netns".to_owned(), "/run/netns".to_owned()),
             ("/sys/fs/bpf".to_owned(), "/sys/fs/bpf".to_owned()),
+            (cache_dir.clone(), "/var/lib/cni/results".to_owned()),
         ]
     );
     let propagation: Vec<(&str, Option<&str>, Option<bool>)> = mounts
@@ -276,9 +293,10 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert!(
         propagation.iter().all(|(path, mode, read_only)| match *path {
             "/run/netns" => *mode == Some("HostToContainer") && *read_only == Some(true),
+            path if path == cache_dir => mode.is_none() && *read_only == Some(true),
             _ => mode.is_none(),
         }),
-        "no bidirectional mounts; the network namespaces read only, host to container: {propagation:?}"
+        "no bidirectional mounts; the network namespaces read only, host to container; the CNI result cache read only: {propagation:?}"
     );
 
     let resources = container.resources.clone().unwrap();
@@ -294,14 +312,7 @@ fn daemonset_runs_the_agent_in_cluster_with_probes_on_its_health_endpoints() {
     let field = node.value_from.clone().unwrap().field_ref.unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
 
-    // The arguments as the real CLI parses them (NODE_NAME comes from the env).
-    let args = container.args.clone().unwrap();
-    let mut argv = vec!["netfence".to_owned()];
-    argv.extend(args.iter().cloned());
-    argv.extend(["--node-name".to_owned(), "n".to_owned()]);
-    let Command::Run(run) = Cli::try_parse_from(&argv).unwrap().command else {
-        panic!("not `run`: {args:?}");
-    };
+    let run = parsed_run(&container);
     assert_eq!(run.bridge.as_deref(), Some("cni0"));
     assert_eq!((run.manifests, run.kubeconfig), (None, None), "in-cluster");
     let health = run

@@ -108,6 +108,14 @@ impl Agent {
         {
             cmd.arg("--cni-socket").arg(log.with_extension("cni.sock"));
         }
+        // Nor the host's `/var/lib/cni/results`: the node's cache only when the caller
+        // names it (`Bed::start_agent_on` does).
+        if !extra
+            .iter()
+            .any(|a| a.to_str().is_some_and(|a| a.starts_with("--cni-cache-dir")))
+        {
+            cmd.args(["--cni-cache-dir", ""]);
+        }
         for glob in interfaces {
             cmd.args(["--interfaces", glob]);
         }

@@ -324,7 +324,8 @@ impl TestBed {
     }
 
     /// Starts `netfence run --node-name node<number> --bridge cni0` in node `number`'s
-    /// namespace over the shared manifest directory; waits until ready.
+    /// namespace over the shared manifest directory, reading the node's CNI result
+    /// cache (`--cni-cache-dir`) as an agent on a real node does; waits until ready.
     pub fn start_agent_on(
         &self,
         number: u8,
@@ -337,7 +338,8 @@ impl TestBed {
         } else {
             format!("agent-{}-{}.log", node.addrs.name(), attach_name(attach))
         };
-        Agent::start(
+        let results = node.cni.results_dir();
+        Agent::start_with(
             binary,
             &node.netns,
             &node.addrs.name(),
@@ -345,7 +347,18 @@ impl TestBed {
             &[],
             attach,
             self.dir.path.join(log),
+            &[
+                "--detach-on-exit".as_ref(),
+                "--cni-cache-dir".as_ref(),
+                results.as_os_str(),
+            ],
         )
+    }
+
+    /// Node 1's CNI result cache, where the lab's runtime keeps ADD results in
+    /// libcni's format: `--cni-cache-dir` for agents started by hand.
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.nodes[0].cni.results_dir()
     }
 }
 

@@ -150,7 +150,7 @@ impl Node {
         // them as `runtimeConfig.ips`, which host-local honours for plugins declaring
         // the `ips` capability (CNI_ARGS `IP=` takes one address only).
         conflist.declare_capability(0, "ips")?;
-        let cni = Cni::new(vec![PathBuf::from(CNI_BIN_DIR)], state.join("results"));
+        let cni = Cni::new(vec![PathBuf::from(CNI_BIN_DIR)], state);
         Ok(Node {
             addrs,
             netns: Arc::new(netns),

@@ -50,6 +50,13 @@ pub struct CniRunArgs {
     /// The entry's `failClosed` (as `cni-install --fail-closed`).
     #[arg(long = "cni-fail-closed", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub fail_closed: bool,
+    /// The container runtime's CNI result cache (libcni's, as containerd and CRI-O
+    /// write it; the host's, mounted): its ADD results bind pod addresses to their
+    /// host veths like netfence-cni's ADDs (for pods ADDed before netfence-cni was
+    /// chained, or while the agent was down). Read every second. An empty value
+    /// disables it.
+    #[arg(long = "cni-cache-dir", value_name = "DIR", default_value = super::cache::DEFAULT_CACHE_DIR)]
+    pub cache_dir: String,
 }
 
 /// Installs the binary, then chains it into the Flannel conflist.

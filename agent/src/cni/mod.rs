@@ -3,6 +3,8 @@
 //! state has them), and the installation of the plugin into a node's CNI
 //! configuration.
 //!
+//! - [`cache`]: the container runtime's CNI result cache (`--cni-cache-dir`), read as
+//!   records of the same authority as the plugin's ADDs.
 //! - [`server`]: the unix socket (`--cni-socket`), one request per connection.
 //! - [`pending`]: pending endpoints, merged around `compile`, and the readiness check.
 //! - [`persist`]: the pending endpoints kept in a file across agent restarts.
@@ -10,6 +12,7 @@
 //! - [`keep`]: `netfence run --cni-conf-dir`, the entry put back when Flannel rewrites
 //!   its conflist.
 
+pub mod cache;
 pub mod command;
 pub mod install;
 pub mod keep;

@@ -3,8 +3,9 @@
 //! ports), change notifications, and the addresses on the far end of a veth.
 //!
 //! [`bind`] decides which host-side interface each pod address belongs to (the
-//! anti-spoofing and port checks of the TC programs): from the netfence-cni ADD
-//! records first (the cluster's word: the pod's IPs and its host veth), and only for
+//! anti-spoofing and port checks of the TC programs): from the CNI ADD records first
+//! (netfence-cni's, then the container runtime's result cache: the cluster's word,
+//! the pod's IPs and its host veth), and only for
 //! addresses no record names from what the pods show — the far end's addresses,
 //! read by an RTM_GETADDR dump with `IFA_TARGET_NETNSID` without entering the peer's
 //! network namespace (Linux ≥ 4.20, strict checking on) — and then only on an
@@ -237,8 +238,9 @@ pub async fn peer_reads(handle: &Handle, managed: &[&Interface]) -> (Vec<PeerRea
     (reads, problems)
 }
 
-/// A pod the netfence-cni plugin announced (ADD, kept until DEL): its addresses and
-/// the host-side interfaces of its CNI result (the veth, and the bridge).
+/// A pod the netfence-cni plugin announced (ADD, kept until DEL), or an ADD result of
+/// the runtime's CNI cache: its addresses and the host-side interfaces of its CNI
+/// result (the veth, and the bridge).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniRecord {
     /// The pod (as its deny-all endpoint names it while the state lacks it).

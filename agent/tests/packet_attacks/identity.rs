@@ -1,8 +1,10 @@
 //! Attack 5: a pod puts another pod's future address on its own eth0 before that pod
 //! exists. Bindings come from the cluster (and the CNI ADD result), never from what a
-//! pod shows: the squatter never sends with the address; with netfence-cni chained
-//! (as `agent/tests/cni.rs` runs it) the real owner's traffic works, without it the
-//! owner may fail closed (not asserted), and the squatter still never gets through.
+//! pod shows: the squatter never sends with the address, and the real owner's traffic
+//! works — bound from netfence-cni's ADD when it is chained (as `agent/tests/cni.rs`
+//! runs it; that agent does not read the runtime's cache, so the plugin alone is
+//! shown to suffice), and without it from the runtime's CNI result cache (the lab's
+//! node writes libcni's `cniCacheV1` files, read with `--cni-cache-dir`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -95,6 +97,23 @@ fn squat(with_cni: bool) {
         none,
         "before the victim exists"
     );
+    // The squatter now shows only the contested address (in its subnet, to reach the
+    // server): nothing it shows says its interface is its own, so what the pods show
+    // cannot tell the two veths apart; only the CNI ADD results can.
+    squatter
+        .netns
+        .ip(&["-6", "addr", "flush", "dev", "eth0", "scope", "global"])
+        .unwrap();
+    for (verb, address) in [
+        ("del", format!("{}/24", squatter.ip4())),
+        ("del", format!("{CONTESTED}/32")),
+        ("add", format!("{CONTESTED}/24")),
+    ] {
+        squatter
+            .netns
+            .ip(&["addr", verb, &address, "dev", "eth0"])
+            .unwrap();
+    }
 
     if let Some(plugins) = &plugins {
         let entry = json!({
@@ -116,13 +135,12 @@ fn squat(with_cni: bool) {
         none,
         "the squatter with the victim's address, once the victim exists"
     );
-    if with_cni {
-        assert_eq!(
-            udp_burst_from_port(&victim, 0, &server, PORT),
-            all,
-            "the victim's own traffic"
-        );
-    }
+    assert_eq!(
+        udp_burst_from_port(&victim, 0, &server, PORT),
+        all,
+        "the victim's own traffic (bound from {})",
+        if with_cni { "netfence-cni's ADD" } else { "the runtime's CNI result cache" }
+    );
     assert_eq!(
         udp_burst(&squatter, any_port(contested), &server, dst),
         none,
@@ -137,7 +155,7 @@ fn a_squatted_address_binds_to_its_pod_with_netfence_cni() {
 }
 
 #[test]
-fn a_squatted_address_never_serves_the_squatter_without_netfence_cni() {
+fn a_squatted_address_binds_to_its_pod_from_the_runtime_cache_without_netfence_cni() {
     netfence_testbed::require_root().unwrap();
     squat(false);
 }

@@ -3,7 +3,8 @@
 //! conflist Flannel writes for its delegate (`bridge` + `host-local` on `cni0`).
 //!
 //! ADD runs the plugins in order, each getting the previous one's result as
-//! `prevResult`, and caches the last result; DEL runs them in reverse order with the
+//! `prevResult`, and caches the last result as libcni does ([`cache`]: the runtime's
+//! cache netfence reads); DEL runs them in reverse order with the
 //! cached ADD result as `prevResult`; CHECK runs them in order with it. Each plugin's
 //! configuration is its entry of the list with the list's `name` and `cniVersion`
 //! injected, plus `runtimeConfig` with the runtime's values for the capabilities the
@@ -20,6 +21,8 @@ use anyhow::{Context as _, bail};
 use serde_json::{Map, Value, json};
 
 use crate::netns::Netns;
+
+pub mod cache;
 
 /// The pod MTU Flannel's VXLAN backend writes (`FLANNEL_MTU`): a 1500-byte uplink
 /// minus 50 bytes of VXLAN encapsulation.
@@ -271,7 +274,8 @@ impl CniCommand {
 }
 
 /// Runs conflists' plugins inside a node namespace, finding them in `plugin_dirs` (in
-/// order, like `CNI_PATH`) and caching ADD results in `cache_dir`.
+/// order, like `CNI_PATH`) and caching ADD results in `cache_dir/results` (libcni's
+/// layout: `cache_dir` is a node's `/var/lib/cni`).
 #[derive(Clone, Debug)]
 pub struct Cni {
     plugin_dirs: Vec<PathBuf>,
@@ -284,6 +288,11 @@ impl Cni {
             plugin_dirs,
             cache_dir,
         }
+    }
+
+    /// Where ADD results are cached (`--cni-cache-dir` of an agent on this node).
+    pub fn results_dir(&self) -> PathBuf {
+        self.cache_dir.join("results")
     }
 
     /// Searches `dir` before the other plugin directories (e.g. a freshly built
@@ -321,10 +330,12 @@ impl Cni {
             prev = Some(result);
         }
         let result = prev.context("conflist has no plugins")?;
-        std::fs::create_dir_all(&self.cache_dir)
-            .with_context(|| format!("creating {}", self.cache_dir.display()))?;
+        let results = self.results_dir();
+        std::fs::create_dir_all(&results)
+            .with_context(|| format!("creating {}", results.display()))?;
         let cache = self.cache_path(list, att)?;
-        std::fs::write(&cache, serde_json::to_vec(&result)?)
+        let entry = cache::entry(list, att, &result)?;
+        std::fs::write(&cache, serde_json::to_vec(&entry)?)
             .with_context(|| format!("caching the ADD result in {}", cache.display()))?;
         Ok(result)
     }
@@ -363,7 +374,9 @@ impl Cni {
         let path = self.cache_path(list, att)?;
         match std::fs::read(&path) {
             Ok(bytes) => {
-                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                let entry = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("cached result {}", path.display()))?;
+                Ok(Some(cache::result_of(entry).with_context(|| {
                     format!("cached result {}", path.display())
                 })?))
             }
@@ -373,7 +386,7 @@ impl Cni {
     }
 
     fn cache_path(&self, list: &ConfList, att: &Attachment) -> anyhow::Result<PathBuf> {
-        Ok(self.cache_dir.join(format!(
+        Ok(self.results_dir().join(format!(
             "{}-{}-{}",
             list.name()?,
             att.container_id,

@@ -12,6 +12,8 @@
 //! ([`crate::cni::persist`]) and read back before the first sync. Every tick, entries
 //! whose network namespace is gone are dropped (a DEL that never came), and with
 //! `--cni-conf-dir` the plugin's conflist entry is re-ensured ([`crate::cni::keep`]).
+//! The runtime's own record of ADDs (`--cni-cache-dir`, [`crate::cni::cache`]) is
+//! read with every interface reconcile, beside the pending set.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,10 @@ pub(super) struct CniEndpoints {
     file: Option<PathBuf>,
     /// `--cni-conf-dir`.
     keeper: Option<ConflistKeeper>,
+    /// `--cni-cache-dir` (empty: disabled), read with every interface reconcile.
+    pub(super) cache_dir: PathBuf,
+    /// Listing `cache_dir` failed last time (warned once).
+    pub(super) cache_failing: bool,
 }
 
 #[derive(Debug)]
@@ -52,7 +58,13 @@ impl CniEndpoints {
     /// network namespace is gone) and, with `--cni-conf-dir`, ensures the conflist
     /// entry once. Runs before the first sync, which then keeps their endpoints.
     pub(super) fn open(args: &RunArgs) -> Self {
-        let mut cni = Self::default();
+        let mut cni = Self {
+            cache_dir: PathBuf::from(&args.cni.cache_dir),
+            ..Self::default()
+        };
+        if args.cni.cache_dir.is_empty() {
+            tracing::info!("CNI result cache disabled (--cni-cache-dir ''): pods ADDed before netfence-cni are bound from what they show");
+        }
         if !args.cni_socket.is_empty() {
             let file = persist::path_for(Path::new(&args.cni_socket));
             match persist::load(&file) {

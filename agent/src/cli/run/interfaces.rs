@@ -1,5 +1,6 @@
 //! The run loop's side of interfaces: list them, bind pod addresses to them
-//! ([`links::bind`]: CNI records first, then peer reads), sync the bindings, and
+//! ([`links::bind`]: CNI records first — netfence-cni's, then the runtime's result
+//! cache's — then peer reads), sync the bindings, and
 //! only then attach programs to new ones — so a program never meets a pod whose
 //! binding is not written yet (a new veth, or at start after a layout change, when
 //! the new maps are empty and the programs are swapped into the pinned links).
@@ -7,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use super::Enforcer;
+use crate::cni::cache;
 use crate::dataplane::links::{self, CniRecord, Interface};
 use crate::dataplane::owners::{self, Owner};
 use crate::image::Image;
@@ -30,11 +32,34 @@ impl Enforcer {
         }
     }
 
+    /// The records of the runtime's CNI result cache (`--cni-cache-dir`; none when
+    /// empty). A directory that cannot be listed is a warning once, and no records.
+    fn cached_records(&mut self) -> Vec<CniRecord> {
+        if self.cni.cache_dir.as_os_str().is_empty() {
+            return Vec::new();
+        }
+        match cache::read_dir(&self.cni.cache_dir) {
+            Ok(records) => {
+                self.cni.cache_failing = false;
+                records
+            }
+            Err(error) => {
+                if self.cni.cache_failing {
+                    tracing::debug!("cni cache: {error}");
+                } else {
+                    tracing::warn!("cni cache: {error}; pods only it knows are bound from what they show");
+                }
+                self.cni.cache_failing = true;
+                Vec::new()
+            }
+        }
+    }
+
     /// Recomputes the address bindings of the `managed` interfaces (with the owners
     /// of the last compile) and re-reads the node's addresses; syncs nothing (the
     /// caller does, once).
     pub(super) async fn rebind(&mut self, managed: &[&Interface]) -> Rebound {
-        let records: Vec<CniRecord> = self
+        let mut records: Vec<CniRecord> = self
             .cni
             .pending
             .iter()
@@ -47,6 +72,9 @@ impl Enforcer {
                 }
             })
             .collect();
+        // The runtime's records after the plugin's: `bind` keeps the first record per
+        // address, so netfence-cni's wins where both name one.
+        records.extend(self.cached_records());
         let (reads, unreadable) = links::peer_reads(&self.handle, managed).await;
         for problem in unreadable {
             tracing::debug!("{problem}");
