@@ -326,7 +326,8 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     pkt.src = ip.src;
     pkt.dst = ip.dst;
     pkt.hop_limit = ip.hop_limit;
-    pkt.ip_len = (end - l3) as u16;
+    // Saturates: an IPv6 datagram can be 40 bytes longer than u16 holds.
+    pkt.ip_len = (end - l3).min(usize::from(u16::MAX)) as u16;
     let mut next = ip.next_header;
     let mut offset = l3 + IPV6_HLEN;
     let mut seen_fragment = false;
