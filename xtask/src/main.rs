@@ -34,6 +34,9 @@ enum Task {
     Test {
         #[arg(long, value_enum)]
         target: Option<Target>,
+        /// With `--target aarch64`: only this half (qemu-user tests or the arm64 VM).
+        #[arg(long, value_enum, requires = "target")]
+        only: Option<aarch64::Part>,
     },
     /// Release build of the agent and netfence-cni, in target/release, or cross-built
     /// in target/aarch64-unknown-linux-gnu/release with `--target aarch64`.
@@ -68,8 +71,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { aarch64: false } => setup::setup(),
         Task::Setup { aarch64: true } => setup::setup_aarch64(),
-        Task::Test { target: None } => test::test(),
-        Task::Test { target: Some(Target::Aarch64) } => aarch64::test(),
+        Task::Test { target: None, .. } => test::test(),
+        Task::Test { target: Some(Target::Aarch64), only } => aarch64::test(only),
         Task::Build { target: None } => cmd::run(cmd::cargo().args([
             "build",
             "--release",

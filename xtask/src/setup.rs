@@ -48,9 +48,10 @@ const AARCH64_PACKAGES: &[(&str, &str)] = &[
         "the aarch64 std of the `debian-web` toolchain (rustup cannot download targets)",
     ),
     ("gcc-aarch64-linux-gnu", "the aarch64 linker and C compiler (ring)"),
+    ("libc6-dev-arm64-cross", "the aarch64 glibc to link against"),
     (
-        "libc6-dev-arm64-cross",
-        "aarch64 glibc to link against, and the loader qemu-user and the test VM use",
+        "libc6:arm64",
+        "the arm64 glibc that qemu-user and the test VM load the binaries with",
     ),
     ("qemu-user-static", "runs the aarch64 unit and no-root tests"),
     (
@@ -232,5 +233,13 @@ mod tests {
         assert!(dockerfile.contains("LLVM_PREFIX=/usr/lib/llvm-22"));
         assert!(dockerfile.contains("--features llvm-22"));
         assert!(!dockerfile.contains("curl"), "no installer downloads during the build");
+        // The linux/arm64 cross build installs what `setup --aarch64` installs to build
+        // (QEMU and libc6:arm64 only run the tests).
+        for package in ["libstd-rust-web-dev:arm64", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"] {
+            assert!(AARCH64_PACKAGES.iter().any(|(p, _)| *p == package));
+            assert!(dockerfile.contains(package), "{} lacks {package}", path.display());
+        }
+        assert!(dockerfile.contains("dpkg --add-architecture arm64"));
+        assert!(dockerfile.contains("--target aarch64-unknown-linux-gnu"));
     }
 }

@@ -22,8 +22,9 @@ use crate::cmd::{repo_root, run};
 /// `linux-image-6.12.N+deb12-arm64`, whose `vmlinuz` is an uncompressed arm64 Image
 /// (no EFI zboot) that QEMU boots directly.
 const KERNEL_META: &str = "linux-image-6.12-arm64";
-/// Where the cross glibc of `libc6-dev-arm64-cross` lives.
-const CROSS_LIB: &str = "/usr/aarch64-linux-gnu/lib";
+/// Debian's arm64 glibc (`libc6:arm64`, what an arm64 node runs), copied into the
+/// initramfs.
+const ARM64_LIB: &str = "/lib/aarch64-linux-gnu";
 const GUEST_PREFIX: &str = "netfence-guest: ";
 
 /// The directory of the VM's downloads and build products.
@@ -146,7 +147,7 @@ pub fn initramfs(tests: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
     // The libraries' own needs (libc needs the loader, libm libc, …).
     let mut i = 0;
     while let Some(lib) = libs.get(i).cloned() {
-        for dep in needed(&Path::new(CROSS_LIB).join(&lib))? {
+        for dep in needed(&Path::new(ARM64_LIB).join(&lib))? {
             if !libs.contains(&dep) {
                 libs.push(dep);
             }
@@ -156,8 +157,8 @@ pub fn initramfs(tests: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
     libs.sort();
     libs.dedup();
     for lib in &libs {
-        let data = std::fs::read(Path::new(CROSS_LIB).join(lib))
-            .with_context(|| format!("{lib} from {CROSS_LIB} (libc6-dev-arm64-cross)"))?;
+        let data = std::fs::read(Path::new(ARM64_LIB).join(lib))
+            .with_context(|| format!("{lib} from {ARM64_LIB} (libc6:arm64)"))?;
         let at = if lib.starts_with("ld-linux") {
             format!("lib/{lib}")
         } else {
@@ -176,6 +177,7 @@ pub struct Report {
     pub tally: Tally,
     pub kernel: String,
     pub jit_enable: String,
+    /// The TC programs seen as JIT images, space-separated.
     pub jit_images: String,
     /// `(binary, exit line)` for each binary run.
     pub exits: Vec<(String, String)>,
@@ -193,7 +195,7 @@ impl Report {
         } else if let Some(rest) = said.strip_prefix("bpf_jit_enable ") {
             self.jit_enable = rest.to_owned();
         } else if let Some(rest) = said.strip_prefix("jit images seen: ") {
-            self.jit_images = rest.to_owned();
+            self.jit_images = rest.trim_matches(['[', ']']).to_owned();
         } else if let Some(rest) = said.strip_prefix("exit ") {
             let name = rest.split_whitespace().next().unwrap_or_default().to_owned();
             self.exits.push((name, rest.to_owned()));
@@ -250,4 +252,35 @@ pub fn boot(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<R
         bail!("qemu-system-aarch64 exited with {status}");
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_report_reads_the_guest_lines_and_libtest_summaries() {
+        let mut report = Report::default();
+        for line in [
+            "[   13.08] random kernel line",
+            "netfence-guest: kernel 6.12.117+deb12-arm64 aarch64 cpus 2",
+            "netfence-guest: bpf_jit_enable 1",
+            "netfence-guest: run kernel_tables",
+            "test result: ok. 4 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 85.23s",
+            "netfence-guest: exit kernel_tables 0 in 85.6 s",
+            "netfence-guest: jit images seen: [netfence_from_pod netfence_to_pod]",
+            "netfence-guest: done in 1125.7 s",
+        ] {
+            report.read(line);
+        }
+        assert_eq!(report.kernel, "6.12.117+deb12-arm64 aarch64 cpus 2");
+        assert_eq!(report.jit_enable, "1");
+        assert_eq!(report.jit_images, "netfence_from_pod netfence_to_pod");
+        assert_eq!(
+            report.exits,
+            vec![("kernel_tables".to_owned(), "kernel_tables 0 in 85.6 s".to_owned())]
+        );
+        assert_eq!(report.guest_secs, "1125.7 s");
+        assert_eq!((report.tally.binaries, report.tally.passed), (1, 4));
+    }
 }
