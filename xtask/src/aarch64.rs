@@ -64,7 +64,8 @@ const EXECS_THE_BINARY: &str = "runs the aarch64 `netfence` as a child, which qe
 /// The kernel tests run on the arm64 kernel: `BPF_PROG_TEST_RUN` on the real programs.
 const KERNEL_TESTS: &[&str] = &["kernel_hostile", "kernel_tables", "kernel_verdicts"];
 
-/// How long the arm64 VM may take, boot to power-off (it takes about N s here).
+/// How long the arm64 VM may take, boot to power-off: 8.5 min on a quiet 2-core
+/// machine, 19 min on a busy one.
 const VM_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// `rustup run debian-web PROGRAM`, with the tool PATH and no stdin.
