@@ -1,8 +1,10 @@
 //! `cargo xtask`: developer tasks. `setup` installs the toolchain, `test` runs the
 //! build, lints and every test (CI runs this), `demo` runs the NetworkPolicy example of
 //! `deploy/examples/` in network namespaces and prints what passes and what is dropped,
-//! `fuzz` runs the datapath's differential fuzz for millions of frames.
+//! `fuzz` runs the datapath's differential fuzz for millions of frames. `build` makes
+//! the release binaries; `--target aarch64` cross-builds and tests for aarch64 nodes.
 
+mod aarch64;
 mod bench;
 mod cmd;
 mod demo;
@@ -10,7 +12,7 @@ mod fuzz;
 mod setup;
 mod test;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "netfence developer tasks")]
@@ -22,9 +24,27 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what this Debian machine lacks to build and test (idempotent).
-    Setup,
+    Setup {
+        /// Also what the aarch64 cross build and its emulated tests need.
+        #[arg(long)]
+        aarch64: bool,
+    },
     /// Setup, build, clippy, then every unit, integration and packet test (needs root).
-    Test,
+    /// With `--target aarch64`: the unit and no-root tests cross-built and run under
+    /// qemu-user, then the kernel tests on Debian's arm64 kernel in qemu-system-aarch64.
+    Test {
+        #[arg(long, value_enum)]
+        target: Option<Target>,
+        /// With `--target aarch64`: only this half (qemu-user tests or the arm64 VM).
+        #[arg(long, value_enum, requires = "target")]
+        only: Option<aarch64::Part>,
+    },
+    /// Release build of the agent and netfence-cni, in target/release, or cross-built
+    /// in target/aarch64-unknown-linux-gnu/release with `--target aarch64`.
+    Build {
+        #[arg(long, value_enum)]
+        target: Option<Target>,
+    },
     /// Build, then run the benchmarks and print their table (needs root); JSON goes to
     /// target/bench/bench.json.
     Bench {
@@ -51,10 +71,29 @@ enum Task {
     },
 }
 
+/// A target other than this machine's.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Target {
+    /// aarch64-unknown-linux-gnu (arm64 nodes).
+    Aarch64,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::setup(),
-        Task::Test => test::test(),
+        Task::Setup { aarch64: false } => setup::setup(),
+        Task::Setup { aarch64: true } => setup::setup_aarch64(),
+        Task::Test { target: None, .. } => test::test(),
+        Task::Test { target: Some(Target::Aarch64), only } => aarch64::test(only),
+        Task::Build { target: None } => cmd::run(cmd::cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "netfence",
+            "-p",
+            "netfence-cni",
+        ])),
+        Task::Build { target: Some(Target::Aarch64) } => aarch64::build(),
         Task::Bench { quick } => bench::bench(quick),
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),

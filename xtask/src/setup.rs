@@ -40,16 +40,60 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Debian packages of the aarch64 cross build and its tests (`--aarch64`), and why.
+/// The `:arm64` ones need `dpkg --add-architecture arm64` first.
+const AARCH64_PACKAGES: &[(&str, &str)] = &[
+    (
+        "libstd-rust-web-dev:arm64",
+        "the aarch64 std of the `debian-web` toolchain (rustup cannot download targets)",
+    ),
+    ("gcc-aarch64-linux-gnu", "the aarch64 linker and C compiler (ring)"),
+    ("libc6-dev-arm64-cross", "the aarch64 glibc to link against"),
+    (
+        "libc6:arm64",
+        "the arm64 glibc that qemu-user and the test VM load the binaries with",
+    ),
+    ("qemu-user-static", "runs the aarch64 unit and no-root tests"),
+    (
+        "qemu-system-arm",
+        "qemu-system-aarch64: boots Debian's arm64 kernel for the kernel-verdict tests",
+    ),
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const LINKED_TOOLCHAIN: &str = "debian-web";
+pub const LINKED_TOOLCHAIN: &str = "debian-web";
 
 /// Runs every step, installing only what is missing.
 pub fn setup() -> anyhow::Result<()> {
     check_platform()?;
-    install_packages()?;
+    install_packages(PACKAGES)?;
     link_toolchain()?;
     install_bpf_linker()?;
     Ok(())
+}
+
+/// What the aarch64 cross build and its tests add to [`setup`]: the arm64 dpkg
+/// architecture, the arm64 std of `debian-web`, the cross gcc and glibc, QEMU.
+pub fn setup_aarch64() -> anyhow::Result<()> {
+    setup()?;
+    add_arm64_architecture()?;
+    install_packages(AARCH64_PACKAGES)
+}
+
+fn add_arm64_architecture() -> anyhow::Result<()> {
+    let out = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .stdin(Stdio::null())
+        .output()
+        .context("running dpkg --print-foreign-architectures")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|arch| arch.trim() == "arm64") {
+        println!("ok: dpkg architecture arm64 added");
+        return Ok(());
+    }
+    println!("installing: dpkg --add-architecture arm64 (for libstd-rust-web-dev:arm64)");
+    // The package lists of the new architecture come with the `apt-get update` that
+    // `install_packages` runs before installing what is missing.
+    run(Command::new("dpkg").args(["--add-architecture", "arm64"]))
 }
 
 fn check_platform() -> anyhow::Result<()> {
@@ -80,9 +124,9 @@ fn package_installed(name: &str) -> anyhow::Result<bool> {
         && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
 }
 
-fn install_packages() -> anyhow::Result<()> {
+fn install_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut missing = Vec::new();
-    for (name, why) in PACKAGES {
+    for (name, why) in packages {
         if package_installed(name)? {
             println!("ok: package {name} present");
         } else {
@@ -189,5 +233,13 @@ mod tests {
         assert!(dockerfile.contains("LLVM_PREFIX=/usr/lib/llvm-22"));
         assert!(dockerfile.contains("--features llvm-22"));
         assert!(!dockerfile.contains("curl"), "no installer downloads during the build");
+        // The linux/arm64 cross build installs what `setup --aarch64` installs to build
+        // (QEMU and libc6:arm64 only run the tests).
+        for package in ["libstd-rust-web-dev:arm64", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"] {
+            assert!(AARCH64_PACKAGES.iter().any(|(p, _)| *p == package));
+            assert!(dockerfile.contains(package), "{} lacks {package}", path.display());
+        }
+        assert!(dockerfile.contains("dpkg --add-architecture arm64"));
+        assert!(dockerfile.contains("--target aarch64-unknown-linux-gnu"));
     }
 }

@@ -34,7 +34,7 @@ pub fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn timed(step: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn timed<T>(step: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let start = Instant::now();
     let result = f();
     let verdict = if result.is_ok() { "done" } else { "FAILED" };
