@@ -127,6 +127,16 @@ fn udp_burst(from: &PodNs, source: SocketAddr, to: &PodNs, dst: SocketAddr) -> B
     }
 }
 
+/// After [`SETTLE`], how many datagrams carrying exactly `tag` each of `servers` has
+/// received.
+fn tagged_counts(servers: &[std::net::UdpSocket], tag: &[u8]) -> Vec<usize> {
+    std::thread::sleep(SETTLE);
+    servers
+        .iter()
+        .map(|s| datagrams(s, DRAIN).unwrap().iter().filter(|(d, _)| d == tag).count())
+        .collect()
+}
+
 /// [`udp_burst`] from `from`'s own IPv4 address and port `sport` (0: any).
 fn udp_burst_from_port(from: &PodNs, sport: u16, to: &PodNs, port: u16) -> Burst {
     udp_burst(

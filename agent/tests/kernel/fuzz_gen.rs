@@ -7,21 +7,18 @@
 
 use netfence_common::Addr;
 
-/// splitmix64: small, fast, and every seed gives a different stream.
+/// The generator's random stream: the scenario generator's splitmix64
+/// (`netfence::scenario::Rng`), with the draws the frame builders need.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(netfence::scenario::Rng);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(netfence::scenario::Rng::new(seed))
     }
 
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (n > 0).

@@ -12,10 +12,10 @@ use netfence_testbed::forge::{
     ND_ROUTER_ADVERT, arp, contains, ethernet, format_mac, icmp6, ipv6_multicast_mac,
     solicited_node,
 };
-use netfence_testbed::raw::{RawLink, datagrams, ifindex, link_local, mac, neighbour, udp_socket};
+use netfence_testbed::raw::{RawLink, ifindex, link_local, mac, neighbour, udp_socket};
 
 use super::netns::{Attach, DENY, PodNs, Verdicts, bed, start};
-use super::{DRAIN, SETTLE, TIMES, deny_all, marker, policy};
+use super::{DRAIN, SETTLE, TIMES, deny_all, marker, policy, tagged_counts};
 
 /// Node 1's `cni0`, the pods' default gateway.
 const GATEWAY: std::net::Ipv4Addr = netfence_testbed::NODE_V4;
@@ -168,17 +168,7 @@ fn to_link_local(
                 .unwrap();
         }
     }
-    std::thread::sleep(SETTLE);
-    servers
-        .iter()
-        .map(|s| {
-            datagrams(s, DRAIN)
-                .unwrap()
-                .iter()
-                .filter(|(d, _)| *d == tag)
-                .count()
-        })
-        .collect()
+    tagged_counts(&servers, &tag)
 }
 
 #[test]

@@ -8,10 +8,10 @@ use std::net::{SocketAddr, SocketAddrV4};
 
 use netfence_testbed::flannel::{VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI};
 use netfence_testbed::forge::{ETH_P_IPV4, ethernet, udp4, vxlan};
-use netfence_testbed::raw::{datagrams, mac, udp_socket};
+use netfence_testbed::raw::{mac, udp_socket};
 
 use super::netns::{ALLOW, DENY, PodNs, TestBed, Verdicts, start_on, two_nodes};
-use super::{DRAIN, SETTLE, TIMES, marker, policy};
+use super::{TIMES, marker, policy, tagged_counts};
 
 const PORT: u16 = 9800;
 
@@ -67,17 +67,7 @@ fn tunnel(
             socket.send_to(&vxlan(VXLAN_VNI, &inner), outer).unwrap();
         }
     }
-    std::thread::sleep(SETTLE);
-    servers
-        .iter()
-        .map(|s| {
-            datagrams(s, DRAIN)
-                .unwrap()
-                .iter()
-                .filter(|(d, _)| *d == tag)
-                .count()
-        })
-        .collect()
+    tagged_counts(&servers, &tag)
 }
 
 #[test]
