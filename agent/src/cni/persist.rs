@@ -3,9 +3,9 @@
 //! rewritten atomically (a temporary file renamed over it) on every change and
 //! removed when nothing is pending. A restarted agent reads it before its first sync,
 //! so a pod announced by ADD but not yet in the state keeps its deny-all endpoint
-//! instead of losing it to the first sync (it would then count as no pod at all: its
-//! own packets dropped as spoofed, and, before its state arrives, no policy of its
-//! own once it does).
+//! instead of losing it to the first sync (it would then be no endpoint at all until
+//! its state arrives: still dropped both ways, but as an unknown address, with no
+//! pod name in the drop events and no binding to its veth).
 //!
 //! Beside the socket rather than named after the pin directory: the pending set is
 //! what the plugin told the agent on that socket, and test agents (each in its own
