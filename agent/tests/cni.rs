@@ -20,27 +20,8 @@ use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use netfence_testbed::{NODE_NAME, tcp_connects};
-use netns::{Agent, Attach, TestBed, netfence_bin};
+use netns::{Agent, Attach, TestBed, netfence_bin, plugin_dir};
 use serde_json::{Value, json};
-
-/// Builds `netfence-cni` (a no-op when fresh: `cargo test` at the root already built
-/// it, as a default member; `cargo test -p netfence` does not) and returns the
-/// directory holding it, beside `netfence`.
-fn plugin_dir() -> PathBuf {
-    let dir = netfence_bin().parent().unwrap().to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Process::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "netfence-cni"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().unwrap();
-    assert!(status.success(), "cargo build -p netfence-cni: {status}");
-    assert!(dir.join("netfence-cni").is_file(), "no netfence-cni in {}", dir.display());
-    dir
-}
 
 /// A plugin directory whose `netfence-cni` runs the real one and appends
 /// `COMMAND start_ns end_ns exit_status` to `times` beside it.

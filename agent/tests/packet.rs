@@ -25,19 +25,7 @@ fn policy(bed: &TestBed, file: &str, yaml: &str) {
 
 /// A policy isolating `app=<app>` pods of namespace x for ingress with no rule.
 fn deny_ingress(app: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: deny-{app}
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: {app}
-  policyTypes: [Ingress]
-"
-    )
+    netns::deny_all(app, "[Ingress]")
 }
 
 #[test]

@@ -47,23 +47,6 @@ fn policy(bed: &TestBed, file: &str, yaml: &str) {
     bed.write_manifest(file, yaml).unwrap();
 }
 
-/// Pods `app=<app>` of namespace x isolated for `types` (e.g. `[Ingress]`) with no rule.
-fn deny_all(app: &str, types: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata:
-  name: deny-{app}
-  namespace: x
-spec:
-  podSelector:
-    matchLabels:
-      app: {app}
-  policyTypes: {types}
-"
-    )
-}
-
 /// Pods `app=<app>` of namespace x admit only `app=<from>` on the UDP `ports`.
 fn ingress_from(app: &str, from: &str, ports: &[u16]) -> String {
     let ports: String = ports

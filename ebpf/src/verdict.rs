@@ -276,13 +276,13 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
 }
 
 /// Step 6's endpoint: the one this packet's pod-side address belongs to, bound to this
-/// port, or the drop that fails closed.
+/// port, or the drop that fails closed. `group`: `pkt.is_group()`.
 #[inline(always)]
-fn local_endpoint(pkt: &Packet, egress: bool, ifindex: u32) -> Result<EndpointValue, Reason> {
+fn local_endpoint(pkt: &Packet, egress: bool, group: bool, ifindex: u32) -> Result<EndpointValue, Reason> {
     let local = if egress { &pkt.src } else { &pkt.dst };
     // Link-local addresses and, to a pod, groups are no cluster address: they belong
     // to the pod behind this port.
-    if is_link_local(local) || (!egress && pkt.is_group()) {
+    if is_link_local(local) || (!egress && group) {
         return maps::port(ifindex).ok_or(Reason::DropUnbound);
     }
     // Fails closed: from a pod, a source that is no pod netfence knows, or another
@@ -321,7 +321,8 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
     // 6. The local endpoint (for a re-check too: a pod gone since is judged as a new
     //    packet of it would be).
     let egress = direction == DIR_EGRESS;
-    let endpoint = match local_endpoint(pkt, egress, key.ifindex) {
+    let group = pkt.is_group();
+    let endpoint = match local_endpoint(pkt, egress, group, key.ifindex) {
         Ok(endpoint) => endpoint,
         Err(reason) => return Verdict::of(reason, direction),
     };
@@ -330,7 +331,7 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
     }
     // Entries for flows only: an ICMP error belongs to the flow it quotes, and a group
     // packet (either way) is no flow: its replies come from unicast addresses.
-    let track = !pkt.is_icmp_error() && !pkt.is_group();
+    let track = !pkt.is_icmp_error() && !group;
 
     // The policy question: a new flow's is this hook's direction and the packet's
     // destination port; a re-checked flow's is the direction and port it opened with.

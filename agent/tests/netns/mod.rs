@@ -11,7 +11,7 @@
 mod bpffs;
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[allow(unused_imports, reason = "only the pin tests use these")]
 pub use bpffs::{Bpffs, start_pinned};
@@ -21,6 +21,43 @@ use netfence_testbed::{ping, tcp_connects, tcp_via, udp_exchange, udp_via};
 /// The agent binary under test.
 pub fn netfence_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_netfence"))
+}
+
+/// Builds `netfence-cni` (a no-op when fresh: `cargo test` at the root already built
+/// it, as a default member; `cargo test -p netfence` does not) and returns the
+/// directory holding it, beside `netfence`.
+pub fn plugin_dir() -> PathBuf {
+    let dir = netfence_bin().parent().unwrap().to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "netfence-cni"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(status.success(), "cargo build -p netfence-cni: {status}");
+    assert!(dir.join("netfence-cni").is_file(), "no netfence-cni in {}", dir.display());
+    dir
+}
+
+/// A policy isolating pods `app=<app>` of namespace x for `types` (e.g. `[Ingress]`,
+/// `[Ingress, Egress]`) with no rule.
+pub fn deny_all(app: &str, types: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-{app}
+  namespace: x
+spec:
+  podSelector:
+    matchLabels:
+      app: {app}
+  policyTypes: {types}
+"
+    )
 }
 
 /// A fresh node for one test (names `nft<pid>x<n>-*`). Fails clearly when not root.

@@ -7,35 +7,16 @@
 //! node writes libcni's `cniCacheV1` files, read with `--cni-cache-dir`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use netfence_testbed::NODE_NAME;
 use serde_json::json;
 
-use super::netns::{Agent, Attach, TestBed, netfence_bin};
+use super::netns::{Agent, Attach, TestBed, netfence_bin, plugin_dir};
 use super::{Burst, TIMES, any_port, ingress_from, policy, udp_burst, udp_burst_from_port};
 
 /// The contested address: the victim's (host 50), claimed first by the squatter.
 const CONTESTED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
 const PORT: u16 = 9500;
-
-/// Builds `netfence-cni` (a no-op when fresh) and returns the directory holding it,
-/// beside `netfence` (as `agent/tests/cni.rs` does).
-fn plugin_dir() -> PathBuf {
-    let dir = netfence_bin().parent().unwrap().to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "netfence-cni"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap());
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().unwrap();
-    assert!(status.success(), "cargo build -p netfence-cni: {status}");
-    dir
-}
 
 fn squat(with_cni: bool) {
     let plugins = with_cni.then(plugin_dir);

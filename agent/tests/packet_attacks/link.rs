@@ -9,7 +9,8 @@ use netfence_testbed::forge::{BROADCAST, ETH_P_EXPERIMENTAL, contains, ethernet}
 use netfence_testbed::raw::{RawLink, datagrams, ifindex, mac, udp_socket};
 
 use super::netns::{Attach, DENY, PodNs, Verdicts, bed, start};
-use super::{DRAIN, SETTLE, TIMES, deny_all, ingress_from, marker, policy};
+use super::netns::deny_all;
+use super::{DRAIN, SETTLE, TIMES, ingress_from, marker, policy};
 
 const PORT4: u16 = 9400;
 const PORT6: u16 = 9406;
