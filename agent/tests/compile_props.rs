@@ -18,7 +18,8 @@ mod common_state;
 use std::net::IpAddr;
 
 use common_state::{ip, ip_block, named, packet, port, port_range, proto_only};
-use netfence::compile::{compile, defaulted_policy_types};
+use netfence::compile::compile;
+use netfence::source::validate::defaulted_policy_types;
 use netfence::model::{
     ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
     PortSpec, Protocol, Requirement, Rule, State,

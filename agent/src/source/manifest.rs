@@ -8,7 +8,7 @@ use k8s_openapi::api::networking::v1 as net;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
-use super::error::{Kind, ObjectKey, SourceError};
+use super::{Kind, ObjectKey, SourceError};
 use super::service;
 use super::validate::{self, Checker};
 use crate::model;

@@ -13,21 +13,18 @@
 //!   (by file name, then position) is kept;
 //! - a directory that cannot be listed is reported and the whole last state is kept.
 
-mod error;
 pub mod kube;
 mod manifest;
-mod names;
-mod service;
-mod validate;
 mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use error::{Kind, ObjectKey, SourceError};
+pub use netfence_policy::error::{Kind, ObjectKey, SourceError};
+pub use netfence_policy::validate::{self, names, services as service};
 pub use manifest::{Entry, Object, Parsed, parse_str};
-pub use service::SERVICE_NAME_LABEL;
-pub use validate::NAMESPACE_NAME_LABEL;
+pub use netfence_policy::validate::services::SERVICE_NAME_LABEL;
+pub use netfence_policy::validate::NAMESPACE_NAME_LABEL;
 pub use watch::{Watcher, watch};
 
 use crate::model::State;

@@ -32,7 +32,7 @@ pub struct Watcher {
 pub fn watch(dir: &Path) -> Result<(Watcher, tokio::sync::mpsc::Receiver<()>), SourceError> {
     let error = |source: notify::Error| SourceError::Watch {
         path: dir.display().to_string(),
-        source,
+        source: Box::new(source),
     };
     let dir = std::path::absolute(dir).map_err(|e| error(notify::Error::io(e)))?;
     let parent = dir

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netfence::compile::defaulted_policy_types;
+use netfence::source::validate::defaulted_policy_types;
 use netfence::image::{Image, Packet};
 use netfence::model::{
     ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase,

@@ -19,7 +19,7 @@ use kube::runtime::reflector::Lookup;
 use serde::de::DeserializeOwned;
 
 use crate::model;
-use crate::source::error::{Kind, ObjectKey, SourceError};
+use crate::source::{Kind, ObjectKey, SourceError};
 use crate::source::service;
 use crate::source::validate::{self, Checker};
 
@@ -47,6 +47,19 @@ pub trait Slim: Lookup<DynamicType = ()> + Clone + PartialEq + Send + Sync + 'st
     /// A value that only carries the key, for deleting an object whose last body did
     /// not convert.
     fn tombstone(key: &ObjectKey) -> Self;
+}
+
+/// A slim model value as the reflector store keeps it (the store's `Lookup` is
+/// implemented on this wrapper: the model types belong to the policy crate).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored<T>(pub T);
+
+impl<T> std::ops::Deref for Stored<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Kind, namespace and name of a raw object; `None` without a name.
@@ -106,7 +119,7 @@ fn finish<T>(key: Option<ObjectKey>, value: Option<T>, cx: Checker<'_>) -> Conve
     }
 }
 
-impl Slim for model::Pod {
+impl Slim for Stored<model::Pod> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::Pod;
 
@@ -127,11 +140,11 @@ impl Slim for model::Pod {
             }
             _ => None,
         };
-        finish(key, value, cx)
+        finish(key, value.map(Stored), cx)
     }
 
     fn tombstone(key: &ObjectKey) -> Self {
-        model::Pod {
+        Stored(model::Pod {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             labels: model::Labels::new(),
@@ -140,11 +153,11 @@ impl Slim for model::Pod {
             host_network: false,
             phase: model::PodPhase::Unknown,
             ports: Vec::new(),
-        }
+        })
     }
 }
 
-impl Slim for model::Policy {
+impl Slim for Stored<model::Policy> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::NetworkPolicy;
 
@@ -160,11 +173,11 @@ impl Slim for model::Policy {
                 };
                 validate::policy(&mut cx, &policy)
             });
-        finish(key, value, cx)
+        finish(key, value.map(Stored), cx)
     }
 
     fn tombstone(key: &ObjectKey) -> Self {
-        model::Policy {
+        Stored(model::Policy {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             pod_selector: model::LabelSelector::default(),
@@ -173,11 +186,11 @@ impl Slim for model::Policy {
             ingress: Vec::new(),
             egress: Vec::new(),
             audit: false,
-        }
+        })
     }
 }
 
-impl Slim for model::Service {
+impl Slim for Stored<model::Service> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::Service;
 
@@ -193,21 +206,21 @@ impl Slim for model::Service {
             };
             service::service(&mut cx, &svc)
         });
-        finish(key, value, cx)
+        finish(key, value.map(Stored), cx)
     }
 
     fn tombstone(key: &ObjectKey) -> Self {
-        model::Service {
+        Stored(model::Service {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             cluster_ips: Vec::new(),
             ports: Vec::new(),
             selector: None,
-        }
+        })
     }
 }
 
-impl Slim for model::EndpointSlice {
+impl Slim for Stored<model::EndpointSlice> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::EndpointSlice;
 
@@ -235,21 +248,21 @@ impl Slim for model::EndpointSlice {
             }
             _ => None,
         };
-        finish(key, value, cx)
+        finish(key, value.map(Stored), cx)
     }
 
     fn tombstone(key: &ObjectKey) -> Self {
-        model::EndpointSlice {
+        Stored(model::EndpointSlice {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             service: None,
             ports: Vec::new(),
             endpoints: Vec::new(),
-        }
+        })
     }
 }
 
-impl Slim for model::Namespace {
+impl Slim for Stored<model::Namespace> {
     type Raw = PartialObjectMeta<core::Namespace>;
     const KIND: Kind = Kind::Namespace;
 
@@ -263,14 +276,14 @@ impl Slim for model::Namespace {
             ..core::Namespace::default()
         };
         let value = validate::namespace(&mut cx, &namespace);
-        finish(key, value, cx)
+        finish(key, value.map(Stored), cx)
     }
 
     fn tombstone(key: &ObjectKey) -> Self {
-        model::Namespace {
+        Stored(model::Namespace {
             name: key.name.clone(),
             labels: model::Labels::new(),
-        }
+        })
     }
 }
 
@@ -298,11 +311,11 @@ macro_rules! lookup {
             }
 
             fn name(&self) -> Option<Cow<'_, str>> {
-                Some(Cow::Borrowed(&self.name))
+                Some(Cow::Borrowed(&self.0.name))
             }
 
             fn namespace(&self) -> Option<Cow<'_, str>> {
-                let $v = self;
+                let $v = &self.0;
                 $namespace
             }
 
@@ -317,22 +330,22 @@ macro_rules! lookup {
     };
 }
 
-lookup!(model::Pod, "Pod", "", "pods", |p| Some(Cow::Borrowed(
+lookup!(Stored<model::Pod>, "Pod", "", "pods", |p| Some(Cow::Borrowed(
     &p.namespace
 )));
 lookup!(
-    model::Policy,
+    Stored<model::Policy>,
     "NetworkPolicy",
     "networking.k8s.io",
     "networkpolicies",
     |p| Some(Cow::Borrowed(&p.namespace))
 );
-lookup!(model::Namespace, "Namespace", "", "namespaces", |_n| None);
-lookup!(model::Service, "Service", "", "services", |s| Some(
+lookup!(Stored<model::Namespace>, "Namespace", "", "namespaces", |_n| None);
+lookup!(Stored<model::Service>, "Service", "", "services", |s| Some(
     Cow::Borrowed(&s.namespace)
 ));
 lookup!(
-    model::EndpointSlice,
+    Stored<model::EndpointSlice>,
     "EndpointSlice",
     "discovery.k8s.io",
     "endpointslices",

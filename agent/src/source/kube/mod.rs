@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 
-pub use convert::Slim;
+pub use convert::{Slim, Stored};
 
 use super::{Kind, Load, SourceError};
 use crate::model::{self, State};
@@ -165,11 +165,11 @@ pub struct Stats {
 /// The running watchers and their stores. Dropping it stops the watchers.
 #[derive(Debug)]
 pub struct KubeSource {
-    namespaces: Store<model::Namespace>,
-    pods: Store<model::Pod>,
-    policies: Store<model::Policy>,
-    services: Store<model::Service>,
-    endpoint_slices: Store<model::EndpointSlice>,
+    namespaces: Store<Stored<model::Namespace>>,
+    pods: Store<Stored<model::Pod>>,
+    policies: Store<Stored<model::Policy>>,
+    services: Store<Stored<model::Service>>,
+    endpoint_slices: Store<Stored<model::EndpointSlice>>,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -187,7 +187,7 @@ impl KubeSource {
         let origin = core::Namespace::url_path(&(), None);
         let (namespaces, writer) = reflector::store();
         let stream = watcher::watcher(api, config.clone());
-        tasks.push(tokio::spawn(reflect::run::<model::Namespace, _>(
+        tasks.push(tokio::spawn(reflect::run::<Stored<model::Namespace>, _>(
             stream,
             writer,
             shared.clone(),
@@ -199,7 +199,7 @@ impl KubeSource {
         let origin = core::Pod::url_path(&(), None);
         let (pods, writer) = reflector::store();
         let stream = watcher::watcher(api, config.clone());
-        tasks.push(tokio::spawn(reflect::run::<model::Pod, _>(
+        tasks.push(tokio::spawn(reflect::run::<Stored<model::Pod>, _>(
             stream,
             writer,
             shared.clone(),
@@ -211,7 +211,7 @@ impl KubeSource {
         let origin = net::NetworkPolicy::url_path(&(), None);
         let (policies, writer) = reflector::store();
         let stream = watcher::watcher(api, config.clone());
-        tasks.push(tokio::spawn(reflect::run::<model::Policy, _>(
+        tasks.push(tokio::spawn(reflect::run::<Stored<model::Policy>, _>(
             stream,
             writer,
             shared.clone(),
@@ -223,7 +223,7 @@ impl KubeSource {
         let origin = core::Service::url_path(&(), None);
         let (services, writer) = reflector::store();
         let stream = watcher::watcher(api, config.clone());
-        tasks.push(tokio::spawn(reflect::run::<model::Service, _>(
+        tasks.push(tokio::spawn(reflect::run::<Stored<model::Service>, _>(
             stream,
             writer,
             shared.clone(),
@@ -235,7 +235,7 @@ impl KubeSource {
         let origin = discovery::EndpointSlice::url_path(&(), None);
         let (endpoint_slices, writer) = reflector::store();
         let stream = watcher::watcher(api, config);
-        tasks.push(tokio::spawn(reflect::run::<model::EndpointSlice, _>(
+        tasks.push(tokio::spawn(reflect::run::<Stored<model::EndpointSlice>, _>(
             stream,
             writer,
             shared.clone(),
@@ -317,17 +317,17 @@ impl Drop for KubeSource {
 /// Builds the state from the stores: namespaces by name; pods, policies, services and
 /// endpoint slices sorted by (namespace, name) as `State` requires.
 pub fn state_of(
-    namespaces: &Store<model::Namespace>,
-    pods: &Store<model::Pod>,
-    policies: &Store<model::Policy>,
-    services: &Store<model::Service>,
-    endpoint_slices: &Store<model::EndpointSlice>,
+    namespaces: &Store<Stored<model::Namespace>>,
+    pods: &Store<Stored<model::Pod>>,
+    policies: &Store<Stored<model::Policy>>,
+    services: &Store<Stored<model::Service>>,
+    endpoint_slices: &Store<Stored<model::EndpointSlice>>,
 ) -> State {
     State {
         namespaces: namespaces
             .state()
             .iter()
-            .map(|n| (n.name.clone(), (**n).clone()))
+            .map(|n| (n.name.clone(), n.0.clone()))
             .collect(),
         pods: sorted(pods, |p| (&p.namespace, &p.name)),
         policies: sorted(policies, |p| (&p.namespace, &p.name)),
@@ -337,8 +337,11 @@ pub fn state_of(
 }
 
 /// A store's values, sorted by `key`.
-fn sorted<K: Slim>(store: &Store<K>, key: impl Fn(&K) -> (&String, &String)) -> Vec<K> {
-    let mut values: Vec<K> = store.state().iter().map(|v| (**v).clone()).collect();
+fn sorted<T: Clone>(store: &Store<Stored<T>>, key: impl Fn(&T) -> (&String, &String)) -> Vec<T>
+where
+    Stored<T>: Slim,
+{
+    let mut values: Vec<T> = store.state().iter().map(|v| v.0.clone()).collect();
     values.sort_by(|a, b| key(a).cmp(&key(b)));
     values
 }

@@ -115,7 +115,7 @@ pub enum SourceError {
     Watch {
         path: String,
         #[source]
-        source: notify::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

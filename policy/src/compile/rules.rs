@@ -98,28 +98,31 @@ pub fn expand_peers(
                 namespace_selector,
                 pod_selector,
             } => {
-                for (id, description) in &identities.described {
-                    let Some(group) = &description.group else {
-                        continue;
-                    };
-                    let namespace_ok = match namespace_selector {
-                        None => group.namespace == policy.namespace,
-                        Some(selector) => namespaces.matches(selector, &group.namespace),
-                    };
-                    let pod_ok = pod_selector
-                        .as_ref()
-                        .is_none_or(|selector| matches(selector, &group.labels));
-                    if namespace_ok && pod_ok {
-                        set.insert(*id);
+                let selected: Vec<&String> = match namespace_selector {
+                    None => identities.by_namespace.get_key_value(&policy.namespace).map(|(k, _)| k).into_iter().collect(),
+                    Some(selector) => identities
+                        .by_namespace
+                        .keys()
+                        .filter(|namespace| namespaces.matches(selector, namespace))
+                        .collect(),
+                };
+                for namespace in selected {
+                    for id in &identities.by_namespace[namespace] {
+                        let Some(group) = identities.described.get(id).and_then(|d| d.group.as_ref()) else {
+                            continue;
+                        };
+                        if pod_selector
+                            .as_ref()
+                            .is_none_or(|selector| matches(selector, &group.labels))
+                        {
+                            set.insert(*id);
+                        }
                     }
                 }
             }
             Peer::IpBlock { cidr, except } => {
-                let block = Block::new(cidr, except);
-                for (id, description) in &identities.described {
-                    if description.blocks.contains(&block) {
-                        set.insert(*id);
-                    }
+                if let Some(ids) = identities.by_block.get(&Block::new(cidr, except)) {
+                    set.extend(ids.iter().copied());
                 }
             }
         }
@@ -127,16 +130,22 @@ pub fn expand_peers(
     Peers::Some(set)
 }
 
-/// The expanded peers of every effective rule, computed once per compile.
+/// The expanded peers of the effective rules of some policies, computed once per
+/// compile.
 pub type ExpandedPeers = BTreeMap<RuleRef, Peers>;
 
-pub fn expand_all(
+/// Expands the effective rules of the policies `needed` (indices into
+/// `state.policies`): the policies deciding some local endpoint. Rules of policies
+/// that select no local pod never reach this node's maps.
+pub fn expand_needed(
     state: &State,
+    needed: &BTreeSet<usize>,
     identities: &Identities,
     namespaces: &NamespaceLabels,
 ) -> ExpandedPeers {
     let mut all = BTreeMap::new();
-    for (p, policy) in state.policies.iter().enumerate() {
+    for &p in needed {
+        let policy = &state.policies[p];
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for (index, rule) in effective_rules(policy, direction).iter().enumerate() {
                 all.insert(

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::image::canonical_addr;
-use crate::model::{EndpointSlice, Port, Protocol, Service, ServicePort, State};
+use crate::model::{EndpointSlice, Pod, Port, Protocol, Service, ServicePort, State};
 
 /// One VIP:port of a Service and where it may lead.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +59,11 @@ pub fn frontends(state: &State, owners: &BTreeMap<IpAddr, String>) -> Vec<Fronte
                 .push(slice);
         }
     }
+    // Live pods by namespace, for Services without slices.
+    let mut pods_in: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    for pod in state.pods.iter().filter(|pod| pod.is_live_endpoint()) {
+        pods_in.entry(pod.namespace.as_str()).or_default().push(pod);
+    }
     let mut out = Vec::new();
     for service in &state.services {
         let name = format!("{}/{}", service.namespace, service.name);
@@ -66,7 +71,8 @@ pub fn frontends(state: &State, owners: &BTreeMap<IpAddr, String>) -> Vec<Fronte
             .get(&(service.namespace.as_str(), service.name.as_str()))
             .map_or(&[][..], Vec::as_slice);
         for port in &service.ports {
-            let backends = backends(state, service, own, port);
+            let candidates = pods_in.get(service.namespace.as_str()).map_or(&[][..], Vec::as_slice);
+            let backends = backends(candidates, service, own, port);
             for vip in &service.cluster_ips {
                 let vip = canonical_addr(*vip);
                 if owners.get(&vip) != Some(&name) {
@@ -92,13 +98,13 @@ pub fn frontends(state: &State, owners: &BTreeMap<IpAddr, String>) -> Vec<Fronte
 /// The (address, target port) pairs behind one Service port, both families, from the
 /// Service's own `slices`.
 fn backends(
-    state: &State,
+    pods: &[&Pod],
     service: &Service,
     slices: &[&EndpointSlice],
     port: &ServicePort,
 ) -> BTreeSet<(IpAddr, u16)> {
     if slices.is_empty() {
-        return selected_pods(state, service, port);
+        return selected_pods(pods, service, port);
     }
     let mut out = BTreeSet::new();
     for slice in slices {
@@ -117,19 +123,17 @@ fn backends(
     out
 }
 
-/// What the EndpointSlice controller would list: live pods of the Service's namespace
-/// its selector matches, at the target port (a named target port resolved against
+/// What the EndpointSlice controller would list: the live pods of the Service's
+/// namespace (`pods`) its selector matches, at the target port (a named target port resolved against
 /// each pod's container ports; a pod without that name is no backend).
-fn selected_pods(state: &State, service: &Service, port: &ServicePort) -> BTreeSet<(IpAddr, u16)> {
+fn selected_pods(pods: &[&Pod], service: &Service, port: &ServicePort) -> BTreeSet<(IpAddr, u16)> {
     let Some(selector) = &service.selector else {
         return BTreeSet::new();
     };
     let mut out = BTreeSet::new();
-    let pods = state.pods.iter().filter(|pod| {
-        pod.is_live_endpoint()
-            && pod.namespace == service.namespace
-            && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-    });
+    let pods = pods
+        .iter()
+        .filter(|pod| selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)));
     for pod in pods {
         let target = match &port.target_port {
             Port::Number(n) => Some(*n),

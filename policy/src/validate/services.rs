@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::names;
-use super::validate::{self, Checker};
+use super::{self as validate, Checker};
 use crate::model::{EndpointSlice, Port, Service, ServicePort, SliceEndpoint, SlicePort};
 
 /// The label that ties an EndpointSlice to its Service.

@@ -41,7 +41,7 @@ use self::identity::{Identities, blocks_of, live_pods};
 use self::ids::{Fnv, IdAllocator, RULE_NODE_EGRESS, RULE_NODE_INGRESS, reserved_zero};
 use self::ports::{NamedPorts, PortMatch, named_ports};
 use self::rules::{
-    EntryKey, any_named_port, endpoint_entries, expand_all, rule_ids, selecting_uses_named_port,
+    EntryKey, any_named_port, endpoint_entries, expand_needed, rule_ids, selecting_uses_named_port,
 };
 use self::selector::{NamespaceLabels, matches};
 use self::services::{Frontend, frontends, vips};
@@ -89,7 +89,6 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
         &vips,
     );
     let (rule_ids, mut rule_infos) = rule_ids(state);
-    let peers = expand_all(state, &identities, &namespaces);
     // Node addresses resolve to IDENTITY_HOST (a ClusterIP on a node interface, as
     // kube-proxy's IPVS mode puts there, stays a VIP; a pod address stays the pod's).
     let host: Vec<IpAddr> = context
@@ -129,13 +128,18 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
     let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
     let local =
         live_pods(state).filter(|pod| node.is_none_or(|n| pod.node_name.as_deref() == Some(n)));
+    // Policies by namespace: a pod is selected only by policies of its own.
+    let mut policies_in: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (p, policy) in state.policies.iter().enumerate() {
+        policies_in.entry(policy.namespace.as_str()).or_default().push(p);
+    }
     for pod in local {
-        let selecting: Vec<usize> = state
-            .policies
+        let selecting: Vec<usize> = policies_in
+            .get(pod.namespace.as_str())
+            .map_or(&[][..], Vec::as_slice)
             .iter()
-            .enumerate()
-            .filter(|(_, policy)| selects(policy, pod))
-            .map(|(p, _)| p)
+            .copied()
+            .filter(|&p| selects(&state.policies[p], pod))
             .collect();
         let named = if selecting_uses_named_port(state, &selecting) {
             named_ports(&pod.ports)
@@ -152,6 +156,19 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
         }
     }
 
+    // Only the rules of policies that decide some local endpoint are expanded.
+    let mut deciding_of: BTreeMap<(&GroupKey, u8), (Vec<usize>, bool)> = BTreeMap::new();
+    for key in groups.keys().filter(|(selecting, _)| !selecting.is_empty()) {
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            if let Some(deciding) = deciding_policies(state, &key.0, direction) {
+                deciding_of.insert((key, direction), deciding);
+            }
+        }
+    }
+    let needed: BTreeSet<usize> = deciding_of.values().flat_map(|(d, _)| d.iter().copied()).collect();
+    let peers = expand_needed(state, &needed, &identities, &namespaces);
+    let by_backend = frontends_by_backend(&frontends);
+
     // The content of every isolated group's endpoint policy.
     let mut contents: BTreeMap<&GroupKey, Content> = BTreeMap::new();
     for key in groups.keys() {
@@ -162,14 +179,15 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
         let mut content = Content::default();
         let mut entries: BTreeMap<EntryKey, u32> = BTreeMap::new();
         for direction in [DIR_INGRESS, DIR_EGRESS] {
-            let Some((deciding, audit)) = deciding_policies(state, selecting, direction) else {
+            let Some((deciding, audit)) = deciding_of.get(&(key, direction)) else {
                 continue;
             };
+            let (deciding, audit) = (deciding.as_slice(), *audit);
             let names = deciding
                 .iter()
                 .map(|&p| format!("{}/{}", state.policies[p].namespace, state.policies[p].name))
                 .collect();
-            let own = endpoint_entries(state, &deciding, named, &identities, &peers, &rule_ids);
+            let own = endpoint_entries(state, deciding, named, &identities, &peers, &rule_ids);
             entries.extend(own.into_iter().filter(|((_, d, _), _)| *d == direction));
             if direction == DIR_INGRESS {
                 content.ingress = names;
@@ -180,7 +198,7 @@ pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
             }
         }
         if !content.egress.is_empty() {
-            add_frontends(&mut entries, &frontends);
+            add_frontends(&mut entries, &frontends, &by_backend);
         }
         if !host.is_empty() {
             if !content.ingress.is_empty() {
@@ -311,19 +329,48 @@ impl ResolvedFrontend {
     }
 }
 
+/// Frontend indices by backend identity, each list ascending.
+fn frontends_by_backend(frontends: &[ResolvedFrontend]) -> BTreeMap<u32, Vec<usize>> {
+    let mut by_backend: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, frontend) in frontends.iter().enumerate() {
+        for (peer, _) in &frontend.backends {
+            let list = by_backend.entry(*peer).or_default();
+            if list.last() != Some(&i) {
+                list.push(i);
+            }
+        }
+    }
+    by_backend
+}
+
 /// Adds to an egress-isolated endpoint policy's `entries` every VIP:port whose
 /// backends it allows (one is enough: kube-proxy picks among them), with the rule
 /// that allows the first such backend. The VIP's own identity is unique to it, so
-/// these exact-port entries allow nothing else. Backends whose identity no egress
-/// entry names (and no `IDENTITY_ANY` entry exists) are skipped without a lookup.
-fn add_frontends(entries: &mut BTreeMap<EntryKey, u32>, frontends: &[ResolvedFrontend]) {
+/// these exact-port entries allow nothing else. Only frontends with a backend whose
+/// identity some egress entry names are looked at (every frontend when an
+/// `IDENTITY_ANY` entry exists): `by_backend` is [`frontends_by_backend`].
+fn add_frontends(
+    entries: &mut BTreeMap<EntryKey, u32>,
+    frontends: &[ResolvedFrontend],
+    by_backend: &BTreeMap<u32, Vec<usize>>,
+) {
     let peers: BTreeSet<u32> = entries
         .keys()
         .filter(|(_, direction, _)| *direction == DIR_EGRESS)
         .map(|(peer, _, _)| *peer)
         .collect();
     let any = peers.contains(&netfence_common::IDENTITY_ANY);
-    for frontend in frontends {
+    let candidates: BTreeSet<usize> = if any {
+        (0..frontends.len()).collect()
+    } else {
+        peers
+            .iter()
+            .filter_map(|peer| by_backend.get(peer))
+            .flatten()
+            .copied()
+            .collect()
+    };
+    for frontend in candidates.into_iter().map(|i| &frontends[i]) {
         let allowing = frontend
             .backends
             .iter()
@@ -402,22 +449,5 @@ impl Content {
                 .u32(*rule);
         }
         h.finish()
-    }
-}
-
-/// `policyTypes` after the API server's defaulting, as `(isolates_ingress,
-/// isolates_egress)`: the listed types when the list is non-empty; otherwise Ingress,
-/// plus Egress when `spec.egress` has at least one rule (`egress: []` alone does not
-/// isolate egress).
-pub fn defaulted_policy_types<S: AsRef<str>>(
-    policy_types: Option<&[S]>,
-    egress_rules: usize,
-) -> (bool, bool) {
-    match policy_types {
-        Some(types) if !types.is_empty() => (
-            types.iter().any(|t| t.as_ref() == "Ingress"),
-            types.iter().any(|t| t.as_ref() == "Egress"),
-        ),
-        _ => (true, egress_rules > 0),
     }
 }

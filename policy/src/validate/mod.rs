@@ -4,6 +4,9 @@
 //! Every problem is reported with its field path; an object with any problem is
 //! rejected as a whole.
 
+pub mod names;
+pub mod services;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -13,8 +16,7 @@ use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::error::SourceError;
-use super::names;
+use crate::error::SourceError;
 use crate::model::{
     ContainerPort, LabelSelector, Labels, MODE_ANNOTATION, Namespace, Operator, Peer, Pod,
     PodPhase, Policy, Port, PortSpec, Protocol, Requirement, Rule,
@@ -315,32 +317,21 @@ pub fn policy(cx: &mut Checker<'_>, np: &net::NetworkPolicy) -> Option<Policy> {
             )
         })
         .collect();
-    let (isolates_ingress, isolates_egress) = match spec.policy_types.as_deref() {
-        // The API server's defaulting: Ingress, plus Egress when there is an egress rule.
-        None | Some([]) => (true, !egress.is_empty()),
-        Some(types) => {
-            if types.len() > 2 {
+    if let Some(types) = spec.policy_types.as_deref() {
+        if types.len() > 2 {
+            cx.error("spec.policyTypes", "may not specify more than two policyTypes");
+        }
+        for (i, t) in types.iter().enumerate() {
+            if t != "Ingress" && t != "Egress" {
                 cx.error(
-                    "spec.policyTypes",
-                    "may not specify more than two policyTypes",
+                    &format!("spec.policyTypes[{i}]"),
+                    format!("unsupported value {t:?}: supported values: \"Ingress\", \"Egress\""),
                 );
             }
-            for (i, t) in types.iter().enumerate() {
-                if t != "Ingress" && t != "Egress" {
-                    cx.error(
-                        &format!("spec.policyTypes[{i}]"),
-                        format!(
-                            "unsupported value {t:?}: supported values: \"Ingress\", \"Egress\""
-                        ),
-                    );
-                }
-            }
-            (
-                types.iter().any(|t| t == "Ingress"),
-                types.iter().any(|t| t == "Egress"),
-            )
         }
-    };
+    }
+    let (isolates_ingress, isolates_egress) =
+        defaulted_policy_types(spec.policy_types.as_deref(), egress.len());
     let audit = audit_mode(cx, &np.metadata);
     finish(
         cx,
@@ -614,4 +605,21 @@ fn selector(
         match_labels,
         match_expressions,
     })
+}
+
+/// `policyTypes` after the API server's defaulting, as `(isolates_ingress,
+/// isolates_egress)`: the listed types when the list is non-empty; otherwise Ingress,
+/// plus Egress when `spec.egress` has at least one rule (`egress: []` alone does not
+/// isolate egress).
+pub fn defaulted_policy_types<S: AsRef<str>>(
+    policy_types: Option<&[S]>,
+    egress_rules: usize,
+) -> (bool, bool) {
+    match policy_types {
+        Some(types) if !types.is_empty() => (
+            types.iter().any(|t| t.as_ref() == "Ingress"),
+            types.iter().any(|t| t.as_ref() == "Egress"),
+        ),
+        _ => (true, egress_rules > 0),
+    }
 }

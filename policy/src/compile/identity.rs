@@ -125,6 +125,11 @@ pub struct Identities {
     pub pods: BTreeMap<u32, BTreeSet<String>>,
     /// Identity of every live pod address (canonical form).
     pub of_pod_ip: BTreeMap<IpAddr, u32>,
+    /// Pod identities by namespace: what a pod selector is evaluated over, so a
+    /// rule's expansion costs the size of the namespaces it names, not the cluster.
+    pub by_namespace: BTreeMap<String, Vec<u32>>,
+    /// The identities inside each block (pod identities included).
+    pub by_block: BTreeMap<Block, Vec<u32>>,
 }
 
 impl Identities {
@@ -163,6 +168,7 @@ impl Identities {
             labels: pod.labels.clone(),
             named_ports: group_by_named_ports.then(|| named_ports(&pod.ports)),
         };
+        let covering = Covering::new(blocks);
         let regions: BTreeMap<IpNet, Description> = prefixes
             .iter()
             .map(|net| {
@@ -176,13 +182,12 @@ impl Identities {
                     (true, None) => vips.get(&net.addr()).cloned(),
                     _ => None,
                 };
-                let blocks = blocks.iter().filter(|b| b.covers(net)).cloned().collect();
                 (
                     *net,
                     Description {
                         group,
                         service,
-                        blocks,
+                        blocks: covering.of(net),
                     },
                 )
             })
@@ -200,6 +205,16 @@ impl Identities {
 
         let mut identities = Identities::default();
         for (description, id) in &ids {
+            if let Some(group) = &description.group {
+                identities
+                    .by_namespace
+                    .entry(group.namespace.clone())
+                    .or_default()
+                    .push(*id);
+            }
+            for block in &description.blocks {
+                identities.by_block.entry(block.clone()).or_default().push(*id);
+            }
             identities.described.insert(*id, description.clone());
         }
         // Only non-host prefixes can contain another prefix.
@@ -251,6 +266,46 @@ impl Identities {
                 };
                 (*id, info)
             })
+            .collect()
+    }
+}
+
+/// The blocks containing a prefix, found by looking the prefix up truncated to each
+/// length a block's cidr has (a handful), not by testing every block.
+struct Covering<'a> {
+    /// Block cidr → the blocks with that cidr.
+    by_cidr: BTreeMap<IpNet, Vec<&'a Block>>,
+    /// The distinct cidr prefix lengths, per family (IPv4, IPv6).
+    lengths: [BTreeSet<u8>; 2],
+}
+
+impl<'a> Covering<'a> {
+    fn new(blocks: &'a BTreeSet<Block>) -> Self {
+        let mut by_cidr: BTreeMap<IpNet, Vec<&Block>> = BTreeMap::new();
+        let mut lengths = [BTreeSet::new(), BTreeSet::new()];
+        for block in blocks {
+            by_cidr.entry(block.cidr).or_default().push(block);
+            lengths[usize::from(matches!(block.cidr, IpNet::V6(_)))].insert(block.cidr.prefix_len());
+        }
+        Covering { by_cidr, lengths }
+    }
+
+    /// Every block containing the whole of `net` (same family).
+    fn of(&self, net: &IpNet) -> BTreeSet<Block> {
+        let family = usize::from(matches!(net, IpNet::V6(_)));
+        self.lengths[family]
+            .iter()
+            .take_while(|len| **len <= net.prefix_len())
+            .filter_map(|len| {
+                let cidr = match net {
+                    IpNet::V4(v4) => Ipv4Net::new(v4.addr(), *len).ok().map(|n| IpNet::V4(n.trunc())),
+                    IpNet::V6(v6) => Ipv6Net::new(v6.addr(), *len).ok().map(|n| IpNet::V6(n.trunc())),
+                }?;
+                self.by_cidr.get(&cidr)
+            })
+            .flatten()
+            .filter(|block| block.covers(net))
+            .map(|block| (*block).clone())
             .collect()
     }
 }
