@@ -1,7 +1,8 @@
 //! `netfence run`: enforce on this node. One task owns the loaded programs and reacts
-//! to three things, always recomputing from the whole state (level-triggered):
-//! a source change (reload, compile, purge the conntrack entries of addresses whose
-//! pod went or changed, sync), an interface change or a periodic tick (forget gone
+//! to these, always recomputing from the whole state (level-triggered):
+//! a source change (reload, then a compile on the blocking pool: `compiling`; changes
+//! during a compile are coalesced into one more), a finished compile (purge the
+//! conntrack entries of addresses whose pod went or changed, sync), an interface change or a periodic tick (forget gone
 //! interfaces, rebind pod addresses and sync them, then attach to new interfaces:
 //! `interfaces`), and a signal (exit; pinned links stay attached unless
 //! `--detach-on-exit`).
@@ -19,6 +20,7 @@
 //! sync and attach.
 
 mod cni;
+mod compiling;
 mod feed;
 mod interfaces;
 
@@ -32,9 +34,9 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::RunArgs;
-use crate::compile::{NodeContext, compile_node};
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
+use self::compiling::{Compiled, Compiler, Input};
 use crate::dataplane::flowlog::{FlowContext, FlowLog};
 use crate::dataplane::last_sync::{self, LastSync};
 use crate::dataplane::links::{self, Interface, Selection};
@@ -62,8 +64,11 @@ const CONNTRACK_SAMPLE_TICKS: u64 = 5;
 /// Everything `run` keeps between events.
 struct Enforcer {
     node: String,
-    /// The last state loaded: recompiled when the node's addresses change.
-    state: State,
+    /// The last state loaded: recompiled when the node's addresses change. Shared
+    /// with a running compile.
+    state: Arc<State>,
+    /// The compile running on the blocking pool, and whether another is due.
+    compiler: Compiler,
     /// The node's own addresses (`--allow-node`), re-read with the interfaces.
     node_addresses: Vec<IpAddr>,
     allow_node: bool,
@@ -183,7 +188,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(allow_node = args.allow_node, addresses = ?node_addresses, "node addresses");
     let mut enforcer = Enforcer {
         node: args.node_name.clone(),
-        state: State::default(),
+        state: Arc::new(State::default()),
+        compiler: Compiler::default(),
         node_addresses,
         allow_node: args.allow_node,
         datapath,
@@ -233,6 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            compiled = enforcer.compiler.finished() => enforcer.compiled(compiled).await,
             change = changes.recv() => match change {
                 Some(()) => match source.load() {
                     Some(load) if ready => enforcer.reload(load, &*source),
@@ -315,6 +322,8 @@ impl Enforcer {
             let _ = self.rebind(&managed).await;
         }
         self.recompile(cause);
+        let compiled = self.compiler.finished().await;
+        self.compiled(compiled).await;
         self.reconcile_interfaces().await;
         let adopted = self.attachments.indexes().filter(|i| self.attachments.adopted(*i)).count();
         let pruned = self.attachments.prune_pins();
@@ -355,33 +364,63 @@ impl Enforcer {
             tracing::warn!("{noun} accepted with a change: {warning}");
         }
         self.metrics.set_invalid_objects(load.errors.len());
-        self.state = load.state;
+        self.state = Arc::new(load.state);
         source.name()
     }
 
-    /// Compiles the last loaded state for this node and syncs.
-    fn recompile(&mut self, cause: &str) {
-        let started = std::time::Instant::now();
-        let context = NodeContext {
-            name: Some(&self.node),
-            addresses: &self.node_addresses,
-            allow_node: self.allow_node,
-        };
-        // Pods the CNI plugin announced: their addresses on pods the state names
-        // without one, then deny-all endpoints for the rest.
-        let state = self.cni.pending.fill_state(&self.state, &self.node);
-        self.image = compile_node(&state, &context);
-        let denied = self.cni.pending.merge_into(&mut self.image);
+    /// Compiles the last loaded state for this node on the blocking pool (or, while a
+    /// compile runs, once it is applied); the result is synced by [`Self::compiled`].
+    fn recompile(&mut self, cause: &'static str) {
+        let (state, node, addresses) = (&self.state, &self.node, &self.node_addresses);
+        let (allow_node, pending) = (self.allow_node, &self.cni.pending);
+        let flow_log = self.flow_context.receiver_count() > 0;
+        self.compiler.request(cause, |cause| Input {
+            state: state.clone(),
+            node: node.clone(),
+            addresses: addresses.clone(),
+            allow_node,
+            pending: pending.clone(),
+            flow_log,
+            cause,
+        });
+    }
+
+    /// A compile finished: purge, sync, answer the ADDs it programmed, and start the
+    /// compile changes asked for meanwhile. A compile that panicked leaves the last
+    /// good enforcement in place.
+    async fn compiled(&mut self, result: Result<Compiled, tokio::task::JoinError>) {
+        match result {
+            Ok(compiled) => self.apply(compiled),
+            Err(error) => tracing::error!("the compile task failed; the last good enforcement stays: {error}"),
+        }
+        if let Some(cause) = self.compiler.take_queued() {
+            self.recompile(cause);
+        }
+        self.answer_cni_waiters();
+    }
+
+    fn apply(&mut self, compiled: Compiled) {
+        let Compiled {
+            cause,
+            image,
+            names,
+            flow_context,
+            owners,
+            denied,
+            elapsed,
+        } = compiled;
+        self.image = image;
+        // ADDs answered while the compile ran were programmed into the image it
+        // replaces: keep them (the same merge the compile made, with the newer set).
+        let denied = denied.max(self.cni.pending.merge_into(&mut self.image));
         if denied > 0 {
             tracing::info!(addresses = denied, "cni: pods not in the state yet are denied both ways");
         }
-        self.metrics.observe_compile(started.elapsed());
-        let _ = self.names.send(Arc::new(events::names(&self.image)));
-        if self.flow_context.receiver_count() > 0 {
-            let _ = self.flow_context.send(Arc::new(FlowContext::new(&state, &self.image)));
+        self.metrics.observe_compile(elapsed);
+        let _ = self.names.send(Arc::new(names));
+        if let Some(context) = flow_context {
+            let _ = self.flow_context.send(Arc::new(context));
         }
-        let owners = owners::owners(&state, &self.image);
-        drop(state);
         self.purge_moved(owners);
         self.sync(cause);
     }

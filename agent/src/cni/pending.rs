@@ -24,6 +24,22 @@ use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue, ID
 use crate::image::{Endpoint, Image, canonical_addr};
 use crate::model::{PodPhase, State};
 
+/// The index in `state.pods` of the pod `endpoint` names, when it is scheduled to
+/// `node`, has no address yet, is not host-network and has not terminated.
+fn fillable(endpoint: &PendingEndpoint, state: &State, node: &str) -> Option<usize> {
+    let (Some(namespace), Some(name)) = (&endpoint.namespace, &endpoint.pod) else {
+        return None;
+    };
+    state.pods.iter().position(|pod| {
+        pod.namespace == *namespace
+            && pod.name == *name
+            && pod.node_name.as_deref() == Some(node)
+            && pod.ips.is_empty()
+            && !pod.host_network
+            && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
+    })
+}
+
 /// Names used for a pending endpoint whose pod the plugin could not name.
 pub const UNNAMED_NAMESPACE: &str = "cni";
 
@@ -160,24 +176,19 @@ impl Pending {
     pub fn fill_state<'a>(&self, state: &'a State, node: &str) -> Cow<'a, State> {
         let mut state = Cow::Borrowed(state);
         for endpoint in self.by_container.values() {
-            let (Some(namespace), Some(name)) = (&endpoint.namespace, &endpoint.pod) else {
-                continue;
-            };
-            let index = state.pods.iter().position(|pod| {
-                pod.namespace == *namespace
-                    && pod.name == *name
-                    && pod.node_name.as_deref() == Some(node)
-                    && pod.ips.is_empty()
-                    && !pod.host_network
-                    && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
-            });
-            if let Some(index) = index
+            if let Some(index) = fillable(endpoint, &state, node)
                 && let Some(pod) = state.to_mut().pods.get_mut(index)
             {
                 pod.ips.clone_from(&endpoint.ips);
             }
         }
         state
+    }
+
+    /// True when [`Pending::fill_state`] gives `endpoint`'s addresses to a pod of
+    /// `state`: the pod is compiled with its real policy, not deny-all.
+    pub fn names_pod(endpoint: &PendingEndpoint, state: &State, node: &str) -> bool {
+        fillable(endpoint, state, node).is_some()
     }
 
     /// Adds a deny-all endpoint for every pending address `image` has no local

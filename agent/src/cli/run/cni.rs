@@ -1,9 +1,10 @@
 //! The run loop's side of deny-until-ready: what an ADD, DEL or CHECK from the
 //! `netfence-cni` plugin does to the `Enforcer`, and when an ADD is answered.
 //!
-//! ADD records the pod as pending, recompiles (the pod gets its real policy if the
-//! state names it, else deny-all both ways: [`crate::cni::pending`]), syncs, then
-//! reconciles interfaces (attaching to the pod's new veth and binding its address).
+//! ADD records the pod as pending. A pod the state names gets its real policy from a
+//! compile (on the blocking pool; the ADD is answered after that compile is synced);
+//! any other is programmed deny-all both ways at once, with one sync and no compile
+//! ([`crate::cni::pending`]). Then the loop reconciles interfaces (attaching to the pod's new veth and binding its address).
 //! The answer waits until [`programmed`] holds for every address: after each
 //! reconcile (netlink events, the 1 s tick) waiting ADDs are re-checked. Before the
 //! agent's first complete state nothing is compiled; the ADD waits for it.
@@ -198,6 +199,7 @@ impl Enforcer {
                     tracing::info!(container = %stale, "cni: dropped a pending container whose address was reused (its DEL was missed)");
                 }
                 self.save_pending();
+                let named = Pending::names_pod(&endpoint, &self.state, &self.node);
                 self.cni.waiters.push(Waiter {
                     container_id: request.container_id,
                     pod,
@@ -206,7 +208,12 @@ impl Enforcer {
                     started: Instant::now(),
                 });
                 if ready {
-                    self.recompile("cni");
+                    if named {
+                        // Compiled with its real policy; answered once that is synced.
+                        self.recompile("cni");
+                    } else {
+                        self.program_pending();
+                    }
                     self.reconcile_interfaces().await;
                     self.answer_cni_waiters();
                 }
@@ -236,6 +243,21 @@ impl Enforcer {
                 let _ = reply.send(answer);
             }
         }
+    }
+
+    /// Programs the pending pods no endpoint of the current image carries (deny-all
+    /// both ways, as the next compile makes them) and syncs, without a compile: an
+    /// ADD for a pod the state does not name yet costs one merge and one sync.
+    fn program_pending(&mut self) {
+        let denied = self.cni.pending.merge_into(&mut self.image);
+        if denied == 0 {
+            return;
+        }
+        tracing::info!(addresses = denied, "cni: pods not in the state yet are denied both ways");
+        let _ = self.names.send(std::sync::Arc::new(crate::dataplane::events::names(&self.image)));
+        let owners = crate::dataplane::owners::owners(&self.state, &self.image);
+        self.purge_moved(owners);
+        self.sync("cni");
     }
 
     fn save_pending(&self) {
