@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a failed setup step fails the test")]
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +28,7 @@ fn messages(errors: &[SourceError]) -> Vec<String> {
     errors.iter().map(ToString::to_string).collect()
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+fn labels(pairs: &[(&str, &str)]) -> netfence::model::Labels {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -154,7 +153,7 @@ fn kubectl_fixtures_load_into_state() {
                         match_expressions: vec![],
                     }),
                     pod_selector: Some(LabelSelector {
-                        match_labels: BTreeMap::new(),
+                        match_labels: netfence::model::Labels::new(),
                         match_expressions: vec![Requirement {
                             key: "app".into(),
                             operator: Operator::In,

@@ -5,11 +5,117 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub type Labels = BTreeMap<String, String>;
+/// A label map, shared: cloning it (a pod's labels into an identity's description,
+/// a state into a compile) copies a pointer, and a source can intern identical maps
+/// (the pods of one ReplicaSet carry the same labels) so they are stored once.
+/// Reads go through `Deref` to the map; writes copy it first when it is shared.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Arc<BTreeMap<String, String>>);
+
+impl Labels {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        Arc::make_mut(&mut self.0).insert(key, value)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        Arc::make_mut(&mut self.0).remove(key)
+    }
+
+    /// True when both share one map (interned).
+    pub fn shares(&self, other: &Labels) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Labels {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Labels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels(Arc::new(map))
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for Labels {
+    fn from(pairs: [(String, String); N]) -> Self {
+        Labels(Arc::new(BTreeMap::from(pairs)))
+    }
+}
+
+impl FromIterator<(String, String)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Labels(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+/// Stores each distinct label map once: [`LabelInterner::intern`] returns the map
+/// already held when an equal one is, so every pod with those labels shares it.
+/// Maps no pod holds any more are dropped by [`LabelInterner::intern`] itself, once
+/// the set has doubled since the last sweep (amortized O(1) per call).
+#[derive(Debug, Default)]
+pub struct LabelInterner {
+    held: std::collections::HashSet<Labels>,
+    swept_at: usize,
+}
+
+impl LabelInterner {
+    pub fn intern(&mut self, labels: Labels) -> Labels {
+        if let Some(held) = self.held.get(&labels) {
+            return held.clone();
+        }
+        self.held.insert(labels.clone());
+        if self.held.len() > 2 * self.swept_at.max(1024) {
+            // Held only here: no value carries it any more.
+            self.held.retain(|l| Arc::strong_count(&l.0) > 1);
+            self.swept_at = self.held.len();
+        }
+        labels
+    }
+
+    /// Distinct maps held.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// Everything compile needs. Sources build it; it is cheap to clone.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -248,4 +354,39 @@ pub struct SliceEndpoint {
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready` (an absent condition counts as ready, as the API says).
     pub ready: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(app: &str) -> Labels {
+        Labels::from([("app".to_owned(), app.to_owned())])
+    }
+
+    #[test]
+    fn interned_equal_maps_are_one_map_and_unheld_ones_are_swept() {
+        let mut interner = LabelInterner::default();
+        let first = interner.intern(labels("web"));
+        let second = interner.intern(labels("web"));
+        assert!(first.shares(&second));
+        assert_eq!(interner.len(), 1);
+        // Maps nobody holds any more go once the set has doubled past its floor.
+        for i in 0..3000 {
+            drop(interner.intern(labels(&format!("gone-{i}"))));
+        }
+        assert!(interner.len() < 2100, "swept: {}", interner.len());
+        assert!(interner.intern(labels("web")).shares(&first));
+    }
+
+    #[test]
+    fn a_write_to_a_shared_map_copies_it() {
+        let mut interner = LabelInterner::default();
+        let kept = interner.intern(labels("web"));
+        let mut changed = interner.intern(labels("web"));
+        changed.insert("tier".to_owned(), "db".to_owned());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(changed.len(), 2);
+        assert!(!kept.shares(&changed));
+    }
 }

@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::model::{
-    ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy,
+    ContainerPort, LabelInterner, EndpointSlice, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy,
     Port, PortSpec, Protocol, Rule, Service, ServicePort, SliceEndpoint, SlicePort, State,
 };
 
@@ -156,11 +156,13 @@ pub fn generate(params: &Params) -> State {
             (name.clone(), Namespace { name, labels })
         })
         .collect();
+    // Equal label maps stored once, as the Kubernetes API source interns them.
+    let mut interner = LabelInterner::default();
     let mut pods: Vec<Pod> = (0..params.pods)
         .map(|i| Pod {
             namespace: namespace_name(i % namespaces_n),
             name: pod_name(i),
-            labels: pod_labels(params, i),
+            labels: interner.intern(pod_labels(params, i)),
             node_name: Some(if i < params.local_pods {
                 params.node.clone()
             } else {

@@ -67,8 +67,12 @@ impl<'a> Checker<'a> {
         }
     }
 
-    pub(super) fn labels(&mut self, field: &str, labels: Option<&Labels>) -> Labels {
-        let labels = labels.cloned().unwrap_or_default();
+    pub(super) fn labels(
+        &mut self,
+        field: &str,
+        labels: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Labels {
+        let labels = Labels::from(labels.cloned().unwrap_or_default());
         for (key, value) in &labels {
             self.check(
                 field,
