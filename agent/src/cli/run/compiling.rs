@@ -113,3 +113,84 @@ impl Compiler {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::PendingEndpoint;
+    use crate::scenario::{self, Params};
+
+    fn input(state: &Arc<State>, cause: &'static str) -> Input {
+        Input {
+            state: state.clone(),
+            node: "node-1".to_owned(),
+            addresses: Vec::new(),
+            allow_node: true,
+            pending: Pending::default(),
+            flow_log: true,
+            cause,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_during_a_compile_are_coalesced_into_one_more() {
+        let state = Arc::new(scenario::generate(&Params::new(2_000, 130, 20, "node-1")));
+        let mut compiler = Compiler::default();
+        let mut inputs = 0;
+        compiler.request("manifests", |cause| {
+            inputs += 1;
+            input(&state, cause)
+        });
+        // While it runs: two more requests, neither starts a compile.
+        compiler.request("cni", |cause| {
+            inputs += 1;
+            input(&state, cause)
+        });
+        compiler.request("node addresses", |cause| {
+            inputs += 1;
+            input(&state, cause)
+        });
+        assert_eq!(inputs, 1, "only the first request builds an input");
+        let first = compiler.finished().await.expect("the compile task");
+        assert_eq!(first.cause, "manifests");
+        assert_eq!(first.image.endpoints.len(), 20);
+        assert!(first.flow_context.is_some());
+        assert_eq!(first.names, events::names(&first.image));
+        assert_eq!(compiler.take_queued(), Some("cni"), "the first queued cause names the coalesced compile");
+        assert_eq!(compiler.take_queued(), None);
+    }
+
+    #[test]
+    fn a_job_fills_named_pending_pods_and_denies_the_others() {
+        let mut state = scenario::generate(&Params::new(100, 7, 3, "node-1"));
+        // A local pod the kubelet has not reported an address for yet.
+        let named = state.pods.iter_mut().find(|p| p.node_name.as_deref() == Some("node-1")).expect("a local pod");
+        named.ips.clear();
+        let (namespace, name) = (named.namespace.clone(), named.name.clone());
+        let mut pending = Pending::default();
+        let endpoint = |id: &str, ip: &str, pod: Option<(&str, &str)>| PendingEndpoint {
+            container_id: id.to_owned(),
+            netns: String::new(),
+            ifname: "eth0".to_owned(),
+            ips: vec![ip.parse().expect("an address")],
+            namespace: pod.map(|p| p.0.to_owned()),
+            pod: pod.map(|p| p.1.to_owned()),
+            host_interfaces: Vec::new(),
+            added_unix: 0,
+            netns_seen: false,
+        };
+        pending.add(endpoint("named", "198.18.0.10", Some((&namespace, &name))));
+        pending.add(endpoint("unknown", "198.18.0.11", None));
+        let state = Arc::new(state);
+        let compiled = compile(Input {
+            pending,
+            ..input(&state, "cni")
+        });
+        let named = &compiled.image.endpoints[&"198.18.0.10".parse().expect("an address")];
+        assert_eq!((named.namespace.as_str(), named.pod.as_str()), (namespace.as_str(), name.as_str()));
+        assert_ne!(named.identity, netfence_common::IDENTITY_WORLD, "compiled as the pod, with its identity");
+        let unknown = &compiled.image.endpoints[&"198.18.0.11".parse().expect("an address")];
+        assert!(unknown.isolated_ingress && unknown.isolated_egress && unknown.policy == 0, "deny-all: {unknown:?}");
+        assert_eq!(compiled.denied, 1);
+    }
+}
