@@ -2,10 +2,10 @@
 //! to these, always recomputing from the whole state (level-triggered):
 //! a source change (reload, then a compile on the blocking pool: `compiling`; changes
 //! during a compile are coalesced into one more), a finished compile (purge the
-//! conntrack entries of addresses whose pod went or changed, sync), an interface change or a periodic tick (forget gone
-//! interfaces, rebind pod addresses and sync them, then attach to new interfaces:
-//! `interfaces`), and a signal (exit; pinned links stay attached unless
-//! `--detach-on-exit`).
+//! conntrack entries of addresses whose pod went or changed, sync), an interface
+//! change or a periodic tick (forget gone interfaces, rebind pod addresses and sync
+//! them, then attach to new interfaces: `interfaces`), and a signal (exit; pinned
+//! links stay attached unless `--detach-on-exit`).
 //!
 //! Restart without a gap: maps and TCX links are pinned under `--pin-dir`. A new agent
 //! loads its programs on the pinned maps (conntrack and counters included), reads
@@ -36,7 +36,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::RunArgs;
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
-use self::compiling::{Compiled, Compiler, Input};
 use crate::dataplane::flowlog::{FlowContext, FlowLog};
 use crate::dataplane::last_sync::{self, LastSync};
 use crate::dataplane::links::{self, Interface, Selection};
@@ -48,6 +47,7 @@ use crate::image::Image;
 use crate::model::State;
 use crate::source::Load;
 use crate::telemetry::{self, Health, Metrics, Telemetry};
+use self::compiling::{Compiled, Compiler, Input};
 
 pub use feed::{DEFAULT_HEALTH_ADDR, Source};
 
@@ -239,7 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            compiled = enforcer.compiler.finished() => enforcer.compiled(compiled).await,
+            compiled = enforcer.compiler.finished() => enforcer.compiled(compiled),
             change = changes.recv() => match change {
                 Some(()) => match source.load() {
                     Some(load) if ready => enforcer.reload(load, &*source),
@@ -323,7 +323,7 @@ impl Enforcer {
         }
         self.recompile(cause);
         let compiled = self.compiler.finished().await;
-        self.compiled(compiled).await;
+        self.compiled(compiled);
         self.reconcile_interfaces().await;
         let adopted = self.attachments.indexes().filter(|i| self.attachments.adopted(*i)).count();
         let pruned = self.attachments.prune_pins();
@@ -388,7 +388,7 @@ impl Enforcer {
     /// A compile finished: purge, sync, answer the ADDs it programmed, and start the
     /// compile changes asked for meanwhile. A compile that panicked leaves the last
     /// good enforcement in place.
-    async fn compiled(&mut self, result: Result<Compiled, tokio::task::JoinError>) {
+    fn compiled(&mut self, result: Result<Compiled, tokio::task::JoinError>) {
         match result {
             Ok(compiled) => self.apply(compiled),
             Err(error) => tracing::error!("the compile task failed; the last good enforcement stays: {error}"),
@@ -403,16 +403,20 @@ impl Enforcer {
         let Compiled {
             cause,
             image,
-            names,
+            mut names,
             flow_context,
             owners,
             denied,
             elapsed,
         } = compiled;
         self.image = image;
-        // ADDs answered while the compile ran were programmed into the image it
-        // replaces: keep them (the same merge the compile made, with the newer set).
-        let denied = denied.max(self.cni.pending.merge_into(&mut self.image));
+        // ADDs programmed while the compile ran went into the image it replaces:
+        // keep them (the merge the compile made, with the newer pending set).
+        let later = self.cni.pending.merge_into(&mut self.image);
+        if later > 0 {
+            names = events::names(&self.image);
+        }
+        let denied = denied + later;
         if denied > 0 {
             tracing::info!(addresses = denied, "cni: pods not in the state yet are denied both ways");
         }

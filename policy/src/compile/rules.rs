@@ -99,7 +99,12 @@ pub fn expand_peers(
                 pod_selector,
             } => {
                 let selected: Vec<&String> = match namespace_selector {
-                    None => identities.by_namespace.get_key_value(&policy.namespace).map(|(k, _)| k).into_iter().collect(),
+                    None => identities
+                        .by_namespace
+                        .get_key_value(&policy.namespace)
+                        .map(|(namespace, _)| namespace)
+                        .into_iter()
+                        .collect(),
                     Some(selector) => identities
                         .by_namespace
                         .keys()
