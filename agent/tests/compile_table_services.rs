@@ -196,6 +196,8 @@ fn compiled_on_node(state: &State, addresses: &[&str], allow_node: bool) -> Imag
             name: None,
             addresses: &addresses,
             allow_node,
+            audit_all: false,
+            announced: &[],
         },
     )
 }

@@ -44,6 +44,27 @@ pub struct Endpoint {
     pub identity: u32,
 }
 
+impl Endpoint {
+    /// The ENDPOINTS value's flags (`EP_*`): the one place they are encoded.
+    pub fn flags(&self) -> u32 {
+        use netfence_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+        let mut flags = 0;
+        if self.isolated_ingress {
+            flags |= EP_ISOLATED_INGRESS;
+            if self.audit_ingress {
+                flags |= EP_AUDIT_INGRESS;
+            }
+        }
+        if self.isolated_egress {
+            flags |= EP_ISOLATED_EGRESS;
+            if self.audit_egress {
+                flags |= EP_AUDIT_EGRESS;
+            }
+        }
+        flags
+    }
+}
+
 /// One POLICY key. `port_bits` is the prefix length of `port`: 0 = any port, 16 = one
 /// port; the kernel key's prefix length is `POLICY_PREFIX_ANY_PORT + port_bits`.
 /// `protocol` is `PROTO_ANY` (with `port_bits` 0) for a rule without ports.

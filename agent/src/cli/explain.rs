@@ -147,17 +147,14 @@ impl Probe {
 }
 
 /// `image` as a node in `mode` enforces it: in `Mode::Audit` every isolated direction
-/// of every endpoint is audited, as `dataplane::sync::Contents::from_image_in` sets
-/// the endpoint flags for `netfence run --mode audit`.
+/// of every endpoint is audited, as the engine compiles for `netfence run --mode
+/// audit` ([`crate::compile::audit_all`]).
 pub fn in_mode(image: &Image, mode: Mode) -> Cow<'_, Image> {
     match mode {
         Mode::Enforce => Cow::Borrowed(image),
         Mode::Audit => {
             let mut audited = image.clone();
-            for endpoint in audited.endpoints.values_mut() {
-                endpoint.audit_ingress |= endpoint.isolated_ingress;
-                endpoint.audit_egress |= endpoint.isolated_egress;
-            }
+            crate::compile::audit_all(&mut audited);
             Cow::Owned(audited)
         }
     }

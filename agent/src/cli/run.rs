@@ -373,12 +373,14 @@ impl Enforcer {
     fn recompile(&mut self, cause: &'static str) {
         let (state, node, addresses) = (&self.state, &self.node, &self.node_addresses);
         let (allow_node, pending) = (self.allow_node, &self.cni.pending);
+        let audit_all = self.mode == sync::Mode::Audit;
         let flow_log = self.flow_context.receiver_count() > 0;
         self.compiler.request(cause, |cause| Input {
             state: state.clone(),
             node: node.clone(),
             addresses: addresses.clone(),
             allow_node,
+            audit_all,
             pending: pending.clone(),
             flow_log,
             cause,
@@ -412,7 +414,7 @@ impl Enforcer {
         self.image = image;
         // ADDs programmed while the compile ran went into the image it replaces:
         // keep them (the merge the compile made, with the newer pending set).
-        let later = self.cni.pending.merge_into(&mut self.image);
+        let later = self.cni.pending.merge_into(&mut self.image, self.mode == sync::Mode::Audit);
         if later > 0 {
             names = events::names(&self.image);
         }
@@ -452,7 +454,7 @@ impl Enforcer {
     }
 
     fn sync(&mut self, cause: &str) {
-        let target = Contents::from_image_in(&self.image, &self.bindings, self.mode);
+        let target = Contents::from_image(&self.image, &self.bindings);
         for conflict in sync::port_conflicts(&target.endpoints) {
             tracing::warn!("{conflict}");
         }

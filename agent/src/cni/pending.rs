@@ -1,14 +1,8 @@
-//! Pods the CNI plugin announced (ADD) and has not removed (DEL), and what the run
-//! loop does with them around `compile`:
-//!
-//! - before: a pod the state knows by name (on this node, no address yet: the usual
-//!   order on a cluster, where the kubelet reports the address only after ADD) gets
-//!   the plugin's addresses, so it is compiled with its real policy at once, and
-//!   other pods' policies see its identity;
-//! - after: every pending address that is still no local endpoint of the image
-//!   becomes one isolated in both directions with endpoint policy 0, which has no
-//!   POLICY entries: everything it sends or receives (new flows) is dropped until
-//!   the pod appears in the state.
+//! Pods the CNI plugin announced (ADD) and has not removed (DEL): the pending set the
+//! agent keeps (and saves across restarts), handed to the policy engine as its
+//! `announced` input. What the engine makes of it — a pod the state names gets the
+//! announced addresses and its real policy, any other address a deny-all endpoint —
+//! is `netfence_policy::compile::announced`.
 //!
 //! Then [`programmed`] says when an ADD may be answered: every address is in the live
 //! ENDPOINTS map as the image wants it, bound to an interface the programs are
@@ -19,26 +13,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use netfence_cni::protocol::{Enforcement, Request};
-use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue, IDENTITY_WORLD};
+use netfence_common::EndpointValue;
+pub use netfence_policy::compile::announced::{self, Announced, deny_all, is_deny_all, names_pod};
 
-use crate::image::{Endpoint, Image, canonical_addr};
-use crate::model::{PodPhase, State};
-
-/// The index in `state.pods` of the pod `endpoint` names, when it is scheduled to
-/// `node`, has no address yet, is not host-network and has not terminated.
-fn fillable(endpoint: &PendingEndpoint, state: &State, node: &str) -> Option<usize> {
-    let (Some(namespace), Some(name)) = (&endpoint.namespace, &endpoint.pod) else {
-        return None;
-    };
-    state.pods.iter().position(|pod| {
-        pod.namespace == *namespace
-            && pod.name == *name
-            && pod.node_name.as_deref() == Some(node)
-            && pod.ips.is_empty()
-            && !pod.host_network
-            && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
-    })
-}
+use crate::image::{Image, canonical_addr};
+use crate::model::State;
 
 /// Names used for a pending endpoint whose pod the plugin could not name.
 pub const UNNAMED_NAMESPACE: &str = "cni";
@@ -89,6 +68,17 @@ impl PendingEndpoint {
             host_interfaces: request.host_interfaces.clone(),
             added_unix,
             netns_seen: false,
+        }
+    }
+
+    /// What the policy engine reads of this container (see [`Pending::announced`]).
+    pub fn announced(&self) -> Announced {
+        let (namespace, name) = self.names();
+        Announced {
+            pod: self.namespace.clone().zip(self.pod.clone()),
+            namespace,
+            name,
+            ips: self.ips.clone(),
         }
     }
 
@@ -173,39 +163,22 @@ impl Pending {
     /// `state` with the plugin's addresses on the pods it names that are scheduled
     /// to `node`, have no address yet, are not host-network and have not terminated.
     /// Borrowed when no pod changes.
+    /// What the policy engine reads of the pending set: each container's pod (if
+    /// named), the names of its deny-all endpoint, and its addresses.
+    pub fn announced(&self) -> Vec<Announced> {
+        self.by_container.values().map(PendingEndpoint::announced).collect()
+    }
+
+    /// `state` with the pending addresses on the pods they name
+    /// ([`announced::fill_state`]).
     pub fn fill_state<'a>(&self, state: &'a State, node: &str) -> Cow<'a, State> {
-        let mut state = Cow::Borrowed(state);
-        for endpoint in self.by_container.values() {
-            if let Some(index) = fillable(endpoint, &state, node)
-                && let Some(pod) = state.to_mut().pods.get_mut(index)
-            {
-                pod.ips.clone_from(&endpoint.ips);
-            }
-        }
-        state
+        announced::fill_state(state, node, &self.announced())
     }
 
-    /// True when [`Pending::fill_state`] gives `endpoint`'s addresses to a pod of
-    /// `state`: the pod is compiled with its real policy, not deny-all.
-    pub fn names_pod(endpoint: &PendingEndpoint, state: &State, node: &str) -> bool {
-        fillable(endpoint, state, node).is_some()
-    }
-
-    /// Adds a deny-all endpoint for every pending address `image` has no local
-    /// endpoint for. Returns how many it added.
-    pub fn merge_into(&self, image: &mut Image) -> usize {
-        let mut added = 0;
-        for endpoint in self.by_container.values() {
-            let (namespace, pod) = endpoint.names();
-            for ip in &endpoint.ips {
-                if image.endpoints.contains_key(ip) {
-                    continue;
-                }
-                image.endpoints.insert(*ip, deny_all(&namespace, &pod));
-                added += 1;
-            }
-        }
-        added
+    /// Adds the deny-all endpoints of the pending addresses `image` has no endpoint
+    /// for ([`announced::announce`]); returns how many.
+    pub fn merge_into(&self, image: &mut Image, audit_all: bool) -> usize {
+        announced::announce(image, &self.announced(), audit_all)
     }
 }
 
@@ -243,26 +216,6 @@ pub fn look_at_netns(path: &str) -> NetnsView {
     }
 }
 
-/// An endpoint isolated both ways under endpoint policy 0 (which has no entries).
-pub fn deny_all(namespace: &str, pod: &str) -> Endpoint {
-    Endpoint {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        policy: 0,
-        isolated_ingress: true,
-        isolated_egress: true,
-        audit_ingress: false,
-        audit_egress: false,
-        identity: IDENTITY_WORLD,
-    }
-}
-
-/// True for the endpoints [`Pending::merge_into`] adds: compile gives policy 0 only
-/// to endpoints isolated in no direction.
-pub fn is_deny_all(endpoint: &Endpoint) -> bool {
-    endpoint.policy == 0 && endpoint.isolated_ingress && endpoint.isolated_egress
-}
-
 /// Whether every address in `ips` is enforced now: in the live ENDPOINTS map with
 /// the image's policy and flags, bound to an interface, and that interface attached.
 /// `Ok` says how (deny-all if any address is); `Err` says what is missing.
@@ -283,14 +236,7 @@ pub fn programmed(
         let Some(value) = live.get(&ip) else {
             return Err(format!("{ip} is not in the endpoint map yet"));
         };
-        let mut flags = 0;
-        if wanted.isolated_ingress {
-            flags |= EP_ISOLATED_INGRESS;
-        }
-        if wanted.isolated_egress {
-            flags |= EP_ISOLATED_EGRESS;
-        }
-        if value.policy != wanted.policy || value.flags & (EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS) != flags {
+        if value.policy != wanted.policy || value.flags != wanted.flags() {
             return Err(format!("{ip}'s endpoint entry is not the compiled one yet"));
         }
         if value.ifindex == 0 {

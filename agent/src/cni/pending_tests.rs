@@ -5,6 +5,7 @@
 use netfence_cni::protocol::{Command, PROTOCOL_VERSION};
 
 use super::*;
+use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_WORLD};
 use crate::compile::compile;
 use crate::image::{DirectionVerdict, Packet};
 use crate::source::ManifestDir;
@@ -55,7 +56,7 @@ fn request(id: &str, ips: &[&str], names: Option<(&str, &str)>) -> Request {
 fn image_with(pending: &Pending, state: &State) -> Image {
     let state = pending.fill_state(state, NODE);
     let mut image = compile(&state, Some(NODE));
-    pending.merge_into(&mut image);
+    pending.merge_into(&mut image, false);
     image
 }
 

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netfence_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue};
+use netfence_common::EndpointValue;
 
 use crate::image::{Image, PolicyEntry};
 
@@ -124,37 +124,18 @@ pub enum Mode {
 
 impl Contents {
     /// What the maps should hold for `image`, with pod addresses bound to their host
-    /// interfaces where known (`bindings`: address → ifindex), in enforce mode. PORTS
-    /// follows from the bound endpoints ([`ports_of`]; see [`port_conflicts`]).
+    /// interfaces where known (`bindings`: address → ifindex). The endpoint flags are
+    /// the image's ([`crate::image::Endpoint::flags`]; the engine applies `--mode
+    /// audit`). PORTS follows from the bound endpoints ([`ports_of`]; see
+    /// [`port_conflicts`]).
     pub fn from_image(image: &Image, bindings: &BTreeMap<IpAddr, u32>) -> Self {
-        Self::from_image_in(image, bindings, Mode::Enforce)
-    }
-
-    /// As [`Contents::from_image`], in `mode`: in `Mode::Audit` every isolated
-    /// direction carries its audit flag too, so the kernel has one audit mechanism
-    /// (the endpoint flags) for the node-wide mode and the per-policy annotation.
-    pub fn from_image_in(image: &Image, bindings: &BTreeMap<IpAddr, u32>, mode: Mode) -> Self {
-        let all = mode == Mode::Audit;
         let endpoints = image
             .endpoints
             .iter()
             .map(|(addr, endpoint)| {
-                let mut flags = 0;
-                if endpoint.isolated_ingress {
-                    flags |= EP_ISOLATED_INGRESS;
-                    if endpoint.audit_ingress || all {
-                        flags |= EP_AUDIT_INGRESS;
-                    }
-                }
-                if endpoint.isolated_egress {
-                    flags |= EP_ISOLATED_EGRESS;
-                    if endpoint.audit_egress || all {
-                        flags |= EP_AUDIT_EGRESS;
-                    }
-                }
                 let value = EndpointValue {
                     policy: endpoint.policy,
-                    flags,
+                    flags: endpoint.flags(),
                     ifindex: bindings.get(addr).copied().unwrap_or(0),
                     identity: endpoint.identity,
                 };

@@ -2,6 +2,7 @@
 //! and verdict writes, over a fake map backend.
 
 use super::*;
+use netfence_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use std::net::Ipv4Addr;
 
 /// The fake backend: applies to a `Contents`, and fails on chosen operations.
@@ -258,7 +259,11 @@ fn audit_flags_come_from_the_image_or_the_node_mode_and_only_where_isolated() {
     image.endpoints.insert(pod(2), endpoint.clone());
     image.endpoints.insert(pod(3), crate::image::Endpoint { audit_ingress: false, isolated_egress: true, ..endpoint });
     let flags = |mode| {
-        let c = Contents::from_image_in(&image, &BTreeMap::new(), mode);
+        let mut image = image.clone();
+        if mode == Mode::Audit {
+            crate::compile::audit_all(&mut image);
+        }
+        let c = Contents::from_image(&image, &BTreeMap::new());
         (c.endpoints[&pod(2)].flags, c.endpoints[&pod(3)].flags)
     };
     assert_eq!(

@@ -24,6 +24,7 @@
 //!
 //! Ids are stable: see `ids`.
 
+pub mod announced;
 pub mod identity;
 pub mod ids;
 pub mod ports;
@@ -31,12 +32,14 @@ pub mod rules;
 pub mod selector;
 pub mod services;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netfence_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_HOST, IDENTITY_WORLD};
 
+use self::announced::{Announced, announce, fill_state};
 use self::identity::{Identities, blocks_of, live_pods};
 use self::ids::{Fnv, IdAllocator, RULE_NODE_EGRESS, RULE_NODE_INGRESS, reserved_zero};
 use self::ports::{NamedPorts, PortMatch, named_ports};
@@ -62,6 +65,11 @@ pub struct NodeContext<'a> {
     /// Traffic between a local pod and `addresses` passes whatever the policy
     /// (kubelet probes, hostNetwork pods on this node).
     pub allow_node: bool,
+    /// `--mode audit`: every isolated direction of every endpoint is audited (see
+    /// [`audit_all`]).
+    pub audit_all: bool,
+    /// Pods the CNI plugin announced on this node (see [`announced`]).
+    pub announced: &'a [Announced],
 }
 
 /// Compiles `state` into the map contents of node `node` (see [`NodeContext::name`]),
@@ -73,12 +81,37 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
             name: node,
             addresses: &[],
             allow_node: true,
+            audit_all: false,
+            announced: &[],
         },
     )
 }
 
 /// Compiles `state` into the map contents of one node.
 pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
+    let state = match context.name {
+        Some(node) if !context.announced.is_empty() => fill_state(state, node, context.announced),
+        _ => Cow::Borrowed(state),
+    };
+    let mut image = compile_filled(&state, context);
+    announce(&mut image, context.announced, context.audit_all);
+    if context.audit_all {
+        audit_all(&mut image);
+    }
+    image
+}
+
+/// Audits every isolated direction of every endpoint of `image`: what `--mode audit`
+/// makes of a compiled image (a miss passes as `audit` instead of dropping).
+pub fn audit_all(image: &mut Image) {
+    for endpoint in image.endpoints.values_mut() {
+        endpoint.audit_ingress |= endpoint.isolated_ingress;
+        endpoint.audit_egress |= endpoint.isolated_egress;
+    }
+}
+
+/// [`compile_node`] of a state the announced pods are filled into.
+fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
     let node = context.name;
     let namespaces = NamespaceLabels::new(state);
     let vips = vips(state);
@@ -451,3 +484,67 @@ impl Content {
         h.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{self, Params};
+
+    fn context<'a>(audit_all: bool, announced: &'a [Announced]) -> NodeContext<'a> {
+        NodeContext {
+            name: Some("node-1"),
+            addresses: &[],
+            allow_node: true,
+            audit_all,
+            announced,
+        }
+    }
+
+    #[test]
+    fn audit_mode_audits_every_isolated_direction_and_nothing_else() {
+        let state = scenario::generate(&Params::new(500, 40, 30, "node-1"));
+        let enforcing = compile_node(&state, &context(false, &[]));
+        let audited = compile_node(&state, &context(true, &[]));
+        assert_eq!(enforcing.policy, audited.policy);
+        assert!(enforcing.endpoints.values().any(|e| e.isolated_ingress && !e.audit_ingress));
+        for (addr, endpoint) in &audited.endpoints {
+            let plain = &enforcing.endpoints[addr];
+            assert_eq!(endpoint.audit_ingress, plain.isolated_ingress, "{addr}");
+            assert_eq!(endpoint.audit_egress, plain.isolated_egress, "{addr}");
+            assert_eq!(endpoint.flags() & !(netfence_common::EP_AUDIT_INGRESS | netfence_common::EP_AUDIT_EGRESS), plain.flags());
+        }
+    }
+
+    #[test]
+    fn announced_pods_are_filled_in_or_denied_and_audited_in_audit_mode() {
+        let mut state = scenario::generate(&Params::new(200, 14, 5, "node-1"));
+        let pod = state.pods.iter_mut().find(|p| p.node_name.as_deref() == Some("node-1")).expect("a local pod");
+        pod.ips.clear();
+        let announced = [
+            Announced {
+                pod: Some((pod.namespace.clone(), pod.name.clone())),
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                ips: vec!["198.18.0.20".parse().expect("an address")],
+            },
+            Announced {
+                pod: None,
+                namespace: "cni".to_owned(),
+                name: "c1".to_owned(),
+                ips: vec!["198.18.0.21".parse().expect("an address")],
+            },
+        ];
+        let image = compile_node(&state, &context(true, &announced));
+        let filled = &image.endpoints[&"198.18.0.20".parse().expect("an address")];
+        assert!(!announced::is_deny_all(filled), "{filled:?}");
+        assert_ne!(filled.identity, IDENTITY_WORLD);
+        let denied = &image.endpoints[&"198.18.0.21".parse().expect("an address")];
+        assert!(announced::is_deny_all(denied));
+        assert!(denied.audit_ingress && denied.audit_egress, "audit mode audits deny-all endpoints too");
+        // Applied to an image, `announce` is what the compile with that announcement gives.
+        let mut without = compile_node(&state, &context(true, &announced[..1]));
+        assert_eq!(announce(&mut without, &announced[1..], true), 1);
+        assert_eq!(without, image);
+    }
+}
+

@@ -26,9 +26,10 @@ use tokio::sync::oneshot;
 use super::{Enforcer, RunArgs};
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
-use crate::cni::pending::{NetnsView, look_at_netns, programmed};
+use crate::cni::pending::{NetnsView, look_at_netns, names_pod, programmed};
 use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
+use crate::dataplane::sync::Mode;
 
 /// The pending endpoints and the ADDs waiting for them.
 #[derive(Debug, Default)]
@@ -199,7 +200,7 @@ impl Enforcer {
                     tracing::info!(container = %stale, "cni: dropped a pending container whose address was reused (its DEL was missed)");
                 }
                 self.save_pending();
-                let named = Pending::names_pod(&endpoint, &self.state, &self.node);
+                let named = names_pod(&endpoint.announced(), &self.state, &self.node);
                 self.cni.waiters.push(Waiter {
                     container_id: request.container_id,
                     pod,
@@ -249,7 +250,7 @@ impl Enforcer {
     /// both ways, as the next compile makes them) and syncs, without a compile: an
     /// ADD for a pod the state does not name yet costs one merge and one sync.
     fn program_pending(&mut self) {
-        let denied = self.cni.pending.merge_into(&mut self.image);
+        let denied = self.cni.pending.merge_into(&mut self.image, self.mode == Mode::Audit);
         if denied == 0 {
             return;
         }

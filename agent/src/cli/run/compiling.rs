@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::cni::Pending;
+use crate::cni::pending::is_deny_all;
 use crate::compile::{NodeContext, compile_node};
 use crate::dataplane::events::{self, Names};
 use crate::dataplane::flowlog::FlowContext;
@@ -31,6 +32,8 @@ pub(super) struct Input {
     pub node: String,
     pub addresses: Vec<IpAddr>,
     pub allow_node: bool,
+    /// `--mode audit`.
+    pub audit_all: bool,
     /// Pods the CNI plugin announced: their addresses go on the pods the state names
     /// without one; the others become deny-all endpoints.
     pub pending: Pending,
@@ -48,7 +51,7 @@ pub(super) struct Compiled {
     pub names: Names,
     pub flow_context: Option<FlowContext>,
     pub owners: BTreeMap<IpAddr, Owner>,
-    /// Pending addresses no pod of the state carries: denied both ways.
+    /// Endpoints denied both ways (pending addresses no pod of the state carries).
     pub denied: usize,
     pub elapsed: Duration,
 }
@@ -56,14 +59,18 @@ pub(super) struct Compiled {
 /// Compiles `input` (runs on a blocking thread).
 pub(super) fn compile(input: Input) -> Compiled {
     let started = Instant::now();
-    let state = input.pending.fill_state(&input.state, &input.node);
+    let announced = input.pending.announced();
     let context = NodeContext {
         name: Some(&input.node),
         addresses: &input.addresses,
         allow_node: input.allow_node,
+        audit_all: input.audit_all,
+        announced: &announced,
     };
-    let mut image = compile_node(&state, &context);
-    let denied = input.pending.merge_into(&mut image);
+    let image = compile_node(&input.state, &context);
+    // The flow context and the owners name pods by the state the engine compiled.
+    let state = input.pending.fill_state(&input.state, &input.node);
+    let denied = image.endpoints.values().filter(|e| is_deny_all(e)).count();
     let names = events::names(&image);
     let flow_context = input.flow_log.then(|| FlowContext::new(&state, &image));
     let owners = owners::owners(&state, &image);
@@ -126,6 +133,7 @@ mod tests {
             node: "node-1".to_owned(),
             addresses: Vec::new(),
             allow_node: true,
+            audit_all: false,
             pending: Pending::default(),
             flow_log: true,
             cause,
