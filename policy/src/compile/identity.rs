@@ -39,6 +39,18 @@ pub struct PodGroup {
     pub named_ports: Option<NamedPorts>,
 }
 
+impl PodGroup {
+    /// The group of `pod`; `by_named_ports`: some policy resolves named ports
+    /// against peer pods.
+    pub fn of(pod: &Pod, by_named_ports: bool) -> PodGroup {
+        PodGroup {
+            namespace: pod.namespace.clone(),
+            labels: pod.labels.clone(),
+            named_ports: by_named_ports.then(|| named_ports(&pod.ports)),
+        }
+    }
+}
+
 /// An ipBlock in canonical form (network addresses, sorted excepts).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Block {
@@ -84,7 +96,7 @@ pub struct Description {
 }
 
 impl Description {
-    fn hash(&self) -> u32 {
+    pub fn hash(&self) -> u32 {
         let mut h = Fnv::default();
         match &self.group {
             Some(group) => {
@@ -127,9 +139,9 @@ pub struct Identities {
     pub of_pod_ip: BTreeMap<IpAddr, u32>,
     /// Pod identities by namespace: what a pod selector is evaluated over, so a
     /// rule's expansion costs the size of the namespaces it names, not the cluster.
-    pub by_namespace: BTreeMap<String, Vec<u32>>,
+    pub by_namespace: BTreeMap<String, BTreeSet<u32>>,
     /// The identities inside each block (pod identities included).
-    pub by_block: BTreeMap<Block, Vec<u32>>,
+    pub by_block: BTreeMap<Block, BTreeSet<u32>>,
 }
 
 impl Identities {
@@ -163,11 +175,7 @@ impl Identities {
         }
 
         // The description of every prefix's region.
-        let group_of = |pod: &Pod| PodGroup {
-            namespace: pod.namespace.clone(),
-            labels: pod.labels.clone(),
-            named_ports: group_by_named_ports.then(|| named_ports(&pod.ports)),
-        };
+        let group_of = |pod: &Pod| PodGroup::of(pod, group_by_named_ports);
         let covering = Covering::new(blocks);
         let regions: BTreeMap<IpNet, Description> = prefixes
             .iter()
@@ -210,10 +218,10 @@ impl Identities {
                     .by_namespace
                     .entry(group.namespace.clone())
                     .or_default()
-                    .push(*id);
+                    .insert(*id);
             }
             for block in &description.blocks {
-                identities.by_block.entry(block.clone()).or_default().push(*id);
+                identities.by_block.entry(block.clone()).or_default().insert(*id);
             }
             identities.described.insert(*id, description.clone());
         }
@@ -272,26 +280,27 @@ impl Identities {
 
 /// The blocks containing a prefix, found by looking the prefix up truncated to each
 /// length a block's cidr has (a handful), not by testing every block.
-struct Covering<'a> {
+#[derive(Debug, Default)]
+pub struct Covering {
     /// Block cidr → the blocks with that cidr.
-    by_cidr: BTreeMap<IpNet, Vec<&'a Block>>,
+    by_cidr: BTreeMap<IpNet, Vec<Block>>,
     /// The distinct cidr prefix lengths, per family (IPv4, IPv6).
     lengths: [BTreeSet<u8>; 2],
 }
 
-impl<'a> Covering<'a> {
-    fn new(blocks: &'a BTreeSet<Block>) -> Self {
-        let mut by_cidr: BTreeMap<IpNet, Vec<&Block>> = BTreeMap::new();
+impl Covering {
+    pub fn new(blocks: &BTreeSet<Block>) -> Self {
+        let mut by_cidr: BTreeMap<IpNet, Vec<Block>> = BTreeMap::new();
         let mut lengths = [BTreeSet::new(), BTreeSet::new()];
         for block in blocks {
-            by_cidr.entry(block.cidr).or_default().push(block);
+            by_cidr.entry(block.cidr).or_default().push(block.clone());
             lengths[usize::from(matches!(block.cidr, IpNet::V6(_)))].insert(block.cidr.prefix_len());
         }
         Covering { by_cidr, lengths }
     }
 
     /// Every block containing the whole of `net` (same family).
-    fn of(&self, net: &IpNet) -> BTreeSet<Block> {
+    pub fn of(&self, net: &IpNet) -> BTreeSet<Block> {
         let family = usize::from(matches!(net, IpNet::V6(_)));
         self.lengths[family]
             .iter()
@@ -305,7 +314,7 @@ impl<'a> Covering<'a> {
             })
             .flatten()
             .filter(|block| block.covers(net))
-            .map(|block| (*block).clone())
+            .cloned()
             .collect()
     }
 }

@@ -71,6 +71,16 @@ impl IdAllocator {
         id
     }
 
+    /// Marks `id` taken (an id handed out by another allocator).
+    pub fn take(&mut self, id: u32) {
+        self.taken.insert(id);
+    }
+
+    /// Gives `id` back (its description is gone).
+    pub fn free(&mut self, id: u32) {
+        self.taken.remove(&id);
+    }
+
     /// Allocates ids for every description (sorted, so the result depends only on the
     /// set of descriptions), with `hash` giving each one's hash.
     pub fn allocate_all<D: Ord + Clone>(

@@ -25,6 +25,7 @@
 //! Ids are stable: see `ids`.
 
 pub mod announced;
+pub mod engine;
 pub mod identity;
 pub mod ids;
 pub mod ports;
@@ -44,7 +45,7 @@ use self::identity::{Identities, blocks_of, live_pods};
 use self::ids::{Fnv, IdAllocator, RULE_NODE_EGRESS, RULE_NODE_INGRESS, reserved_zero};
 use self::ports::{NamedPorts, PortMatch, named_ports};
 use self::rules::{
-    EntryKey, any_named_port, endpoint_entries, expand_needed, rule_ids, selecting_uses_named_port,
+    EntryKey, RuleRef, any_named_port, endpoint_entries, expand_needed, rule_ids, selecting_uses_named_port,
 };
 use self::selector::{NamespaceLabels, matches};
 use self::services::{Frontend, frontends, vips};
@@ -112,8 +113,6 @@ pub fn audit_all(image: &mut Image) {
 
 /// [`compile_node`] of a state the announced pods are filled into.
 fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
-    let node = context.name;
-    let namespaces = NamespaceLabels::new(state);
     let vips = vips(state);
     let mut identities = Identities::build(
         state,
@@ -121,26 +120,63 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
         any_named_port(state, DIR_EGRESS),
         &vips,
     );
-    let (rule_ids, mut rule_infos) = rule_ids(state);
-    // Node addresses resolve to IDENTITY_HOST (a ClusterIP on a node interface, as
-    // kube-proxy's IPVS mode puts there, stays a VIP; a pod address stays the pod's).
-    let host: Vec<IpAddr> = context
+    let (rule_ids, rule_infos) = rule_ids(state);
+    let host = host_addresses(context, &vips, &identities.of_pod_ip);
+    let mut trie = std::mem::take(&mut identities.trie);
+    for addr in &host {
+        trie.insert(IpNet::from(*addr), IDENTITY_HOST);
+    }
+    let frontends: Vec<ResolvedFrontend> = frontends(state, &vips)
+        .iter()
+        .map(|f| ResolvedFrontend::new(f, &trie))
+        .collect();
+    let by_backend = frontends_by_backend(&frontends);
+    let local = live_pods(state).filter(|pod| context.name.is_none_or(|n| pod.node_name.as_deref() == Some(n)));
+    let local = local_part(
+        state,
+        local,
+        &Shared {
+            identities: &identities,
+            rule_ids: &rule_ids,
+            frontends: &frontends,
+            by_backend: &by_backend,
+            host: !host.is_empty(),
+        },
+    );
+    Image {
+        identities: trie,
+        rules: with_node_rules(rule_infos, !host.is_empty()),
+        identity_info: identities.info(),
+        endpoints: local.endpoints,
+        policy: local.policy,
+        endpoint_policies: local.endpoint_policies,
+    }
+}
+
+/// The node's own addresses that resolve to `IDENTITY_HOST`: with `allow_node`, every
+/// one but loopback, a ClusterIP on a node interface (kube-proxy's IPVS mode puts them
+/// there: it stays a VIP) and a pod's address (it stays the pod's).
+pub(crate) fn host_addresses(
+    context: &NodeContext<'_>,
+    vips: &BTreeMap<IpAddr, String>,
+    pod_ips: &BTreeMap<IpAddr, u32>,
+) -> Vec<IpAddr> {
+    let mut host: Vec<IpAddr> = context
         .addresses
         .iter()
         .map(|a| canonical_addr(*a))
-        .filter(|a| {
-            context.allow_node
-                && !a.is_loopback()
-                && !vips.contains_key(a)
-                && !identities.of_pod_ip.contains_key(a)
-        })
+        .filter(|a| context.allow_node && !a.is_loopback() && !vips.contains_key(a) && !pod_ips.contains_key(a))
         .collect();
-    for addr in &host {
-        identities.trie.insert(IpNet::from(*addr), IDENTITY_HOST);
-    }
-    if !host.is_empty() {
+    host.sort_unstable();
+    host.dedup();
+    host
+}
+
+/// `rules` with the node-traffic rules when some node address is `IDENTITY_HOST`.
+pub(crate) fn with_node_rules(mut rules: BTreeMap<u32, RuleInfo>, host: bool) -> BTreeMap<u32, RuleInfo> {
+    if host {
         for (id, direction) in [(RULE_NODE_INGRESS, DIR_INGRESS), (RULE_NODE_EGRESS, DIR_EGRESS)] {
-            rule_infos.insert(
+            rules.insert(
                 id,
                 RuleInfo {
                     namespace: String::new(),
@@ -151,16 +187,34 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
             );
         }
     }
-    let frontends: Vec<ResolvedFrontend> = frontends(state, &vips)
-        .iter()
-        .map(|f| ResolvedFrontend::new(f, &identities.trie))
-        .collect();
+    rules
+}
 
+/// What the local part of a compile reads of the cluster-wide part.
+pub(crate) struct Shared<'a> {
+    pub identities: &'a Identities,
+    pub rule_ids: &'a BTreeMap<RuleRef, u32>,
+    pub frontends: &'a [ResolvedFrontend],
+    pub by_backend: &'a BTreeMap<u32, BTreeSet<usize>>,
+    /// Some node address is `IDENTITY_HOST` (`--allow-node`).
+    pub host: bool,
+}
+
+/// The node's own part of an image: its endpoints and their endpoint policies.
+#[derive(Debug, Default)]
+pub(crate) struct Local {
+    pub endpoints: BTreeMap<IpAddr, Endpoint>,
+    pub policy: BTreeMap<PolicyEntry, u32>,
+    pub endpoint_policies: BTreeMap<u32, EndpointPolicyInfo>,
+}
+
+/// The endpoints of the live pods `local` and the endpoint policies they get.
+pub(crate) fn local_part<'s>(state: &'s State, local: impl Iterator<Item = &'s Pod>, shared: &Shared<'_>) -> Local {
+    let identities = shared.identities;
+    let namespaces = NamespaceLabels::new(state);
     // Local endpoints, grouped by what decides their entries.
     let mut groups: BTreeMap<GroupKey, Vec<(IpAddr, &Pod)>> = BTreeMap::new();
     let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
-    let local =
-        live_pods(state).filter(|pod| node.is_none_or(|n| pod.node_name.as_deref() == Some(n)));
     // Policies by namespace: a pod is selected only by policies of its own.
     let mut policies_in: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (p, policy) in state.policies.iter().enumerate() {
@@ -199,8 +253,7 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
         }
     }
     let needed: BTreeSet<usize> = deciding_of.values().flat_map(|(d, _)| d.iter().copied()).collect();
-    let peers = expand_needed(state, &needed, &identities, &namespaces);
-    let by_backend = frontends_by_backend(&frontends);
+    let peers = expand_needed(state, &needed, identities, &namespaces);
 
     // The content of every isolated group's endpoint policy.
     let mut contents: BTreeMap<&GroupKey, Content> = BTreeMap::new();
@@ -220,7 +273,7 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
                 .iter()
                 .map(|&p| format!("{}/{}", state.policies[p].namespace, state.policies[p].name))
                 .collect();
-            let own = endpoint_entries(state, deciding, named, &identities, &peers, &rule_ids);
+            let own = endpoint_entries(state, deciding, named, identities, &peers, shared.rule_ids);
             entries.extend(own.into_iter().filter(|((_, d, _), _)| *d == direction));
             if direction == DIR_INGRESS {
                 content.ingress = names;
@@ -231,9 +284,9 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
             }
         }
         if !content.egress.is_empty() {
-            add_frontends(&mut entries, &frontends, &by_backend);
+            add_frontends(&mut entries, shared.frontends, shared.by_backend);
         }
-        if !host.is_empty() {
+        if shared.host {
             if !content.ingress.is_empty() {
                 entries.insert((IDENTITY_HOST, DIR_INGRESS, PortMatch::ANY), RULE_NODE_INGRESS);
             }
@@ -247,12 +300,7 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
     let mut allocator = IdAllocator::new(reserved_zero);
     let policy_ids = allocator.allocate_all(contents.values().cloned(), Content::hash);
 
-    let mut image = Image {
-        identities: identities.trie.clone(),
-        rules: rule_infos,
-        identity_info: identities.info(),
-        ..Image::default()
-    };
+    let mut local = Local::default();
     for (content, id) in &policy_ids {
         for ((peer, direction, port), rule) in &content.entries {
             let entry = PolicyEntry {
@@ -263,9 +311,9 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
                 port: port.port,
                 port_bits: port.port_bits,
             };
-            image.policy.insert(entry, *rule);
+            local.policy.insert(entry, *rule);
         }
-        image.endpoint_policies.insert(
+        local.endpoint_policies.insert(
             *id,
             EndpointPolicyInfo {
                 ingress: content.ingress.clone(),
@@ -294,10 +342,10 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
                     .copied()
                     .unwrap_or(IDENTITY_WORLD),
             };
-            image.endpoints.insert(*ip, endpoint);
+            local.endpoints.insert(*ip, endpoint);
         }
     }
-    image
+    local
 }
 
 /// What decides an endpoint's entries: the indices of the policies selecting it, and
@@ -336,7 +384,8 @@ fn deciding_policies(state: &State, selecting: &[usize], direction: u8) -> Optio
 }
 
 /// A frontend with its VIP and backends resolved to identities (once per compile).
-struct ResolvedFrontend {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ResolvedFrontend {
     vip: u32,
     protocol: u8,
     port: u16,
@@ -345,7 +394,7 @@ struct ResolvedFrontend {
 }
 
 impl ResolvedFrontend {
-    fn new(frontend: &Frontend, trie: &BTreeMap<IpNet, u32>) -> Self {
+    pub(crate) fn new(frontend: &Frontend, trie: &BTreeMap<IpNet, u32>) -> Self {
         let mut backends: Vec<(u32, u16)> = frontend
             .backends
             .iter()
@@ -362,15 +411,12 @@ impl ResolvedFrontend {
     }
 }
 
-/// Frontend indices by backend identity, each list ascending.
-fn frontends_by_backend(frontends: &[ResolvedFrontend]) -> BTreeMap<u32, Vec<usize>> {
-    let mut by_backend: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+/// Frontend indices by backend identity.
+pub(crate) fn frontends_by_backend(frontends: &[ResolvedFrontend]) -> BTreeMap<u32, BTreeSet<usize>> {
+    let mut by_backend: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
     for (i, frontend) in frontends.iter().enumerate() {
         for (peer, _) in &frontend.backends {
-            let list = by_backend.entry(*peer).or_default();
-            if list.last() != Some(&i) {
-                list.push(i);
-            }
+            by_backend.entry(*peer).or_default().insert(i);
         }
     }
     by_backend
@@ -385,7 +431,7 @@ fn frontends_by_backend(frontends: &[ResolvedFrontend]) -> BTreeMap<u32, Vec<usi
 fn add_frontends(
     entries: &mut BTreeMap<EntryKey, u32>,
     frontends: &[ResolvedFrontend],
-    by_backend: &BTreeMap<u32, Vec<usize>>,
+    by_backend: &BTreeMap<u32, BTreeSet<usize>>,
 ) {
     let peers: BTreeSet<u32> = entries
         .keys()

@@ -66,30 +66,44 @@ pub fn frontends(state: &State, owners: &BTreeMap<IpAddr, String>) -> Vec<Fronte
     }
     let mut out = Vec::new();
     for service in &state.services {
-        let name = format!("{}/{}", service.namespace, service.name);
         let own = slices
             .get(&(service.namespace.as_str(), service.name.as_str()))
             .map_or(&[][..], Vec::as_slice);
-        for port in &service.ports {
-            let candidates = pods_in.get(service.namespace.as_str()).map_or(&[][..], Vec::as_slice);
-            let backends = backends(candidates, service, own, port);
-            for vip in &service.cluster_ips {
-                let vip = canonical_addr(*vip);
-                if owners.get(&vip) != Some(&name) {
-                    continue;
-                }
-                out.push(Frontend {
-                    service: name.clone(),
-                    vip,
-                    protocol: port.protocol,
-                    port: port.port,
-                    backends: backends
-                        .iter()
-                        .filter(|(addr, _)| addr.is_ipv4() == vip.is_ipv4())
-                        .copied()
-                        .collect(),
-                });
+        let candidates = pods_in.get(service.namespace.as_str()).map_or(&[][..], Vec::as_slice);
+        out.extend(service_frontends(service, own, candidates, owners));
+    }
+    out
+}
+
+/// The frontends of one Service: every (ClusterIP it keeps, port), with the backends
+/// its `slices` list, or (none at all) the live `pods` of its namespace its selector
+/// picks.
+pub fn service_frontends(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    pods: &[&Pod],
+    owners: &BTreeMap<IpAddr, String>,
+) -> Vec<Frontend> {
+    let name = format!("{}/{}", service.namespace, service.name);
+    let mut out = Vec::new();
+    for port in &service.ports {
+        let backends = backends(pods, service, slices, port);
+        for vip in &service.cluster_ips {
+            let vip = canonical_addr(*vip);
+            if owners.get(&vip) != Some(&name) {
+                continue;
             }
+            out.push(Frontend {
+                service: name.clone(),
+                vip,
+                protocol: port.protocol,
+                port: port.port,
+                backends: backends
+                    .iter()
+                    .filter(|(addr, _)| addr.is_ipv4() == vip.is_ipv4())
+                    .copied()
+                    .collect(),
+            });
         }
     }
     out
