@@ -6,7 +6,8 @@
 //! - `pods / 50` namespaces (at least one) `ns-NNNN`, labelled `team: tK` (10 teams);
 //! - pod `i` lives in namespace `i % namespaces`, labels `app: aK` (10 apps per
 //!   namespace) and `tier: web|api|db`, container ports `http: 80` and `metrics: 9090`,
-//!   IPv4 `198.18.1.0 + i` (so `198.18.0.0/24` stays free for real test namespaces);
+//!   IPv4 `198.18.1.0 + i` (so `198.18.0.0/24` stays free for real test namespaces)
+//!   up to 198.18.255.255, IPv6 `fd00:0:1::i` beyond;
 //!   the first `local_pods` pods run on `node`, the others on 20 other nodes;
 //! - policy `j` lives in namespace `j % namespaces` and selects one app there; it
 //!   allows ingress from another app of its namespace on TCP 80, 443 and one port of
@@ -106,10 +107,20 @@ pub fn pod_name(i: usize) -> String {
     format!("p-{i:05}")
 }
 
-/// The address of generated pod `i`: `198.18.1.0 + i`.
+/// Pods with an IPv4 address: `198.18.1.0 + i` fills 198.18.0.0/16 (the ClusterIPs
+/// and ipBlocks live in 198.19.0.0/16); the pods beyond it get IPv6 addresses.
+pub const IPV4_PODS: usize = 65_280;
+
+/// The address of generated pod `i`: `198.18.1.0 + i`, or `fd00:0:1::i` from
+/// [`IPV4_PODS`] on (so no pod address is a ClusterIP, as on a real cluster).
 pub fn pod_ip(i: usize) -> IpAddr {
-    let base = u32::from(Ipv4Addr::new(198, 18, 1, 0));
-    IpAddr::V4(Ipv4Addr::from(base.wrapping_add(i as u32)))
+    if i < IPV4_PODS {
+        let base = u32::from(Ipv4Addr::new(198, 18, 1, 0));
+        IpAddr::V4(Ipv4Addr::from(base + i as u32))
+    } else {
+        let base = u128::from(std::net::Ipv6Addr::new(0xfd00, 0, 1, 0, 0, 0, 0, 0));
+        IpAddr::V6(std::net::Ipv6Addr::from(base + i as u128))
+    }
 }
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
