@@ -409,8 +409,16 @@ impl Enforcer {
             flow_context,
             owners,
             denied,
+            work,
             elapsed,
         } = compiled;
+        tracing::debug!(
+            rebuilt = work.rebuilt,
+            pods_changed = work.pods_changed,
+            identities_touched = work.identities_touched,
+            ms = elapsed.as_millis(),
+            "engine update"
+        );
         self.image = image;
         // ADDs programmed while the compile ran went into the image it replaces:
         // keep them (the merge the compile made, with the newer pending set).

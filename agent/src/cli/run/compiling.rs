@@ -1,8 +1,10 @@
-//! The policy engine off the run loop: a compile runs on tokio's blocking pool while
-//! the loop goes on serving netlink events, CNI calls and ticks (health, metrics and
-//! drop events have tasks of their own). At most one compile runs at a time; changes
-//! that arrive meanwhile are coalesced into one more compile of the latest state,
-//! started when the running one is applied.
+//! The policy engine off the run loop: an update of the incremental engine
+//! (`compile::engine`) runs on tokio's blocking pool while the loop goes on serving
+//! netlink events, CNI calls and ticks (health, metrics and drop events have tasks of
+//! their own). At most one runs at a time (the engine moves into the job and back);
+//! changes that arrive meanwhile are coalesced into one more update to the latest
+//! state, started when the running one is applied. An update that panics loses the
+//! engine: the next one starts from an empty engine (a full build).
 //!
 //! A job gets everything that decides the image (the state, the node's name and
 //! addresses, `--allow-node`, the pending CNI pods) by value, and hands back the image
@@ -18,7 +20,7 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::cni::Pending;
 use crate::cni::pending::is_deny_all;
-use crate::compile::{NodeContext, compile_node};
+use crate::compile::engine::{Engine, Node, Work};
 use crate::dataplane::events::{self, Names};
 use crate::dataplane::flowlog::FlowContext;
 use crate::dataplane::owners::{self, Owner};
@@ -53,21 +55,23 @@ pub(super) struct Compiled {
     pub owners: BTreeMap<IpAddr, Owner>,
     /// Endpoints denied both ways (pending addresses no pod of the state carries).
     pub denied: usize,
+    /// What the engine's update did.
+    pub work: Work,
     pub elapsed: Duration,
 }
 
-/// Compiles `input` (runs on a blocking thread).
-pub(super) fn compile(input: Input) -> Compiled {
+/// Brings `engine` to `input` (runs on a blocking thread).
+pub(super) fn compile(engine: &mut Engine, input: Input) -> Compiled {
     let started = Instant::now();
     let announced = input.pending.announced();
-    let context = NodeContext {
-        name: Some(&input.node),
-        addresses: &input.addresses,
+    engine.set_node(Node {
+        name: Some(input.node.clone()),
+        addresses: input.addresses.clone(),
         allow_node: input.allow_node,
         audit_all: input.audit_all,
-        announced: &announced,
-    };
-    let image = compile_node(&input.state, &context);
+    });
+    let work = engine.update(input.state.clone(), &announced);
+    let image = engine.image().clone();
     // The flow context and the owners name pods by the state the engine compiled.
     let state = input.pending.fill_state(&input.state, &input.node);
     let denied = image.endpoints.values().filter(|e| is_deny_all(e)).count();
@@ -81,14 +85,17 @@ pub(super) fn compile(input: Input) -> Compiled {
         flow_context,
         owners,
         denied,
+        work,
         elapsed: started.elapsed(),
     }
 }
 
-/// The running compile, and the cause of the next one when changes came meanwhile.
+/// The engine (here between updates), the running update (which holds it), and the
+/// cause of the next one when changes came meanwhile.
 #[derive(Debug, Default)]
 pub(super) struct Compiler {
-    running: Option<JoinHandle<Compiled>>,
+    engine: Option<Engine>,
+    running: Option<JoinHandle<(Engine, Compiled)>>,
     queued: Option<&'static str>,
 }
 
@@ -101,7 +108,11 @@ impl Compiler {
             return;
         }
         let input = input(cause);
-        self.running = Some(tokio::task::spawn_blocking(move || compile(input)));
+        let mut engine = self.engine.take().unwrap_or_default();
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            let compiled = compile(&mut engine, input);
+            (engine, compiled)
+        }));
     }
 
     /// The cause of a compile requested while one ran (taken: the caller requests it).
@@ -117,7 +128,10 @@ impl Compiler {
         };
         let result = running.await;
         self.running = None;
-        result
+        result.map(|(engine, compiled)| {
+            self.engine = Some(engine);
+            compiled
+        })
     }
 }
 
@@ -190,10 +204,13 @@ mod tests {
         pending.add(endpoint("named", "198.18.0.10", Some((&namespace, &name))));
         pending.add(endpoint("unknown", "198.18.0.11", None));
         let state = Arc::new(state);
-        let compiled = compile(Input {
-            pending,
-            ..input(&state, "cni")
-        });
+        let compiled = compile(
+            &mut Engine::default(),
+            Input {
+                pending,
+                ..input(&state, "cni")
+            },
+        );
         let named = &compiled.image.endpoints[&"198.18.0.10".parse().expect("an address")];
         assert_eq!((named.namespace.as_str(), named.pod.as_str()), (namespace.as_str(), name.as_str()));
         assert_ne!(named.identity, netfence_common::IDENTITY_WORLD, "compiled as the pod, with its identity");
