@@ -10,5 +10,6 @@ pub use netfence_policy::{compile, image, model, scenario};
 pub mod cli;
 pub mod cni;
 pub mod dataplane;
+pub mod enforcer;
 pub mod source;
 pub mod telemetry;

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(netfence::cli::run::run(args))),
+            .and_then(|runtime| runtime.block_on(netfence::enforcer::run(args))),
         Command::Compile(args) => netfence::cli::compile::compile(&args),
         Command::Explain(args) => netfence::cli::explain::run(&args),
         Command::Status(args) => netfence::cli::status::run(&args),

@@ -317,7 +317,7 @@ fn daemonset_runs_the_agent_in_cluster_with_probes_on_its_health_endpoints() {
     assert_eq!((run.manifests, run.kubeconfig), (None, None), "in-cluster");
     let health = run
         .health_addr
-        .unwrap_or(netfence::cli::run::DEFAULT_HEALTH_ADDR);
+        .unwrap_or(netfence::enforcer::DEFAULT_HEALTH_ADDR);
 
     let ports = container.ports.clone().unwrap();
     let port = ports

@@ -112,7 +112,11 @@ fn peer(rng: &mut Rng) -> Peer {
         },
         1 => Peer::Pods {
             namespace_selector: Some(LabelSelector {
-                match_labels: labels(&[("team", *pick(rng, &["x", "y"]))]),
+                match_labels: if chance(rng, 50) {
+                    labels(&[("team", *pick(rng, &["x", "y"]))])
+                } else {
+                    labels(&[("kubernetes.io/metadata.name", *pick(rng, &NAMESPACES))])
+                },
                 match_expressions: Vec::new(),
             }),
             pod_selector: chance(rng, 50).then(|| selector(rng)),

@@ -1,9 +1,8 @@
 //! The `netfence` command line: argument types (clap derive) and one module per
-//! subcommand.
+//! subcommand; `run`'s enforcer is `crate::enforcer`.
 
 pub mod compile;
 pub mod explain;
-pub mod run;
 pub mod status;
 pub mod uninstall;
 

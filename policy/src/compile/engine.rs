@@ -112,6 +112,8 @@ struct Cluster {
     selector_backends: bool,
     /// The node's addresses that are `IDENTITY_HOST`.
     host: Vec<IpAddr>,
+    /// The node's live pods, by (namespace, name).
+    local: BTreeSet<(String, String)>,
 }
 
 /// A pod address that needs a rebuild to re-describe.
@@ -162,20 +164,27 @@ impl Engine {
             _ => state,
         };
         let mut work = Work::default();
-        let blocks = blocks_of(&filled);
-        let vips = vips(&filled);
-        let by_named_ports = any_named_port(&filled, DIR_EGRESS);
-        let sorted = filled.pods.is_sorted_by(|a, b| (&a.namespace, &a.name) < (&b.namespace, &b.name));
-        let reusable = sorted
-            && self.cluster.as_ref().is_some_and(|c| {
-                c.blocks == blocks && c.vips == vips && c.by_named_ports == by_named_ports
-            });
+        // What every prefix's description depends on, read again only when policies
+        // or Services changed.
+        let policies_same = filled.policies == self.state.policies;
+        let services_same = filled.services == self.state.services;
+        let (blocks, vips, by_named_ports) = match &self.cluster {
+            Some(c) if policies_same && services_same => (c.blocks.clone(), c.vips.clone(), c.by_named_ports),
+            Some(c) if policies_same => (c.blocks.clone(), vips(&filled), c.by_named_ports),
+            _ => (blocks_of(&filled), vips(&filled), any_named_port(&filled, DIR_EGRESS)),
+        };
+        let reusable = self.cluster.as_ref().is_some_and(|c| {
+            c.blocks == blocks && c.vips == vips && c.by_named_ports == by_named_ports
+        });
         let mut changed_addresses: BTreeSet<IpAddr> = BTreeSet::new();
         let mut touched: BTreeSet<u32> = BTreeSet::new();
-        let mut rebuild = !reusable;
-        if let (false, Some(cluster)) = (rebuild, self.cluster.as_mut()) {
-            let changed = changed_pods(&self.state.pods, &filled.pods);
+        // The pod diff needs both states sorted by (namespace, name), as `State` asks.
+        let changed = if reusable { changed_pods(&self.state.pods, &filled.pods) } else { None };
+        let mut rebuild = changed.is_none();
+        let mut local_changes: Vec<&Pod> = Vec::new();
+        if let (Some(changed), Some(cluster)) = (changed, self.cluster.as_mut()) {
             work.pods_changed = changed.len();
+            local_changes.extend(changed.iter().filter_map(|(old, new)| old.or(*new)));
             for (old, new) in changed {
                 match cluster.update_pod(old, new, &filled, &mut changed_addresses, &mut touched) {
                     Ok(()) => {}
@@ -194,7 +203,7 @@ impl Engine {
             return work;
         };
         work.identities_touched = touched.len();
-        let policies_changed = rebuild || filled.policies != self.state.policies;
+        let policies_changed = rebuild || !policies_same;
         if policies_changed {
             (cluster.rule_ids, cluster.rule_infos) = rule_ids(&filled);
         }
@@ -241,7 +250,7 @@ impl Engine {
         }
 
         let all_frontends = rebuild
-            || filled.services != self.state.services
+            || !services_same
             || (cluster.selector_backends && work.pods_changed > 0);
         if all_frontends {
             cluster.set_frontends(frontends(&filled, &cluster.vips), &self.image.identities, &filled);
@@ -255,10 +264,28 @@ impl Engine {
             cluster.reresolve(&changed_addresses, &self.image.identities);
         }
 
-        let local = filled.pods.iter().filter(|pod| {
-            pod.is_live_endpoint()
-                && self.node.name.as_deref().is_none_or(|n| pod.node_name.as_deref() == Some(n))
-        });
+        if rebuild {
+            cluster.local = filled
+                .pods
+                .iter()
+                .filter(|pod| is_local(pod, self.node.name.as_deref()))
+                .map(|pod| (pod.namespace.clone(), pod.name.clone()))
+                .collect();
+        } else {
+            for pod in &local_changes {
+                let key = (pod.namespace.clone(), pod.name.clone());
+                cluster.local.remove(&key);
+                if let Ok(index) = find_pod(&filled, &key.0, &key.1)
+                    && is_local(&filled.pods[index], self.node.name.as_deref())
+                {
+                    cluster.local.insert(key);
+                }
+            }
+        }
+        let local = cluster
+            .local
+            .iter()
+            .filter_map(|(namespace, name)| find_pod(&filled, namespace, name).ok().map(|i| &filled.pods[i]));
         let local = local_part(
             &filled,
             local,
@@ -283,12 +310,17 @@ impl Engine {
     }
 }
 
-/// The pods whose identity-relevant fields differ between two states sorted by
-/// (namespace, name): (old, new), either absent for an added or deleted pod.
-fn changed_pods<'a>(old: &'a [Pod], new: &'a [Pod]) -> Vec<(Option<&'a Pod>, Option<&'a Pod>)> {
+/// The pods that differ between two states sorted by (namespace, name): (old, new),
+/// either absent for an added or deleted pod. `None` when either is not sorted.
+fn changed_pods<'a>(old: &'a [Pod], new: &'a [Pod]) -> Option<Vec<(Option<&'a Pod>, Option<&'a Pod>)>> {
+    let key = |p: &'a Pod| (p.namespace.as_str(), p.name.as_str());
+    let sorted = |pods: &'a [Pod], k: usize| k == 0 || key(&pods[k - 1]) < key(&pods[k]);
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
+        if (i < old.len() && !sorted(old, i)) || (j < new.len() && !sorted(new, j)) {
+            return None;
+        }
         let order = match (old.get(i), new.get(j)) {
             (Some(a), Some(b)) => (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)),
             (Some(_), None) => std::cmp::Ordering::Less,
@@ -312,7 +344,7 @@ fn changed_pods<'a>(old: &'a [Pod], new: &'a [Pod]) -> Vec<(Option<&'a Pod>, Opt
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// The Services (namespace, name) whose EndpointSlices differ between two lists sorted
@@ -351,6 +383,18 @@ fn selector_backends(state: &State) -> bool {
         .services
         .iter()
         .any(|s| s.selector.is_some() && !sliced.contains(&(s.namespace.as_str(), s.name.as_str())))
+}
+
+/// A live pod of node `node` (every live pod without a node name).
+fn is_local(pod: &Pod, node: Option<&str>) -> bool {
+    pod.is_live_endpoint() && node.is_none_or(|n| pod.node_name.as_deref() == Some(n))
+}
+
+/// The index of pod `namespace/name` in a state sorted by (namespace, name).
+fn find_pod(state: &State, namespace: &str, name: &str) -> Result<usize, usize> {
+    state
+        .pods
+        .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
 }
 
 /// A pod's canonical addresses while it is a live endpoint.

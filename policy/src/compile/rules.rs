@@ -105,11 +105,19 @@ pub fn expand_peers(
                         .map(|(namespace, _)| namespace)
                         .into_iter()
                         .collect(),
-                    Some(selector) => identities
-                        .by_namespace
-                        .keys()
-                        .filter(|namespace| namespaces.matches(selector, namespace))
-                        .collect(),
+                    Some(selector) => match namespaces.candidates(selector) {
+                        Some(candidates) => candidates
+                            .into_iter()
+                            .filter_map(|namespace| identities.by_namespace.get_key_value(namespace))
+                            .map(|(namespace, _)| namespace)
+                            .filter(|namespace| namespaces.matches(selector, namespace))
+                            .collect(),
+                        None => identities
+                            .by_namespace
+                            .keys()
+                            .filter(|namespace| namespaces.matches(selector, namespace))
+                            .collect(),
+                    },
                 };
                 for namespace in selected {
                     for id in &identities.by_namespace[namespace] {

@@ -37,13 +37,39 @@ fn requirement_matches(requirement: &Requirement, labels: &Labels) -> bool {
 #[derive(Debug)]
 pub struct NamespaceLabels<'a> {
     known: &'a BTreeMap<String, crate::model::Namespace>,
+    /// (key, value) → the known namespaces carrying that label.
+    by_label: BTreeMap<(&'a str, &'a str), Vec<&'a str>>,
 }
 
 impl<'a> NamespaceLabels<'a> {
     pub fn new(state: &'a State) -> Self {
+        let mut by_label: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+        for (name, namespace) in &state.namespaces {
+            for (key, value) in &namespace.labels {
+                by_label.entry((key.as_str(), value.as_str())).or_default().push(name.as_str());
+            }
+        }
         NamespaceLabels {
             known: &state.namespaces,
+            by_label,
         }
+    }
+
+    /// Namespaces that can match `selector`, found through its first matchLabels
+    /// pair (a superset of the matching ones: check each with [`Self::matches`]);
+    /// `None` when the selector has no matchLabels (any namespace may match).
+    /// A namespace with no Namespace object carries only its name label.
+    pub fn candidates<'s>(&'s self, selector: &'s LabelSelector) -> Option<Vec<&'s str>> {
+        let (key, value) = selector.match_labels.iter().next()?;
+        let mut out: Vec<&str> = self
+            .by_label
+            .get(&(key.as_str(), value.as_str()))
+            .cloned()
+            .unwrap_or_default();
+        if key == NAMESPACE_NAME_LABEL && !self.known.contains_key(value) {
+            out.push(value.as_str());
+        }
+        Some(out)
     }
 
     /// True when namespace `name` matches `selector`.

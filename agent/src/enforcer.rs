@@ -1,4 +1,5 @@
-//! `netfence run`: enforce on this node. One task owns the loaded programs and reacts
+//! The enforcer behind `netfence run` (the CLI only wires its arguments here):
+//! enforce on this node. One task owns the loaded programs and reacts
 //! to these, always recomputing from the whole state (level-triggered):
 //! a source change (reload, then a compile on the blocking pool: `compiling`; changes
 //! during a compile are coalesced into one more), a finished compile (purge the
@@ -33,7 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::RunArgs;
+use crate::cli::RunArgs;
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
 use crate::dataplane::flowlog::{FlowContext, FlowLog};

@@ -23,7 +23,8 @@ use std::time::Instant;
 use netfence_cni::protocol::{Command, Enforcement, Response};
 use tokio::sync::oneshot;
 
-use super::{Enforcer, RunArgs};
+use super::Enforcer;
+use crate::cli::RunArgs;
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
 use crate::cni::pending::{NetnsView, look_at_netns, names_pod, programmed};
