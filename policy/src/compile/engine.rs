@@ -71,7 +71,6 @@ pub struct Engine {
     node: Node,
     /// The last state, with the announced pods filled in.
     state: Arc<State>,
-    announced: Vec<Announced>,
     cluster: Option<Cluster>,
     image: Image,
 }
@@ -89,8 +88,12 @@ struct Cluster {
     /// `trie` holds the identities without the node's addresses.
     identities: Identities,
     /// Live pods claiming each (canonical) address; the first owns it.
-    claims: BTreeMap<IpAddr, BTreeSet<(String, String)>>,
-    by_description: BTreeMap<Description, u32>,
+    /// (Sorted by (namespace, name): a vector, as an address has one claimant but
+    /// for a conflict.)
+    claims: BTreeMap<IpAddr, Vec<(String, String)>>,
+    /// Description hash → the identities described so (one, but for collisions):
+    /// finds a description's identity without a second copy of every description.
+    by_hash: BTreeMap<u32, Vec<u32>>,
     /// Prefixes per identity.
     prefixes: BTreeMap<u32, usize>,
     /// Addresses per (identity, owner pod `ns/name`): `identities.pods` holds a pod
@@ -168,13 +171,12 @@ impl Engine {
         // or Services changed.
         let policies_same = filled.policies == self.state.policies;
         let services_same = filled.services == self.state.services;
-        let (blocks, vips, by_named_ports) = match &self.cluster {
-            Some(c) if policies_same && services_same => (c.blocks.clone(), c.vips.clone(), c.by_named_ports),
-            Some(c) if policies_same => (c.blocks.clone(), vips(&filled), c.by_named_ports),
-            _ => (blocks_of(&filled), vips(&filled), any_named_port(&filled, DIR_EGRESS)),
-        };
+        let keys = || (blocks_of(&filled), vips(&filled), any_named_port(&filled, DIR_EGRESS));
         let reusable = self.cluster.as_ref().is_some_and(|c| {
-            c.blocks == blocks && c.vips == vips && c.by_named_ports == by_named_ports
+            (policies_same && services_same) || {
+                let (blocks, vips, by_named_ports) = keys();
+                c.blocks == blocks && c.vips == vips && c.by_named_ports == by_named_ports
+            }
         });
         let mut changed_addresses: BTreeSet<IpAddr> = BTreeSet::new();
         let mut touched: BTreeSet<u32> = BTreeSet::new();
@@ -196,6 +198,7 @@ impl Engine {
             }
         }
         if rebuild {
+            let (blocks, vips, by_named_ports) = keys();
             self.cluster = Some(Cluster::build(&filled, blocks, vips, by_named_ports));
             work.rebuilt = true;
         }
@@ -305,7 +308,6 @@ impl Engine {
             audit_all(&mut self.image);
         }
         self.state = filled;
-        self.announced = announced.to_vec();
         work
     }
 }
@@ -420,17 +422,14 @@ impl Cluster {
         };
         for pod in state.pods.iter().filter(|p| p.is_live_endpoint()) {
             for ip in live_addresses(Some(pod)) {
-                cluster
-                    .claims
-                    .entry(ip)
-                    .or_default()
-                    .insert((pod.namespace.clone(), pod.name.clone()));
+                // In state order: the first claimant owns the address, as in a build.
+                cluster.claims.entry(ip).or_default().push((pod.namespace.clone(), pod.name.clone()));
             }
         }
         let mut allocator = IdAllocator::new(reserved_identity);
         for (id, description) in &identities.described {
             allocator.take(*id);
-            cluster.by_description.insert(description.clone(), *id);
+            cluster.by_hash.entry(description.hash()).or_default().push(*id);
         }
         for id in identities.trie.values().filter(|id| **id != IDENTITY_WORLD) {
             *cluster.prefixes.entry(*id).or_default() += 1;
@@ -469,14 +468,17 @@ impl Cluster {
         }
         for ip in &before {
             if let Some(claims) = self.claims.get_mut(ip) {
-                claims.remove(&key);
+                claims.retain(|claimant| *claimant != key);
                 if claims.is_empty() {
                     self.claims.remove(ip);
                 }
             }
         }
         for ip in &after {
-            self.claims.entry(*ip).or_default().insert(key.clone());
+            let claims = self.claims.entry(*ip).or_default();
+            if let Err(at) = claims.binary_search(&key) {
+                claims.insert(at, key.clone());
+            }
         }
         for ip in std::mem::take(&mut addresses) {
             self.redescribe(ip, state, changed, touched);
@@ -520,19 +522,25 @@ impl Cluster {
 
     /// The identity of `description`, created if new; counts one more prefix.
     fn acquire(&mut self, description: Description, touched: &mut BTreeSet<u32>) -> u32 {
-        let id = match self.by_description.get(&description) {
-            Some(id) => *id,
+        let hash = description.hash();
+        let known = self.by_hash.get(&hash).and_then(|ids| {
+            ids.iter()
+                .copied()
+                .find(|id| self.identities.described.get(id) == Some(&description))
+        });
+        let id = match known {
+            Some(id) => id,
             None => {
                 let allocator = self.allocator.get_or_insert_with(|| IdAllocator::new(reserved_identity));
-                let id = allocator.allocate(description.hash());
+                let id = allocator.allocate(hash);
                 if let Some(group) = &description.group {
                     self.identities.by_namespace.entry(group.namespace.clone()).or_default().insert(id);
                 }
                 for block in &description.blocks {
                     self.identities.by_block.entry(block.clone()).or_default().insert(id);
                 }
-                self.identities.described.insert(id, description.clone());
-                self.by_description.insert(description, id);
+                self.identities.described.insert(id, description);
+                self.by_hash.entry(hash).or_default().push(id);
                 touched.insert(id);
                 id
             }
@@ -567,7 +575,13 @@ impl Cluster {
                 }
             }
         }
-        self.by_description.remove(&description);
+        let hash = description.hash();
+        if let Some(ids) = self.by_hash.get_mut(&hash) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_hash.remove(&hash);
+            }
+        }
         if let Some(allocator) = self.allocator.as_mut() {
             allocator.free(id);
         }
@@ -577,7 +591,10 @@ impl Cluster {
         let count = self.owners.entry((id, name.to_owned())).or_default();
         *count += 1;
         if *count == 1 {
-            self.identities.pods.entry(id).or_default().insert(name.to_owned());
+            let pods = self.identities.pods.entry(id).or_default();
+            if let Err(at) = pods.binary_search_by(|p| p.as_str().cmp(name)) {
+                pods.insert(at, name.to_owned());
+            }
             touched.insert(id);
         }
     }
@@ -592,7 +609,7 @@ impl Cluster {
         self.owners.remove(&key);
         touched.insert(id);
         if let Some(pods) = self.identities.pods.get_mut(&id) {
-            pods.remove(name);
+            pods.retain(|p| p != name);
             if pods.is_empty() {
                 self.identities.pods.remove(&id);
             }
@@ -607,7 +624,7 @@ impl Cluster {
                 .identities
                 .pods
                 .get(&id)
-                .map(|p| p.iter().cloned().collect())
+                .map(|p| p.to_vec())
                 .unwrap_or_default(),
             ip_blocks: description.blocks.iter().map(Block::text).collect(),
             service: description.service.clone(),

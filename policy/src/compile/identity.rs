@@ -134,7 +134,8 @@ pub struct Identities {
     /// Every compiled identity (never `IDENTITY_WORLD`).
     pub described: BTreeMap<u32, Description>,
     /// `ns/pod` of the pods of each pod identity.
-    pub pods: BTreeMap<u32, BTreeSet<String>>,
+    /// (Sorted, unique: a vector, as most identities hold one or two pods.)
+    pub pods: BTreeMap<u32, Vec<String>>,
     /// Identity of every live pod address (canonical form).
     pub of_pod_ip: BTreeMap<IpAddr, u32>,
     /// Pod identities by namespace: what a pod selector is evaluated over, so a
@@ -252,8 +253,12 @@ impl Identities {
                     .pods
                     .entry(*id)
                     .or_default()
-                    .insert(format!("{}/{}", pod.namespace, pod.name));
+                    .push(format!("{}/{}", pod.namespace, pod.name));
             }
+        }
+        for pods in identities.pods.values_mut() {
+            pods.sort_unstable();
+            pods.dedup();
         }
         identities
     }
@@ -267,7 +272,7 @@ impl Identities {
                     pods: self
                         .pods
                         .get(id)
-                        .map(|p| p.iter().cloned().collect())
+                        .map(|p| p.to_vec())
                         .unwrap_or_default(),
                     ip_blocks: description.blocks.iter().map(Block::text).collect(),
                     service: description.service.clone(),
