@@ -73,7 +73,7 @@ pub(super) fn compile(engine: &mut Engine, input: Input) -> Compiled {
     let work = engine.update(input.state.clone(), &announced);
     let image = engine.image().clone();
     // The flow context and the owners name pods by the state the engine compiled.
-    let state = input.pending.fill_state(&input.state, &input.node);
+    let state = engine.state().clone();
     let denied = image.endpoints.values().filter(|e| is_deny_all(e)).count();
     let names = events::names(&image);
     let flow_context = input.flow_log.then(|| FlowContext::new(&state, &image));

@@ -135,6 +135,12 @@ impl Engine {
         &self.image
     }
 
+    /// The state of the last update, with the announced pods filled in (what the
+    /// image was compiled from).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
     /// The node's context as [`compile_node`](super::compile_node) takes it.
     pub fn context<'a>(&'a self, announced: &'a [Announced]) -> NodeContext<'a> {
         NodeContext {
