@@ -17,6 +17,14 @@
 //!    allows it both ways; an egress-isolated endpoint policy allows a ClusterIP:port
 //!    when it allows one of the backends behind it on the target port.
 //!
+//! 5. Pods netfence-cni announced (`announced`) are filled into the state or become
+//!    deny-all endpoints, and `--mode audit` audits every isolated direction
+//!    (`audit_all`): both are inputs, nothing edits the image afterwards.
+//!
+//! Steps 1, 2 and 4 are the cluster-wide part, the same on every node; 3 is
+//! `local_part`, the node's own. The incremental engine (`engine`) keeps the
+//! cluster-wide part between changes and calls the same `local_part`.
+//!
 //! Audit (`netfence.io/mode: audit`): a direction is audited when every policy that
 //! isolates the endpoint in it is an audit policy; its entries are those policies'
 //! rules and a miss passes as `audit`. Otherwise only enforcing policies count in that
