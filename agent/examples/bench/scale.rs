@@ -1,6 +1,6 @@
-//! Section 4: a full compile of a large generated cluster (time and peak RSS), and an
-//! incremental change (one pod's labels): recompile time and the map writes
-//! `sync::plan` derives from it. The measurement runs in a child process (this binary
+//! Section 4: a full compile of a large generated cluster (time and peak RSS), the
+//! incremental engine's work per kind of one-object change, and the map writes
+//! `sync::plan` derives from each. The measurement runs in a child process (this binary
 //! with `--compile-child`), so its peak RSS (`VmHWM`) is the compile's alone.
 
 use std::process::Command;
@@ -222,7 +222,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let sizes = sizes(args.quick);
     let mut s = Section::new(
         "compile",
-        "4. Compile and memory (full compile, then one pod's labels changed), per cluster size",
+        "4. Compile, the incremental engine and memory, per cluster size (full compile; engine work per kind of change)",
         &["pods × policies", "step", "time (ms)", "map writes", "detail"],
     );
     s.method(format!(

@@ -154,7 +154,9 @@ impl Engine {
 
     /// Changes the node's context (addresses re-read, say); takes effect at the next
     /// update, which then recomputes what the node's addresses decide.
-    pub fn set_node(&mut self, node: Node) {
+    pub fn set_node(&mut self, mut node: Node) {
+        node.addresses.sort_unstable();
+        node.addresses.dedup();
         if node != self.node {
             self.node = node;
             // Host addresses resolve differently: re-resolve everything once.
