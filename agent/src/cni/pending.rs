@@ -8,7 +8,6 @@
 //! ENDPOINTS map as the image wants it, bound to an interface the programs are
 //! attached to.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -17,7 +16,6 @@ use netfence_common::EndpointValue;
 pub use netfence_policy::compile::announced::{self, Announced, deny_all, is_deny_all, names_pod};
 
 use crate::image::{Image, canonical_addr};
-use crate::model::State;
 
 /// Names used for a pending endpoint whose pod the plugin could not name.
 pub const UNNAMED_NAMESPACE: &str = "cni";
@@ -167,12 +165,6 @@ impl Pending {
     /// named), the names of its deny-all endpoint, and its addresses.
     pub fn announced(&self) -> Vec<Announced> {
         self.by_container.values().map(PendingEndpoint::announced).collect()
-    }
-
-    /// `state` with the pending addresses on the pods they name
-    /// ([`announced::fill_state`]).
-    pub fn fill_state<'a>(&self, state: &'a State, node: &str) -> Cow<'a, State> {
-        announced::fill_state(state, node, &self.announced())
     }
 
     /// Adds the deny-all endpoints of the pending addresses `image` has no endpoint

@@ -6,8 +6,9 @@ use netfence_cni::protocol::{Command, PROTOCOL_VERSION};
 
 use super::*;
 use netfence_common::{EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_WORLD};
-use crate::compile::compile;
+use crate::compile::{NodeContext, compile, compile_node};
 use crate::image::{DirectionVerdict, Packet};
+use crate::model::State;
 use crate::source::ManifestDir;
 
 const NODE: &str = "node-a";
@@ -53,11 +54,16 @@ fn request(id: &str, ips: &[&str], names: Option<(&str, &str)>) -> Request {
     }
 }
 
+/// What the engine compiles for `state` with `pending` announced.
 fn image_with(pending: &Pending, state: &State) -> Image {
-    let state = pending.fill_state(state, NODE);
-    let mut image = compile(&state, Some(NODE));
-    pending.merge_into(&mut image, false);
-    image
+    let announced = pending.announced();
+    let context = NodeContext {
+        name: Some(NODE),
+        allow_node: true,
+        announced: &announced,
+        ..Default::default()
+    };
+    compile_node(state, &context)
 }
 
 fn tcp(src: &str, dst: &str) -> Packet {

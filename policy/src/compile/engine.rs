@@ -32,13 +32,13 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use netfence_common::{DIR_EGRESS, IDENTITY_HOST, IDENTITY_WORLD};
 
-use super::announced::{Announced, announce, fill_state};
+use super::announced::{Announced, fill_state};
 use super::identity::{Block, Covering, Description, Identities, PodGroup, blocks_of};
 use super::ids::{IdAllocator, reserved_identity};
 use super::rules::{RuleRef, any_named_port, rule_ids};
 use super::services::{Frontend, frontends, service_frontends, vips};
 use super::{
-    NodeContext, ResolvedFrontend, Shared, audit_all, frontends_by_backend, host_addresses, local_part,
+    NodeContext, ResolvedFrontend, Shared, add_node_inputs, frontends_by_backend, host_addresses, local_part,
     with_node_rules,
 };
 use crate::image::{IdentityInfo, Image, RuleInfo, canonical_addr};
@@ -168,11 +168,11 @@ impl Engine {
     /// not copied) to find what the next update changes.
     pub fn update(&mut self, state: Arc<State>, announced: &[Announced]) -> Work {
         let filled = match &self.node.name {
-            Some(node) if !announced.is_empty() => match fill_state(&state, node, announced) {
+            Some(node) => match fill_state(&state, node, announced) {
                 Cow::Owned(filled) => Arc::new(filled),
                 Cow::Borrowed(_) => state,
             },
-            _ => state,
+            None => state,
         };
         let mut work = Work::default();
         // What every prefix's description depends on, read again only when policies
@@ -311,10 +311,7 @@ impl Engine {
         self.image.endpoints = local.endpoints;
         self.image.policy = local.policy;
         self.image.endpoint_policies = local.endpoint_policies;
-        announce(&mut self.image, announced, self.node.audit_all);
-        if self.node.audit_all {
-            audit_all(&mut self.image);
-        }
+        add_node_inputs(&mut self.image, announced, self.node.audit_all);
         self.state = filled;
         work
     }
@@ -467,7 +464,7 @@ impl Cluster {
         let key = old.or(new).map(|p| (p.namespace.clone(), p.name.clone()));
         let Some(key) = key else { return Ok(()) };
         let (before, after) = (live_addresses(old), live_addresses(new));
-        let mut addresses: BTreeSet<IpAddr> = before.iter().chain(&after).copied().collect();
+        let addresses: BTreeSet<IpAddr> = before.iter().chain(&after).copied().collect();
         if addresses
             .iter()
             .any(|a| self.vips.contains_key(a) || self.block_prefixes.contains(&IpNet::from(*a)))
@@ -488,7 +485,7 @@ impl Cluster {
                 claims.insert(at, key.clone());
             }
         }
-        for ip in std::mem::take(&mut addresses) {
+        for ip in addresses {
             self.redescribe(ip, state, changed, touched);
         }
         Ok(())

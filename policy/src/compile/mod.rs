@@ -99,15 +99,21 @@ pub fn compile(state: &State, node: Option<&str>) -> Image {
 /// Compiles `state` into the map contents of one node.
 pub fn compile_node(state: &State, context: &NodeContext<'_>) -> Image {
     let state = match context.name {
-        Some(node) if !context.announced.is_empty() => fill_state(state, node, context.announced),
-        _ => Cow::Borrowed(state),
+        Some(node) => fill_state(state, node, context.announced),
+        None => Cow::Borrowed(state),
     };
     let mut image = compile_filled(&state, context);
-    announce(&mut image, context.announced, context.audit_all);
-    if context.audit_all {
-        audit_all(&mut image);
-    }
+    add_node_inputs(&mut image, context.announced, context.audit_all);
     image
+}
+
+/// What the node adds to a compiled image, last: deny-all endpoints for the announced
+/// pods no endpoint carries, then `--mode audit`.
+pub(crate) fn add_node_inputs(image: &mut Image, announced: &[Announced], audit: bool) {
+    announce(image, announced, audit);
+    if audit {
+        audit_all(image);
+    }
 }
 
 /// Audits every isolated direction of every endpoint of `image`: what `--mode audit`
