@@ -34,6 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
+use self::compiling::{Compiled, Compiler, Input};
 use crate::cli::RunArgs;
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
@@ -48,7 +49,6 @@ use crate::image::Image;
 use crate::model::State;
 use crate::source::Load;
 use crate::telemetry::{self, Health, Metrics, Telemetry};
-use self::compiling::{Compiled, Compiler, Input};
 
 pub use feed::{DEFAULT_HEALTH_ADDR, Source};
 
@@ -103,10 +103,11 @@ struct Enforcer {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Flannel's bridge unless told otherwise.
-    let bridge = args
-        .bridge
-        .clone()
-        .or_else(|| args.interfaces.is_empty().then(|| DEFAULT_BRIDGE.to_owned()));
+    let bridge = args.bridge.clone().or_else(|| {
+        args.interfaces
+            .is_empty()
+            .then(|| DEFAULT_BRIDGE.to_owned())
+    });
     let selection = Selection::new(&args.interfaces, bridge)?;
     let options = LoadOptions {
         ct_tcp_timeout_ns: args.ct_tcp_timeout.saturating_mul(1_000_000_000),
@@ -119,7 +120,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let old_layouts = pins.other_layouts();
     let restart = pins.has_own_layout();
     let mut datapath = Datapath::load_pinned(&options, &pins)?;
-    let live = datapath.maps.read_live().context("reading the pinned maps back")?;
+    let live = datapath
+        .maps
+        .read_live()
+        .context("reading the pinned maps back")?;
     tracing::info!(
         pin_dir = %pins.root().display(),
         layout = %crate::dataplane::pin::layout(),
@@ -136,10 +140,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "maps pinned with another layout: filling new maps, then switching the programs on the pinned links"
         );
     }
-    let ring = datapath.events.take().context("event ring buffer already taken")?;
+    let ring = datapath
+        .events
+        .take()
+        .context("event ring buffer already taken")?;
     let (names, names_rx) = tokio::sync::watch::channel(Arc::new(Names::new()));
     let metrics = Arc::new(Metrics::new());
-    let (flow_context, flow_context_rx) = tokio::sync::watch::channel(Arc::new(FlowContext::default()));
+    let (flow_context, flow_context_rx) =
+        tokio::sync::watch::channel(Arc::new(FlowContext::default()));
     let flows = match &args.flow_log {
         Some(target) => {
             let log = FlowLog::open(target, args.flow_log_rate, Some(metrics.clone()))
@@ -168,7 +176,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let telemetry = Telemetry {
                 health: health.clone(),
             };
-            let (bound, task) = telemetry::serve_with_metrics(addr, telemetry, Some(metrics.clone())).await?;
+            let (bound, task) =
+                telemetry::serve_with_metrics(addr, telemetry, Some(metrics.clone())).await?;
             tracing::info!(%bound, "telemetry endpoints /healthz, /readyz and /metrics");
             Some(AbortOnDrop(task))
         }
@@ -178,7 +187,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut link_changes = links::subscribe()?;
     let attachments = Attachments::pinned(args.attach, pins.clone());
     if !attachments.survives_exit() && !args.detach_on_exit {
-        tracing::warn!("clsact filters cannot be pinned: they are detached on exit, and a restart re-attaches them");
+        tracing::warn!(
+            "clsact filters cannot be pinned: they are detached on exit, and a restart re-attaches them"
+        );
     }
     tracing::info!(mode = ?attachments.mode(), "attach mode");
 
@@ -326,12 +337,18 @@ impl Enforcer {
         let compiled = self.compiler.finished().await;
         self.compiled(compiled);
         self.reconcile_interfaces().await;
-        let adopted = self.attachments.indexes().filter(|i| self.attachments.adopted(*i)).count();
+        let adopted = self
+            .attachments
+            .indexes()
+            .filter(|i| self.attachments.adopted(*i))
+            .count();
         let pruned = self.attachments.prune_pins();
         for dir in std::mem::take(&mut self.old_layouts) {
             match PinDir::remove_tree(&dir) {
                 Ok(()) => tracing::info!(dir = %dir.display(), "removed maps of the old layout"),
-                Err(error) => tracing::warn!(dir = %dir.display(), "removing maps of the old layout: {error}"),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), "removing maps of the old layout: {error}")
+                }
             }
         }
         *ready = true;
@@ -394,7 +411,9 @@ impl Enforcer {
     fn compiled(&mut self, result: Result<Compiled, tokio::task::JoinError>) {
         match result {
             Ok(compiled) => self.apply(compiled),
-            Err(error) => tracing::error!("the compile task failed; the last good enforcement stays: {error}"),
+            Err(error) => {
+                tracing::error!("the compile task failed; the last good enforcement stays: {error}")
+            }
         }
         if let Some(cause) = self.compiler.take_queued() {
             self.recompile(cause);
@@ -423,13 +442,19 @@ impl Enforcer {
         self.image = image;
         // ADDs programmed while the compile ran went into the image it replaces:
         // keep them (the merge the compile made, with the newer pending set).
-        let later = self.cni.pending.merge_into(&mut self.image, self.mode == sync::Mode::Audit);
+        let later = self
+            .cni
+            .pending
+            .merge_into(&mut self.image, self.mode == sync::Mode::Audit);
         if later > 0 {
             names = events::names(&self.image);
         }
         let denied = denied + later;
         if denied > 0 {
-            tracing::info!(addresses = denied, "cni: pods not in the state yet are denied both ways");
+            tracing::info!(
+                addresses = denied,
+                "cni: pods not in the state yet are denied both ways"
+            );
         }
         self.metrics.observe_compile(elapsed);
         let _ = self.names.send(Arc::new(names));
@@ -444,7 +469,11 @@ impl Enforcer {
     /// changed since the last compile, before the sync programs the new owner: no
     /// flow of the old pod carries over to the new one. One walk for all of them.
     fn purge_moved(&mut self, next: BTreeMap<IpAddr, Owner>) {
-        let moved = self.owners.as_ref().map(|previous| owners::moved(previous, &next)).unwrap_or_default();
+        let moved = self
+            .owners
+            .as_ref()
+            .map(|previous| owners::moved(previous, &next))
+            .unwrap_or_default();
         self.owners = Some(next);
         if moved.is_empty() {
             return;
@@ -474,14 +503,20 @@ impl Enforcer {
         if report.verdict_writes > 0 {
             match self.datapath.maps.bump_generation() {
                 Ok(generation) => tracing::debug!(generation, "policy generation"),
-                Err(error) => tracing::error!("bumping the policy generation (established flows are not re-checked for this change): {error}"),
+                Err(error) => tracing::error!(
+                    "bumping the policy generation (established flows are not re-checked for this change): {error}"
+                ),
             }
         }
-        self.metrics.observe_sync(started.elapsed(), report.failed.len());
-        self.metrics.set_map_entries("endpoints", self.live.endpoints.len());
+        self.metrics
+            .observe_sync(started.elapsed(), report.failed.len());
+        self.metrics
+            .set_map_entries("endpoints", self.live.endpoints.len());
         self.metrics.set_map_entries("ports", self.live.ports.len());
-        self.metrics.set_map_entries("identities", self.live.identities.len());
-        self.metrics.set_map_entries("policy", self.live.policy.len());
+        self.metrics
+            .set_map_entries("identities", self.live.identities.len());
+        self.metrics
+            .set_map_entries("policy", self.live.policy.len());
         self.metrics.set_map_entries("rules", self.live.rules.len());
         for (op, error) in &report.failed {
             tracing::error!("map write failed, will retry: {op:?}: {error}");
@@ -493,7 +528,12 @@ impl Enforcer {
             );
         }
         let incomplete = report.incomplete_policies();
-        for endpoint in self.image.endpoints.values().filter(|e| incomplete.contains(&e.policy)) {
+        for endpoint in self
+            .image
+            .endpoints
+            .values()
+            .filter(|e| incomplete.contains(&e.policy))
+        {
             tracing::error!(
                 namespace = %endpoint.namespace,
                 pod = %endpoint.pod,
@@ -559,8 +599,10 @@ impl Enforcer {
     fn refresh_conntrack_metric(&self) {
         match Maps::conntrack_by_local(&self.datapath.ebpf) {
             Ok(by_local) => {
-                self.metrics.set_map_entries("conntrack", by_local.values().sum());
-                let by_pod = crate::telemetry::metrics::conntrack_by_pod(&by_local, &self.image.endpoints);
+                self.metrics
+                    .set_map_entries("conntrack", by_local.values().sum());
+                let by_pod =
+                    crate::telemetry::metrics::conntrack_by_pod(&by_local, &self.image.endpoints);
                 self.metrics.set_conntrack_by_pod(&by_pod);
             }
             Err(error) => tracing::debug!("counting conntrack entries: {error}"),
@@ -574,7 +616,8 @@ impl Enforcer {
                     .iter()
                     .filter(|(_, n)| *n > 0)
                     .filter_map(|(code, n)| {
-                        netfence_common::Reason::from_code(*code).map(|r| format!("{}={n}", r.name()))
+                        netfence_common::Reason::from_code(*code)
+                            .map(|r| format!("{}={n}", r.name()))
                     })
                     .collect();
                 tracing::info!("counters: {}", text.join(" "));

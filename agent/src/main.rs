@@ -7,8 +7,13 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rust_log = std::env::var("RUST_LOG").ok();
-    let filter = EnvFilter::new(netfence::cli::log_directives(cli.log_level, rust_log.as_deref()));
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::new(netfence::cli::log_directives(
+        cli.log_level,
+        rust_log.as_deref(),
+    ));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),

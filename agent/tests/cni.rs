@@ -90,7 +90,11 @@ fn flow_line(path: &Path, matches: impl Fn(&Value) -> bool) -> Value {
         if let Some(line) = flow_lines(path).into_iter().find(|l| matches(l)) {
             return line;
         }
-        assert!(Instant::now() < deadline, "no matching flow log line: {:?}", flow_lines(path));
+        assert!(
+            Instant::now() < deadline,
+            "no matching flow log line: {:?}",
+            flow_lines(path)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -98,16 +102,32 @@ fn flow_line(path: &Path, matches: impl Fn(&Value) -> bool) -> Value {
 /// The live endpoint count of the last sync the agent logged.
 fn last_endpoints(agent: &Agent) -> u64 {
     let log = agent.log();
-    let line = log.lines().rev().find(|l| l.contains("synced generation=")).expect("a sync line");
-    let count = line.split("endpoints=").nth(1).expect("endpoints= in the sync line");
-    count.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("synced generation="))
+        .expect("a sync line");
+    let count = line
+        .split("endpoints=")
+        .nth(1)
+        .expect("endpoints= in the sync line");
+    count
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Waits (bounded) until the agent's last sync reports `want` live endpoints.
 fn wait_for_endpoints(agent: &Agent, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while last_endpoints(agent) != want {
-        assert!(Instant::now() < deadline, "endpoints never {want}:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "endpoints never {want}:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -160,7 +180,8 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
     // From now on the runtime chains netfence-cni after bridge + host-local (through
     // a wrapper that records when each invocation starts and returns).
     let timed = timing_wrapper(&bed, &plugins);
-    bed.chain_plugin(&plugin_entry(&socket, true), &timed).unwrap();
+    bed.chain_plugin(&plugin_entry(&socket, true), &timed)
+        .unwrap();
 
     // ADD of a pod the agent's state does not have (the usual order on a cluster).
     let started = Instant::now();
@@ -173,7 +194,11 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
         .find(|l| l.contains("cni: programmed") && l.contains("x/new"))
         .unwrap_or_else(|| panic!("ADD returned before the agent confirmed:\n{log}"));
     assert!(programmed.contains("DefaultDeny"), "{programmed}");
-    let agent_ms = programmed.split("ms=").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+    let agent_ms = programmed
+        .split("ms=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("?");
     // The pod's ADD includes the bed's echo to each gateway after CNI (1 s timeout
     // each): denied for the new pod, answered for the others.
     println!(
@@ -183,10 +208,20 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
         baseline.as_millis()
     );
     let times = std::fs::read_to_string(timed.join("times")).unwrap();
-    let add = times.lines().find(|l| l.starts_with("ADD ")).expect("the wrapper ran for ADD");
-    let fields: Vec<u128> = add.split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    let add = times
+        .lines()
+        .find(|l| l.starts_with("ADD "))
+        .expect("the wrapper ran for ADD");
+    let fields: Vec<u128> = add
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
     assert_eq!(fields[2], 0, "netfence-cni ADD exit status: {add}");
-    println!("measured: netfence-cni ADD start to return {} ms", (fields[1] - fields[0]) / 1_000_000);
+    println!(
+        "measured: netfence-cni ADD start to return {} ms",
+        (fields[1] - fields[0]) / 1_000_000
+    );
     wait_for_endpoints(&agent, 6);
 
     // Every packet the new pod sends is dropped by its deny-all endpoint, from the
@@ -199,27 +234,65 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
     let first = flow_line(&flows, from_new);
     assert_eq!(first["verdict"].as_str(), Some("drop"), "{first}");
     let first_ip = flow_line(&flows, |l| from_new(l) && l["reason"] != "arp_spoofed");
-    assert_eq!((first_ip["verdict"].as_str(), first_ip["reason"].as_str()), (Some("drop"), Some("policy_deny")), "{first_ip}");
-    assert!(!tcp_connects(&new.netns, &srv.netns, srv.ip4(), 80).unwrap(), "new → srv:80 before its policy");
+    assert_eq!(
+        (first_ip["verdict"].as_str(), first_ip["reason"].as_str()),
+        (Some("drop"), Some("policy_deny")),
+        "{first_ip}"
+    );
+    assert!(
+        !tcp_connects(&new.netns, &srv.netns, srv.ip4(), 80).unwrap(),
+        "new → srv:80 before its policy"
+    );
     let syn = flow_line(&flows, |l| l["verdict"] == "drop" && l["dst"]["port"] == 80);
-    assert_eq!((syn["reason"].as_str(), syn["direction"].as_str()), (Some("policy_deny"), Some("egress")), "{syn}");
+    assert_eq!(
+        (syn["reason"].as_str(), syn["direction"].as_str()),
+        (Some("policy_deny"), Some("egress")),
+        "{syn}"
+    );
     let before_policy = flow_lines(&flows);
     let sent: Vec<&Value> = before_policy.iter().filter(|l| from_new(l)).collect();
-    assert!(sent.iter().all(|l| l["verdict"] == "drop"), "a packet of the new pod passed: {sent:?}");
-    println!("measured: {} flow events from the new pod before its policy, all drops", sent.len());
-    assert!(!tcp_connects(&peer.netns, &new.netns, new.ip4(), 8080).unwrap(), "peer → new before its policy");
-    let inbound = flow_line(&flows, |l| l["verdict"] == "drop" && l["dst"]["port"] == 8080);
-    assert_eq!((inbound["reason"].as_str(), inbound["direction"].as_str()), (Some("policy_deny"), Some("ingress")));
+    assert!(
+        sent.iter().all(|l| l["verdict"] == "drop"),
+        "a packet of the new pod passed: {sent:?}"
+    );
+    println!(
+        "measured: {} flow events from the new pod before its policy, all drops",
+        sent.len()
+    );
+    assert!(
+        !tcp_connects(&peer.netns, &new.netns, new.ip4(), 8080).unwrap(),
+        "peer → new before its policy"
+    );
+    let inbound = flow_line(&flows, |l| {
+        l["verdict"] == "drop" && l["dst"]["port"] == 8080
+    });
+    assert_eq!(
+        (inbound["reason"].as_str(), inbound["direction"].as_str()),
+        (Some("policy_deny"), Some("ingress"))
+    );
     // The bed's other pods are untouched.
-    assert!(tcp_connects(&peer.netns, &srv.netns, srv.ip4(), 80).unwrap(), "peer → srv");
+    assert!(
+        tcp_connects(&peer.netns, &srv.netns, srv.ip4(), 80).unwrap(),
+        "peer → srv"
+    );
 
     // The pod appears in the manifests with a policy allowing new → srv:80 (egress
     // only): its real endpoint replaces the deny-all one.
     bed.write_manifest("policy.yaml", NEW_POD_EGRESS).unwrap();
     bed.write_cluster().unwrap();
-    assert!(connects_within(10, &new, &srv, 80), "new → srv:80 once its policy exists:\n{}", agent.log());
-    assert!(!tcp_connects(&new.netns, &srv.netns, srv.ip4(), 81).unwrap(), "new → srv:81 is not allowed");
-    assert!(tcp_connects(&peer.netns, &new.netns, new.ip4(), 8080).unwrap(), "new's ingress is not isolated");
+    assert!(
+        connects_within(10, &new, &srv, 80),
+        "new → srv:80 once its policy exists:\n{}",
+        agent.log()
+    );
+    assert!(
+        !tcp_connects(&new.netns, &srv.netns, srv.ip4(), 81).unwrap(),
+        "new → srv:81 is not allowed"
+    );
+    assert!(
+        tcp_connects(&peer.netns, &new.netns, new.ip4(), 8080).unwrap(),
+        "new's ingress is not isolated"
+    );
     assert_eq!(last_endpoints(&agent), 6);
 
     // DEL of a pending pod the state never had removes its endpoint.
@@ -228,13 +301,20 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
     agent.wait_for_sync_after(generation).unwrap();
     wait_for_endpoints(&agent, 8);
     drop(tmp); // CNI DEL through the conflist, netfence-cni included
-    agent.wait_for_line(&["cni: DEL", "x/tmp", "pending=true"]).unwrap();
+    agent
+        .wait_for_line(&["cni: DEL", "x/tmp", "pending=true"])
+        .unwrap();
     wait_for_endpoints(&agent, 6);
     // DEL of the pod the state has: the pending entry goes, the endpoint stays (the
     // state still lists the pod, as the API server does until it is deleted).
     drop(new);
-    agent.wait_for_line(&["cni: DEL", "x/new", "pending=true"]).unwrap();
-    assert!(tcp_connects(&peer.netns, &srv.netns, srv.ip4(), 80).unwrap(), "peer → srv after the DELs");
+    agent
+        .wait_for_line(&["cni: DEL", "x/new", "pending=true"])
+        .unwrap();
+    assert!(
+        tcp_connects(&peer.netns, &srv.netns, srv.ip4(), 80).unwrap(),
+        "peer → srv after the DELs"
+    );
     assert!(agent.stop().unwrap().success());
 }
 
@@ -247,10 +327,15 @@ fn agent_down_fails_add_closed_and_passes_it_open() {
     let mut closed = bed("nfh3b");
     closed.namespace("x", &[]);
     let socket = closed.scratch("cni.sock");
-    closed.chain_plugin(&plugin_entry(&socket, true), &plugins).unwrap();
+    closed
+        .chain_plugin(&plugin_entry(&socket, true), &plugins)
+        .unwrap();
     let error = closed.pod("x", "a", &[("app", "a")], 10, &[]).unwrap_err();
     let text = format!("{error:#}");
-    assert!(text.contains("CNI plugin netfence-cni ADD failed (exit status: 1)"), "{text}");
+    assert!(
+        text.contains("CNI plugin netfence-cni ADD failed (exit status: 1)"),
+        "{text}"
+    );
     assert!(
         text.contains("CNI error 11: netfence agent did not confirm ADD for x/a (netfence agent unreachable at "),
         "{text}"
@@ -261,16 +346,23 @@ fn agent_down_fails_add_closed_and_passes_it_open() {
     let mut open = bed("nfh3c");
     open.namespace("x", &[]);
     let socket = open.scratch("cni.sock");
-    open.chain_plugin(&plugin_entry(&socket, false), &plugins).unwrap();
+    open.chain_plugin(&plugin_entry(&socket, false), &plugins)
+        .unwrap();
     let a = open.pod("x", "a", &[("app", "a")], 10, &[]).unwrap();
     let b = open.pod("x", "b", &[("app", "b")], 11, &[]).unwrap();
-    assert!(tcp_connects(&a.netns, &b.netns, b.ip4(), 80).unwrap(), "fail-open pods talk (no agent)");
+    assert!(
+        tcp_connects(&a.netns, &b.netns, b.ip4(), 80).unwrap(),
+        "fail-open pods talk (no agent)"
+    );
 }
 
 #[test]
 fn cni_install_and_uninstall_edit_the_flannel_conflist_idempotently() {
     let dir = tempfile::tempdir().unwrap();
-    let (bin, conf) = (dir.path().join("opt/cni/bin"), dir.path().join("etc/cni/net.d"));
+    let (bin, conf) = (
+        dir.path().join("opt/cni/bin"),
+        dir.path().join("etc/cni/net.d"),
+    );
     std::fs::create_dir_all(&conf).unwrap();
     let flannel = FLANNEL_CONFLIST;
     std::fs::write(conf.join("10-flannel.conflist"), flannel).unwrap();
@@ -286,19 +378,42 @@ fn cni_install_and_uninstall_edit_the_flannel_conflist_idempotently() {
             .arg(&plugin)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let first = install();
-    assert!(first.contains("binary installed") && first.contains("now chains netfence-cni last"), "{first}");
+    assert!(
+        first.contains("binary installed") && first.contains("now chains netfence-cni last"),
+        "{first}"
+    );
     let second = install();
-    assert!(second.contains("already current") && second.contains("already chains netfence-cni"), "{second}");
-    let written: Value = serde_json::from_str(&std::fs::read_to_string(conf.join("10-flannel.conflist")).unwrap()).unwrap();
-    let types: Vec<&str> = written["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert!(
+        second.contains("already current") && second.contains("already chains netfence-cni"),
+        "{second}"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("10-flannel.conflist")).unwrap())
+            .unwrap();
+    let types: Vec<&str> = written["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["flannel", "portmap", "netfence-cni"]);
-    assert_eq!(written["plugins"][2]["socketPath"], "/run/netfence/cni.sock");
+    assert_eq!(
+        written["plugins"][2]["socketPath"],
+        "/run/netfence/cni.sock"
+    );
     assert_eq!(written["plugins"][2]["failClosed"], true);
-    assert_eq!(std::fs::read(bin.join("netfence-cni")).unwrap(), b"plugin bytes");
+    assert_eq!(
+        std::fs::read(bin.join("netfence-cni")).unwrap(),
+        b"plugin bytes"
+    );
 
     let uninstall = || {
         let out = Process::new(netfence_bin())
@@ -310,16 +425,28 @@ fn cni_install_and_uninstall_edit_the_flannel_conflist_idempotently() {
             .arg(&bin)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let removed = uninstall();
-    assert!(removed.contains("netfence-cni: removed from") && removed.contains("binary removed from"), "{removed}");
-    let restored: Value = serde_json::from_str(&std::fs::read_to_string(conf.join("10-flannel.conflist")).unwrap()).unwrap();
+    assert!(
+        removed.contains("netfence-cni: removed from") && removed.contains("binary removed from"),
+        "{removed}"
+    );
+    let restored: Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("10-flannel.conflist")).unwrap())
+            .unwrap();
     assert_eq!(restored, serde_json::from_str::<Value>(flannel).unwrap());
     assert!(!bin.join("netfence-cni").exists());
     let again = uninstall();
-    assert!(again.contains("netfence-cni: in no conflist") && again.contains("binary not present in"), "{again}");
+    assert!(
+        again.contains("netfence-cni: in no conflist") && again.contains("binary not present in"),
+        "{again}"
+    );
 }
 
 #[test]
@@ -330,10 +457,19 @@ fn daemonset_init_container_installs_the_plugin_for_the_agents_socket() {
     let set: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let spec = &set["spec"]["template"]["spec"];
     let init = &spec["initContainers"][0];
-    assert_eq!(init["image"], spec["containers"][0]["image"], "same image as the agent");
+    assert_eq!(
+        init["image"], spec["containers"][0]["image"],
+        "same image as the agent"
+    );
     let argv = |c: &Value| -> Vec<String> {
         std::iter::once("netfence".to_owned())
-            .chain(c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()))
+            .chain(
+                c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned()),
+            )
             .collect()
     };
     let Command::CniInstall(install) = Cli::try_parse_from(argv(init)).unwrap().command else {
@@ -344,36 +480,83 @@ fn daemonset_init_container_installs_the_plugin_for_the_agents_socket() {
     let Command::Run(run) = Cli::try_parse_from(agent_argv).unwrap().command else {
         panic!("the agent does not run `run`");
     };
-    assert_eq!(install.socket_path, PathBuf::from(&run.cni_socket), "the plugin calls the agent's socket");
+    assert_eq!(
+        install.socket_path,
+        PathBuf::from(&run.cni_socket),
+        "the plugin calls the agent's socket"
+    );
     assert!(install.fail_closed);
     // The agent keeps the same entry chained in the same host directory.
     use netfence::cni::install::plugin_entry as entry;
     assert_eq!(
-        entry(Path::new(&run.cni_socket), run.cni.timeout_seconds, run.cni.fail_closed),
-        entry(&install.socket_path, install.timeout_seconds, install.fail_closed)
+        entry(
+            Path::new(&run.cni_socket),
+            run.cni.timeout_seconds,
+            run.cni.fail_closed
+        ),
+        entry(
+            &install.socket_path,
+            install.timeout_seconds,
+            install.fail_closed
+        )
     );
-    let keep_dir = run.cni.conf_dir.clone().expect("the agent runs with --cni-conf-dir");
+    let keep_dir = run
+        .cni
+        .conf_dir
+        .clone()
+        .expect("the agent runs with --cni-conf-dir");
     let agent_mount = |mount: &Path| -> String {
         let mounts = spec["containers"][0]["volumeMounts"].as_array().unwrap();
-        let name = mounts.iter().find(|m| Path::new(m["mountPath"].as_str().unwrap()) == mount).unwrap()["name"].clone();
-        let volume = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap();
+        let name = mounts
+            .iter()
+            .find(|m| Path::new(m["mountPath"].as_str().unwrap()) == mount)
+            .unwrap()["name"]
+            .clone();
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap();
         volume["hostPath"]["path"].as_str().unwrap().to_owned()
     };
     assert_eq!(agent_mount(&keep_dir), "/etc/cni/net.d");
     // The host directories, mounted where the arguments say.
     let host_path = |mount: &Path| -> String {
         let mounts = init["volumeMounts"].as_array().unwrap();
-        let name = mounts.iter().find(|m| Path::new(m["mountPath"].as_str().unwrap()) == mount).unwrap()["name"].clone();
-        let volume = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).unwrap();
+        let name = mounts
+            .iter()
+            .find(|m| Path::new(m["mountPath"].as_str().unwrap()) == mount)
+            .unwrap()["name"]
+            .clone();
+        let volume = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap();
         volume["hostPath"]["path"].as_str().unwrap().to_owned()
     };
     assert_eq!(host_path(&install.bin_dir), "/opt/cni/bin");
     assert_eq!(host_path(&install.conf_dir), "/etc/cni/net.d");
     // The agent's socket directory is a host path too (the plugin runs on the host).
-    let run_dir = Path::new(&run.cni_socket).parent().unwrap().to_str().unwrap().to_owned();
+    let run_dir = Path::new(&run.cni_socket)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     let agent_mounts = spec["containers"][0]["volumeMounts"].as_array().unwrap();
-    let run_mount = agent_mounts.iter().find(|m| m["mountPath"] == run_dir.as_str()).expect("socket dir mounted");
-    let run_volume = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == run_mount["name"]).unwrap();
+    let run_mount = agent_mounts
+        .iter()
+        .find(|m| m["mountPath"] == run_dir.as_str())
+        .expect("socket dir mounted");
+    let run_volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == run_mount["name"])
+        .unwrap();
     assert_eq!(run_volume["hostPath"]["path"], run_dir.as_str());
     // No capability: root writes the root-owned host directories as their owner.
     let security = &init["securityContext"];

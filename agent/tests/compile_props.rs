@@ -19,11 +19,11 @@ use std::net::IpAddr;
 
 use common_state::{ip, ip_block, named, packet, port, port_range, proto_only};
 use netfence::compile::compile;
-use netfence::source::validate::defaulted_policy_types;
 use netfence::model::{
     ContainerPort, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
     PortSpec, Protocol, Requirement, Rule, State,
 };
+use netfence::source::validate::defaulted_policy_types;
 use netfence_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use proptest::prelude::*;
 

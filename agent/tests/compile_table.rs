@@ -8,9 +8,9 @@ mod common_state;
 
 use common_state::*;
 use netfence::compile::compile;
-use netfence::source::validate::defaulted_policy_types;
 use netfence::image::DirectionVerdict;
 use netfence::model::{LabelSelector, Operator, PodPhase};
+use netfence::source::validate::defaulted_policy_types;
 use netfence_common::{IDENTITY_WORLD, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 #[test]

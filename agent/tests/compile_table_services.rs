@@ -51,7 +51,9 @@ fn with_services(builder: StateBuilder, backend: &str, target: &str) -> StateBui
 
 fn to_vip(image: &Image, state: &State, from: &str, vip: &str, protocol: u8, port: u16) -> bool {
     let src = pod_addr(state, from, false);
-    image.lookup(&packet(src, ip(vip), protocol, port)).allowed()
+    image
+        .lookup(&packet(src, ip(vip), protocol, port))
+        .allowed()
 }
 
 #[test]
@@ -59,11 +61,11 @@ fn egress_to_a_vip_follows_its_backends() {
     let (state, image) = compiled(with_services(xyz().policy(x_a_egress_to_z_b()), "b", "80"));
     // (from, vip, port, allowed)
     let table = [
-        ("x/a", WEB_VIP, 8080, true),   // fronts z/b:80, which the rule allows
-        ("x/a", WEB_VIP, 80, false),    // the VIP on the target port is no Service port
-        ("x/a", WEB_VIP, 8081, false),  // another port of the VIP
+        ("x/a", WEB_VIP, 8080, true),    // fronts z/b:80, which the rule allows
+        ("x/a", WEB_VIP, 80, false),     // the VIP on the target port is no Service port
+        ("x/a", WEB_VIP, 8081, false),   // another port of the VIP
         ("x/a", OTHER_VIP, 8080, false), // fronts z/c, not allowed
-        ("y/a", OTHER_VIP, 8080, true), // y/a is not egress-isolated
+        ("y/a", OTHER_VIP, 8080, true),  // y/a is not egress-isolated
     ];
     for (from, vip, port, allowed) in table {
         assert_eq!(
@@ -80,37 +82,62 @@ fn egress_to_a_vip_follows_its_backends() {
         other => panic!("expected an allow, got {other:?}"),
     };
     let info = &image.rules[&rule];
-    assert_eq!((info.policy.as_str(), info.direction, info.index), ("to-z-b", DIR_EGRESS, 0));
+    assert_eq!(
+        (info.policy.as_str(), info.direction, info.index),
+        ("to-z-b", DIR_EGRESS, 0)
+    );
     // The VIP has an identity of its own, described as the Service.
     let vip_identity = image.identity_of(ip(WEB_VIP));
-    assert_eq!(image.identity_info[&vip_identity].service.as_deref(), Some("z/web"));
+    assert_eq!(
+        image.identity_info[&vip_identity].service.as_deref(),
+        Some("z/web")
+    );
     assert!(image.identity_info[&vip_identity].pods.is_empty());
 }
 
 #[test]
 fn named_target_port_resolves_per_backend_pod() {
     // targetPort `serve-80-tcp` is 80 on every xyz pod.
-    let (state, image) = compiled(with_services(xyz().policy(x_a_egress_to_z_b()), "b", "serve-80-tcp"));
+    let (state, image) = compiled(with_services(
+        xyz().policy(x_a_egress_to_z_b()),
+        "b",
+        "serve-80-tcp",
+    ));
     assert!(to_vip(&image, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
     // `serve-81-tcp` resolves to 81, which the rule does not allow.
-    let (state, image) = compiled(with_services(xyz().policy(x_a_egress_to_z_b()), "b", "serve-81-tcp"));
+    let (state, image) = compiled(with_services(
+        xyz().policy(x_a_egress_to_z_b()),
+        "b",
+        "serve-81-tcp",
+    ));
     assert!(!to_vip(&image, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
     // A name no backend declares gives no backend.
-    let (state, image) = compiled(with_services(xyz().policy(x_a_egress_to_z_b()), "b", "nope"));
+    let (state, image) = compiled(with_services(
+        xyz().policy(x_a_egress_to_z_b()),
+        "b",
+        "nope",
+    ));
     assert!(!to_vip(&image, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
 }
 
 #[test]
 fn endpoint_slices_decide_the_backends_and_their_changes() {
     let slice = |endpoints: &[(&str, bool)]| {
-        endpoint_slice("z", "web-abc", "web", &[(Some("http"), Protocol::Tcp, 80)], endpoints)
+        endpoint_slice(
+            "z",
+            "web-abc",
+            "web",
+            &[(Some("http"), Protocol::Tcp, 80)],
+            endpoints,
+        )
     };
     // The selector picks z/b, but the slice (what kube-proxy uses) lists only z/c.
     let base = || with_services(xyz().policy(x_a_egress_to_z_b()), "b", "80");
     let (state, image) = compiled(base().slice(slice(&[("198.18.3.3", true)])));
     assert!(!to_vip(&image, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
     // Endpoints change: z/b joins, ready.
-    let (state, image2) = compiled(base().slice(slice(&[("198.18.3.3", true), ("198.18.3.2", true)])));
+    let (state, image2) =
+        compiled(base().slice(slice(&[("198.18.3.3", true), ("198.18.3.2", true)])));
     assert!(to_vip(&image2, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
     let x_a = pod_addr(&state, "x/a", false);
     assert_ne!(
@@ -121,8 +148,13 @@ fn endpoint_slices_decide_the_backends_and_their_changes() {
     let (state, image) = compiled(base().slice(slice(&[("198.18.3.2", false)])));
     assert!(!to_vip(&image, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
     // The slice port of another name does not serve port `http`.
-    let other_port =
-        endpoint_slice("z", "web-abc", "web", &[(Some("admin"), Protocol::Tcp, 80)], &[("198.18.3.2", true)]);
+    let other_port = endpoint_slice(
+        "z",
+        "web-abc",
+        "web",
+        &[(Some("admin"), Protocol::Tcp, 80)],
+        &[("198.18.3.2", true)],
+    );
     let (state, image) = compiled(base().slice(other_port));
     assert!(!to_vip(&image, &state, "x/a", WEB_VIP, PROTO_TCP, 8080));
 }
@@ -142,7 +174,12 @@ fn dns_rule_allows_kube_dns_vip_on_udp_and_tcp_53() {
         .build();
     let builder = xyz()
         .namespace("kube-system", &[])
-        .pod("kube-system", "coredns-1", &[("k8s-app", "kube-dns")], &["198.18.9.10"])
+        .pod(
+            "kube-system",
+            "coredns-1",
+            &[("k8s-app", "kube-dns")],
+            &["198.18.9.10"],
+        )
         .policy(dns)
         .service(service(
             "kube-system",
@@ -177,7 +214,10 @@ fn ip_block_covering_a_vip_matches_it() {
     // ipBlocks (an `except` can carve it out).
     let p = policy("x", "to-block")
         .select(sel(&[("pod", "a")]))
-        .egress(rule(vec![ip_block("198.19.200.0/24", &[OTHER_VIP_32])], vec![]))
+        .egress(rule(
+            vec![ip_block("198.19.200.0/24", &[OTHER_VIP_32])],
+            vec![],
+        ))
         .types(&["Egress"])
         .build();
     let (state, image) = compiled(with_services(xyz().policy(p), "b", "80"));
@@ -279,7 +319,9 @@ fn audit_policies_decide_a_direction_only_when_no_enforcing_policy_does() {
     let allowed_by_entries = |image: &Image, state: &State, from: &str| {
         let ep = endpoint_policy(image, state);
         let peer = image.identity_of(pod_addr(state, from, false));
-        image.policy_lookup(ep.policy, peer, DIR_INGRESS, PROTO_TCP, 80).is_some()
+        image
+            .policy_lookup(ep.policy, peer, DIR_INGRESS, PROTO_TCP, 80)
+            .is_some()
     };
 
     // Audit policy alone: ingress is audited, decided by its rules.
@@ -289,16 +331,26 @@ fn audit_policies_decide_a_direction_only_when_no_enforcing_policy_does() {
     assert!(!ep.isolated_egress && !ep.audit_egress);
     assert!(allowed_by_entries(&image, &state, "x/b"));
     assert!(!allowed_by_entries(&image, &state, "x/c"));
-    assert_eq!(image.endpoint_policies[&ep.policy].ingress, vec!["x/audit-from-b".to_owned()]);
+    assert_eq!(
+        image.endpoint_policies[&ep.policy].ingress,
+        vec!["x/audit-from-b".to_owned()]
+    );
 
     // With an enforcing policy too: enforced, and only the enforcing policy's rules
     // count (the audit policy's allow of x/b has no effect).
-    let (state, image) = compiled(xyz().policy(audit_only_b.clone()).policy(enforce_from_c.clone()));
+    let (state, image) = compiled(
+        xyz()
+            .policy(audit_only_b.clone())
+            .policy(enforce_from_c.clone()),
+    );
     let ep = endpoint_policy(&image, &state);
     assert!(ep.isolated_ingress && !ep.audit_ingress);
     assert!(!allowed_by_entries(&image, &state, "x/b"));
     assert!(allowed_by_entries(&image, &state, "x/c"));
-    assert_eq!(image.endpoint_policies[&ep.policy].ingress, vec!["x/enforce-from-c".to_owned()]);
+    assert_eq!(
+        image.endpoint_policies[&ep.policy].ingress,
+        vec!["x/enforce-from-c".to_owned()]
+    );
 
     // An audit policy on egress and an enforcing one on ingress: each direction on its own.
     let audit_egress = policy("x", "audit-egress")
@@ -320,12 +372,14 @@ fn audit_policies_decide_a_direction_only_when_no_enforcing_policy_does() {
     }));
     let ep2 = endpoint_policy(&enforced, &state);
     assert!(ep2.isolated_ingress && !ep2.audit_ingress);
-    let (_, audited) = compiled(xyz().policy(
-        policy("x", "audit-from-b")
-            .select(sel(&[("pod", "a")]))
-            .ingress(rule(vec![pods(None, Some(sel(&[("pod", "b")])))], vec![]))
-            .audit()
-            .build(),
-    ));
+    let (_, audited) = compiled(
+        xyz().policy(
+            policy("x", "audit-from-b")
+                .select(sel(&[("pod", "a")]))
+                .ingress(rule(vec![pods(None, Some(sel(&[("pod", "b")])))], vec![]))
+                .audit()
+                .build(),
+        ),
+    );
     assert_ne!(ep2.policy, endpoint_policy(&audited, &state).policy);
 }

@@ -261,16 +261,20 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     let volumes = spec.volumes.unwrap();
     let cache_dir = parsed_run(&container).cni.cache_dir;
     assert!(!cache_dir.is_empty(), "--cni-cache-dir is on");
-    let record_dir = netfence::dataplane::last_sync::path_for(std::path::Path::new("/sys/fs/bpf/netfence"))
-        .parent()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let record_dir =
+        netfence::dataplane::last_sync::path_for(std::path::Path::new("/sys/fs/bpf/netfence"))
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
     let mut host_paths: Vec<(String, String)> = mounts
         .iter()
         .map(|m| {
-            let volume = volumes.iter().find(|v| v.name == m.name).expect("mount has a volume");
+            let volume = volumes
+                .iter()
+                .find(|v| v.name == m.name)
+                .expect("mount has a volume");
             let host = volume.host_path.clone().expect("a hostPath volume").path;
             (m.mount_path.clone(), host)
         })
@@ -279,7 +283,10 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     assert_eq!(
         host_paths,
         vec![
-            ("/host/etc/cni/net.d".to_owned(), "/etc/cni/net.d".to_owned()),
+            (
+                "/host/etc/cni/net.d".to_owned(),
+                "/etc/cni/net.d".to_owned()
+            ),
             (record_dir.clone(), record_dir),
             ("/run/netns".to_owned(), "/run/netns".to_owned()),
             ("/sys/fs/bpf".to_owned(), "/sys/fs/bpf".to_owned()),
@@ -288,14 +295,22 @@ fn daemonset_is_unprivileged_with_only_the_documented_capabilities() {
     );
     let propagation: Vec<(&str, Option<&str>, Option<bool>)> = mounts
         .iter()
-        .map(|m| (m.mount_path.as_str(), m.mount_propagation.as_deref(), m.read_only))
+        .map(|m| {
+            (
+                m.mount_path.as_str(),
+                m.mount_propagation.as_deref(),
+                m.read_only,
+            )
+        })
         .collect();
     assert!(
-        propagation.iter().all(|(path, mode, read_only)| match *path {
-            "/run/netns" => *mode == Some("HostToContainer") && *read_only == Some(true),
-            path if path == cache_dir => mode.is_none() && *read_only == Some(true),
-            _ => mode.is_none(),
-        }),
+        propagation
+            .iter()
+            .all(|(path, mode, read_only)| match *path {
+                "/run/netns" => *mode == Some("HostToContainer") && *read_only == Some(true),
+                path if path == cache_dir => mode.is_none() && *read_only == Some(true),
+                _ => mode.is_none(),
+            }),
         "no bidirectional mounts; the network namespaces read only, host to container; the CNI result cache read only: {propagation:?}"
     );
 

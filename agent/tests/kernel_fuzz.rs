@@ -17,7 +17,11 @@
 //! runs) and `NFC_FUZZ_SEED` (default 1) choose the run; the long run is
 //! `cargo xtask fuzz [--frames 5000000] [--seed S]`, which runs this test in release
 //! mode with `--nocapture` and prints frames/s and the reason histogram.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a failed setup step is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed setup step is a failed test"
+)]
 
 #[path = "kernel/fuzz_gen.rs"]
 mod fuzz_gen;
@@ -47,7 +51,10 @@ const TC_ACT_UNSPEC: u32 = u32::MAX;
 const BLOCK: usize = 1024;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
 }
 
 fn hex(frame: &[u8]) -> String {
@@ -128,7 +135,11 @@ impl Fuzz {
     fn note(&mut self, severity: u8, what: String, hook: Hook, frame: &[u8], detail: String) {
         let group = self.groups.entry((severity, what)).or_default();
         group.count += 1;
-        if group.example.as_ref().is_none_or(|(_, f, _)| frame.len() < f.len()) {
+        if group
+            .example
+            .as_ref()
+            .is_none_or(|(_, f, _)| frame.len() < f.len())
+        {
             group.example = Some((hook, frame.to_vec(), detail));
         }
     }
@@ -139,7 +150,10 @@ impl Fuzz {
             self.refused += 1;
             return;
         };
-        *self.model_hist.entry((expected.reason, hook == Hook::FromPod)).or_default() += 1;
+        *self
+            .model_hist
+            .entry((expected.reason, hook == Hook::FromPod))
+            .or_default() += 1;
         let counters = self.rig.counters();
         let risen: Vec<(usize, u64)> = (0..REASON_SLOTS as usize)
             .filter(|&i| i != COUNTER_EVENTS_LOST as usize && counters[i] != self.last_counters[i])
@@ -152,15 +166,43 @@ impl Fuzz {
         };
         *self.kernel_hist.entry(reason_name(got)).or_default() += 1;
         let model_drop = expected.reason.is_drop();
-        let summary = format!("{hook:?}: model {} / kernel {} (action {action:#x})", expected.reason.name(), reason_name(got));
+        let summary = format!(
+            "{hook:?}: model {} / kernel {} (action {action:#x})",
+            expected.reason.name(),
+            reason_name(got)
+        );
         if model_drop && action != TC_ACT_SHOT {
-            self.note(0, format!("{hook:?}: model {} passed as {}", expected.reason.name(), reason_name(got)), hook, frame, summary.clone());
+            self.note(
+                0,
+                format!(
+                    "{hook:?}: model {} passed as {}",
+                    expected.reason.name(),
+                    reason_name(got)
+                ),
+                hook,
+                frame,
+                summary.clone(),
+            );
         }
         if got != Some(expected.reason) {
-            let what = format!("{hook:?}: model {} / kernel {} {risen:?}", expected.reason.name(), reason_name(got));
+            let what = format!(
+                "{hook:?}: model {} / kernel {} {risen:?}",
+                expected.reason.name(),
+                reason_name(got)
+            );
             self.note(1, what, hook, frame, summary.clone());
-        } else if (action == TC_ACT_SHOT) != model_drop || (!model_drop && action != TC_ACT_UNSPEC) {
-            self.note(1, format!("{hook:?}: {} with action {action:#x}", expected.reason.name()), hook, frame, summary.clone());
+        } else if (action == TC_ACT_SHOT) != model_drop || (!model_drop && action != TC_ACT_UNSPEC)
+        {
+            self.note(
+                1,
+                format!(
+                    "{hook:?}: {} with action {action:#x}",
+                    expected.reason.name()
+                ),
+                hook,
+                frame,
+                summary.clone(),
+            );
         }
         let agree = got == Some(expected.reason);
         self.conntrack(hook, frame, &expected, agree);
@@ -173,17 +215,47 @@ impl Fuzz {
         for (key, value) in self.rig.conntrack() {
             let original = self.flows.get(&key).copied();
             let problem = match (expected.ct, original) {
-                (CtEffect::Create { key: k, origin, rules, n_rules }, _) if k == key => {
+                (
+                    CtEffect::Create {
+                        key: k,
+                        origin,
+                        rules,
+                        n_rules,
+                    },
+                    _,
+                ) if k == key => {
                     created = true;
-                    let ok = value.origin == origin && value.replied == 0 && rules[..n_rules].contains(&value.rule);
-                    (!ok).then(|| format!("created entry {value:?}, expected origin {origin} rule in {:?}", &rules[..n_rules]))
+                    let ok = value.origin == origin
+                        && value.replied == 0
+                        && rules[..n_rules].contains(&value.rule);
+                    (!ok).then(|| {
+                        format!(
+                            "created entry {value:?}, expected origin {origin} rule in {:?}",
+                            &rules[..n_rules]
+                        )
+                    })
                 }
-                (CtEffect::Touch { key: k, replied, state }, Some(o)) if k == key => {
-                    let ok = value.replied == replied && value.state == state && value.origin == o.origin && value.rule == o.rule;
-                    (!ok).then(|| format!("touched entry {value:?}, expected replied {replied} state {state}"))
+                (
+                    CtEffect::Touch {
+                        key: k,
+                        replied,
+                        state,
+                    },
+                    Some(o),
+                ) if k == key => {
+                    let ok = value.replied == replied
+                        && value.state == state
+                        && value.origin == o.origin
+                        && value.rule == o.rule;
+                    (!ok).then(|| {
+                        format!("touched entry {value:?}, expected replied {replied} state {state}")
+                    })
                 }
                 (_, Some(o)) => {
-                    let same = CtValue { last_seen_ns: o.last_seen_ns, ..value } == o;
+                    let same = CtValue {
+                        last_seen_ns: o.last_seen_ns,
+                        ..value
+                    } == o;
                     (!same).then(|| format!("pre-created entry changed to {value:?}"))
                 }
                 (_, None) => Some(format!("unexpected entry {key:?} {value:?}")),
@@ -191,11 +263,20 @@ impl Fuzz {
             if let Some(detail) = problem
                 && agree
             {
-                self.note(2, format!("{hook:?} {}: conntrack", expected.reason.name()), hook, frame, detail);
+                self.note(
+                    2,
+                    format!("{hook:?} {}: conntrack", expected.reason.name()),
+                    hook,
+                    frame,
+                    detail,
+                );
             }
             match self.worlds[1].flows.iter().find(|f| f.key == key) {
                 Some(f) => {
-                    let want = CtValue { last_seen_ns: self.base_ns - f.age_ns, ..f.value };
+                    let want = CtValue {
+                        last_seen_ns: self.base_ns - f.age_ns,
+                        ..f.value
+                    };
                     if value != want {
                         self.rig.put_conntrack(key, want);
                     }
@@ -207,7 +288,13 @@ impl Fuzz {
             && !created
             && agree
         {
-            self.note(2, format!("{hook:?} {}: no entry", expected.reason.name()), hook, frame, format!("expected {key:?}"));
+            self.note(
+                2,
+                format!("{hook:?} {}: no entry", expected.reason.name()),
+                hook,
+                frame,
+                format!("expected {key:?}"),
+            );
         }
     }
 
@@ -220,22 +307,36 @@ impl Fuzz {
             let ours = expected.first_fragment == Some(key);
             recorded |= ours;
             let problem = if ours {
-                (value.allowed != u32::from(!expected.reason.is_drop())).then(|| format!("record {value:?}"))
+                (value.allowed != u32::from(!expected.reason.is_drop()))
+                    .then(|| format!("record {value:?}"))
             } else if let Some(allowed) = pre {
-                (value.allowed != u32::from(allowed)).then(|| format!("pre-created record {key:?} changed to {value:?}"))
+                (value.allowed != u32::from(allowed))
+                    .then(|| format!("pre-created record {key:?} changed to {value:?}"))
             } else {
                 Some(format!("unexpected record {key:?} {value:?}"))
             };
             if let Some(detail) = problem
                 && agree
             {
-                self.note(2, format!("{hook:?} {}: fragments", expected.reason.name()), hook, frame, detail);
+                self.note(
+                    2,
+                    format!("{hook:?} {}: fragments", expected.reason.name()),
+                    hook,
+                    frame,
+                    detail,
+                );
             }
             match pre {
-                Some(allowed) if ours || value.allowed != u32::from(allowed) => self.rig.put_fragment(
-                    key,
-                    netfence_common::FragValue { last_seen_ns: self.base_ns, allowed: u32::from(allowed), rule: 0 },
-                ),
+                Some(allowed) if ours || value.allowed != u32::from(allowed) => {
+                    self.rig.put_fragment(
+                        key,
+                        netfence_common::FragValue {
+                            last_seen_ns: self.base_ns,
+                            allowed: u32::from(allowed),
+                            rule: 0,
+                        },
+                    )
+                }
                 Some(_) => {}
                 None => self.rig.remove_fragment(&key),
             }
@@ -245,17 +346,37 @@ impl Fuzz {
             && agree
             && !expected.reason.is_drop()
         {
-            self.note(2, format!("{hook:?} {}: no fragment record", expected.reason.name()), hook, frame, format!("{key:?}"));
+            self.note(
+                2,
+                format!("{hook:?} {}: no fragment record", expected.reason.name()),
+                hook,
+                frame,
+                format!("{key:?}"),
+            );
         }
     }
 
     fn report(&self, frames: u64, seconds: f64) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{frames} frames in {seconds:.1} s: {:.0} frames/s, {} refused by test_run", frames as f64 / seconds, self.refused);
+        let _ = writeln!(
+            out,
+            "{frames} frames in {seconds:.1} s: {:.0} frames/s, {} refused by test_run",
+            frames as f64 / seconds,
+            self.refused
+        );
         let _ = writeln!(out, "model reasons (from_pod / to_pod):");
         for r in Reason::ALL {
-            let (f, t) = (self.model_hist.get(&(r, true)), self.model_hist.get(&(r, false)));
-            let _ = writeln!(out, "  {:32} {:>9} {:>9}", r.name(), f.copied().unwrap_or(0), t.copied().unwrap_or(0));
+            let (f, t) = (
+                self.model_hist.get(&(r, true)),
+                self.model_hist.get(&(r, false)),
+            );
+            let _ = writeln!(
+                out,
+                "  {:32} {:>9} {:>9}",
+                r.name(),
+                f.copied().unwrap_or(0),
+                t.copied().unwrap_or(0)
+            );
         }
         let _ = writeln!(out, "kernel reasons: {:?}", self.kernel_hist);
         out
@@ -310,19 +431,31 @@ fn kernel_and_model_agree_on_random_frames() {
                 refreshed = Instant::now();
             }
         }
-        let hook = if rng.chance(1, 2) { Hook::FromPod } else { Hook::ToPod };
+        let hook = if rng.chance(1, 2) {
+            Hook::FromPod
+        } else {
+            Hook::ToPod
+        };
         let frame = fuzz_gen::frame(&mut rng, &pools);
         fuzz.one(hook, &frame);
     }
     let report = fuzz.report(frames, start.elapsed().as_secs_f64());
     println!("seed {seed}: {report}");
     let findings = fuzz.findings();
-    assert!(findings.is_empty(), "seed {seed}: kernel and model disagree:\n{findings}\n{report}");
+    assert!(
+        findings.is_empty(),
+        "seed {seed}: kernel and model disagree:\n{findings}\n{report}"
+    );
     let unexplored: Vec<&str> = Reason::ALL
         .iter()
         .filter(|&&r| r != Reason::DropPolicyChanged)
-        .filter(|&&r| !fuzz.model_hist.contains_key(&(r, true)) && !fuzz.model_hist.contains_key(&(r, false)))
+        .filter(|&&r| {
+            !fuzz.model_hist.contains_key(&(r, true)) && !fuzz.model_hist.contains_key(&(r, false))
+        })
         .map(|r| r.name())
         .collect();
-    assert!(unexplored.is_empty(), "seed {seed}: no frame reached {unexplored:?}\n{report}");
+    assert!(
+        unexplored.is_empty(),
+        "seed {seed}: no frame reached {unexplored:?}\n{report}"
+    );
 }

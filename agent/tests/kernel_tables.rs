@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use common_state::*;
 use kernel::frame::{self, L4, TCP_ACK, TCP_SYN, icmp, sctp, tcp, udp};
-use kernel::{FROM_POD, Kernel, TC_ACT_UNSPEC, TC_ACT_SHOT, TO_POD};
+use kernel::{FROM_POD, Kernel, TC_ACT_SHOT, TC_ACT_UNSPEC, TO_POD};
 use netfence::dataplane::sync::Contents;
 use netfence::image::{DirectionVerdict, Image, Packet};
 use netfence::model::{Protocol, State};

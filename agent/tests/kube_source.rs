@@ -677,14 +677,16 @@ fn store_memory_per_10k_pods() {
     };
     let json_bytes = serde_json::to_vec(&raw(1234)).unwrap().len();
 
-    let (store, mut writer) = reflector::store::<netfence::source::kube::Stored<netfence::model::Pod>>();
+    let (store, mut writer) =
+        reflector::store::<netfence::source::kube::Stored<netfence::model::Pod>>();
     COUNTING.with(|c| c.set(true));
     let before = LIVE.with(Cell::get);
     writer.apply_watcher_event(&Event::Init);
     // Each raw object is built and dropped inside the counted region: what stays
     // counted is what the store keeps.
     for i in 0..PODS_N {
-        let converted = netfence::source::kube::Stored::<netfence::model::Pod>::convert(raw(i), "/api/v1/pods");
+        let converted =
+            netfence::source::kube::Stored::<netfence::model::Pod>::convert(raw(i), "/api/v1/pods");
         assert!(converted.errors.is_empty(), "{:?}", converted.errors);
         writer.apply_watcher_event(&Event::InitApply(converted.value.unwrap()));
     }

@@ -2,7 +2,10 @@
 //! found, their addresses read without entering the namespace, and a bridge's ports
 //! selected. Runs in a namespace of its own (`nfl-*`), cleaned up by a guard.
 
-#![allow(clippy::expect_used, reason = "tests: a failed setup step is a failed test")]
+#![allow(
+    clippy::expect_used,
+    reason = "tests: a failed setup step is a failed test"
+)]
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -32,7 +35,10 @@ impl Drop for Netns {
 }
 
 fn sh(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().expect("spawn");
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect("spawn");
     assert!(status.success(), "{args:?} failed");
 }
 
@@ -62,16 +68,23 @@ fn veth_peer_addresses_bind_pod_ips_to_host_interfaces() {
         (&pod_a, "nflh-a", "198.18.7.2/24", "fd00:7::2/64"),
         (&pod_b, "nflh-b", "198.18.7.3/24", "fd00:7::3/64"),
     ] {
-        node.ip(&["link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &pod.0]);
+        node.ip(&[
+            "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+        ]);
         node.ip(&["link", "set", host, "master", "br-nfl", "up"]);
         pod.ip(&["addr", "add", addr4, "dev", "eth0"]);
         pod.ip(&["addr", "add", addr6, "dev", "eth0", "nodad"]);
         pod.ip(&["link", "set", "eth0", "up"]);
     }
-    node.ip(&["link", "add", "nfl-o1", "type", "veth", "peer", "name", "nfl-o2"]);
+    node.ip(&[
+        "link", "add", "nfl-o1", "type", "veth", "peer", "name", "nfl-o2",
+    ]);
 
     let (names, bindings, problems) = in_netns(&node.0, || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
         runtime.block_on(async {
             let handle = links::connect().expect("netlink");
             let all = links::list(&handle).await.expect("list");
@@ -85,7 +98,11 @@ fn veth_peer_addresses_bind_pod_ips_to_host_interfaces() {
                 .bindings
                 .into_iter()
                 .map(|(addr, index)| {
-                    let name = all.iter().find(|i| i.index == index).map(|i| i.name.clone()).unwrap_or_default();
+                    let name = all
+                        .iter()
+                        .find(|i| i.index == index)
+                        .map(|i| i.name.clone())
+                        .unwrap_or_default();
                     (addr, name)
                 })
                 .collect();
@@ -100,5 +117,8 @@ fn veth_peer_addresses_bind_pod_ips_to_host_interfaces() {
         ("fd00:7::2".parse().expect("ip"), "nflh-a".to_owned()),
         ("fd00:7::3".parse().expect("ip"), "nflh-b".to_owned()),
     ];
-    assert_eq!(bindings, expected, "global addresses of each peer, link-local excluded");
+    assert_eq!(
+        bindings, expected,
+        "global addresses of each peer, link-local excluded"
+    );
 }

@@ -116,7 +116,13 @@ fn tagged_counts(servers: &[std::net::UdpSocket], tag: &[u8]) -> Vec<usize> {
     std::thread::sleep(SETTLE);
     servers
         .iter()
-        .map(|s| datagrams(s, DRAIN).unwrap().iter().filter(|(d, _)| d == tag).count())
+        .map(|s| {
+            datagrams(s, DRAIN)
+                .unwrap()
+                .iter()
+                .filter(|(d, _)| d == tag)
+                .count()
+        })
         .collect()
 }
 

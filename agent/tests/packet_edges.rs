@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use netfence_testbed::{NODE_NAME, POD_INTERFACES, tcp_connects};
+use netfence_testbed::{NODE_NAME, POD_INTERFACES, bind_retrying, tcp_connects};
 use netns::{Agent, Attach, PodNs, TestBed, abc_pods, netfence_bin};
 
 /// The client's pace: one line every this long over one connection.
@@ -39,13 +39,20 @@ struct Stream {
 impl Stream {
     fn open(from: &PodNs, to: &PodNs, port: u16) -> Stream {
         let target = SocketAddr::new(to.ip4(), port);
-        let listener = to.netns.run(|| TcpListener::bind(target)).unwrap().unwrap();
+        let listener = to
+            .netns
+            .run(|| bind_retrying(|| TcpListener::bind(target)))
+            .unwrap()
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let server_stop = stop.clone();
         let server = std::thread::spawn(move || {
-            let Ok((conn, _)) = listener.accept() else { return };
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
             drop(listener);
-            conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            conn.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let mut writer = conn.try_clone().unwrap();
             let mut reader = BufReader::new(conn);
             let mut line = String::new();
@@ -59,7 +66,11 @@ impl Stream {
                         line.clear();
                     }
                     Ok(_) => {}
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
                     Err(_) => return,
                 }
             }
@@ -92,17 +103,31 @@ impl Stream {
                 std::thread::sleep(PACE.saturating_sub(sent.elapsed()));
             }
         });
-        Stream { stop, rounds, threads: vec![server, client] }
+        Stream {
+            stop,
+            rounds,
+            threads: vec![server, client],
+        }
     }
 
     /// Answered rounds sent at or after `since`.
     fn answered_since(&self, since: Instant) -> usize {
-        self.rounds.lock().unwrap().iter().filter(|(t, ok)| *ok && *t >= since).count()
+        self.rounds
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, ok)| *ok && *t >= since)
+            .count()
     }
 
     /// The send time of the first unanswered line.
     fn stopped_at(&self) -> Option<Instant> {
-        self.rounds.lock().unwrap().iter().find(|(_, ok)| !ok).map(|(t, _)| *t)
+        self.rounds
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, ok)| !ok)
+            .map(|(t, _)| *t)
     }
 
     /// Polls (bounded by `limit`) until `done` holds.
@@ -167,7 +192,8 @@ struct Node {
 }
 
 fn node(policy: &str) -> Node {
-    let mut bed = TestBed::new("nfh2").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
+    let mut bed =
+        TestBed::new("nfh2").unwrap_or_else(|e| panic!("setting up the test node: {e:#}"));
     let [a, b, c] = abc_pods(&mut bed, policy);
     Node { bed, a, b, c }
 }
@@ -201,7 +227,9 @@ fn tighten_under_streams(node: &Node, agent: &mut Agent) -> (Stream, Stream, Ins
     );
     let generation = agent.generation();
     let written = Instant::now();
-    node.bed.write_manifest("policy.yaml", &b_policy(true)).unwrap();
+    node.bed
+        .write_manifest("policy.yaml", &b_policy(true))
+        .unwrap();
     agent.wait_for_sync_after(generation).unwrap();
     (doomed, other, written, Instant::now())
 }
@@ -233,7 +261,9 @@ fn cut_stops_an_established_flow_the_new_policy_denies_and_leaves_allowed_ones()
     // The cut flow's conntrack entry is gone: a reconnect meets the new policy too.
     assert!(!tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 7000).unwrap());
     let a_ip = node.a.ip4().to_string();
-    let line = agent.wait_for_line(&["drop", "reason=policy_changed_deny", &a_ip]).unwrap();
+    let line = agent
+        .wait_for_line(&["drop", "reason=policy_changed_deny", &a_ip])
+        .unwrap();
     assert!(line.contains("isolated_by=x/b-ingress"), "{line}");
 }
 
@@ -294,7 +324,11 @@ spec:
 /// 20 rounds after the sync (or stopped), with the agent.
 fn isolate_under_stream(mode: &str) -> (bool, Agent, Node) {
     let node = node(NOBODY);
-    let mut agent = agent(&node.bed, &format!("agent-isolate-{mode}.log"), &["--existing-flows", mode]);
+    let mut agent = agent(
+        &node.bed,
+        &format!("agent-isolate-{mode}.log"),
+        &["--existing-flows", mode],
+    );
     let flow = Stream::open(&node.a, &node.b, 7000);
     let started = Instant::now();
     assert!(
@@ -302,7 +336,9 @@ fn isolate_under_stream(mode: &str) -> (bool, Agent, Node) {
         "the flow runs before the change"
     );
     let generation = agent.generation();
-    node.bed.write_manifest("policy.yaml", LOCKDOWN_A_AND_B).unwrap();
+    node.bed
+        .write_manifest("policy.yaml", LOCKDOWN_A_AND_B)
+        .unwrap();
     agent.wait_for_sync_after(generation).unwrap();
     let synced = Instant::now();
     let ran = flow.wait(Duration::from_secs(5), |s| {
@@ -317,7 +353,11 @@ fn isolate_under_stream(mode: &str) -> (bool, Agent, Node) {
 #[test]
 fn keep_lets_a_flow_run_when_its_pods_become_isolated() {
     let (ran, agent, _node) = isolate_under_stream("keep");
-    assert!(ran, "with keep, the flow opened before isolation keeps flowing\n{}", agent.log());
+    assert!(
+        ran,
+        "with keep, the flow opened before isolation keeps flowing\n{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -325,7 +365,9 @@ fn cut_stops_a_flow_when_its_pods_become_isolated() {
     let (ran, mut agent, node) = isolate_under_stream("cut");
     assert!(!ran, "with cut, the flow stops");
     let a_ip = node.a.ip4().to_string();
-    let line = agent.wait_for_line(&["drop", "reason=policy_changed_deny", &a_ip]).unwrap();
+    let line = agent
+        .wait_for_line(&["drop", "reason=policy_changed_deny", &a_ip])
+        .unwrap();
     assert!(line.contains("isolated_by=x/"), "{line}");
 }
 
@@ -355,7 +397,9 @@ fn flow_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     if let Ok(mut file) = std::fs::File::open(path) {
         let _ = file.read_to_string(&mut text);
     }
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// Waits (bounded) for a flow-log line to b:`port` with `verdict`.
@@ -369,14 +413,21 @@ fn wait_flow(path: &std::path::Path, verdict: &str, port: u16) -> serde_json::Va
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("no {verdict} line to b:{port} in the flow log: {:?}", flow_lines(path));
+    panic!(
+        "no {verdict} line to b:{port} in the flow log: {:?}",
+        flow_lines(path)
+    );
 }
 
 fn get_metrics(bed: &TestBed) -> String {
     bed.node()
         .run(|| {
             let mut stream = TcpStream::connect("127.0.0.1:19897").unwrap();
-            write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
             let mut out = String::new();
             stream.read_to_string(&mut out).unwrap();
             out
@@ -399,16 +450,33 @@ fn node_audit_mode_passes_what_policy_would_drop_and_reports_it() {
     let _agent = agent(
         &node.bed,
         "agent-audit.log",
-        &["--mode", "audit", "--flow-log", &flows_arg, "--health-addr", "127.0.0.1:19897"],
+        &[
+            "--mode",
+            "audit",
+            "--flow-log",
+            &flows_arg,
+            "--health-addr",
+            "127.0.0.1:19897",
+        ],
     );
-    assert!(tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 80).unwrap(), "audit mode passes it");
+    assert!(
+        tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 80).unwrap(),
+        "audit mode passes it"
+    );
     let line = wait_flow(&flows, "audit", 80);
     assert_eq!(line["reason"], "policy_audit", "{line}");
     assert_eq!(line["direction"], "ingress", "{line}");
-    assert_eq!(line["isolated_by"], serde_json::json!(["x/b-lockdown"]), "{line}");
+    assert_eq!(
+        line["isolated_by"],
+        serde_json::json!(["x/b-lockdown"]),
+        "{line}"
+    );
     assert_eq!(line["src"]["pod"], "a", "{line}");
     assert_eq!(
-        flow_lines(&flows).iter().filter(|l| l["dst"]["port"] == 80).count(),
+        flow_lines(&flows)
+            .iter()
+            .filter(|l| l["dst"]["port"] == 80)
+            .count(),
         1,
         "one line per flow: the rest of it is established"
     );
@@ -421,10 +489,24 @@ fn node_audit_mode_passes_what_policy_would_drop_and_reports_it() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(sample(&text, "netfence_packets_total{reason=\"policy_audit\"}") >= 1, "{text}");
-    assert!(sample(&text, "netfence_policy_denials_total{verdict=\"audit\"}") >= 1, "{text}");
-    assert_eq!(sample(&text, "netfence_policy_denials_total{verdict=\"drop\"}"), 0, "{text}");
-    assert_eq!(sample(&text, "netfence_packets_total{reason=\"policy_deny\"}"), 0, "{text}");
+    assert!(
+        sample(&text, "netfence_packets_total{reason=\"policy_audit\"}") >= 1,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "netfence_policy_denials_total{verdict=\"audit\"}") >= 1,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "netfence_policy_denials_total{verdict=\"drop\"}"),
+        0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "netfence_packets_total{reason=\"policy_deny\"}"),
+        0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -432,15 +514,33 @@ fn audit_annotation_passes_and_logs_then_enforce_drops() {
     let node = node(&b_lockdown(Some("audit")));
     let flows = node.bed.scratch("flows-annotation.jsonl");
     let flows_arg = flows.to_str().unwrap().to_owned();
-    let mut agent = agent(&node.bed, "agent-annotation.log", &["--flow-log", &flows_arg]);
-    assert!(tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 80).unwrap(), "audited policy passes it");
+    let mut agent = agent(
+        &node.bed,
+        "agent-annotation.log",
+        &["--flow-log", &flows_arg],
+    );
+    assert!(
+        tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 80).unwrap(),
+        "audited policy passes it"
+    );
     let line = wait_flow(&flows, "audit", 80);
-    assert_eq!((line["reason"].as_str(), line["isolated_by"][0].as_str()), (Some("policy_audit"), Some("x/b-lockdown")));
+    assert_eq!(
+        (line["reason"].as_str(), line["isolated_by"][0].as_str()),
+        (Some("policy_audit"), Some("x/b-lockdown"))
+    );
 
     let generation = agent.generation();
-    node.bed.write_manifest("policy.yaml", &b_lockdown(Some("enforce"))).unwrap();
+    node.bed
+        .write_manifest("policy.yaml", &b_lockdown(Some("enforce")))
+        .unwrap();
     agent.wait_for_sync_after(generation).unwrap();
-    assert!(!tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 81).unwrap(), "enforced now");
+    assert!(
+        !tcp_connects(&node.a.netns, &node.b.netns, node.b.ip4(), 81).unwrap(),
+        "enforced now"
+    );
     let line = wait_flow(&flows, "drop", 81);
-    assert_eq!((line["reason"].as_str(), line["isolated_by"][0].as_str()), (Some("policy_deny"), Some("x/b-lockdown")));
+    assert_eq!(
+        (line["reason"].as_str(), line["isolated_by"][0].as_str()),
+        (Some("policy_deny"), Some("x/b-lockdown"))
+    );
 }

@@ -54,7 +54,9 @@ spec:
         .tcp(&c, &a, 80, ALLOW)
         .tcp6(&a, &c, 80, DENY)
         .check();
-    let drop_line = agent.wait_for_line(&["drop", "198.18.0.12", "x/c"]).unwrap();
+    let drop_line = agent
+        .wait_for_line(&["drop", "198.18.0.12", "x/c"])
+        .unwrap();
     assert!(drop_line.contains("policy_deny"), "{drop_line}");
 
     // c goes away: its veth disappears with its namespace and the agent forgets it.
@@ -66,7 +68,10 @@ spec:
     // The agent still exits cleanly, detaching from a's veth, the only one left.
     let log_before_stop = agent.log();
     let status = agent.stop().unwrap();
-    assert!(status.success(), "netfence exited with {status}\n{log_before_stop}");
+    assert!(
+        status.success(),
+        "netfence exited with {status}\n{log_before_stop}"
+    );
 }
 
 /// A policy for b admitting UDP 7000 from app=a; `variant` 1 also admits c's address
@@ -125,7 +130,8 @@ fn policy_changes_under_constant_new_flows_lose_no_allowed_packet() {
     let (mut allowed, mut lost, mut denied_passed) = (0u32, Vec::new(), 0u32);
     for change in 0..8u8 {
         let before = agent.generation();
-        bed.write_manifest("b.yaml", &b_admits_a((change + 1) % 2)).unwrap();
+        bed.write_manifest("b.yaml", &b_admits_a((change + 1) % 2))
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut after_sync = 0;
         // Probe through the edit, the sync and a few probes past it (bounded).
@@ -142,16 +148,33 @@ fn policy_changes_under_constant_new_flows_lose_no_allowed_packet() {
                 break;
             }
         }
-        assert!(agent.generation() > before, "edit {change} was never synced:\n{}", agent.log());
-        if udp_exchange(&c.netns, &b.netns, b.ip4(), 7000).unwrap().request_arrived {
+        assert!(
+            agent.generation() > before,
+            "edit {change} was never synced:\n{}",
+            agent.log()
+        );
+        if udp_exchange(&c.netns, &b.netns, b.ip4(), 7000)
+            .unwrap()
+            .request_arrived
+        {
             denied_passed += 1;
         }
     }
     assert!(allowed >= 8 * 6, "too few probes ran: {allowed}");
-    assert!(lost.is_empty(), "{} of {allowed} allowed new flows lost: {lost:?}", lost.len());
-    assert_eq!(denied_passed, 0, "c's new flows to b must stay denied through every switch");
     assert!(
-        !agent.log().lines().any(|l| l.contains("drop") && l.contains("198.18.0.10")),
+        lost.is_empty(),
+        "{} of {allowed} allowed new flows lost: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(
+        denied_passed, 0,
+        "c's new flows to b must stay denied through every switch"
+    );
+    assert!(
+        !agent
+            .log()
+            .lines()
+            .any(|l| l.contains("drop") && l.contains("198.18.0.10")),
         "no drop of a's traffic may be logged:\n{}",
         agent.log()
     );

@@ -14,7 +14,10 @@ use netfence_testbed::{
     EndpointSliceSpec, Protocol, ServicePortSpec, ServiceSpec, SliceEndpoint, TargetPort, Vip,
     endpoint_slice_yaml, service_yaml, tcp_connects,
 };
-use netns::{ALLOW, Agent, Attach, DENY, PodNs, TestBed, Verdicts, bed, netfence_bin, start, start_on, two_nodes};
+use netns::{
+    ALLOW, Agent, Attach, DENY, PodNs, TestBed, Verdicts, bed, netfence_bin, start, start_on,
+    two_nodes,
+};
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 10);
 const DB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 128, 11);
@@ -50,7 +53,10 @@ fn service_manifest(
                 protocol: *protocol,
             })
             .collect(),
-        selector: selector.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+        selector: selector
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
     };
     let slice = EndpointSliceSpec {
         namespace: ns.into(),
@@ -67,11 +73,17 @@ fn service_manifest(
             .collect(),
         ports: ports
             .iter()
-            .map(|(port_name, _, _, resolved, protocol)| ((*port_name).into(), *resolved, *protocol))
+            .map(|(port_name, _, _, resolved, protocol)| {
+                ((*port_name).into(), *resolved, *protocol)
+            })
             .collect(),
         ipv6: false,
     };
-    format!("{}---\n{}", service_yaml(&service), endpoint_slice_yaml(&slice))
+    format!(
+        "{}---\n{}",
+        service_yaml(&service),
+        endpoint_slice_yaml(&slice)
+    )
 }
 
 fn vip(cluster_ip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(&PodNs, u16)]) -> Vip {
@@ -79,7 +91,10 @@ fn vip(cluster_ip: Ipv4Addr, port: u16, protocol: Protocol, backends: &[(&PodNs,
         cluster_ip,
         port,
         protocol,
-        backends: backends.iter().map(|(pod, port)| (v4(pod), *port)).collect(),
+        backends: backends
+            .iter()
+            .map(|(pod, port)| (v4(pod), *port))
+            .collect(),
     }
 }
 
@@ -106,24 +121,53 @@ spec:
 fn egress_to_a_service_follows_its_backends_and_endpoint_changes() {
     let mut bed = bed();
     bed.namespace("x", &[]);
-    let client = bed.pod("x", "client", &[("role", "client")], 10, &[]).unwrap();
+    let client = bed
+        .pod("x", "client", &[("role", "client")], 10, &[])
+        .unwrap();
     let free = bed.pod("x", "free", &[("role", "other")], 11, &[]).unwrap();
-    let web = bed.pod("x", "web", &[("app", "web")], 20, &[("http", 8080)]).unwrap();
-    let db = bed.pod("x", "db", &[("app", "db")], 21, &[("sql", 5432)]).unwrap();
-    let web2 = bed.pod("x", "web2", &[("app", "web")], 22, &[("http", 8080)]).unwrap();
+    let web = bed
+        .pod("x", "web", &[("app", "web")], 20, &[("http", 8080)])
+        .unwrap();
+    let db = bed
+        .pod("x", "db", &[("app", "db")], 21, &[("sql", 5432)])
+        .unwrap();
+    let web2 = bed
+        .pod("x", "web2", &[("app", "web")], 22, &[("http", 8080)])
+        .unwrap();
     bed.write_cluster().unwrap();
     // web: port 80 → the named targetPort `http` (8080 on its pods); db: 5432.
     bed.write_manifest(
         "web.yaml",
-        &service_manifest("x", "web", WEB_VIP, &[("http", 80, TargetPort::Name("http".into()), 8080, Protocol::Tcp)], &[("app", "web")], &[&web]),
+        &service_manifest(
+            "x",
+            "web",
+            WEB_VIP,
+            &[(
+                "http",
+                80,
+                TargetPort::Name("http".into()),
+                8080,
+                Protocol::Tcp,
+            )],
+            &[("app", "web")],
+            &[&web],
+        ),
     )
     .unwrap();
     bed.write_manifest(
         "db.yaml",
-        &service_manifest("x", "db", DB_VIP, &[("sql", 5432, TargetPort::Number(5432), 5432, Protocol::Tcp)], &[("app", "db")], &[&db]),
+        &service_manifest(
+            "x",
+            "db",
+            DB_VIP,
+            &[("sql", 5432, TargetPort::Number(5432), 5432, Protocol::Tcp)],
+            &[("app", "db")],
+            &[&db],
+        ),
     )
     .unwrap();
-    bed.write_manifest("client-egress.yaml", CLIENT_EGRESS).unwrap();
+    bed.write_manifest("client-egress.yaml", CLIENT_EGRESS)
+        .unwrap();
     bed.install_services(&[
         vip(WEB_VIP, 80, Protocol::Tcp, &[(&web, 8080)]),
         vip(DB_VIP, 5432, Protocol::Tcp, &[(&db, 5432)]),
@@ -147,7 +191,20 @@ fn egress_to_a_service_follows_its_backends_and_endpoint_changes() {
     let generation = agent.generation();
     bed.write_manifest(
         "db.yaml",
-        &service_manifest("x", "db", DB_VIP, &[("sql", 5432, TargetPort::Name("http".into()), 8080, Protocol::Tcp)], &[("app", "web")], &[&web2]),
+        &service_manifest(
+            "x",
+            "db",
+            DB_VIP,
+            &[(
+                "sql",
+                5432,
+                TargetPort::Name("http".into()),
+                8080,
+                Protocol::Tcp,
+            )],
+            &[("app", "web")],
+            &[&web2],
+        ),
     )
     .unwrap();
     bed.install_services(&[
@@ -163,7 +220,14 @@ fn egress_to_a_service_follows_its_backends_and_endpoint_changes() {
     let generation = agent.generation();
     bed.write_manifest(
         "db.yaml",
-        &service_manifest("x", "db", DB_VIP, &[("sql", 5432, TargetPort::Number(5432), 5432, Protocol::Tcp)], &[("app", "db")], &[&db]),
+        &service_manifest(
+            "x",
+            "db",
+            DB_VIP,
+            &[("sql", 5432, TargetPort::Number(5432), 5432, Protocol::Tcp)],
+            &[("app", "db")],
+            &[&db],
+        ),
     )
     .unwrap();
     bed.install_services(&[
@@ -182,14 +246,41 @@ fn backend_ingress_sees_the_client_and_dns_rule_allows_kube_dns() {
     let mut bed = bed();
     bed.namespace("x", &[]);
     bed.namespace("kube-system", &[]);
-    let client = bed.pod("x", "client", &[("role", "client")], 10, &[]).unwrap();
-    let other = bed.pod("x", "other", &[("role", "other")], 11, &[]).unwrap();
-    let web = bed.pod("x", "web", &[("app", "web")], 20, &[("http", 8080)]).unwrap();
-    let dns = bed.pod("kube-system", "coredns", &[("k8s-app", "kube-dns")], 53, &[("dns-tcp", 53)]).unwrap();
+    let client = bed
+        .pod("x", "client", &[("role", "client")], 10, &[])
+        .unwrap();
+    let other = bed
+        .pod("x", "other", &[("role", "other")], 11, &[])
+        .unwrap();
+    let web = bed
+        .pod("x", "web", &[("app", "web")], 20, &[("http", 8080)])
+        .unwrap();
+    let dns = bed
+        .pod(
+            "kube-system",
+            "coredns",
+            &[("k8s-app", "kube-dns")],
+            53,
+            &[("dns-tcp", 53)],
+        )
+        .unwrap();
     bed.write_cluster().unwrap();
     bed.write_manifest(
         "web.yaml",
-        &service_manifest("x", "web", WEB_VIP, &[("http", 80, TargetPort::Name("http".into()), 8080, Protocol::Tcp)], &[("app", "web")], &[&web]),
+        &service_manifest(
+            "x",
+            "web",
+            WEB_VIP,
+            &[(
+                "http",
+                80,
+                TargetPort::Name("http".into()),
+                8080,
+                Protocol::Tcp,
+            )],
+            &[("app", "web")],
+            &[&web],
+        ),
     )
     .unwrap();
     bed.write_manifest(
@@ -275,18 +366,38 @@ spec:
 fn service_backend_on_the_other_node() {
     let mut bed = two_nodes();
     bed.namespace("x", &[]);
-    let client = bed.pod_on(1, "x", "client", &[("role", "client")], 10, &[]).unwrap();
-    let intruder = bed.pod_on(1, "x", "intruder", &[("role", "intruder")], 11, &[]).unwrap();
-    let web = bed.pod_on(2, "x", "web", &[("app", "web")], 20, &[("http", 8080)]).unwrap();
+    let client = bed
+        .pod_on(1, "x", "client", &[("role", "client")], 10, &[])
+        .unwrap();
+    let intruder = bed
+        .pod_on(1, "x", "intruder", &[("role", "intruder")], 11, &[])
+        .unwrap();
+    let web = bed
+        .pod_on(2, "x", "web", &[("app", "web")], 20, &[("http", 8080)])
+        .unwrap();
     bed.write_cluster().unwrap();
     bed.write_manifest(
         "web.yaml",
-        &service_manifest("x", "web", WEB_VIP, &[("http", 80, TargetPort::Name("http".into()), 8080, Protocol::Tcp)], &[("app", "web")], &[&web]),
+        &service_manifest(
+            "x",
+            "web",
+            WEB_VIP,
+            &[(
+                "http",
+                80,
+                TargetPort::Name("http".into()),
+                8080,
+                Protocol::Tcp,
+            )],
+            &[("app", "web")],
+            &[&web],
+        ),
     )
     .unwrap();
     // The client's egress allows web (the VIP through it, on node1); web's ingress
     // admits only the client (on node2, judged on the client's address).
-    bed.write_manifest("client-egress.yaml", CLIENT_EGRESS).unwrap();
+    bed.write_manifest("client-egress.yaml", CLIENT_EGRESS)
+        .unwrap();
     bed.write_manifest(
         "web-ingress.yaml",
         "apiVersion: networking.k8s.io/v1
@@ -306,8 +417,12 @@ spec:
 ",
     )
     .unwrap();
-    bed.install_services(&[vip(WEB_VIP, 80, Protocol::Tcp, &[(&web, 8080)])]).unwrap();
-    let _agents = [start_on(&bed, 1, Attach::Auto), start_on(&bed, 2, Attach::Auto)];
+    bed.install_services(&[vip(WEB_VIP, 80, Protocol::Tcp, &[(&web, 8080)])])
+        .unwrap();
+    let _agents = [
+        start_on(&bed, 1, Attach::Auto),
+        start_on(&bed, 2, Attach::Auto),
+    ];
     let mut verdicts = Verdicts::new();
     verdicts.tcp_via(&client, (WEB_VIP.into(), 80), (&web, 8080), ALLOW);
     verdicts.tcp_via(&intruder, (WEB_VIP.into(), 80), (&web, 8080), DENY);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use netfence_testbed::tcp_connects;
+use netfence_testbed::{bind_retrying, tcp_connects};
 use netns::{Agent, B_FROM_A, Bpffs, PodNs, TestBed, abc_pods, bed, netfence_bin, start_pinned};
 
 /// An echo flow: the client sends 8 bytes every 10 ms and waits for them back,
@@ -33,7 +33,11 @@ struct Flow {
 impl Flow {
     fn start(from: &PodNs, to: &PodNs, port: u16) -> Flow {
         let target = SocketAddr::new(to.ip4(), port);
-        let listener = to.netns.run(|| TcpListener::bind(target)).unwrap().unwrap();
+        let listener = to
+            .netns
+            .run(|| bind_retrying(|| TcpListener::bind(target)))
+            .unwrap()
+            .unwrap();
         std::thread::spawn(move || {
             if let Ok((mut stream, _)) = listener.accept() {
                 let mut buf = [0u8; 8];

@@ -3,7 +3,10 @@
 //! reloads, and the directory watch. Submodules: the policy mode annotation, Services
 //! and EndpointSlices.
 
-#![allow(clippy::unwrap_used, reason = "tests: a failed setup step fails the test")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a failed setup step fails the test"
+)]
 
 use std::net::IpAddr;
 use std::path::Path;

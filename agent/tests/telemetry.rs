@@ -130,7 +130,10 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
         assert_eq!(sample(&text, &series), entries, "{series} in:\n{text}");
     }
     assert_eq!(
-        sample(&text, "netfence_conntrack_entries{namespace=\"\",pod=\"unknown\"}"),
+        sample(
+            &text,
+            "netfence_conntrack_entries{namespace=\"\",pod=\"unknown\"}"
+        ),
         0.0,
         "every entry belongs to a local pod"
     );

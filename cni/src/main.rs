@@ -12,7 +12,10 @@ fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let env = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => Env::read(|name| std::env::var(name).ok()),
-        Err(error) => Err(CniError::new(code::IO_FAILURE, format!("reading stdin: {error}"))),
+        Err(error) => Err(CniError::new(
+            code::IO_FAILURE,
+            format!("reading stdin: {error}"),
+        )),
     };
     let output = plugin::run(env, &stdin, &mut SocketAgent);
     let mut err = std::io::stderr().lock();

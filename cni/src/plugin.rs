@@ -18,7 +18,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::protocol::{self, CallError, Command, PROTOCOL_VERSION, Request, Response};
-use crate::spec::{self, CniCommand, CniError, Env, NetConf, OWN_VERSION, SUPPORTED_VERSIONS, code};
+use crate::spec::{
+    self, CniCommand, CniError, Env, NetConf, OWN_VERSION, SUPPORTED_VERSIONS, code,
+};
 
 /// What the process prints and returns.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -48,12 +50,20 @@ pub fn run(env: Result<Env, CniError>, stdin: &[u8], agent: &mut dyn Agent) -> O
     // Errors are written in the configuration's version when it can be read.
     let version = serde_json::from_slice::<Value>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| OWN_VERSION.to_owned());
     let mut stderr = Vec::new();
     match invoke(env, stdin, agent, &mut stderr) {
-        Ok(stdout) => Output { stdout, stderr, exit: 0 },
+        Ok(stdout) => Output {
+            stdout,
+            stderr,
+            exit: 0,
+        },
         Err(error) => {
             stderr.push(format!("netfence-cni: error {}: {}", error.code, error.msg));
             Output {
@@ -113,7 +123,12 @@ fn prev_result<'a>(conf: &'a NetConf, command: &str) -> Result<&'a Value, CniErr
     })
 }
 
-fn add(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<String>) -> Result<String, CniError> {
+fn add(
+    env: &Env,
+    conf: &NetConf,
+    agent: &mut dyn Agent,
+    stderr: &mut Vec<String>,
+) -> Result<String, CniError> {
     let prev = prev_result(conf, "ADD")?;
     let addresses = spec::pod_addresses(prev)?;
     if addresses.ips.is_empty() {
@@ -124,7 +139,10 @@ fn add(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<String
     }
     let mut result = prev.clone();
     if let Some(object) = result.as_object_mut() {
-        object.insert("cniVersion".to_owned(), Value::String(conf.cni_version.clone()));
+        object.insert(
+            "cniVersion".to_owned(),
+            Value::String(conf.cni_version.clone()),
+        );
     }
     let pod = pod_name(env);
     match agent.call(conf, &request(env, Command::Add, addresses)) {
@@ -147,7 +165,12 @@ fn add(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<String
     }
 }
 
-fn check(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<String>) -> Result<(), CniError> {
+fn check(
+    env: &Env,
+    conf: &NetConf,
+    agent: &mut dyn Agent,
+    stderr: &mut Vec<String>,
+) -> Result<(), CniError> {
     if conf.cni_version.starts_with("0.3.") {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
@@ -163,7 +186,10 @@ fn check(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<Stri
             if conf.fail_closed {
                 Err(error)
             } else {
-                stderr.push(format!("netfence-cni: warning: {} ({})", error.msg, error.details));
+                stderr.push(format!(
+                    "netfence-cni: warning: {} ({})",
+                    error.msg, error.details
+                ));
                 Ok(())
             }
         }
@@ -182,8 +208,13 @@ fn del(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<String
     quick.timeout_seconds = conf.timeout_seconds.min(DEL_TIMEOUT.as_secs_f64());
     match agent.call(&quick, &request(env, Command::Del, addresses)) {
         Ok(response) if response.ok => {}
-        Ok(response) => stderr.push(format!("netfence-cni: warning: DEL: the agent answered: {}", response.message)),
-        Err(error) => stderr.push(format!("netfence-cni: warning: DEL: {error}; nothing to forget")),
+        Ok(response) => stderr.push(format!(
+            "netfence-cni: warning: DEL: the agent answered: {}",
+            response.message
+        )),
+        Err(error) => stderr.push(format!(
+            "netfence-cni: warning: DEL: {error}; nothing to forget"
+        )),
     }
 }
 

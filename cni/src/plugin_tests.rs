@@ -19,7 +19,10 @@ impl Agent for Fake {
 }
 
 fn programmed() -> Result<Response, CallError> {
-    Ok(Response::ok(Some(Enforcement::DefaultDeny), "10.244.1.5 programmed"))
+    Ok(Response::ok(
+        Some(Enforcement::DefaultDeny),
+        "10.244.1.5 programmed",
+    ))
 }
 
 fn down() -> Result<Response, CallError> {
@@ -66,7 +69,10 @@ fn conf(extra: Value) -> Vec<u8> {
 }
 
 fn fake(answer: fn() -> Result<Response, CallError>) -> Fake {
-    Fake { seen: Vec::new(), answer }
+    Fake {
+        seen: Vec::new(),
+        answer,
+    }
 }
 
 #[test]
@@ -79,9 +85,18 @@ fn add_sends_the_pod_and_prints_prev_result_unchanged() {
     let request = &agent.seen[0];
     assert_eq!(request.command, Command::Add);
     assert_eq!(request.container_id, "c1");
-    assert_eq!(request.ips, vec!["10.244.1.5".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        request.ips,
+        vec!["10.244.1.5".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(request.host_interfaces, vec!["cni0", "veth1a2b"]);
-    assert_eq!((request.pod_namespace.as_deref(), request.pod_name.as_deref()), (Some("prod"), Some("web-0")));
+    assert_eq!(
+        (
+            request.pod_namespace.as_deref(),
+            request.pod_name.as_deref()
+        ),
+        (Some("prod"), Some("web-0"))
+    );
 }
 
 #[test]
@@ -93,7 +108,13 @@ fn add_without_prev_result_is_a_config_error() {
     let error: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
     assert_eq!(error["code"], 7);
     assert_eq!(error["cniVersion"], "1.0.0");
-    assert!(error["msg"].as_str().unwrap().starts_with("ADD needs prevResult"), "{error}");
+    assert!(
+        error["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("ADD needs prevResult"),
+        "{error}"
+    );
     assert!(agent.seen.is_empty());
 }
 
@@ -105,9 +126,15 @@ fn agent_down_fails_add_closed_with_try_again_later() {
     let error: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
     assert_eq!(error["code"], 11);
     assert_eq!(error["cniVersion"], "0.4.0");
-    assert_eq!(error["msg"], "netfence agent did not confirm ADD for prod/web-0");
+    assert_eq!(
+        error["msg"],
+        "netfence agent did not confirm ADD for prod/web-0"
+    );
     assert!(
-        error["details"].as_str().unwrap().starts_with("netfence agent unreachable at /run/netfence/cni.sock"),
+        error["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("netfence agent unreachable at /run/netfence/cni.sock"),
         "{error}"
     );
 }
@@ -117,9 +144,16 @@ fn agent_down_passes_add_open_with_a_warning() {
     let mut agent = fake(down);
     let out = run(env("ADD"), &conf(json!({"failClosed": false})), &mut agent);
     assert_eq!(out.exit, 0);
-    assert_eq!(serde_json::from_str::<Value>(out.stdout.as_deref().unwrap()).unwrap(), prev());
+    assert_eq!(
+        serde_json::from_str::<Value>(out.stdout.as_deref().unwrap()).unwrap(),
+        prev()
+    );
     assert_eq!(out.stderr.len(), 1);
-    assert!(out.stderr[0].starts_with("netfence-cni: warning: netfence agent did not confirm ADD"), "{:?}", out.stderr);
+    assert!(
+        out.stderr[0].starts_with("netfence-cni: warning: netfence agent did not confirm ADD"),
+        "{:?}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -141,7 +175,11 @@ fn del_never_fails_and_prints_nothing() {
     }
     // Without prevResult (a DEL after a failed ADD) it still asks the agent to forget.
     let mut agent = fake(down);
-    let out = run(env("DEL"), br#"{"cniVersion":"1.0.0","type":"netfence-cni"}"#, &mut agent);
+    let out = run(
+        env("DEL"),
+        br#"{"cniVersion":"1.0.0","type":"netfence-cni"}"#,
+        &mut agent,
+    );
     assert_eq!(out.exit, 0);
     assert!(agent.seen[0].ips.is_empty());
 }
@@ -154,11 +192,23 @@ fn check_fails_closed_when_not_enforced_and_is_undefined_before_0_4() {
     let mut agent = fake(programmed);
     let out = run(env("CHECK"), &conf(json!({})), &mut agent);
     assert_eq!((out.exit, out.stdout), (0, None));
-    let out = run(env("CHECK"), &conf(json!({"cniVersion": "0.3.1"})), &mut agent);
+    let out = run(
+        env("CHECK"),
+        &conf(json!({"cniVersion": "0.3.1"})),
+        &mut agent,
+    );
     let error: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
     assert_eq!(error["code"], 1);
     let mut agent = fake(down);
-    assert_eq!(run(env("CHECK"), &conf(json!({"failClosed": false})), &mut agent).exit, 0);
+    assert_eq!(
+        run(
+            env("CHECK"),
+            &conf(json!({"failClosed": false})),
+            &mut agent
+        )
+        .exit,
+        0
+    );
 }
 
 #[test]
@@ -166,5 +216,8 @@ fn version_lists_supported_versions() {
     let mut agent = fake(down);
     let out = run(env("VERSION"), br#"{"cniVersion":"1.0.0"}"#, &mut agent);
     let answer: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
-    assert_eq!(answer, json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}));
+    assert_eq!(
+        answer,
+        json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]})
+    );
 }

@@ -115,7 +115,10 @@ impl Response {
 #[derive(Debug)]
 pub enum CallError {
     /// No agent listens (the socket is missing, or nothing accepts on it).
-    Unreachable { socket: String, error: std::io::Error },
+    Unreachable {
+        socket: String,
+        error: std::io::Error,
+    },
     /// The agent did not answer within the deadline.
     Timeout { socket: String, after: Duration },
     /// The connection failed midway, or the answer is not a response.
@@ -148,7 +151,10 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     let name = socket.display().to_string();
     let started = Instant::now();
     let timed_out = |error: &std::io::Error| {
-        matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
     };
     let mut stream = UnixStream::connect(socket).map_err(|error| CallError::Unreachable {
         socket: name.clone(),
@@ -163,7 +169,8 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
             .checked_sub(started.elapsed())
             .filter(|left| !left.is_zero())
     };
-    let body = serde_json::to_vec(request).map_err(|e| broken(format!("encoding the request: {e}")))?;
+    let body =
+        serde_json::to_vec(request).map_err(|e| broken(format!("encoding the request: {e}")))?;
     let left = remaining(started).ok_or(CallError::Timeout {
         socket: name.clone(),
         after: timeout,
@@ -199,7 +206,9 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
             Ok(n) => {
                 answer.extend_from_slice(&chunk[..n]);
                 if answer.len() as u64 > MAX_MESSAGE_BYTES {
-                    return Err(broken(format!("response longer than {MAX_MESSAGE_BYTES} bytes")));
+                    return Err(broken(format!(
+                        "response longer than {MAX_MESSAGE_BYTES} bytes"
+                    )));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -213,10 +222,12 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         }
     }
     if answer.is_empty() {
-        return Err(broken("closed the connection without a response".to_owned()));
+        return Err(broken(
+            "closed the connection without a response".to_owned(),
+        ));
     }
-    let response: Response =
-        serde_json::from_slice(&answer).map_err(|e| broken(format!("response is not valid: {e}")))?;
+    let response: Response = serde_json::from_slice(&answer)
+        .map_err(|e| broken(format!("response is not valid: {e}")))?;
     if response.version != PROTOCOL_VERSION {
         return Err(broken(format!(
             "answered in protocol version {}, this plugin speaks {PROTOCOL_VERSION}",
@@ -256,8 +267,12 @@ mod tests {
 
     #[test]
     fn response_wire_shape() {
-        let text = serde_json::to_string(&Response::ok(Some(Enforcement::DefaultDeny), "m")).unwrap();
-        assert_eq!(text, r#"{"version":1,"ok":true,"enforcement":"default-deny","message":"m"}"#);
+        let text =
+            serde_json::to_string(&Response::ok(Some(Enforcement::DefaultDeny), "m")).unwrap();
+        assert_eq!(
+            text,
+            r#"{"version":1,"ok":true,"enforcement":"default-deny","message":"m"}"#
+        );
         let text = serde_json::to_string(&Response::error("no")).unwrap();
         assert_eq!(text, r#"{"version":1,"ok":false,"message":"no"}"#);
     }
@@ -275,8 +290,18 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
         };
-        let error = call(Path::new("/nonexistent/nfh3.sock"), &request, Duration::from_secs(1)).unwrap_err();
+        let error = call(
+            Path::new("/nonexistent/nfh3.sock"),
+            &request,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(matches!(error, CallError::Unreachable { .. }), "{error}");
-        assert!(error.to_string().starts_with("netfence agent unreachable at /nonexistent/nfh3.sock: "), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("netfence agent unreachable at /nonexistent/nfh3.sock: "),
+            "{error}"
+        );
     }
 }

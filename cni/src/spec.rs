@@ -99,7 +99,12 @@ impl Env {
                     format!("unknown CNI_COMMAND {other:?} (ADD, DEL, CHECK or VERSION)"),
                 ));
             }
-            None => return Err(CniError::new(code::INVALID_ENVIRONMENT, "CNI_COMMAND is not set")),
+            None => {
+                return Err(CniError::new(
+                    code::INVALID_ENVIRONMENT,
+                    "CNI_COMMAND is not set",
+                ));
+            }
         };
         let get = |name: &str| var(name).filter(|v| !v.is_empty());
         let mut required = Vec::new();
@@ -110,7 +115,10 @@ impl Env {
             required.push("CNI_NETNS");
         }
         if let Some(missing) = required.iter().find(|name| get(name).is_none()) {
-            return Err(CniError::new(code::INVALID_ENVIRONMENT, format!("{missing} is not set")));
+            return Err(CniError::new(
+                code::INVALID_ENVIRONMENT,
+                format!("{missing} is not set"),
+            ));
         }
         let args = var("CNI_ARGS").unwrap_or_default();
         let arg = |key: &str| {
@@ -172,8 +180,11 @@ impl NetConf {
     /// Parses stdin; checks the version and the timeout.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(code::DECODE_FAILURE, "cannot decode the network configuration")
-                .with_details(e.to_string())
+            CniError::new(
+                code::DECODE_FAILURE,
+                "cannot decode the network configuration",
+            )
+            .with_details(e.to_string())
         })?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
@@ -185,10 +196,16 @@ impl NetConf {
                 ),
             ));
         }
-        if !(conf.timeout_seconds.is_finite() && conf.timeout_seconds > 0.0 && conf.timeout_seconds <= 3600.0) {
+        if !(conf.timeout_seconds.is_finite()
+            && conf.timeout_seconds > 0.0
+            && conf.timeout_seconds <= 3600.0)
+        {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
-                format!("timeoutSeconds must be in (0, 3600], not {}", conf.timeout_seconds),
+                format!(
+                    "timeoutSeconds must be in (0, 3600], not {}",
+                    conf.timeout_seconds
+                ),
             ));
         }
         Ok(conf)
@@ -221,7 +238,11 @@ pub fn pod_addresses(prev: &Value) -> Result<PodAddresses, CniError> {
     };
     let in_sandbox: Vec<bool> = interfaces
         .iter()
-        .map(|i| i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+        .map(|i| {
+            i.get("sandbox")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+        })
         .collect();
     let host_interfaces = interfaces
         .iter()
@@ -252,7 +273,10 @@ pub fn pod_addresses(prev: &Value) -> Result<PodAddresses, CniError> {
             ips.push(ip);
         }
     }
-    Ok(PodAddresses { ips, host_interfaces })
+    Ok(PodAddresses {
+        ips,
+        host_interfaces,
+    })
 }
 
 #[cfg(test)]
@@ -262,7 +286,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env, CniError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Env::read(|name| map.get(name).cloned())
     }
 
@@ -273,22 +300,48 @@ mod tests {
             ("CNI_CONTAINERID", "c1"),
             ("CNI_NETNS", "/var/run/netns/p"),
             ("CNI_IFNAME", "eth0"),
-            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0;K8S_POD_UID=u"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0;K8S_POD_UID=u",
+            ),
         ])
         .unwrap();
         assert_eq!(add.pod_namespace.as_deref(), Some("prod"));
         assert_eq!(add.pod_name.as_deref(), Some("web-0"));
-        let error = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap_err();
-        assert_eq!(error, CniError::new(code::INVALID_ENVIRONMENT, "CNI_NETNS is not set"));
-        let del = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap();
-        assert_eq!((del.command, del.netns.as_str(), del.pod_name), (CniCommand::Del, "", None));
-        assert_eq!(env(&[("CNI_COMMAND", "VERSION")]).unwrap().command, CniCommand::Version);
-        assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap_err().code, code::INVALID_ENVIRONMENT);
+        let error = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            error,
+            CniError::new(code::INVALID_ENVIRONMENT, "CNI_NETNS is not set")
+        );
+        let del = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (del.command, del.netns.as_str(), del.pod_name),
+            (CniCommand::Del, "", None)
+        );
+        assert_eq!(
+            env(&[("CNI_COMMAND", "VERSION")]).unwrap().command,
+            CniCommand::Version
+        );
+        assert_eq!(
+            env(&[("CNI_COMMAND", "GC")]).unwrap_err().code,
+            code::INVALID_ENVIRONMENT
+        );
     }
 
     #[test]
     fn netconf_defaults_and_version_check() {
-        let conf = NetConf::parse(br#"{"cniVersion":"0.4.0","name":"cbr0","type":"netfence-cni"}"#).unwrap();
+        let conf = NetConf::parse(br#"{"cniVersion":"0.4.0","name":"cbr0","type":"netfence-cni"}"#)
+            .unwrap();
         assert_eq!(conf.socket_path, PathBuf::from("/run/netfence/cni.sock"));
         assert_eq!(conf.timeout(), Duration::from_secs(10));
         assert!(conf.fail_closed);
@@ -322,11 +375,21 @@ mod tests {
             ]
         });
         let got = pod_addresses(&prev).unwrap();
-        assert_eq!(got.ips, vec!["10.244.1.5".parse::<IpAddr>().unwrap(), "fd00:244:1::5".parse().unwrap()]);
+        assert_eq!(
+            got.ips,
+            vec![
+                "10.244.1.5".parse::<IpAddr>().unwrap(),
+                "fd00:244:1::5".parse().unwrap()
+            ]
+        );
         assert_eq!(got.host_interfaces, vec!["cni0", "veth1a2b"]);
         // 0.3.1: `version` in each ip, no interface index.
-        let old = json!({"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.244.1.6/24"}]});
-        assert_eq!(pod_addresses(&old).unwrap().ips, vec!["10.244.1.6".parse::<IpAddr>().unwrap()]);
+        let old =
+            json!({"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.244.1.6/24"}]});
+        assert_eq!(
+            pod_addresses(&old).unwrap().ips,
+            vec!["10.244.1.6".parse::<IpAddr>().unwrap()]
+        );
         let bad = json!({"ips": [{"address": "ten/24"}]});
         assert_eq!(
             pod_addresses(&bad).unwrap_err().msg,
@@ -337,7 +400,10 @@ mod tests {
     #[test]
     fn error_json_has_code_msg_and_details_only_when_given() {
         let error = CniError::new(code::TRY_AGAIN_LATER, "down");
-        assert_eq!(error.to_json("0.4.0"), json!({"cniVersion": "0.4.0", "code": 11, "msg": "down"}));
+        assert_eq!(
+            error.to_json("0.4.0"),
+            json!({"cniVersion": "0.4.0", "code": 11, "msg": "down"})
+        );
         let error = error.with_details("why");
         assert_eq!(error.to_json("1.0.0")["details"], "why");
     }

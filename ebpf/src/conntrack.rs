@@ -14,7 +14,8 @@
 
 use aya_ebpf::programs::TcContext;
 use netfence_common::{
-    CT_ORIGIN_LOCAL, CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, PROTO_TCP,
+    CT_ORIGIN_LOCAL, CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS,
+    PROTO_TCP,
 };
 
 use crate::maps;
@@ -37,7 +38,11 @@ const ICMP_ERROR_MAX_V6: u16 = 1280;
 #[inline(always)]
 pub fn flow_key(pkt: &Packet, direction: u8, ifindex: u32) -> CtKey {
     let egress = direction == DIR_EGRESS;
-    let (local, remote) = if egress { (pkt.src, pkt.dst) } else { (pkt.dst, pkt.src) };
+    let (local, remote) = if egress {
+        (pkt.src, pkt.dst)
+    } else {
+        (pkt.dst, pkt.src)
+    };
     let (local_port, remote_port) = if pkt.is_icmp() {
         (pkt.echo_id, 0)
     } else if egress {
@@ -45,7 +50,15 @@ pub fn flow_key(pkt: &Packet, direction: u8, ifindex: u32) -> CtKey {
     } else {
         (pkt.dst_port, pkt.src_port)
     };
-    CtKey { local, remote, ifindex, local_port, remote_port, protocol: pkt.protocol, _pad: [0; 3] }
+    CtKey {
+        local,
+        remote,
+        ifindex,
+        local_port,
+        remote_port,
+        protocol: pkt.protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// Whether an entry is still valid at `now` (the timeouts in the module doc): the
@@ -55,7 +68,11 @@ pub fn flow_key(pkt: &Packet, direction: u8, ifindex: u32) -> CtKey {
 fn live(entry: &CtValue, protocol: u8, now: u64) -> bool {
     let answered = entry.replied != 0;
     let timeout = if protocol == PROTO_TCP {
-        if entry.state == CT_STATE_OPEN && answered { maps::ct_tcp_timeout_ns() } else { maps::ct_other_timeout_ns() }
+        if entry.state == CT_STATE_OPEN && answered {
+            maps::ct_tcp_timeout_ns()
+        } else {
+            maps::ct_other_timeout_ns()
+        }
     } else if answered {
         maps::ct_other_timeout_ns()
     } else {
@@ -89,14 +106,22 @@ impl Hit {
     /// The policy direction that opened the flow: egress when the local pod did.
     #[inline(always)]
     pub fn origin_direction(&self) -> u8 {
-        if self.origin == CT_ORIGIN_LOCAL { DIR_EGRESS } else { DIR_INGRESS }
+        if self.origin == CT_ORIGIN_LOCAL {
+            DIR_EGRESS
+        } else {
+            DIR_INGRESS
+        }
     }
 
     /// The port policy matched when the flow opened: the server side's, the remote
     /// port of a flow the pod opened, the pod's own port of one opened to it.
     #[inline(always)]
     pub fn policy_port(&self, key: &CtKey) -> u16 {
-        if self.origin == CT_ORIGIN_LOCAL { key.remote_port } else { key.local_port }
+        if self.origin == CT_ORIGIN_LOCAL {
+            key.remote_port
+        } else {
+            key.local_port
+        }
     }
 
     /// Marks a re-checked entry as valid in the current generation, allowed by `rule`.
@@ -136,7 +161,13 @@ pub fn established(pkt: &Packet, key: &CtKey, direction: u8) -> Option<Hit> {
     } else if now.saturating_sub(entry.last_seen_ns) > REFRESH_NS {
         entry.last_seen_ns = now;
     }
-    Some(Hit { entry: ptr, rule: entry.rule, generation: entry.generation, current: 0, origin: entry.origin })
+    Some(Hit {
+        entry: ptr,
+        rule: entry.rule,
+        generation: entry.generation,
+        current: 0,
+        origin: entry.origin,
+    })
 }
 
 /// Records a new flow allowed at this hook (`origin`: `CT_ORIGIN_LOCAL` from the pod,
@@ -150,7 +181,11 @@ pub fn create(pkt: &Packet, key: &CtKey, origin: u8, rule: u32, generation: u32)
         last_seen_ns: maps::now_ns(),
         rule,
         origin,
-        state: if closing { CT_STATE_CLOSING } else { CT_STATE_OPEN },
+        state: if closing {
+            CT_STATE_CLOSING
+        } else {
+            CT_STATE_OPEN
+        },
         replied: 0,
         _pad: 0,
         generation,
@@ -193,12 +228,30 @@ fn related_flow(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> u
 #[inline(always)]
 fn related_in(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Option<u32> {
     let egress = direction == DIR_EGRESS;
-    if pkt.ip_len > if pkt.is_ipv6 { ICMP_ERROR_MAX_V6 } else { ICMP_ERROR_MAX_V4 } {
+    if pkt.ip_len
+        > if pkt.is_ipv6 {
+            ICMP_ERROR_MAX_V6
+        } else {
+            ICMP_ERROR_MAX_V4
+        }
+    {
         return None;
     }
-    let mut key = CtKey { local: [0; 16], remote: [0; 16], ifindex, local_port: 0, remote_port: 0, protocol: 0, _pad: [0; 3] };
+    let mut key = CtKey {
+        local: [0; 16],
+        remote: [0; 16],
+        ifindex,
+        local_port: 0,
+        remote_port: 0,
+        protocol: 0,
+        _pad: [0; 3],
+    };
     parse::quoted(ctx, pkt, !egress, &mut key)?;
-    let (outer_local, outer_remote) = if egress { (&pkt.src, &pkt.dst) } else { (&pkt.dst, &pkt.src) };
+    let (outer_local, outer_remote) = if egress {
+        (&pkt.src, &pkt.dst)
+    } else {
+        (&pkt.dst, &pkt.src)
+    };
     if key.local != *outer_local {
         return None;
     }

@@ -112,7 +112,11 @@ pub fn neighbour_discovery(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex
     } else {
         nd_from_pod(ctx, pkt, ifindex)
     };
-    if valid { Reason::AllowNeighbourDiscovery } else { Reason::DropNeighbourDiscovery }
+    if valid {
+        Reason::AllowNeighbourDiscovery
+    } else {
+        Reason::DropNeighbourDiscovery
+    }
 }
 
 /// ICMPv6 bytes of the message (the IPv6 payload after extension headers).

@@ -6,13 +6,16 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use netfence_common::{
     Addr, CtKey, CtValue, DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS,
     DEFAULT_CT_UNREPLIED_TIMEOUT_NS, EVENTS_BYTES, EndpointKey, EndpointValue, Event, FragKey,
     FragValue, IDENTITY_WORLD, IdentityKey, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS,
-    MAX_IDENTITY_PREFIXES, MAX_POLICY_ENTRIES, MAX_PORTS, MAX_RULES, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, Reason, Settings,
+    MAX_IDENTITY_PREFIXES, MAX_POLICY_ENTRIES, MAX_PORTS, MAX_RULES, POLICY_PREFIX_FULL, PolicyKey,
+    PolicyValue, Reason, Settings,
     reason::{COUNTER_EVENTS_LOST, REASON_SLOTS},
 };
 

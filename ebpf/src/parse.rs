@@ -6,7 +6,9 @@
 //! skbs; a failed read is a truncated packet.
 
 use aya_ebpf::programs::TcContext;
-use netfence_common::{Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped};
+use netfence_common::{
+    Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_ARP: u16 = 0x0806;
@@ -125,7 +127,11 @@ impl Packet {
     #[inline(always)]
     pub fn is_icmp_error(&self) -> bool {
         self.is_icmp()
-            && if self.is_ipv6 { matches!(self.icmp_type, 1..=4) } else { matches!(self.icmp_type, 3 | 11 | 12) }
+            && if self.is_ipv6 {
+                matches!(self.icmp_type, 1..=4)
+            } else {
+                matches!(self.icmp_type, 3 | 11 | 12)
+            }
     }
 
     /// ICMPv6 neighbour discovery (133–137), MLD (130–132) and MLDv2 reports (143).
@@ -145,7 +151,11 @@ impl Packet {
 /// `protocol` is the ICMP of its IP family.
 #[inline(always)]
 fn is_icmp_of(protocol: u8, ipv6: bool) -> bool {
-    if ipv6 { protocol == PROTO_ICMPV6 } else { protocol == PROTO_ICMP }
+    if ipv6 {
+        protocol == PROTO_ICMPV6
+    } else {
+        protocol == PROTO_ICMP
+    }
 }
 
 /// IPv4 224.0.0.0/4 (IPv4-mapped) or IPv6 ff00::/8.
@@ -158,7 +168,8 @@ pub fn is_multicast(addr: &Addr) -> bool {
 /// belongs to the pod behind the port it is seen on (it is no cluster address).
 #[inline(always)]
 pub fn is_link_local(addr: &Addr) -> bool {
-    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || (is_v4_mapped(addr) && addr[12] == 169 && addr[13] == 254)
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
+        || (is_v4_mapped(addr) && addr[12] == 169 && addr[13] == 254)
 }
 
 /// `::` (the source of duplicate address detection).
@@ -273,7 +284,11 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     let ip = read::<Ipv4Header>(ctx, l3)?;
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
     let total_len = usize::from(u16::from_be_bytes(ip.total_len));
-    if ip.version_ihl >> 4 != 4 || header_len < 20 || total_len < header_len || l3 + total_len > ctx.len() as usize {
+    if ip.version_ihl >> 4 != 4
+        || header_len < 20
+        || total_len < header_len
+        || l3 + total_len > ctx.len() as usize
+    {
         return Err(Reason::DropMalformed);
     }
     pkt.src = v4_mapped(ip.src);
@@ -333,18 +348,25 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     let mut seen_fragment = false;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         // Every extension header is at least 8 bytes, inside the payload length.
-        let is_extension = matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT);
+        let is_extension = matches!(
+            next,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+        );
         if is_extension && offset + 8 > end {
             return Err(Reason::DropMalformed);
         }
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let hdr = ctx.load::<[u8; 2]>(offset).map_err(|_| Reason::DropMalformed)?;
+                let hdr = ctx
+                    .load::<[u8; 2]>(offset)
+                    .map_err(|_| Reason::DropMalformed)?;
                 next = hdr[0];
                 offset += (usize::from(hdr[1]) + 1) * 8;
             }
             NEXTHDR_AUTH => {
-                let hdr = ctx.load::<[u8; 2]>(offset).map_err(|_| Reason::DropMalformed)?;
+                let hdr = ctx
+                    .load::<[u8; 2]>(offset)
+                    .map_err(|_| Reason::DropMalformed)?;
                 next = hdr[0];
                 offset += (usize::from(hdr[1]) + 2) * 4;
             }
@@ -355,7 +377,9 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
                     return Err(Reason::DropMalformed);
                 }
                 seen_fragment = true;
-                let hdr = ctx.load::<[u8; 8]>(offset).map_err(|_| Reason::DropMalformed)?;
+                let hdr = ctx
+                    .load::<[u8; 8]>(offset)
+                    .map_err(|_| Reason::DropMalformed)?;
                 next = hdr[0];
                 pkt.frag_protocol = next;
                 offset += 8;
@@ -468,7 +492,11 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
 #[inline(always)]
 pub fn quoted(ctx: &TcContext, pkt: &Packet, local_is_src: bool, key: &mut CtKey) -> Option<()> {
     let inner = pkt.l4_offset as usize + 8;
-    let (src, dst) = if local_is_src { (&mut key.local, &mut key.remote) } else { (&mut key.remote, &mut key.local) };
+    let (src, dst) = if local_is_src {
+        (&mut key.local, &mut key.remote)
+    } else {
+        (&mut key.remote, &mut key.local)
+    };
     let inner_l4 = if pkt.is_ipv6 {
         let first = ctx.load::<u8>(inner).ok()?;
         if first >> 4 != 6 {
@@ -507,7 +535,11 @@ pub fn quoted(ctx: &TcContext, pkt: &Packet, local_is_src: bool, key: &mut CtKey
     } else if matches!(key.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         let src_port = u16::from_be_bytes([l4[0], l4[1]]);
         let dst_port = u16::from_be_bytes([l4[2], l4[3]]);
-        (key.local_port, key.remote_port) = if local_is_src { (src_port, dst_port) } else { (dst_port, src_port) };
+        (key.local_port, key.remote_port) = if local_is_src {
+            (src_port, dst_port)
+        } else {
+            (dst_port, src_port)
+        };
     }
     // Anything else has no ports: it relates to a portless flow (ports 0 in its key).
     Some(())

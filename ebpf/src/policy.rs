@@ -24,17 +24,37 @@ pub fn peer_identity(remote: &netfence_common::Addr) -> u32 {
 /// `port` is the destination port of the new connection. Flows without ports
 /// (`has_ports` false: ICMP, ICMPv6) skip 1 and 2: only a rule without ports allows them.
 #[inline(always)]
-pub fn allowing_rule(policy: u32, peer: u32, direction: u8, protocol: u8, port: u16, has_ports: bool) -> Option<u32> {
+pub fn allowing_rule(
+    policy: u32,
+    peer: u32,
+    direction: u8,
+    protocol: u8,
+    port: u16,
+    has_ports: bool,
+) -> Option<u32> {
     if has_ports {
         if let Some(hit) = maps::policy(PolicyKey::new(policy, peer, direction, protocol, port)) {
             return Some(hit.rule);
         }
-        if let Some(hit) = maps::policy(PolicyKey::new(policy, IDENTITY_ANY, direction, protocol, port)) {
+        if let Some(hit) = maps::policy(PolicyKey::new(
+            policy,
+            IDENTITY_ANY,
+            direction,
+            protocol,
+            port,
+        )) {
             return Some(hit.rule);
         }
     }
     if let Some(hit) = maps::policy(PolicyKey::new(policy, peer, direction, PROTO_ANY, 0)) {
         return Some(hit.rule);
     }
-    maps::policy(PolicyKey::new(policy, IDENTITY_ANY, direction, PROTO_ANY, 0)).map(|hit| hit.rule)
+    maps::policy(PolicyKey::new(
+        policy,
+        IDENTITY_ANY,
+        direction,
+        PROTO_ANY,
+        0,
+    ))
+    .map(|hit| hit.rule)
 }

@@ -117,10 +117,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netfence_common::{
-    CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, DIR_EGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, CtKey, EndpointValue, Event, FragKey, FragValue, PROTO_GRE, PROTO_IPIP,
-    PROTO_IPV6_IN_IP, PROTO_UDP, Reason, UDP_PORT_VXLAN_IANA, UDP_PORT_VXLAN_LINUX, VERDICT_ALLOW,
-    VERDICT_AUDIT, VERDICT_DROP,
+    CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CtKey, DIR_EGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue, Event, FragKey, FragValue, PROTO_GRE,
+    PROTO_IPIP, PROTO_IPV6_IN_IP, PROTO_UDP, Reason, UDP_PORT_VXLAN_IANA, UDP_PORT_VXLAN_LINUX,
+    VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
 };
 
 use crate::parse::{self, Fragment, Packet, is_link_local};
@@ -146,7 +146,12 @@ struct Verdict {
 impl Verdict {
     #[inline(always)]
     const fn of(reason: Reason, direction: u8) -> Self {
-        Self { reason, policy: 0, rule: 0, direction }
+        Self {
+            reason,
+            policy: 0,
+            rule: 0,
+            direction,
+        }
     }
 }
 
@@ -173,7 +178,11 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
             // then a sibling of `decide`'s, which keeps every call chain under the
             // 512-byte stack limit. (An ICMP error is neither ND nor a non-first
             // fragment, so steps 3 and 4 cannot decide it first.)
-            let related = if pkt.is_icmp_error() { conntrack::related(ctx, &pkt, direction, ifindex) } else { None };
+            let related = if pkt.is_icmp_error() {
+                conntrack::related(ctx, &pkt, direction, ifindex)
+            } else {
+                None
+            };
             let reason = match related {
                 Some(rule) => {
                     verdict.rule = rule;
@@ -232,9 +241,15 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
     if pkt.fragment == Fragment::NonFirst {
         let verdict = match maps::fragment(&fragment_key(pkt, ifindex)) {
             Some(first)
-                if first.allowed != 0 && maps::now_ns().saturating_sub(first.last_seen_ns) <= FRAGMENT_TIMEOUT_NS =>
+                if first.allowed != 0
+                    && maps::now_ns().saturating_sub(first.last_seen_ns) <= FRAGMENT_TIMEOUT_NS =>
             {
-                Verdict { reason: Reason::AllowFragment, policy: 0, rule: first.rule, direction }
+                Verdict {
+                    reason: Reason::AllowFragment,
+                    policy: 0,
+                    rule: first.rule,
+                    direction,
+                }
             }
             _ => Verdict::of(Reason::DropFragment, direction),
         };
@@ -248,7 +263,11 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
         3 => return give(out, Verdict::of(Reason::AllowEstablished, direction)),
         4 => {
             let found = maps::conntrack(&key).is_some();
-            let reason = if found { Reason::AllowEstablished } else { Reason::DropPolicy };
+            let reason = if found {
+                Reason::AllowEstablished
+            } else {
+                Reason::DropPolicy
+            };
             return give(out, Verdict::of(reason, direction));
         }
         _ => {}
@@ -264,11 +283,27 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
             return give(out, Verdict::of(Reason::AllowEstablished, direction));
         }
         if !maps::cut_existing_flows() {
-            return give(out, Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction });
+            return give(
+                out,
+                Verdict {
+                    reason: Reason::AllowEstablished,
+                    policy: 0,
+                    rule: hit.rule,
+                    direction,
+                },
+            );
         }
         let current = maps::generation();
         if hit.generation == current {
-            return give(out, Verdict { reason: Reason::AllowEstablished, policy: 0, rule: hit.rule, direction });
+            return give(
+                out,
+                Verdict {
+                    reason: Reason::AllowEstablished,
+                    policy: 0,
+                    rule: hit.rule,
+                    direction,
+                },
+            );
         }
         stale = Some(conntrack::Hit { current, ..hit });
     }
@@ -278,7 +313,12 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
 /// Step 6's endpoint: the one this packet's pod-side address belongs to, bound to this
 /// port, or the drop that fails closed. `group`: `pkt.is_group()`.
 #[inline(always)]
-fn local_endpoint(pkt: &Packet, egress: bool, group: bool, ifindex: u32) -> Result<EndpointValue, Reason> {
+fn local_endpoint(
+    pkt: &Packet,
+    egress: bool,
+    group: bool,
+    ifindex: u32,
+) -> Result<EndpointValue, Reason> {
     let local = if egress { &pkt.src } else { &pkt.dst };
     // Link-local addresses and, to a pod, groups are no cluster address: they belong
     // to the pod behind this port.
@@ -288,7 +328,11 @@ fn local_endpoint(pkt: &Packet, egress: bool, group: bool, ifindex: u32) -> Resu
     // Fails closed: from a pod, a source that is no pod netfence knows, or another
     // pod's, is spoofed; to a pod, an address that is not its own is a flooded frame
     // or a forged destination; an endpoint not bound to a port yet is neither's.
-    let foreign = if egress { Reason::DropSpoofed } else { Reason::DropWrongPort };
+    let foreign = if egress {
+        Reason::DropSpoofed
+    } else {
+        Reason::DropWrongPort
+    };
     let endpoint = maps::endpoint(local).ok_or(foreign)?;
     if endpoint.ifindex == 0 {
         return Err(Reason::DropUnbound);
@@ -303,14 +347,21 @@ fn local_endpoint(pkt: &Packet, egress: bool, group: bool, ifindex: u32) -> Resu
 #[inline(always)]
 fn is_tunnel(pkt: &Packet) -> bool {
     matches!(pkt.protocol, PROTO_IPIP | PROTO_IPV6_IN_IP | PROTO_GRE)
-        || (pkt.protocol == PROTO_UDP && matches!(pkt.dst_port, UDP_PORT_VXLAN_LINUX | UDP_PORT_VXLAN_IANA))
+        || (pkt.protocol == PROTO_UDP
+            && matches!(pkt.dst_port, UDP_PORT_VXLAN_LINUX | UDP_PORT_VXLAN_IANA))
 }
 
 /// Steps 6–9 (`decide_new`) into `out` (see `give`).
 // A BPF-to-BPF call, not inlined: its frame is a sibling of `related`'s, not added to
 // it, which keeps every call chain under the 512-byte stack limit.
 #[inline(never)]
-fn judge(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack::Hit>, out: &mut Verdict) -> Reason {
+fn judge(
+    pkt: &Packet,
+    key: &CtKey,
+    direction: u8,
+    stale: Option<&conntrack::Hit>,
+    out: &mut Verdict,
+) -> Reason {
     give(out, decide_new(pkt, key, direction, stale))
 }
 
@@ -327,7 +378,12 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
         Err(reason) => return Verdict::of(reason, direction),
     };
     if egress && is_tunnel(pkt) {
-        return Verdict { reason: Reason::DropTunnel, policy: endpoint.policy, rule: 0, direction };
+        return Verdict {
+            reason: Reason::DropTunnel,
+            policy: endpoint.policy,
+            rule: 0,
+            direction,
+        };
     }
     // Entries for flows only: an ICMP error belongs to the flow it quotes, and a group
     // packet (either way) is no flow: its replies come from unicast addresses.
@@ -353,7 +409,12 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
     if endpoint.flags & this_way == 0 {
         if let Some(hit) = stale {
             hit.restamp(0);
-            return Verdict { reason: Reason::AllowEstablished, policy: endpoint.policy, rule: 0, direction };
+            return Verdict {
+                reason: Reason::AllowEstablished,
+                policy: endpoint.policy,
+                rule: 0,
+                direction,
+            };
         }
         // An entry even when isolated in neither direction: a policy that isolates
         // the pod later must not turn this flow's replies into new traffic
@@ -362,7 +423,12 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
         if track {
             conntrack::create(pkt, key, origin, 0, generation);
         }
-        return Verdict { reason: Reason::AllowNotIsolated, policy: endpoint.policy, rule: 0, direction };
+        return Verdict {
+            reason: Reason::AllowNotIsolated,
+            policy: endpoint.policy,
+            rule: 0,
+            direction,
+        };
     }
 
     // 8. Who the remote side is.
@@ -373,17 +439,34 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
     //    the pod, the local port to it: both are the packet's destination port), or
     //    a re-checked flow's server port.
     let policy = endpoint.policy;
-    match policy::allowing_rule(policy, peer, policy_direction, pkt.protocol, port, !pkt.is_icmp()) {
+    match policy::allowing_rule(
+        policy,
+        peer,
+        policy_direction,
+        pkt.protocol,
+        port,
+        !pkt.is_icmp(),
+    ) {
         Some(rule) => {
             if let Some(hit) = stale {
                 hit.restamp(rule);
-                return Verdict { reason: Reason::AllowEstablished, policy, rule, direction };
+                return Verdict {
+                    reason: Reason::AllowEstablished,
+                    policy,
+                    rule,
+                    direction,
+                };
             }
             maps::count_rule(rule);
             if track {
                 conntrack::create(pkt, key, origin, rule, generation);
             }
-            Verdict { reason: Reason::AllowPolicy, policy, rule, direction }
+            Verdict {
+                reason: Reason::AllowPolicy,
+                policy,
+                rule,
+                direction,
+            }
         }
         // Audit mode: no rule allows it, and it passes, reported. The entry makes its
         // replies pass and keeps its next packets from being reported again.
@@ -393,23 +476,45 @@ fn decide_new(pkt: &Packet, key: &CtKey, direction: u8, stale: Option<&conntrack
                 None if track => conntrack::create(pkt, key, origin, 0, generation),
                 None => {}
             }
-            Verdict { reason: Reason::AuditPolicy, policy, rule: 0, direction: policy_direction }
+            Verdict {
+                reason: Reason::AuditPolicy,
+                policy,
+                rule: 0,
+                direction: policy_direction,
+            }
         }
         // Fails closed: isolated, and no rule allows it (any more: the entry goes, so
         // the rest of the flow drops here too, and a reconnect meets policy).
         None => {
             if stale.is_some() {
                 maps::conntrack_delete(key);
-                return Verdict { reason: Reason::DropPolicyChanged, policy, rule: 0, direction: policy_direction };
+                return Verdict {
+                    reason: Reason::DropPolicyChanged,
+                    policy,
+                    rule: 0,
+                    direction: policy_direction,
+                };
             }
-            Verdict { reason: Reason::DropPolicy, policy, rule: 0, direction }
+            Verdict {
+                reason: Reason::DropPolicy,
+                policy,
+                rule: 0,
+                direction,
+            }
         }
     }
 }
 
 #[inline(always)]
 fn fragment_key(pkt: &Packet, ifindex: u32) -> FragKey {
-    FragKey { src: pkt.src, dst: pkt.dst, ifindex, id: pkt.frag_id, protocol: pkt.frag_protocol, _pad: [0; 3] }
+    FragKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        ifindex,
+        id: pkt.frag_id,
+        protocol: pkt.frag_protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// Step 4's other half: a first fragment records its verdict, whichever step decided.

@@ -47,7 +47,9 @@ pub struct Endpoint {
 impl Endpoint {
     /// The ENDPOINTS value's flags (`EP_*`): the one place they are encoded.
     pub fn flags(&self) -> u32 {
-        use netfence_common::{EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+        use netfence_common::{
+            EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS,
+        };
         let mut flags = 0;
         if self.isolated_ingress {
             flags |= EP_ISOLATED_INGRESS;

@@ -28,8 +28,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::model::{
-    ContainerPort, LabelInterner, EndpointSlice, LabelSelector, Labels, Namespace, Peer, Pod, PodPhase, Policy,
-    Port, PortSpec, Protocol, Rule, Service, ServicePort, SliceEndpoint, SlicePort, State,
+    ContainerPort, EndpointSlice, LabelInterner, LabelSelector, Labels, Namespace, Peer, Pod,
+    PodPhase, Policy, Port, PortSpec, Protocol, Rule, Service, ServicePort, SliceEndpoint,
+    SlicePort, State,
 };
 
 /// Pods per generated namespace.
@@ -390,7 +391,12 @@ mod tests {
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), 300, "pod IPs are unique");
-        assert!(state.pods.windows(2).all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name)));
+        assert!(
+            state
+                .pods
+                .windows(2)
+                .all(|w| (&w[0].namespace, &w[0].name) < (&w[1].namespace, &w[1].name))
+        );
     }
 
     #[test]

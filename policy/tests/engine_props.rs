@@ -18,8 +18,9 @@ use netfence_policy::compile::announced::Announced;
 use netfence_policy::compile::compile_node;
 use netfence_policy::compile::engine::{Engine, Node};
 use netfence_policy::model::{
-    ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase, Policy, Port,
-    PortSpec, Protocol, Requirement, Rule, Service, ServicePort, SliceEndpoint, SlicePort, State,
+    ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase,
+    Policy, Port, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, SliceEndpoint,
+    SlicePort, State,
 };
 use netfence_policy::scenario::Rng;
 
@@ -36,7 +37,10 @@ fn chance(rng: &mut Rng, percent: usize) -> bool {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn pod_labels(rng: &mut Rng) -> Labels {
@@ -50,14 +54,22 @@ fn pod_labels(rng: &mut Rng) -> Labels {
 fn address(rng: &mut Rng) -> IpAddr {
     // A small pool, so addresses are shared, reused and fall inside ipBlocks.
     if chance(rng, 20) {
-        format!("fd00::{}", 1 + rng.below(4)).parse().expect("an address")
+        format!("fd00::{}", 1 + rng.below(4))
+            .parse()
+            .expect("an address")
     } else {
-        format!("198.18.0.{}", 1 + rng.below(12)).parse().expect("an address")
+        format!("198.18.0.{}", 1 + rng.below(12))
+            .parse()
+            .expect("an address")
     }
 }
 
 fn pod(rng: &mut Rng) -> Pod {
-    let ips = if chance(rng, 10) { Vec::new() } else { vec![address(rng)] };
+    let ips = if chance(rng, 10) {
+        Vec::new()
+    } else {
+        vec![address(rng)]
+    };
     let mut ports = vec![ContainerPort {
         name: Some("http".to_owned()),
         port: *pick(rng, &[80, 8080]),
@@ -70,10 +82,23 @@ fn pod(rng: &mut Rng) -> Pod {
         namespace: (*pick(rng, &NAMESPACES)).to_owned(),
         name: format!("p{}", rng.below(8)),
         labels: pod_labels(rng),
-        node_name: if chance(rng, 5) { None } else { Some((*pick(rng, &NODES)).to_owned()) },
+        node_name: if chance(rng, 5) {
+            None
+        } else {
+            Some((*pick(rng, &NODES)).to_owned())
+        },
         ips,
         host_network: chance(rng, 5),
-        phase: *pick(rng, &[PodPhase::Running, PodPhase::Running, PodPhase::Running, PodPhase::Pending, PodPhase::Succeeded]),
+        phase: *pick(
+            rng,
+            &[
+                PodPhase::Running,
+                PodPhase::Running,
+                PodPhase::Running,
+                PodPhase::Pending,
+                PodPhase::Succeeded,
+            ],
+        ),
         ports,
     }
 }
@@ -107,8 +132,17 @@ fn selector(rng: &mut Rng) -> LabelSelector {
 fn peer(rng: &mut Rng) -> Peer {
     match rng.below(5) {
         0 => Peer::IpBlock {
-            cidr: (*pick(rng, &["198.18.0.0/28", "198.18.0.0/24", "fd00::/120", "0.0.0.0/0"])).parse().expect("a cidr"),
-            except: if chance(rng, 50) { vec!["198.18.0.4/30".parse::<IpNet>().expect("a cidr")] } else { Vec::new() },
+            cidr: (*pick(
+                rng,
+                &["198.18.0.0/28", "198.18.0.0/24", "fd00::/120", "0.0.0.0/0"],
+            ))
+            .parse()
+            .expect("a cidr"),
+            except: if chance(rng, 50) {
+                vec!["198.18.0.4/30".parse::<IpNet>().expect("a cidr")]
+            } else {
+                Vec::new()
+            },
         },
         1 => Peer::Pods {
             namespace_selector: Some(LabelSelector {
@@ -163,12 +197,20 @@ fn service(rng: &mut Rng) -> Service {
     Service {
         namespace: (*pick(rng, &NAMESPACES)).to_owned(),
         name: format!("s{k}"),
-        cluster_ips: vec![format!("198.19.0.{}", 1 + rng.below(3)).parse().expect("an address")],
+        cluster_ips: vec![
+            format!("198.19.0.{}", 1 + rng.below(3))
+                .parse()
+                .expect("an address"),
+        ],
         ports: vec![ServicePort {
             name: None,
             protocol: Protocol::Tcp,
             port: 80,
-            target_port: if chance(rng, 50) { Port::Name("http".to_owned()) } else { Port::Number(8080) },
+            target_port: if chance(rng, 50) {
+                Port::Name("http".to_owned())
+            } else {
+                Port::Number(8080)
+            },
         }],
         selector: chance(rng, 40).then(|| labels(&[("app", *pick(rng, &["web", "db"]))])),
     }
@@ -241,25 +283,40 @@ fn change(rng: &mut Rng, state: &mut State, announced: &mut Vec<Announced>) {
             let name = (*pick(rng, &NAMESPACES)).to_owned();
             let mut labels = labels(&[("team", *pick(rng, &["x", "y"]))]);
             labels.insert("kubernetes.io/metadata.name".to_owned(), name.clone());
-            state.namespaces.insert(name.clone(), Namespace { name, labels });
+            state
+                .namespaces
+                .insert(name.clone(), Namespace { name, labels });
         }
-        11..=13 => upsert(&mut state.policies, policy(rng), |p| (p.namespace.clone(), p.name.clone())),
+        11..=13 => upsert(&mut state.policies, policy(rng), |p| {
+            (p.namespace.clone(), p.name.clone())
+        }),
         14 => remove_one(rng, &mut state.policies),
-        15 => upsert(&mut state.services, service(rng), |s| (s.namespace.clone(), s.name.clone())),
+        15 => upsert(&mut state.services, service(rng), |s| {
+            (s.namespace.clone(), s.name.clone())
+        }),
         16 => remove_one(rng, &mut state.services),
         17..=19 => {
             if !state.services.is_empty()
                 && let Some(slice) = slice(rng, state)
             {
-                upsert(&mut state.endpoint_slices, slice, |s| (s.namespace.clone(), s.name.clone()));
+                upsert(&mut state.endpoint_slices, slice, |s| {
+                    (s.namespace.clone(), s.name.clone())
+                });
             } else {
                 remove_one(rng, &mut state.endpoint_slices);
             }
         }
         20 => {
             // netfence-cni announces a pod, named (perhaps one the state knows) or not.
-            let named = chance(rng, 60).then(|| ((*pick(rng, &NAMESPACES)).to_owned(), format!("p{}", rng.below(8))));
-            let (namespace, name) = named.clone().unwrap_or_else(|| ("cni".to_owned(), format!("c{}", rng.below(4))));
+            let named = chance(rng, 60).then(|| {
+                (
+                    (*pick(rng, &NAMESPACES)).to_owned(),
+                    format!("p{}", rng.below(8)),
+                )
+            });
+            let (namespace, name) = named
+                .clone()
+                .unwrap_or_else(|| ("cni".to_owned(), format!("c{}", rng.below(4))));
             announced.push(Announced {
                 pod: named,
                 namespace,
@@ -287,7 +344,10 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
         let mut rng = Rng::new(seed);
         let node = Node {
             name: Some("node-1".to_owned()),
-            addresses: vec!["198.18.0.200".parse().expect("an address"), "198.18.0.3".parse().expect("an address")],
+            addresses: vec![
+                "198.18.0.200".parse().expect("an address"),
+                "198.18.0.3".parse().expect("an address"),
+            ],
             allow_node: chance(&mut rng, 70),
             audit_all: chance(&mut rng, 10),
         };
@@ -310,8 +370,14 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
                     ("endpoints", image.endpoints != expected.endpoints),
                     ("policy", image.policy != expected.policy),
                     ("rules", image.rules != expected.rules),
-                    ("identity_info", image.identity_info != expected.identity_info),
-                    ("endpoint_policies", image.endpoint_policies != expected.endpoint_policies),
+                    (
+                        "identity_info",
+                        image.identity_info != expected.identity_info,
+                    ),
+                    (
+                        "endpoint_policies",
+                        image.endpoint_policies != expected.endpoint_policies,
+                    ),
                 ]
                 .into_iter()
                 .collect();
@@ -321,8 +387,13 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
             }
         }
     }
-    println!("{sequences} sequences of {STEPS} changes: {incremental} incremental updates, {rebuilt} rebuilds");
-    assert!(incremental > rebuilt, "the sequences exercise the incremental path: {incremental} vs {rebuilt}");
+    println!(
+        "{sequences} sequences of {STEPS} changes: {incremental} incremental updates, {rebuilt} rebuilds"
+    );
+    assert!(
+        incremental > rebuilt,
+        "the sequences exercise the incremental path: {incremental} vs {rebuilt}"
+    );
 }
 
 /// A Service backend that changes identity (relabelled, no Service or slice change)
@@ -407,16 +478,28 @@ fn a_relabelled_backend_moves_the_service_entry_it_decides() {
     });
     let vip_entries = |image: &netfence_policy::image::Image| {
         let vip = image.identity_of(address("198.19.0.1"));
-        image.policy.keys().filter(|e| e.peer == vip && e.port == 80).count()
+        image
+            .policy
+            .keys()
+            .filter(|e| e.peer == vip && e.port == 80)
+            .count()
     };
     engine.update(std::sync::Arc::new(state.clone()), &[]);
-    assert_eq!(vip_entries(engine.image()), 1, "the client may reach web's VIP");
+    assert_eq!(
+        vip_entries(engine.image()),
+        1,
+        "the client may reach web's VIP"
+    );
     state.pods[0].labels = labels(&[("app", "db")]);
     let work = engine.update(std::sync::Arc::new(state.clone()), &[]);
     assert!(!work.rebuilt, "{work:?}");
     assert_eq!(work.pods_changed, 1);
     assert_eq!(engine.image(), &compile_node(&state, &engine.context(&[])));
-    assert_eq!(vip_entries(engine.image()), 0, "its only backend is no web pod any more");
+    assert_eq!(
+        vip_entries(engine.image()),
+        0,
+        "its only backend is no web pod any more"
+    );
     state.pods[0].labels = labels(&[("app", "web")]);
     engine.update(std::sync::Arc::new(state.clone()), &[]);
     assert_eq!(engine.image(), &compile_node(&state, &engine.context(&[])));

@@ -36,8 +36,8 @@ pub use manifest::{NamespaceSpec, PodSpec, cluster_yaml};
 pub use netns::Netns;
 pub use node::{BRIDGE, CLUSTER_V4, CLUSTER_V6, CNI_BIN_DIR, NodeAddrs, PodNs};
 pub use probe::{
-    CONNECT_TIMEOUT, UdpOutcome, ping, tcp_connects, tcp_via, udp_exchange, udp_from_address,
-    udp_via,
+    CONNECT_TIMEOUT, UdpOutcome, bind_retrying, ping, tcp_connects, tcp_via, udp_exchange,
+    udp_from_address, udp_via,
 };
 pub use service_yaml::{
     EndpointSliceSpec, ServicePortSpec, ServiceSpec, SliceEndpoint, TargetPort,

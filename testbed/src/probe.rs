@@ -55,7 +55,7 @@ pub fn tcp_via(
 /// parallel: a process another test forks holds a copy of every descriptor until its
 /// exec closes them (close-on-exec), so a socket a probe has just closed can stay
 /// bound for that instant.
-fn bind_retrying<S>(bind: impl Fn() -> std::io::Result<S>) -> std::io::Result<S> {
+pub fn bind_retrying<S>(bind: impl Fn() -> std::io::Result<S>) -> std::io::Result<S> {
     let mut tries = 0;
     loop {
         match bind() {

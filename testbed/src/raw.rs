@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::forge::{Mac, parse_mac};
 use crate::netns::Netns;
+use crate::probe::bind_retrying;
 
 /// How long one receive call blocks inside a capture window.
 const SLICE: Duration = Duration::from_millis(20);
@@ -258,7 +259,7 @@ pub fn link_local(netns: &Netns, dev: &str) -> anyhow::Result<Ipv6Addr> {
 /// A UDP socket bound inside `netns` (e.g. a receiver on `0.0.0.0:port`).
 pub fn udp_socket(netns: &Netns, bind: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = netns
-        .run(|| UdpSocket::bind(bind))?
+        .run(|| bind_retrying(|| UdpSocket::bind(bind)))?
         .with_context(|| format!("binding UDP {bind} in {}", netns.name()))?;
     socket.set_read_timeout(Some(SLICE))?;
     Ok(socket)

@@ -48,7 +48,10 @@ const USER_SKIPPED: &[(&str, &str)] = &[
         "audit::command_line_mode_audit_on_the_demo_example",
         EXECS_THE_BINARY,
     ),
-    ("service::command_line_explain_to_a_service", EXECS_THE_BINARY),
+    (
+        "service::command_line_explain_to_a_service",
+        EXECS_THE_BINARY,
+    ),
     (
         "packet_verdicts_follow_the_api_server",
         "a packet test in network namespaces with the real agent (root, bpf(2), which \
@@ -59,7 +62,8 @@ const USER_SKIPPED: &[(&str, &str)] = &[
 /// qemu-user runs only the process it starts (no binfmt_misc here): a child `netfence`
 /// (aarch64) cannot execute. What they check end to end (`netfence explain`'s output)
 /// is the code the unit tests run.
-const EXECS_THE_BINARY: &str = "runs the aarch64 `netfence` as a child, which qemu-user cannot exec";
+const EXECS_THE_BINARY: &str =
+    "runs the aarch64 `netfence` as a child, which qemu-user cannot exec";
 
 /// The kernel tests run on the arm64 kernel: `BPF_PROG_TEST_RUN` on the real programs.
 const KERNEL_TESTS: &[&str] = &["kernel_hostile", "kernel_tables", "kernel_verdicts"];
@@ -79,16 +83,18 @@ pub fn rustup_run(program: &str) -> Command {
 
 fn cross_cargo(subcommand: &str) -> Command {
     let mut cmd = rustup_run("cargo");
-    cmd.args([subcommand, "--locked", "--target", TRIPLE]).current_dir(repo_root());
+    cmd.args([subcommand, "--locked", "--target", TRIPLE])
+        .current_dir(repo_root());
     cmd
 }
 
 /// `cargo xtask build --target aarch64`.
 pub fn build() -> anyhow::Result<()> {
     timed("setup --aarch64", setup_aarch64)?;
-    timed("cargo build --release --target aarch64-unknown-linux-gnu", || {
-        run(cross_cargo("build").args(["--release", "-p", "netfence", "-p", "netfence-cni"]))
-    })?;
+    timed(
+        "cargo build --release --target aarch64-unknown-linux-gnu",
+        || run(cross_cargo("build").args(["--release", "-p", "netfence", "-p", "netfence-cni"])),
+    )?;
     let dir = repo_root().join("target").join(TRIPLE).join("release");
     for name in ["netfence", "netfence-cni"] {
         let path = dir.join(name);
@@ -96,8 +102,16 @@ pub fn build() -> anyhow::Result<()> {
         if elf_machine(&bytes, 0) != Some(EM_AARCH64) {
             bail!("{} is not an aarch64 ELF", path.display());
         }
-        let bpf = if embeds_bpf_object(&bytes) { ", embeds the BPF object" } else { "" };
-        println!("built: {} (aarch64, {} bytes{bpf})", path.display(), bytes.len());
+        let bpf = if embeds_bpf_object(&bytes) {
+            ", embeds the BPF object"
+        } else {
+            ""
+        };
+        println!(
+            "built: {} (aarch64, {} bytes{bpf})",
+            path.display(),
+            bytes.len()
+        );
     }
     let agent = std::fs::read(dir.join("netfence"))?;
     if !embeds_bpf_object(&agent) {
@@ -174,7 +188,10 @@ impl std::fmt::Display for Tally {
 /// Runs `cmd`, echoing its stdout and adding up the libtest summaries in it.
 fn run_tallied(cmd: &mut Command) -> anyhow::Result<Tally> {
     let shown = format!("{cmd:?}");
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
     let mut tally = Tally::default();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -192,11 +209,19 @@ fn run_tallied(cmd: &mut Command) -> anyhow::Result<Tally> {
 /// The test executables of `tests` (test targets of the agent), cross-built.
 fn kernel_test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut cmd = cross_cargo("test");
-    cmd.args(["-p", "netfence", "--no-run", "--message-format=json-render-diagnostics"]);
+    cmd.args([
+        "-p",
+        "netfence",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
     for test in KERNEL_TESTS {
         cmd.args(["--test", test]);
     }
-    let out = cmd.stderr(Stdio::inherit()).output().context("cargo test --no-run")?;
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
     if !out.status.success() {
         bail!("cross-building the kernel tests failed: {}", out.status);
     }
@@ -239,7 +264,10 @@ pub fn test(only: Option<Part>) -> anyhow::Result<()> {
     if only != Some(Part::User) {
         kernel_tests()?;
     }
-    println!("xtask test --target aarch64: all passed in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "xtask test --target aarch64: all passed in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -268,16 +296,22 @@ fn user_tests() -> anyhow::Result<Tally> {
 }
 
 fn kernel_tests() -> anyhow::Result<()> {
-    let report = timed("aarch64 kernel tests on an arm64 kernel (qemu-system-aarch64)", || {
-        let tests = kernel_test_binaries()?;
-        let kernel = vm::kernel()?;
-        let initrd = vm::initramfs(&tests)?;
-        let boot = std::time::Instant::now();
-        let report = vm::boot(&kernel, &initrd, VM_TIMEOUT)?;
-        println!("arm64 VM: boot to power-off in {:.1} s", boot.elapsed().as_secs_f64());
-        check(&report)?;
-        Ok(report)
-    })?;
+    let report = timed(
+        "aarch64 kernel tests on an arm64 kernel (qemu-system-aarch64)",
+        || {
+            let tests = kernel_test_binaries()?;
+            let kernel = vm::kernel()?;
+            let initrd = vm::initramfs(&tests)?;
+            let boot = std::time::Instant::now();
+            let report = vm::boot(&kernel, &initrd, VM_TIMEOUT)?;
+            println!(
+                "arm64 VM: boot to power-off in {:.1} s",
+                boot.elapsed().as_secs_f64()
+            );
+            check(&report)?;
+            Ok(report)
+        },
+    )?;
     println!(
         "arm64 kernel {}: bpf_jit_enable {}, JIT images [{}], {}; guest ran them in {}",
         report.kernel, report.jit_enable, report.jit_images, report.tally, report.guest_secs
@@ -297,10 +331,17 @@ fn check(report: &vm::Report) -> anyhow::Result<()> {
         bail!("arm64 VM: {}", report.tally);
     }
     if report.jit_enable != "1" {
-        bail!("arm64 VM: net.core.bpf_jit_enable is {:?}, not 1", report.jit_enable);
+        bail!(
+            "arm64 VM: net.core.bpf_jit_enable is {:?}, not 1",
+            report.jit_enable
+        );
     }
     for program in ["netfence_from_pod", "netfence_to_pod"] {
-        if !report.jit_images.split_whitespace().any(|seen| seen == program) {
+        if !report
+            .jit_images
+            .split_whitespace()
+            .any(|seen| seen == program)
+        {
             bail!("arm64 VM: no JIT image of {program} seen in /proc/kallsyms");
         }
     }
@@ -322,7 +363,13 @@ mod tests {
         ] {
             tally.read(line);
         }
-        let want = Tally { binaries: 2, passed: 94, failed: 3, ignored: 1, filtered: 2 };
+        let want = Tally {
+            binaries: 2,
+            passed: 94,
+            failed: 3,
+            ignored: 1,
+            filtered: 2,
+        };
         assert_eq!(tally, want);
         assert_eq!(
             want.to_string(),

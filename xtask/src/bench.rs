@@ -38,13 +38,25 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     }
     let profile = if quick { "debug" } else { "release" };
     let mut build = cargo();
-    build.args(["build", "-p", "netfence", "--bin", "netfence", "--example", "bench"]);
+    build.args([
+        "build",
+        "-p",
+        "netfence",
+        "--bin",
+        "netfence",
+        "--example",
+        "bench",
+    ]);
     if !quick {
         build.arg("--release");
     }
     run(&mut build)?;
     let target = target_dir();
-    let out = target.join("bench").join(if quick { "bench-quick.json" } else { "bench.json" });
+    let out = target.join("bench").join(if quick {
+        "bench-quick.json"
+    } else {
+        "bench.json"
+    });
     let _ = std::fs::remove_file(&out);
     let mut cmd = std::process::Command::new(target.join(profile).join("examples/bench"));
     cmd.arg("--netfence")
@@ -55,7 +67,8 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
         cmd.arg("--quick");
     }
     run(&mut cmd)?;
-    let text = std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let text =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
     let missing: Vec<&str> = SECTIONS
         .iter()
         .filter(|key| !text.contains(&format!("\"{key}\": {{")))
@@ -64,6 +77,10 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     if !missing.is_empty() {
         bail!("{} lacks sections {missing:?}", out.display());
     }
-    println!("xtask bench: {} sections in {:.1} s", SECTIONS.len(), start.elapsed().as_secs_f64());
+    println!(
+        "xtask bench: {} sections in {:.1} s",
+        SECTIONS.len(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }

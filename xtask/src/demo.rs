@@ -95,7 +95,9 @@ pub fn example_cluster_yaml() -> String {
             continue;
         };
         let pod = pods.iter().find(|p| p.name == service);
-        let address = pod.and_then(|p| p.ips.first().copied()).unwrap_or(IpAddr::V4(vip));
+        let address = pod
+            .and_then(|p| p.ips.first().copied())
+            .unwrap_or(IpAddr::V4(vip));
         out.push_str("---\n");
         out.push_str(&service_yaml(&ServiceSpec {
             namespace: NAMESPACE.into(),
@@ -220,7 +222,9 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
     }
     bed.install_services(&service_vips(&hosts)?)?;
     for (service, vip) in SERVICES {
-        println!("  svc/{service:<11} {vip:<15} ClusterIP, DNAT by the node's nftables (as kube-proxy)");
+        println!(
+            "  svc/{service:<11} {vip:<15} ClusterIP, DNAT by the node's nftables (as kube-proxy)"
+        );
     }
     let agent = bed.start_agent(binary, Attach::Auto)?;
     println!();
@@ -252,7 +256,10 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
                 to_name = format!("svc/{}", to.name);
                 let listen = SocketAddr::new(ip, port);
                 let connect = SocketAddr::new(IpAddr::V4(vip), port);
-                (format!(":{port}"), tcp_via(&from.netns, &to.netns, listen, connect)?)
+                (
+                    format!(":{port}"),
+                    tcp_via(&from.netns, &to.netns, listen, connect)?,
+                )
             }
         };
         let mark = if observed == expected { "✓" } else { "✗" };

@@ -14,11 +14,22 @@ pub fn fuzz(frames: u64, seed: Option<u64>) -> anyhow::Result<()> {
     // A fresh seed each run explores new frames; it is printed, so a failure replays
     // with `--seed`.
     let seed = seed.unwrap_or_else(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
     });
     println!("xtask fuzz: {frames} frames, seed {seed}");
     run(cargo()
-        .args(["test", "--release", "-p", "netfence", "--test", "kernel_fuzz", "--", "--nocapture"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "netfence",
+            "--test",
+            "kernel_fuzz",
+            "--",
+            "--nocapture",
+        ])
         .env("NFC_FUZZ_FRAMES", frames.to_string())
         .env("NFC_FUZZ_SEED", seed.to_string()))
 }

@@ -83,7 +83,10 @@ fn main() -> anyhow::Result<()> {
         Task::Setup { aarch64: false } => setup::setup(),
         Task::Setup { aarch64: true } => setup::setup_aarch64(),
         Task::Test { target: None, .. } => test::test(),
-        Task::Test { target: Some(Target::Aarch64), only } => aarch64::test(only),
+        Task::Test {
+            target: Some(Target::Aarch64),
+            only,
+        } => aarch64::test(only),
         Task::Build { target: None } => cmd::run(cmd::cargo().args([
             "build",
             "--release",
@@ -93,7 +96,9 @@ fn main() -> anyhow::Result<()> {
             "-p",
             "netfence-cni",
         ])),
-        Task::Build { target: Some(Target::Aarch64) } => aarch64::build(),
+        Task::Build {
+            target: Some(Target::Aarch64),
+        } => aarch64::build(),
         Task::Bench { quick } => bench::bench(quick),
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),

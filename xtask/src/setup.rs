@@ -47,13 +47,19 @@ const AARCH64_PACKAGES: &[(&str, &str)] = &[
         "libstd-rust-web-dev:arm64",
         "the aarch64 std of the `debian-web` toolchain (rustup cannot download targets)",
     ),
-    ("gcc-aarch64-linux-gnu", "the aarch64 linker and C compiler (ring)"),
+    (
+        "gcc-aarch64-linux-gnu",
+        "the aarch64 linker and C compiler (ring)",
+    ),
     ("libc6-dev-arm64-cross", "the aarch64 glibc to link against"),
     (
         "libc6:arm64",
         "the arm64 glibc that qemu-user and the test VM load the binaries with",
     ),
-    ("qemu-user-static", "runs the aarch64 unit and no-root tests"),
+    (
+        "qemu-user-static",
+        "runs the aarch64 unit and no-root tests",
+    ),
     (
         "qemu-system-arm",
         "qemu-system-aarch64: boots Debian's arm64 kernel for the kernel-verdict tests",
@@ -86,7 +92,10 @@ fn add_arm64_architecture() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .output()
         .context("running dpkg --print-foreign-architectures")?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|arch| arch.trim() == "arm64") {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|arch| arch.trim() == "arm64")
+    {
         println!("ok: dpkg architecture arm64 added");
         return Ok(());
     }
@@ -226,18 +235,33 @@ mod tests {
         let dockerfile = std::fs::read_to_string(&path).unwrap_or_default();
         for package in ["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"] {
             assert!(PACKAGES.iter().any(|(p, _)| *p == package));
-            assert!(dockerfile.contains(package), "{} lacks {package}", path.display());
+            assert!(
+                dockerfile.contains(package),
+                "{} lacks {package}",
+                path.display()
+            );
         }
         assert!(dockerfile.contains(&format!("ARG BPF_LINKER_VERSION={BPF_LINKER_VERSION}")));
         assert!(dockerfile.contains(&format!("rustup toolchain link {LINKED_TOOLCHAIN} /usr")));
         assert!(dockerfile.contains("LLVM_PREFIX=/usr/lib/llvm-22"));
         assert!(dockerfile.contains("--features llvm-22"));
-        assert!(!dockerfile.contains("curl"), "no installer downloads during the build");
+        assert!(
+            !dockerfile.contains("curl"),
+            "no installer downloads during the build"
+        );
         // The linux/arm64 cross build installs what `setup --aarch64` installs to build
         // (QEMU and libc6:arm64 only run the tests).
-        for package in ["libstd-rust-web-dev:arm64", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"] {
+        for package in [
+            "libstd-rust-web-dev:arm64",
+            "gcc-aarch64-linux-gnu",
+            "libc6-dev-arm64-cross",
+        ] {
             assert!(AARCH64_PACKAGES.iter().any(|(p, _)| *p == package));
-            assert!(dockerfile.contains(package), "{} lacks {package}", path.display());
+            assert!(
+                dockerfile.contains(package),
+                "{} lacks {package}",
+                path.display()
+            );
         }
         assert!(dockerfile.contains("dpkg --add-architecture arm64"));
         assert!(dockerfile.contains("--target aarch64-unknown-linux-gnu"));

@@ -26,11 +26,16 @@ pub fn test() -> anyhow::Result<()> {
     // namespaces and spends most of its time waiting out probes of dropped packets
     // (15 packet tests: 60 s with 2 threads, 30 s with 4, stable under load).
     let threads = std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "4".into());
-    timed("cargo test", || run(cargo().arg("test").env("RUST_TEST_THREADS", &threads)))?;
+    timed("cargo test", || {
+        run(cargo().arg("test").env("RUST_TEST_THREADS", &threads))
+    })?;
     // The bench at small sizes, on the debug build: only that it runs and prints every
     // section (no timing is asserted), so the bench code cannot rot.
     timed("cargo xtask bench --quick", || crate::bench::bench(true))?;
-    println!("xtask test: all passed in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "xtask test: all passed in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -38,6 +43,9 @@ pub fn timed<T>(step: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Re
     let start = Instant::now();
     let result = f();
     let verdict = if result.is_ok() { "done" } else { "FAILED" };
-    println!("xtask test: {verdict}: {step} ({:.1} s)", start.elapsed().as_secs_f64());
+    println!(
+        "xtask test: {verdict}: {step} ({:.1} s)",
+        start.elapsed().as_secs_f64()
+    );
     result
 }

@@ -55,8 +55,10 @@ fn variant(stage: u32, quick: bool) -> anyhow::Result<Ebpf> {
     }
     let mut ebpf = loader.load(EBPF_OBJECT).context("loading the TC object")?;
     for name in [program::FROM_POD, program::TO_POD] {
-        let prog: &mut SchedClassifier = ebpf.program_mut(name).context("no program")?.try_into()?;
-        prog.load().with_context(|| format!("loading {name} with BENCH_STAGE={stage}"))?;
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut(name).context("no program")?.try_into()?;
+        prog.load()
+            .with_context(|| format!("loading {name} with BENCH_STAGE={stage}"))?;
     }
     let client = std::net::IpAddr::V4(scene::CLIENT);
     let server = std::net::IpAddr::V4(scene::SERVER);
@@ -64,7 +66,12 @@ fn variant(stage: u32, quick: bool) -> anyhow::Result<Ebpf> {
         HashMap::try_from(ebpf.map_mut(map::ENDPOINTS).context("no ENDPOINTS")?)?;
     endpoints.insert(
         endpoint_key(&client),
-        EndpointValue { policy: 1, flags: 0, ifindex: scene::TEST_RUN_IFINDEX, identity: 0 },
+        EndpointValue {
+            policy: 1,
+            flags: 0,
+            ifindex: scene::TEST_RUN_IFINDEX,
+            identity: 0,
+        },
         0,
     )?;
     let mut conntrack: HashMap<_, CtKey, CtValue> =
@@ -97,7 +104,13 @@ fn variant(stage: u32, quick: bool) -> anyhow::Result<Ebpf> {
 /// ns per run (BPF stats) of `frame` through `name`, `repeat` times after a warm-up.
 fn measure(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
     let prog: &SchedClassifier = ebpf.program(name).context("no program")?.try_into()?;
-    let run = |repeat| prog.test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() });
+    let run = |repeat| {
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
+    };
     run(repeat / 10)?;
     let before = prog.info()?;
     let result = run(repeat)?;
@@ -109,7 +122,11 @@ fn measure(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result
     if runs < u64::from(repeat) {
         bail!("{name}: BPF stats counted {runs} runs of {repeat}");
     }
-    Ok(after.run_time().saturating_sub(before.run_time()).as_nanos() as f64 / runs as f64)
+    Ok(after
+        .run_time()
+        .saturating_sub(before.run_time())
+        .as_nanos() as f64
+        / runs as f64)
 }
 
 /// Needs BPF statistics on (section 1's guard) while it runs.
@@ -123,7 +140,14 @@ pub fn run(quick: bool, report: &mut Report) -> anyhow::Result<()> {
     let mut section = Section::new(
         "established_breakdown",
         "1b. Where an established packet's time goes (ns per packet, BPF run_time_ns / run_cnt)",
-        &["stage", "to_pod", "Δ to_pod", "from_pod", "Δ from_pod", "empty prog"],
+        &[
+            "stage",
+            "to_pod",
+            "Δ to_pod",
+            "from_pod",
+            "Δ from_pod",
+            "empty prog",
+        ],
     );
     section.method(format!(
         "the production object loaded once per BENCH_STAGE (later stages pruned by the verifier), {repeat} runs of the"
@@ -137,7 +161,9 @@ pub fn run(quick: bool, report: &mut Report) -> anyhow::Result<()> {
         let to = measure(&ebpf, program::TO_POD, &to_pod, repeat)?;
         let from = measure(&ebpf, program::FROM_POD, &from_pod, repeat)?;
         let (floor_ns, _) = empty.measure(&to_pod, repeat)?;
-        let delta = |now: f64, before: Option<f64>| before.map_or("-".to_owned(), |b| format!("{:+.1}", now - b));
+        let delta = |now: f64, before: Option<f64>| {
+            before.map_or("-".to_owned(), |b| format!("{:+.1}", now - b))
+        };
         section.row(vec![
             label.to_owned(),
             format!("{} ({:.1}×)", f1(to), to / floor_ns),

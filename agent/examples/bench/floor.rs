@@ -67,8 +67,13 @@ struct ObjInfo {
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised `union bpf_attr` prefix of its own size.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-    if ret < 0 { Err(std::io::Error::last_os_error()) } else { Ok(ret) }
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// The loaded empty classifier.
@@ -90,7 +95,8 @@ impl Empty {
             prog_name: name,
             ..ProgLoad::default()
         };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty classifier (bpf BPF_PROG_LOAD)")?;
+        let fd = bpf(BPF_PROG_LOAD, &mut attr)
+            .context("loading the empty classifier (bpf BPF_PROG_LOAD)")?;
         // SAFETY: a new file descriptor the kernel just returned, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // struct bpf_prog_info starts with `type` and `id` (u32 each).
@@ -112,7 +118,10 @@ impl Empty {
                 return Ok((program.run_time().as_nanos() as u64, program.run_count()));
             }
         }
-        bail!("the empty classifier (id {}) is not among the loaded programs", self.id)
+        bail!(
+            "the empty classifier (id {}) is not among the loaded programs",
+            self.id
+        )
     }
 
     fn test_run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<ProgTestRun> {
@@ -139,8 +148,13 @@ impl Empty {
         }
         let runs = runs_after.saturating_sub(runs_before);
         if runs < u64::from(repeat) {
-            bail!("BPF stats counted {runs} runs of the empty classifier of {repeat}; are run-time stats on?");
+            bail!(
+                "BPF stats counted {runs} runs of the empty classifier of {repeat}; are run-time stats on?"
+            );
         }
-        Ok((time_after.saturating_sub(time_before) as f64 / runs as f64, f64::from(result.duration)))
+        Ok((
+            time_after.saturating_sub(time_before) as f64 / runs as f64,
+            f64::from(result.duration),
+        ))
     }
 }

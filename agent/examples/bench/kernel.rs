@@ -79,7 +79,11 @@ fn cases() -> Vec<Case> {
         Case {
             key: "new_deny_to_pod",
             program: program::TO_POD,
-            frame: packet(scene::intruder(), server, &tcp(40000, scene::TCP_PORT, TCP_SYN)),
+            frame: packet(
+                scene::intruder(),
+                server,
+                &tcp(40000, scene::TCP_PORT, TCP_SYN),
+            ),
             reason: Reason::DropPolicy,
             prime: None,
         },
@@ -145,7 +149,10 @@ fn measure(datapath: &Datapath, case: &Case, repeat: u32) -> anyhow::Result<(f64
     }
     let runs = after.run_count().saturating_sub(before.run_count());
     if runs < u64::from(repeat) {
-        bail!("{}: BPF stats counted {runs} runs of {repeat}; are run-time stats on?", case.key);
+        bail!(
+            "{}: BPF stats counted {runs} runs of {repeat}; are run-time stats on?",
+            case.key
+        );
     }
     let time = after.run_time().saturating_sub(before.run_time());
     Ok((
@@ -189,8 +196,16 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         "per_packet",
         "1. Per-packet cost of the TC programs (ns per packet, BPF run_time_ns / run_cnt)",
         &[
-            "policies", "pods", "POLICY entries", "empty prog", "est. to_pod", "est. from_pod",
-            "new SYN to_pod", "new SYN from_pod", "SYN to VIP from_pod", "new deny to_pod",
+            "policies",
+            "pods",
+            "POLICY entries",
+            "empty prog",
+            "est. to_pod",
+            "est. from_pod",
+            "new SYN to_pod",
+            "new SYN from_pod",
+            "SYN to VIP from_pod",
+            "new deny to_pod",
         ],
     );
     s1.method(format!(
@@ -200,7 +215,9 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     s1.method("goes through endpoint, identity and policy lookups (allowed, refreshes its entry); new deny = SYN from a");
     s1.method("peer no rule allows (all four policy lookups miss, drop counted, event sent; denies never create entries);");
     s1.method("SYN to VIP = the client's SYN to the server's Service ClusterIP:80 (before kube-proxy's DNAT), allowed");
-    s1.method("through the VIP's own identity and exact-port entry: the same lookups as to the pod.");
+    s1.method(
+        "through the VIP's own identity and exact-port entry: the same lookups as to the pod.",
+    );
     s1.method(format!(
         "policies = generated NetworkPolicies (+2 of the bench), pods = generated pods, {} of them local.",
         scene::LOCAL_PODS
@@ -211,8 +228,15 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         "map_memory",
         "6. BPF map memory (KiB, kernel memlock accounting of each map)",
         &[
-            "policies", "pods", "ENDPOINTS", "IDENTITIES", "POLICY", "RULE_HITS", "other maps",
-            "B/pod (IDENT.)", "B/policy (POLICY)",
+            "policies",
+            "pods",
+            "ENDPOINTS",
+            "IDENTITIES",
+            "POLICY",
+            "RULE_HITS",
+            "other maps",
+            "B/pod (IDENT.)",
+            "B/policy (POLICY)",
         ],
     );
     s6.method("memlock of each map from /proc/self/fdinfo after the sync; ENDPOINTS, RULE_HITS, CONNTRACK and FRAGMENTS are");
@@ -221,7 +245,9 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let mut rows6 = Vec::new();
     for &pods in pod_sizes {
         for &policies in policy_sizes {
-            progress(&format!("per-packet cost: {pods} pods × {policies} policies (compile, load, sync)"));
+            progress(&format!(
+                "per-packet cost: {pods} pods × {policies} policies (compile, load, sync)"
+            ));
             let state = scene::state(pods, policies);
             let (image, target) = scene::image(&state);
             let mut datapath = Datapath::load(&LoadOptions::default())?;
@@ -237,7 +263,12 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             });
             let (floor_ns, floor_test_run_ns) = empty.measure(&cases()[2].frame, repeat)?;
             cells["empty"] = json!({ "bpf_stats_ns": floor_ns, "test_run_ns": floor_test_run_ns });
-            let mut row = vec![int(policies), int(pods), int(image.policy.len()), f1(floor_ns)];
+            let mut row = vec![
+                int(policies),
+                int(pods),
+                int(image.policy.len()),
+                f1(floor_ns),
+            ];
             for case in cases() {
                 let (stats_ns, test_run_ns) = measure(&datapath, &case, repeat)?;
                 let ratio = stats_ns / floor_ns;
@@ -247,7 +278,12 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             rows1.push(cells);
             s1.row(row);
             let memory = map_memory(&datapath)?;
-            let get = |name: &str| memory.iter().find(|(n, _)| n == name).map_or(0, |(_, b)| *b);
+            let get = |name: &str| {
+                memory
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0, |(_, b)| *b)
+            };
             let ours = [map::ENDPOINTS, map::IDENTITIES, map::POLICY, map::RULE_HITS];
             let other: u64 = memory
                 .iter()
@@ -299,7 +335,10 @@ fn flatness(section: &mut Section, rows: &[serde_json::Value]) {
             .collect();
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(0.0, f64::max);
-        let ratios: Vec<f64> = rows.iter().filter_map(|r| r[case.key]["ratio_to_empty"].as_f64()).collect();
+        let ratios: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| r[case.key]["ratio_to_empty"].as_f64())
+            .collect();
         let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let high = ratios.iter().copied().fold(0.0, f64::max);
         section.note(format!(

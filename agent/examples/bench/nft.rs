@@ -60,8 +60,13 @@ fn peer_matches(state: &State, policy: &Policy, rule: &Rule, field: &str) -> Vec
                             .get(&pod.namespace)
                             .is_some_and(|ns| matches(sel, &ns.labels)),
                     };
-                    let pod_ok = pod_selector.as_ref().is_none_or(|sel| matches(sel, &pod.labels));
-                    if ns_ok && pod_ok && let Some(ip) = ipv4(pod) {
+                    let pod_ok = pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &pod.labels));
+                    if ns_ok
+                        && pod_ok
+                        && let Some(ip) = ipv4(pod)
+                    {
                         out.push(format!("ip {field} {ip} "));
                     }
                 }
@@ -124,8 +129,24 @@ pub fn ruleset(state: &State, node: &str, cap: usize) -> Ruleset {
         for pod in &selected {
             let Some(ip) = ipv4(pod) else { continue };
             for (dir, on, rules, field, own, verdict, remote_dst) in [
-                (0, policy.isolates_egress, &policy.egress, "daddr", "saddr", "return", true),
-                (1, policy.isolates_ingress, &policy.ingress, "saddr", "daddr", "accept", false),
+                (
+                    0,
+                    policy.isolates_egress,
+                    &policy.egress,
+                    "daddr",
+                    "saddr",
+                    "return",
+                    true,
+                ),
+                (
+                    1,
+                    policy.isolates_ingress,
+                    &policy.ingress,
+                    "saddr",
+                    "daddr",
+                    "accept",
+                    false,
+                ),
             ] {
                 if !on {
                     continue;
@@ -163,7 +184,11 @@ pub fn ruleset(state: &State, node: &str, cap: usize) -> Ruleset {
         let (others, bench) = &chains[dir];
         let middle = others.len() / 2;
         let _ = writeln!(text, "  chain {name} {{");
-        for line in others[..middle].iter().chain(bench).chain(&others[middle..]) {
+        for line in others[..middle]
+            .iter()
+            .chain(bench)
+            .chain(&others[middle..])
+        {
             let _ = writeln!(text, "    {line}");
             rules += 1;
         }

@@ -52,7 +52,12 @@ fn probe(target: SocketAddr) -> anyhow::Result<bool> {
 
 /// Probes from inside the client namespace until the verdict is `allowed`; returns the
 /// send time of the first such probe, measured from `t0`.
-fn until_verdict(client: &PodNs, target: SocketAddr, allowed: bool, t0: Instant) -> anyhow::Result<Duration> {
+fn until_verdict(
+    client: &PodNs,
+    target: SocketAddr,
+    allowed: bool,
+    t0: Instant,
+) -> anyhow::Result<Duration> {
     client.netns.run(|| {
         let mut first: Option<Instant> = None;
         let mut agreeing = 0;
@@ -71,13 +76,22 @@ fn until_verdict(client: &PodNs, target: SocketAddr, allowed: bool, t0: Instant)
                 agreeing = 0;
             }
         }
-        bail!("no probe was {} within {CHANGE_TIMEOUT:?} of the change", if allowed { "allowed" } else { "denied" })
+        bail!(
+            "no probe was {} within {CHANGE_TIMEOUT:?} of the change",
+            if allowed { "allowed" } else { "denied" }
+        )
     })?
 }
 
 /// Alternately denies and allows UDP 7000 `changes` times; (allowed after, ms) each.
-fn flip(bed: &TestBed, client: &PodNs, target: SocketAddr, changes: usize) -> anyhow::Result<Vec<(bool, f64)>> {
-    until_verdict(client, target, true, Instant::now()).context("the initial policy allows UDP 7000")?;
+fn flip(
+    bed: &TestBed,
+    client: &PodNs,
+    target: SocketAddr,
+    changes: usize,
+) -> anyhow::Result<Vec<(bool, f64)>> {
+    until_verdict(client, target, true, Instant::now())
+        .context("the initial policy allows UDP 7000")?;
     let mut samples = Vec::new();
     for i in 0..changes {
         let allow = i % 2 == 1;
@@ -91,11 +105,25 @@ fn flip(bed: &TestBed, client: &PodNs, target: SocketAddr, changes: usize) -> an
 
 pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let changes = if args.quick { 6 } else { 60 };
-    progress(&format!("propagation: netfence run on a testbed node, {changes} policy changes"));
+    progress(&format!(
+        "propagation: netfence run on a testbed node, {changes} policy changes"
+    ));
     let mut bed = TestBed::new("nf5")?;
     bed.namespace(scene::NAMESPACE, &[]);
-    let client = bed.pod(scene::NAMESPACE, "client", &[("app", "client")], scene::CLIENT_HOST, &[("iperf", scene::TCP_PORT)])?;
-    let server = bed.pod(scene::NAMESPACE, "server", &[("app", "server")], scene::SERVER_HOST, &[("iperf", scene::TCP_PORT)])?;
+    let client = bed.pod(
+        scene::NAMESPACE,
+        "client",
+        &[("app", "client")],
+        scene::CLIENT_HOST,
+        &[("iperf", scene::TCP_PORT)],
+    )?;
+    let server = bed.pod(
+        scene::NAMESPACE,
+        "server",
+        &[("app", "server")],
+        scene::SERVER_HOST,
+        &[("iperf", scene::TCP_PORT)],
+    )?;
     bed.write_cluster()?;
     bed.write_manifest("server-ingress.yaml", &policy_yaml(true))?;
     let _agent = bed.start_agent(&args.netfence, Attach::Auto)?;
@@ -117,7 +145,13 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         result
     })?;
     let all: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
-    let of = |allow: bool| -> Vec<f64> { samples.iter().filter(|(a, _)| *a == allow).map(|(_, ms)| *ms).collect() };
+    let of = |allow: bool| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(a, _)| *a == allow)
+            .map(|(_, ms)| *ms)
+            .collect()
+    };
     let mut s = Section::new(
         "propagation",
         "5. Propagation: policy file changed → first new-flow packet with the new verdict (ms)",
@@ -126,9 +160,19 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     s.method("the real `netfence run` (manifest watch, 100 ms quiet debounce, compile, sync) on a testbed node;");
     s.method("probes: UDP from a fresh source port every ≤5 ms; a verdict counts when 3 probes in a row agree,");
     s.method("timed from the first of them; resolution ≈ 5 ms for denials, < 0.1 ms for allows.");
-    for (name, values) in [("tighten (allow → deny)", of(false)), ("loosen (deny → allow)", of(true)), ("all", all.clone())] {
+    for (name, values) in [
+        ("tighten (allow → deny)", of(false)),
+        ("loosen (deny → allow)", of(true)),
+        ("all", all.clone()),
+    ] {
         let max = values.iter().copied().fold(0.0, f64::max);
-        s.row(vec![name.into(), values.len().to_string(), f1(quantile(&values, 0.5)), f1(quantile(&values, 0.99)), f1(max)]);
+        s.row(vec![
+            name.into(),
+            values.len().to_string(),
+            f1(quantile(&values, 0.5)),
+            f1(quantile(&values, 0.99)),
+            f1(max),
+        ]);
     }
     s.json = json!({
         "changes": changes,

@@ -77,7 +77,10 @@ impl Report {
             .find_map(|l| l.strip_prefix("model name"))
             .and_then(|l| l.split_once(':'))
             .map_or_else(|| "unknown".into(), |(_, m)| m.trim().to_owned());
-        self.cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        self.cpus = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count();
     }
 
     pub fn finish(&mut self, elapsed: Duration) {
@@ -87,7 +90,11 @@ impl Report {
     pub fn print(&self) {
         println!(
             "netfence bench{} — kernel {}, CPU {} × {}, {:.1} s",
-            if self.quick { " --quick (small sizes; figures are not comparable with a full run)" } else { "" },
+            if self.quick {
+                " --quick (small sizes; figures are not comparable with a full run)"
+            } else {
+                ""
+            },
             self.kernel,
             self.cpu,
             self.cpus,
@@ -168,7 +175,14 @@ fn print_table(header: &[String], rows: &[Vec<String>]) {
         format!("   {}", text.join("  "))
     };
     println!("{}", line(header));
-    println!("   {}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    println!(
+        "   {}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
     for row in rows {
         println!("{}", line(row));
     }

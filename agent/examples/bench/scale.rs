@@ -12,8 +12,8 @@ use std::sync::Arc;
 use netfence::compile::announced::Announced;
 use netfence::compile::compile;
 use netfence::compile::engine::{Engine, Node};
-use netfence::model::State;
 use netfence::dataplane::sync::{Contents, MapOp, plan};
+use netfence::model::State;
 use netfence::scenario::{self, Params};
 use serde_json::{Value, json};
 
@@ -25,7 +25,14 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|l| l.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().ok())
+        .and_then(|l| {
+            l.trim_start_matches(':')
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -118,34 +125,77 @@ fn engine_changes(state: &State, params: &Params, samples: usize) -> anyhow::Res
     let pods = params.pods;
     type Change<'a> = Box<dyn Fn(&mut State) + 'a>;
     let changes: Vec<(&str, Change)> = vec![
-        ("relabel a local pod", Box::new(|s: &mut State| { scenario::relabel_pod(s, params, 0); })),
-        ("relabel a remote pod", Box::new(move |s: &mut State| { scenario::relabel_pod(s, params, pods - 1); })),
-        ("add a remote pod", Box::new(|s: &mut State| {
-            let mut pod = s.pods[s.pods.len() - 1].clone();
-            pod.name.push_str("-new");
-            pod.ips = vec![std::net::IpAddr::from([198, 19, 255, 1])];
-            let at = s.pods.partition_point(|p| (&p.namespace, &p.name) < (&pod.namespace, &pod.name));
-            s.pods.insert(at, pod);
-        })),
-        ("delete a remote pod", Box::new(|s: &mut State| { s.pods.pop(); })),
-        ("relabel a namespace", Box::new(|s: &mut State| {
-            if let Some(namespace) = s.namespaces.values_mut().next() {
-                namespace.labels.insert("team".to_owned(), "t-other".to_owned());
-            }
-        })),
-        ("add a policy", Box::new(|s: &mut State| {
-            let mut policy = s.policies[0].clone();
-            policy.name.push_str("-new");
-            let at = s.policies.partition_point(|p| (&p.namespace, &p.name) < (&policy.namespace, &policy.name));
-            s.policies.insert(at, policy);
-        })),
-        ("change a policy", Box::new(|s: &mut State| {
-            if let Some(rule) = s.policies[0].ingress.first_mut() {
-                rule.ports.truncate(1);
-            }
-        })),
-        ("delete a policy", Box::new(|s: &mut State| { s.policies.remove(0); })),
-        ("change an EndpointSlice", Box::new(|s: &mut State| { s.endpoint_slices[0].endpoints.pop(); })),
+        (
+            "relabel a local pod",
+            Box::new(|s: &mut State| {
+                scenario::relabel_pod(s, params, 0);
+            }),
+        ),
+        (
+            "relabel a remote pod",
+            Box::new(move |s: &mut State| {
+                scenario::relabel_pod(s, params, pods - 1);
+            }),
+        ),
+        (
+            "add a remote pod",
+            Box::new(|s: &mut State| {
+                let mut pod = s.pods[s.pods.len() - 1].clone();
+                pod.name.push_str("-new");
+                pod.ips = vec![std::net::IpAddr::from([198, 19, 255, 1])];
+                let at = s
+                    .pods
+                    .partition_point(|p| (&p.namespace, &p.name) < (&pod.namespace, &pod.name));
+                s.pods.insert(at, pod);
+            }),
+        ),
+        (
+            "delete a remote pod",
+            Box::new(|s: &mut State| {
+                s.pods.pop();
+            }),
+        ),
+        (
+            "relabel a namespace",
+            Box::new(|s: &mut State| {
+                if let Some(namespace) = s.namespaces.values_mut().next() {
+                    namespace
+                        .labels
+                        .insert("team".to_owned(), "t-other".to_owned());
+                }
+            }),
+        ),
+        (
+            "add a policy",
+            Box::new(|s: &mut State| {
+                let mut policy = s.policies[0].clone();
+                policy.name.push_str("-new");
+                let at = s.policies.partition_point(|p| {
+                    (&p.namespace, &p.name) < (&policy.namespace, &policy.name)
+                });
+                s.policies.insert(at, policy);
+            }),
+        ),
+        (
+            "change a policy",
+            Box::new(|s: &mut State| {
+                if let Some(rule) = s.policies[0].ingress.first_mut() {
+                    rule.ports.truncate(1);
+                }
+            }),
+        ),
+        (
+            "delete a policy",
+            Box::new(|s: &mut State| {
+                s.policies.remove(0);
+            }),
+        ),
+        (
+            "change an EndpointSlice",
+            Box::new(|s: &mut State| {
+                s.endpoint_slices[0].endpoints.pop();
+            }),
+        ),
     ];
     let mut out = Vec::new();
     for (what, change) in &changes {
@@ -159,7 +209,11 @@ fn engine_changes(state: &State, params: &Params, samples: usize) -> anyhow::Res
             let start = Instant::now();
             let work = engine.update(changed.clone(), &[]);
             times.push(start.elapsed().as_secs_f64() * 1e3);
-            writes = plan(&before, &Contents::from_image(engine.image(), &Default::default())).len();
+            writes = plan(
+                &before,
+                &Contents::from_image(engine.image(), &Default::default()),
+            )
+            .len();
             rebuilt |= work.rebuilt;
             engine.update(base.clone(), &[]);
         }
@@ -183,7 +237,9 @@ fn engine_changes(state: &State, params: &Params, samples: usize) -> anyhow::Res
         engine.update(base.clone(), &[]);
     }
     out.push(json!({ "what": "CNI ADD (pod not in the state yet)", "p50_ms": quantile(&times, 0.5), "p99_ms": quantile(&times, 0.99), "writes": 1, "rebuilt": false }));
-    Ok(json!({ "first_update_ms": first_ms, "rss_state_and_engine_kib": rss_engine_kib, "samples": samples, "changes": out }))
+    Ok(
+        json!({ "first_update_ms": first_ms, "rss_state_and_engine_kib": rss_engine_kib, "samples": samples, "changes": out }),
+    )
 }
 
 /// The cluster sizes measured: Kubernetes' published limit (150,000 pods) and two
@@ -192,13 +248,18 @@ fn sizes(quick: bool) -> Vec<(usize, usize)> {
     if quick {
         vec![(1_000, 67)]
     } else {
-        [10_000, 50_000, 150_000].into_iter().map(|pods| (pods, pods / 15)).collect()
+        [10_000, 50_000, 150_000]
+            .into_iter()
+            .map(|pods| (pods, pods / 15))
+            .collect()
     }
 }
 
 /// Runs the compile child at one size and parses its JSON line.
 fn measure(args: &Args, pods: usize, policies: usize, local: usize) -> anyhow::Result<Value> {
-    progress(&format!("compile: {pods} pods × {policies} policies in a child process"));
+    progress(&format!(
+        "compile: {pods} pods × {policies} policies in a child process"
+    ));
     let exe = std::env::current_exe()?;
     let out = Command::new(&exe)
         .arg("--compile-child")
@@ -210,7 +271,11 @@ fn measure(args: &Args, pods: usize, policies: usize, local: usize) -> anyhow::R
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
-        bail!("compile child failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "compile child failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.lines().next_back().unwrap_or_default())
@@ -223,7 +288,13 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let mut s = Section::new(
         "compile",
         "4. Compile, the incremental engine and memory, per cluster size (full compile; engine work per kind of change)",
-        &["pods × policies", "step", "time (ms)", "map writes", "detail"],
+        &[
+            "pods × policies",
+            "step",
+            "time (ms)",
+            "map writes",
+            "detail",
+        ],
     );
     s.method(format!(
         "seeded scenario ({local} local pods, one policy per 15 pods, one Service per app); compile(&State, Some(node)) timed in a child process per size;"
@@ -240,7 +311,10 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             "generate state".into(),
             f1(num(&data["generate_ms"])),
             "-".into(),
-            format!("RSS after: {} MiB", f1(num(&data["rss_after_generate_kib"]) / 1024.0)),
+            format!(
+                "RSS after: {} MiB",
+                f1(num(&data["rss_after_generate_kib"]) / 1024.0)
+            ),
         ]);
         s.row(vec![
             size.clone(),
@@ -266,19 +340,34 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
                 f1(num(&data["peak_rss_with_engine_kib"]) / 1024.0)
             ),
         ]);
-        for change in data["engine"]["changes"].as_array().cloned().unwrap_or_default() {
+        for change in data["engine"]["changes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             s.row(vec![
                 size.clone(),
                 format!("engine: {}", change["what"].as_str().unwrap_or("?")),
-                format!("{} / {}", f1(num(&change["p50_ms"])), f1(num(&change["p99_ms"]))),
+                format!(
+                    "{} / {}",
+                    f1(num(&change["p50_ms"])),
+                    f1(num(&change["p99_ms"]))
+                ),
                 int(count(&change["writes"])),
-                if change["rebuilt"].as_bool().unwrap_or(false) { "identities rebuilt".into() } else { "incremental".into() },
+                if change["rebuilt"].as_bool().unwrap_or(false) {
+                    "identities rebuilt".into()
+                } else {
+                    "incremental".into()
+                },
             ]);
         }
         for change in data["changes"].as_array().cloned().unwrap_or_default() {
             s.row(vec![
                 size.clone(),
-                format!("full recompile: relabel one {}", change["what"].as_str().unwrap_or("?")),
+                format!(
+                    "full recompile: relabel one {}",
+                    change["what"].as_str().unwrap_or("?")
+                ),
                 f1(num(&change["recompile_and_plan_ms"])),
                 int(count(&change["writes"])),
                 change["by_kind"].to_string(),

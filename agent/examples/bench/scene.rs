@@ -130,7 +130,10 @@ pub fn params(pods: usize, policies: usize) -> Params {
 pub fn state(pods: usize, policies: usize) -> State {
     let mut state = scenario::generate(&params(pods, policies));
     let mut ns_labels = labels(&[]);
-    ns_labels.insert("kubernetes.io/metadata.name".to_owned(), NAMESPACE.to_owned());
+    ns_labels.insert(
+        "kubernetes.io/metadata.name".to_owned(),
+        NAMESPACE.to_owned(),
+    );
     state.namespaces.insert(
         NAMESPACE.to_owned(),
         Namespace {
@@ -140,7 +143,9 @@ pub fn state(pods: usize, policies: usize) -> State {
     );
     state.pods.push(pod("client", CLIENT));
     state.pods.push(pod("server", SERVER));
-    state.pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state
+        .pods
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     state.services.push(Service {
         namespace: NAMESPACE.to_owned(),
         name: "server".to_owned(),
@@ -155,7 +160,9 @@ pub fn state(pods: usize, policies: usize) -> State {
     });
     state.policies.push(server_policy(true));
     state.policies.push(client_policy());
-    state.policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state
+        .policies
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     state
 }
 
@@ -166,7 +173,11 @@ pub const TEST_RUN_IFINDEX: u32 = 1;
 /// the test run's port (unbound endpoints fail closed).
 pub fn image(state: &State) -> (Image, Contents) {
     let image = compile(state, Some(NODE));
-    let bindings: BTreeMap<_, _> = image.endpoints.keys().map(|addr| (*addr, TEST_RUN_IFINDEX)).collect();
+    let bindings: BTreeMap<_, _> = image
+        .endpoints
+        .keys()
+        .map(|addr| (*addr, TEST_RUN_IFINDEX))
+        .collect();
     let contents = Contents::from_image(&image, &bindings);
     (image, contents)
 }

@@ -55,7 +55,11 @@ struct Netfence {
 
 impl Netfence {
     /// Enforces `state` on `ports`: each interface with the pod address behind it.
-    fn enforce(node: &Netns, state: &netfence::model::State, ports: &[(&str, Ipv4Addr)]) -> anyhow::Result<Self> {
+    fn enforce(
+        node: &Netns,
+        state: &netfence::model::State,
+        ports: &[(&str, Ipv4Addr)],
+    ) -> anyhow::Result<Self> {
         let (image, _) = scene::image(state);
         let bound: anyhow::Result<BTreeMap<IpAddr, u32>> = node.run(|| {
             ports
@@ -79,7 +83,10 @@ impl Netfence {
         }
         let attached: anyhow::Result<()> = node.run(|| {
             for iface in &ifaces {
-                for (name, hook) in [(program::FROM_POD, TcAttachType::Ingress), (program::TO_POD, TcAttachType::Egress)] {
+                for (name, hook) in [
+                    (program::FROM_POD, TcAttachType::Ingress),
+                    (program::TO_POD, TcAttachType::Egress),
+                ] {
                     classifier(&mut datapath.ebpf, name)?
                         .attach(iface, hook)
                         .with_context(|| format!("attaching {name} to {iface}"))?;
@@ -88,7 +95,9 @@ impl Netfence {
             Ok(())
         })?;
         attached?;
-        Ok(Self { _datapath: datapath })
+        Ok(Self {
+            _datapath: datapath,
+        })
     }
 }
 
@@ -127,10 +136,17 @@ impl Drop for Nftables<'_> {
 fn sysctl(node: &Netns, value: &str) -> anyhow::Result<()> {
     let status = node
         .command("sysctl")
-        .args(["-q", "-w", &format!("net.bridge.bridge-nf-call-iptables={value}")])
+        .args([
+            "-q",
+            "-w",
+            &format!("net.bridge.bridge-nf-call-iptables={value}"),
+        ])
         .status()?;
     if !status.success() {
-        bail!("sysctl net.bridge.bridge-nf-call-iptables={value} failed in {}", node.name());
+        bail!(
+            "sysctl net.bridge.bridge-nf-call-iptables={value} failed in {}",
+            node.name()
+        );
     }
     Ok(())
 }
@@ -207,7 +223,9 @@ fn round_trips(socket: &UdpSocket, count: usize) -> anyhow::Result<Vec<f64>> {
     for i in 0..count {
         let start = Instant::now();
         socket.send(&(i as u64).to_be_bytes())?;
-        socket.recv(&mut buf).with_context(|| format!("UDP round trip {i}"))?;
+        socket
+            .recv(&mut buf)
+            .with_context(|| format!("UDP round trip {i}"))?;
         out.push(start.elapsed().as_secs_f64() * 1e6);
     }
     Ok(out)
@@ -241,7 +259,15 @@ fn iperf(client: &PodNs, server: &PodNs, seconds: u32) -> anyhow::Result<f64> {
         let out = client
             .netns
             .command("timeout")
-            .args([&(seconds + 10).to_string(), "iperf3", "-c", &ip, "-p", &port, "-J"])
+            .args([
+                &(seconds + 10).to_string(),
+                "iperf3",
+                "-c",
+                &ip,
+                "-p",
+                &port,
+                "-J",
+            ])
             .args(["-t", &seconds.to_string()])
             .output()
             .context("running iperf3 -c")?;
@@ -255,17 +281,34 @@ fn iperf(client: &PodNs, server: &PodNs, seconds: u32) -> anyhow::Result<f64> {
     bail!("iperf3 did not complete a run in 50 attempts")
 }
 
-fn workload(client: &PodNs, server: &PodNs, sizes: &Sizes, with_iperf: bool) -> anyhow::Result<Samples> {
+fn workload(
+    client: &PodNs,
+    server: &PodNs,
+    sizes: &Sizes,
+    with_iperf: bool,
+) -> anyhow::Result<Samples> {
     Ok(Samples {
         crr: crr(client, server, sizes.connections)?,
         rr: rr(client, server, sizes.round_trips)?,
-        iperf_gbps: if with_iperf { Some(iperf(client, server, sizes.iperf_seconds)?) } else { None },
+        iperf_gbps: if with_iperf {
+            Some(iperf(client, server, sizes.iperf_seconds)?)
+        } else {
+            None
+        },
     })
 }
 
 pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let sizes = if args.quick {
-        Sizes { pods: 100, policies: &[100], throughput_at: 100, connections: 200, round_trips: 500, iperf_seconds: 1, nft_cap: 300_000 }
+        Sizes {
+            pods: 100,
+            policies: &[100],
+            throughput_at: 100,
+            connections: 200,
+            round_trips: 500,
+            iperf_seconds: 1,
+            nft_cap: 300_000,
+        }
     } else {
         Sizes {
             pods: 1_000,
@@ -279,17 +322,40 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     };
     progress("traffic: node namespace, client and server pods");
     let mut bed = TestBed::new("nf5")?;
-    let client = bed.pod(scene::NAMESPACE, "client", &[("app", "client")], scene::CLIENT_HOST, &[("iperf", scene::TCP_PORT)])?;
-    let server = bed.pod(scene::NAMESPACE, "server", &[("app", "server")], scene::SERVER_HOST, &[("iperf", scene::TCP_PORT)])?;
-    let ports = [(client.host_if.as_str(), scene::CLIENT), (server.host_if.as_str(), scene::SERVER)];
+    let client = bed.pod(
+        scene::NAMESPACE,
+        "client",
+        &[("app", "client")],
+        scene::CLIENT_HOST,
+        &[("iperf", scene::TCP_PORT)],
+    )?;
+    let server = bed.pod(
+        scene::NAMESPACE,
+        "server",
+        &[("app", "server")],
+        scene::SERVER_HOST,
+        &[("iperf", scene::TCP_PORT)],
+    )?;
+    let ports = [
+        (client.host_if.as_str(), scene::CLIENT),
+        (server.host_if.as_str(), scene::SERVER),
+    ];
     // Warm up ARP and the listener paths once.
     crr(&client, &server, 5)?;
     let mut s2 = Section::new(
         "nftables",
         "2. netfence vs naive nftables, real traffic (median µs per transaction)",
         &[
-            "policies", "nft rules", "CRR none", "CRR netfence", "CRR nft", "RR none", "RR netfence", "RR nft",
-            "CRR overhead nft/netfence", "RR overhead nft/netfence",
+            "policies",
+            "nft rules",
+            "CRR none",
+            "CRR netfence",
+            "CRR nft",
+            "RR none",
+            "RR netfence",
+            "RR nft",
+            "CRR overhead nft/netfence",
+            "RR overhead nft/netfence",
         ],
     );
     s2.method(format!(
@@ -300,12 +366,21 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         int(sizes.round_trips)
     ));
     s2.method("round trips on one flow (established). nft's per-packet cost is not exposed like BPF stats, so both");
-    s2.method("enforcers are compared by their added latency over no enforcement on the same path:");
+    s2.method(
+        "enforcers are compared by their added latency over no enforcement on the same path:",
+    );
     s2.method("overhead = median(enforced) − median(none); nft includes br_netfilter + conntrack, which it needs.");
     let mut s3 = Section::new(
         "throughput",
         "3. Throughput and connection latency: no program vs netfence",
-        &["metric", "none", "netfence", "netfence/none", "nft", "nft/none"],
+        &[
+            "metric",
+            "none",
+            "netfence",
+            "netfence/none",
+            "nft",
+            "nft/none",
+        ],
     );
     let mut rows = Vec::new();
     for &policies in sizes.policies {
@@ -319,17 +394,30 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             workload(&client, &server, &sizes, with_iperf)?
         };
         let ruleset = nft::ruleset(&state, scene::NODE, sizes.nft_cap);
-        progress(&format!("traffic: {policies} policies, nftables ({} rules)", ruleset.rules));
+        progress(&format!(
+            "traffic: {policies} policies, nftables ({} rules)",
+            ruleset.rules
+        ));
         let theirs = {
             let _enforced = Nftables::enforce(bed.node(), &ruleset)?;
             workload(&client, &server, &sizes, with_iperf)?
         };
         let med = |v: &[f64]| quantile(v, 0.5);
         let over = |x: &[f64], base: &[f64]| med(x) - med(base);
-        let ratio = |a: f64, b: f64| if b > 0.0 { f2(a / b) } else { "n/a (≤0)".to_owned() };
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                f2(a / b)
+            } else {
+                "n/a (≤0)".to_owned()
+            }
+        };
         s2.row(vec![
             int(policies),
-            if ruleset.pairs > ruleset.rules { format!("{} (cap; {} pairs)", int(ruleset.rules), int(ruleset.pairs)) } else { int(ruleset.rules) },
+            if ruleset.pairs > ruleset.rules {
+                format!("{} (cap; {} pairs)", int(ruleset.rules), int(ruleset.pairs))
+            } else {
+                int(ruleset.rules)
+            },
             f1(med(&none.crr)),
             f1(med(&ours.crr)),
             f1(med(&theirs.crr)),
@@ -365,14 +453,24 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput(s3: &mut Section, sizes: &Sizes, policies: usize, none: &Samples, ours: &Samples, theirs: &Samples) {
+fn throughput(
+    s3: &mut Section,
+    sizes: &Sizes,
+    policies: usize,
+    none: &Samples,
+    ours: &Samples,
+    theirs: &Samples,
+) {
     s3.method(format!(
         "{} pods, {} policies; iperf3 -t {} (one TCP stream) client → server through the bridge; latency = CRR",
         int(sizes.pods),
         int(policies),
         sizes.iperf_seconds
     ));
-    s3.method(format!("samples ({} new connections each).", int(sizes.connections)));
+    s3.method(format!(
+        "samples ({} new connections each).",
+        int(sizes.connections)
+    ));
     let gbps = |s: &Samples| s.iperf_gbps.unwrap_or(f64::NAN);
     s3.row(vec![
         "TCP throughput (Gbit/s)".into(),
@@ -383,7 +481,11 @@ fn throughput(s3: &mut Section, sizes: &Sizes, policies: usize, none: &Samples, 
         f2(gbps(theirs) / gbps(none)),
     ]);
     for (name, q) in [("connection p50 (µs)", 0.5), ("connection p99 (µs)", 0.99)] {
-        let (a, b, c) = (quantile(&none.crr, q), quantile(&ours.crr, q), quantile(&theirs.crr, q));
+        let (a, b, c) = (
+            quantile(&none.crr, q),
+            quantile(&ours.crr, q),
+            quantile(&theirs.crr, q),
+        );
         s3.row(vec![name.into(), f1(a), f1(b), f2(b / a), f1(c), f2(c / a)]);
     }
 }

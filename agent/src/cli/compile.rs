@@ -52,11 +52,22 @@ pub fn compile(args: &CompileArgs) -> anyhow::Result<ExitCode> {
             }
             // ClusterIPs: egress entries allow them through their backends.
             for (net, identity) in &image.identities {
-                if let Some(service) = image.identity_info.get(identity).and_then(|i| i.service.as_ref()) {
-                    println!("  {:<40} service {service}  identity={identity}", net.addr().to_string());
+                if let Some(service) = image
+                    .identity_info
+                    .get(identity)
+                    .and_then(|i| i.service.as_ref())
+                {
+                    println!(
+                        "  {:<40} service {service}  identity={identity}",
+                        net.addr().to_string()
+                    );
                 }
             }
         }
     }
-    Ok(if load.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if load.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::dataplane::attach::AttachMode;
 
 #[derive(Debug, Parser)]
-#[command(name = "netfence", version, about = "Kubernetes NetworkPolicy for plain-veth CNIs, enforced with eBPF")]
+#[command(
+    name = "netfence",
+    version,
+    about = "Kubernetes NetworkPolicy for plain-veth CNIs, enforced with eBPF"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +55,9 @@ impl LogLevel {
 /// else `--log-level`.
 pub fn log_directives(level: LogLevel, rust_log: Option<&str>) -> String {
     match rust_log.map(str::trim) {
-        Some(env) if !env.is_empty() && tracing_subscriber::EnvFilter::try_new(env).is_ok() => env.to_owned(),
+        Some(env) if !env.is_empty() && tracing_subscriber::EnvFilter::try_new(env).is_ok() => {
+            env.to_owned()
+        }
         _ => level.as_str().to_owned(),
     }
 }
@@ -278,18 +284,40 @@ mod tests {
     fn log_level_defaults_to_info_and_is_global() {
         // NETFENCE_LOG_LEVEL is not set in the test environment.
         assert_eq!(parse(&["netfence", "uninstall"]).log_level, LogLevel::Info);
-        assert_eq!(parse(&["netfence", "--log-level", "debug", "uninstall"]).log_level, LogLevel::Debug);
-        assert_eq!(parse(&["netfence", "status", "--log-level", "warn"]).log_level, LogLevel::Warn);
-        let error = Cli::try_parse_from(["netfence", "--log-level", "loud", "uninstall"]).unwrap_err().to_string();
-        assert!(error.contains("invalid value 'loud' for '--log-level"), "{error}");
+        assert_eq!(
+            parse(&["netfence", "--log-level", "debug", "uninstall"]).log_level,
+            LogLevel::Debug
+        );
+        assert_eq!(
+            parse(&["netfence", "status", "--log-level", "warn"]).log_level,
+            LogLevel::Warn
+        );
+        let error = Cli::try_parse_from(["netfence", "--log-level", "loud", "uninstall"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("invalid value 'loud' for '--log-level"),
+            "{error}"
+        );
         assert!(error.contains("error, warn, info, debug, trace"), "{error}");
     }
 
     #[test]
     fn rust_log_wins_when_set_and_valid() {
         assert_eq!(log_directives(LogLevel::Debug, None), "debug");
-        assert_eq!(log_directives(LogLevel::Warn, Some("netfence=trace,aya=warn")), "netfence=trace,aya=warn");
-        assert_eq!(log_directives(LogLevel::Warn, Some("  ")), "warn", "empty RUST_LOG is unset");
-        assert_eq!(log_directives(LogLevel::Error, Some("netfence=[")), "error", "invalid RUST_LOG falls back");
+        assert_eq!(
+            log_directives(LogLevel::Warn, Some("netfence=trace,aya=warn")),
+            "netfence=trace,aya=warn"
+        );
+        assert_eq!(
+            log_directives(LogLevel::Warn, Some("  ")),
+            "warn",
+            "empty RUST_LOG is unset"
+        );
+        assert_eq!(
+            log_directives(LogLevel::Error, Some("netfence=[")),
+            "error",
+            "invalid RUST_LOG falls back"
+        );
     }
 }

@@ -22,12 +22,19 @@ pub struct Removed {
 
 pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
     if args.cni_conf_dir.is_some() || args.cni_bin_dir.is_some() {
-        let removed = crate::cni::command::uninstall(args.cni_conf_dir.as_deref(), args.cni_bin_dir.as_deref())?;
+        let removed = crate::cni::command::uninstall(
+            args.cni_conf_dir.as_deref(),
+            args.cni_bin_dir.as_deref(),
+        )?;
         for path in &removed.conflists {
             println!("netfence-cni: removed from {}", path.display());
         }
         if let Some(dir) = &args.cni_bin_dir {
-            let what = if removed.binary { "removed from" } else { "not present in" };
+            let what = if removed.binary {
+                "removed from"
+            } else {
+                "not present in"
+            };
             println!("netfence-cni: binary {what} {}", dir.display());
         }
         if args.cni_conf_dir.is_some() && removed.conflists.is_empty() {

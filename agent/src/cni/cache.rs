@@ -43,11 +43,17 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is larger than {MAX_FILE_BYTES} bytes")]
     TooLarge { path: PathBuf },
     #[error("{path}: not a CNI cache entry: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: kind {kind:?}, not {KIND:?}")]
     Kind { path: PathBuf, kind: String },
     #[error("{path}: no address or no host interface in the result")]
@@ -100,16 +106,25 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<CniRecord, CacheError> {
         });
     }
     let interfaces = &entry.result.interfaces;
-    let in_sandbox = |index: usize| interfaces.get(index).is_some_and(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()));
+    let in_sandbox = |index: usize| {
+        interfaces
+            .get(index)
+            .is_some_and(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
+    };
     let mut ips: Vec<IpAddr> = Vec::new();
     for ip in &entry.result.ips {
         if ip.interface.is_some_and(|index| !in_sandbox(index)) {
             continue; // an address of a host interface (or a bad index), not the pod's
         }
-        let address = ip.address.split_once('/').map_or(ip.address.as_str(), |(a, _)| a);
+        let address = ip
+            .address
+            .split_once('/')
+            .map_or(ip.address.as_str(), |(a, _)| a);
         match address.parse::<IpAddr>() {
             Ok(parsed) => ips.push(canonical_addr(parsed)),
-            Err(_) => tracing::debug!(path = %path.display(), address = %ip.address, "cni cache: unparsable address skipped"),
+            Err(_) => {
+                tracing::debug!(path = %path.display(), address = %ip.address, "cni cache: unparsable address skipped")
+            }
         }
     }
     ips.sort();
@@ -120,9 +135,17 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<CniRecord, CacheError> {
         .map(|i| i.name.clone())
         .collect();
     if ips.is_empty() || host_interfaces.is_empty() {
-        return Err(CacheError::Empty { path: path.to_owned() });
+        return Err(CacheError::Empty {
+            path: path.to_owned(),
+        });
     }
-    let arg = |key: &str| entry.cni_args.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let arg = |key: &str| {
+        entry
+            .cni_args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
     let owner = match (arg("K8S_POD_NAMESPACE"), arg("K8S_POD_NAME")) {
         (Some(namespace), Some(pod)) => Owner { namespace, pod },
         _ => Owner {
@@ -145,7 +168,9 @@ pub fn read(path: &Path) -> Result<CniRecord, CacheError> {
     };
     let metadata = std::fs::metadata(path).map_err(read_error)?;
     if metadata.len() > MAX_FILE_BYTES {
-        return Err(CacheError::TooLarge { path: path.to_owned() });
+        return Err(CacheError::TooLarge {
+            path: path.to_owned(),
+        });
     }
     let bytes = std::fs::read(path).map_err(read_error)?;
     parse(path, &bytes)

@@ -47,7 +47,11 @@ fn owner(pod: &str) -> Owner {
 
 #[test]
 fn an_entry_gives_the_pods_addresses_and_its_host_interfaces() {
-    let record = parse(Path::new("cbr0-v-eth0"), entry("v", "veth1", &["198.18.0.50/24", "fd00:18::50/64"]).as_bytes()).unwrap();
+    let record = parse(
+        Path::new("cbr0-v-eth0"),
+        entry("v", "veth1", &["198.18.0.50/24", "fd00:18::50/64"]).as_bytes(),
+    )
+    .unwrap();
     assert_eq!(
         record,
         CniRecord {
@@ -89,7 +93,10 @@ fn addresses_of_host_interfaces_and_bad_indexes_are_not_the_pods() {
 fn files_that_are_not_usable_entries_say_why() {
     let path = Path::new("f");
     let cases: [(&str, &str); 5] = [
-        ("{\"kind\": \"cniCacheV1\", \"containerId\": ", "not a CNI cache entry"),
+        (
+            "{\"kind\": \"cniCacheV1\", \"containerId\": ",
+            "not a CNI cache entry",
+        ),
         ("[1, 2]", "not a CNI cache entry"),
         (
             r#"{"kind": "cniCacheV2", "containerId": "c", "result": {}}"#,
@@ -118,11 +125,24 @@ fn a_directory_gives_its_entries_newest_first_and_skips_the_rest() {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         let file = std::fs::File::options().write(true).open(&path).unwrap();
-        file.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
     };
-    write("cbr0-old-eth0", &entry("old", "veth-old", &["198.18.0.50/24"]), 3600);
-    write("cbr0-new-eth0", &entry("new", "veth-new", &["198.18.0.50/24"]), 10);
-    write("cbr0-mid-eth0", &entry("mid", "veth-mid", &["198.18.0.51/24"]), 60);
+    write(
+        "cbr0-old-eth0",
+        &entry("old", "veth-old", &["198.18.0.50/24"]),
+        3600,
+    );
+    write(
+        "cbr0-new-eth0",
+        &entry("new", "veth-new", &["198.18.0.50/24"]),
+        10,
+    );
+    write(
+        "cbr0-mid-eth0",
+        &entry("mid", "veth-mid", &["198.18.0.51/24"]),
+        60,
+    );
     write("cbr0-broken-eth0", "{\"kind\": \"cniCacheV1\"", 0);
     write("README", "not json at all", 0);
     std::fs::create_dir(dir.path().join("subdir")).unwrap();

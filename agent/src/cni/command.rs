@@ -66,7 +66,9 @@ pub fn run(args: &CniInstallArgs) -> anyhow::Result<ExitCode> {
         None => std::env::current_exe()?
             .parent()
             .map(|dir| dir.join(install::PLUGIN_TYPE))
-            .ok_or_else(|| anyhow::anyhow!("this executable has no directory; give --plugin PATH"))?,
+            .ok_or_else(|| {
+                anyhow::anyhow!("this executable has no directory; give --plugin PATH")
+            })?,
     };
     let copied = install::install_binary(&plugin, &args.bin_dir)?;
     let conflist = install::flannel_conflist(&args.conf_dir, args.conflist.as_deref())?;
@@ -74,10 +76,18 @@ pub fn run(args: &CniInstallArgs) -> anyhow::Result<ExitCode> {
     let rewritten = install::add_to_conflist(&conflist, &entry)?;
     println!(
         "netfence-cni: binary {} in {}; {} {}",
-        if copied { "installed" } else { "already current" },
+        if copied {
+            "installed"
+        } else {
+            "already current"
+        },
         args.bin_dir.display(),
         conflist.display(),
-        if rewritten { "now chains netfence-cni last" } else { "already chains netfence-cni" },
+        if rewritten {
+            "now chains netfence-cni last"
+        } else {
+            "already chains netfence-cni"
+        },
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -91,7 +101,10 @@ pub struct Removed {
 
 /// Removes the plugin's entries from every conflist in `conf_dir` and its binary
 /// from `bin_dir` (each only when given). Idempotent.
-pub fn uninstall(conf_dir: Option<&std::path::Path>, bin_dir: Option<&std::path::Path>) -> Result<Removed, InstallError> {
+pub fn uninstall(
+    conf_dir: Option<&std::path::Path>,
+    bin_dir: Option<&std::path::Path>,
+) -> Result<Removed, InstallError> {
     // Conflists first: a runtime must not call a plugin that is gone.
     let conflists = match conf_dir {
         Some(dir) => install::remove_from_conflists(dir)?,

@@ -20,14 +20,21 @@ pub const PLUGIN_TYPE: &str = "netfence-cni";
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: not a conflist: {reason}")]
     NotConflist { path: PathBuf, reason: String },
     #[error(
         "no Flannel conflist (a *.conflist whose plugins include type \"flannel\") in {dir}; found: {found}. \
          A single-plugin {conf} cannot chain netfence-cni: configure Flannel with a .conflist (its default, 10-flannel.conflist)"
     )]
-    NoFlannel { dir: PathBuf, found: String, conf: String },
+    NoFlannel {
+        dir: PathBuf,
+        found: String,
+        conf: String,
+    },
     #[error("several Flannel conflists in {dir} ({found}); name one with --conflist")]
     Ambiguous { dir: PathBuf, found: String },
 }
@@ -93,7 +100,10 @@ pub(crate) fn read_json(path: &Path) -> Result<Value, InstallError> {
 /// Writes `bytes` to `path` through a dot-file in the same directory and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.netfence-tmp"));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -135,7 +145,11 @@ fn entries(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, InstallError> {
 
 fn has_flannel(conf: &Value) -> bool {
     let is_flannel = |p: &Value| p.get("type").and_then(Value::as_str) == Some("flannel");
-    is_flannel(conf) || conf.get("plugins").and_then(Value::as_array).is_some_and(|p| p.iter().any(is_flannel))
+    is_flannel(conf)
+        || conf
+            .get("plugins")
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(is_flannel))
 }
 
 /// The Flannel conflist in `dir` (`name` picks one by file name).
@@ -153,14 +167,20 @@ pub fn flannel_conflist(dir: &Path, name: Option<&str>) -> Result<PathBuf, Insta
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
-        if names.is_empty() { "nothing".to_owned() } else { names.join(", ") }
+        if names.is_empty() {
+            "nothing".to_owned()
+        } else {
+            names.join(", ")
+        }
     };
     match flannel[..] {
         [one] => Ok(one.clone()),
         [] => {
             let confs = entries(dir, "conf")?;
-            let flannel_conf: Vec<&PathBuf> =
-                confs.iter().filter(|p| read_json(p).is_ok_and(|conf| has_flannel(&conf))).collect();
+            let flannel_conf: Vec<&PathBuf> = confs
+                .iter()
+                .filter(|p| read_json(p).is_ok_and(|conf| has_flannel(&conf)))
+                .collect();
             let all: Vec<&PathBuf> = lists.iter().chain(&confs).collect();
             Err(InstallError::NoFlannel {
                 dir: dir.to_owned(),

@@ -39,7 +39,12 @@ fn an_entry_not_last_or_doubled_is_moved_to_the_end_once() {
     plugins.insert(1, entry(true));
     plugins.push(entry(true));
     let fixed = with_plugin(&doubled, &entry(true)).unwrap().unwrap();
-    let types: Vec<&str> = fixed["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = fixed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["flannel", "portmap", "netfence-cni"]);
 }
 
@@ -48,7 +53,10 @@ fn removal_takes_only_netfence_out_and_is_idempotent() {
     let added = with_plugin(&flannel(), &entry(true)).unwrap().unwrap();
     assert_eq!(without_plugin(&added).unwrap(), Some(flannel()));
     assert_eq!(without_plugin(&flannel()).unwrap(), None);
-    assert_eq!(with_plugin(&json!({"name": "x"}), &entry(true)).unwrap_err(), "it has no \"plugins\" list");
+    assert_eq!(
+        with_plugin(&json!({"name": "x"}), &entry(true)).unwrap_err(),
+        "it has no \"plugins\" list"
+    );
 }
 
 #[test]
@@ -59,14 +67,25 @@ fn files_flannel_found_rewritten_atomically_others_untouched() {
     let other = r#"{"name":"other","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}"#;
     let other_path = dir.path().join("20-other.conflist");
     std::fs::write(&other_path, other).unwrap();
-    std::fs::write(dir.path().join("99-loopback.conf"), r#"{"cniVersion":"1.0.0","type":"loopback"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("99-loopback.conf"),
+        r#"{"cniVersion":"1.0.0","type":"loopback"}"#,
+    )
+    .unwrap();
 
     let found = flannel_conflist(dir.path(), None).unwrap();
     assert_eq!(found, flannel_path);
     assert!(add_to_conflist(&found, &entry(true)).unwrap());
-    assert!(!add_to_conflist(&found, &entry(true)).unwrap(), "second run rewrites nothing");
-    let written: Value = serde_json::from_str(&std::fs::read_to_string(&flannel_path).unwrap()).unwrap();
-    assert_eq!(written, with_plugin(&flannel(), &entry(true)).unwrap().unwrap());
+    assert!(
+        !add_to_conflist(&found, &entry(true)).unwrap(),
+        "second run rewrites nothing"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&flannel_path).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        with_plugin(&flannel(), &entry(true)).unwrap().unwrap()
+    );
     assert_eq!(std::fs::read_to_string(&other_path).unwrap(), other);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -75,9 +94,13 @@ fn files_flannel_found_rewritten_atomically_others_untouched() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    assert_eq!(remove_from_conflists(dir.path()).unwrap(), vec![flannel_path.clone()]);
+    assert_eq!(
+        remove_from_conflists(dir.path()).unwrap(),
+        vec![flannel_path.clone()]
+    );
     assert!(remove_from_conflists(dir.path()).unwrap().is_empty());
-    let restored: Value = serde_json::from_str(&std::fs::read_to_string(&flannel_path).unwrap()).unwrap();
+    let restored: Value =
+        serde_json::from_str(&std::fs::read_to_string(&flannel_path).unwrap()).unwrap();
     assert_eq!(restored, flannel());
     assert_eq!(std::fs::read_to_string(&other_path).unwrap(), other);
 }
@@ -92,13 +115,20 @@ fn a_flannel_conf_file_is_refused_with_advice() {
     .unwrap();
     let error = flannel_conflist(dir.path(), None).unwrap_err().to_string();
     assert!(error.contains("found: 10-flannel.conf"), "{error}");
-    assert!(error.contains("A single-plugin 10-flannel.conf cannot chain netfence-cni"), "{error}");
+    assert!(
+        error.contains("A single-plugin 10-flannel.conf cannot chain netfence-cni"),
+        "{error}"
+    );
 
     // Two Flannel conflists: ambiguous.
     std::fs::write(dir.path().join("10-a.conflist"), flannel().to_string()).unwrap();
     std::fs::write(dir.path().join("11-b.conflist"), flannel().to_string()).unwrap();
     let error = flannel_conflist(dir.path(), None).unwrap_err().to_string();
-    assert!(error.contains("several Flannel conflists") && error.contains("10-a.conflist, 11-b.conflist"), "{error}");
+    assert!(
+        error.contains("several Flannel conflists")
+            && error.contains("10-a.conflist, 11-b.conflist"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -110,7 +140,11 @@ fn binary_copy_is_idempotent_and_removable() {
     assert!(install_binary(&source, &bin).unwrap());
     assert!(!install_binary(&source, &bin).unwrap());
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(bin.join(PLUGIN_TYPE)).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(bin.join(PLUGIN_TYPE))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o755);
     assert!(remove_binary(&bin).unwrap());
     assert!(!remove_binary(&bin).unwrap());

@@ -56,7 +56,10 @@ pub enum Check {
     Ensured(Ensured),
     /// The entry could not be ensured; `repeated` when the last check failed the same
     /// way (log it once). Retried on every check until it succeeds.
-    Failed { message: String, repeated: bool },
+    Failed {
+        message: String,
+        repeated: bool,
+    },
 }
 
 /// One CNI configuration directory and the entry it must chain.
@@ -77,10 +80,20 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == "conflist" || x == "conf"))
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "conflist" || x == "conf")
+        })
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            Some((e.file_name(), meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino()))
+            Some((
+                e.file_name(),
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ino(),
+            ))
         })
         .collect();
     files.sort();
@@ -133,7 +146,8 @@ mod tests {
     use super::*;
 
     const FLANNEL: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
-    const OTHER: &str = r#"{"name":"other","cniVersion":"1.0.0","plugins":[{"type":"bridge","bridge":"br9"}]}"#;
+    const OTHER: &str =
+        r#"{"name":"other","cniVersion":"1.0.0","plugins":[{"type":"bridge","bridge":"br9"}]}"#;
 
     fn entry(fail_closed: bool) -> Value {
         install::plugin_entry(Path::new("/run/netfence/cni.sock"), 10, fail_closed)
@@ -141,7 +155,12 @@ mod tests {
 
     fn types(path: &Path) -> Vec<String> {
         let conf: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        conf["plugins"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap().to_owned()).collect()
+        conf["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     #[test]
@@ -152,15 +171,29 @@ mod tests {
         std::fs::write(&flannel, FLANNEL).unwrap();
         std::fs::write(&other, OTHER).unwrap();
 
-        assert_eq!(ensure(dir.path(), &entry(true)).unwrap(), Ensured::Restored(flannel.clone()));
+        assert_eq!(
+            ensure(dir.path(), &entry(true)).unwrap(),
+            Ensured::Restored(flannel.clone())
+        );
         assert_eq!(types(&flannel), ["flannel", "portmap", "netfence-cni"]);
-        assert_eq!(ensure(dir.path(), &entry(true)).unwrap(), Ensured::Chained(flannel.clone()));
+        assert_eq!(
+            ensure(dir.path(), &entry(true)).unwrap(),
+            Ensured::Chained(flannel.clone())
+        );
         // Other settings (e.g. an older init container's): replaced in place, not doubled.
-        assert_eq!(ensure(dir.path(), &entry(false)).unwrap(), Ensured::Updated(flannel.clone()));
+        assert_eq!(
+            ensure(dir.path(), &entry(false)).unwrap(),
+            Ensured::Updated(flannel.clone())
+        );
         assert_eq!(types(&flannel), ["flannel", "portmap", "netfence-cni"]);
-        let conf: Value = serde_json::from_str(&std::fs::read_to_string(&flannel).unwrap()).unwrap();
+        let conf: Value =
+            serde_json::from_str(&std::fs::read_to_string(&flannel).unwrap()).unwrap();
         assert_eq!(conf["plugins"][2], entry(false));
-        assert_eq!(std::fs::read_to_string(&other).unwrap(), OTHER, "not Flannel's: untouched");
+        assert_eq!(
+            std::fs::read_to_string(&other).unwrap(),
+            OTHER,
+            "not Flannel's: untouched"
+        );
     }
 
     #[test]
@@ -179,29 +212,57 @@ mod tests {
         let conf = dir.path().join("net.d");
         let mut keeper = ConflistKeeper::new(conf.clone(), entry(true));
         // No directory yet (Flannel not installed): an error, logged once.
-        let Check::Failed { message, repeated: false } = keeper.check() else { panic!("no directory is an error") };
-        assert!(message.starts_with(&format!("{}: ", conf.display())), "{message}");
-        assert!(matches!(keeper.check(), Check::Failed { repeated: true, .. }));
+        let Check::Failed {
+            message,
+            repeated: false,
+        } = keeper.check()
+        else {
+            panic!("no directory is an error")
+        };
+        assert!(
+            message.starts_with(&format!("{}: ", conf.display())),
+            "{message}"
+        );
+        assert!(matches!(
+            keeper.check(),
+            Check::Failed { repeated: true, .. }
+        ));
 
         std::fs::create_dir_all(&conf).unwrap();
         let flannel = conf.join("10-flannel.conflist");
         std::fs::write(&flannel, FLANNEL).unwrap();
-        assert_eq!(keeper.check(), Check::Ensured(Ensured::Restored(flannel.clone())));
+        assert_eq!(
+            keeper.check(),
+            Check::Ensured(Ensured::Restored(flannel.clone()))
+        );
         // Our own write changed the directory: confirmed once, then nothing to do.
-        assert_eq!(keeper.check(), Check::Ensured(Ensured::Chained(flannel.clone())));
+        assert_eq!(
+            keeper.check(),
+            Check::Ensured(Ensured::Chained(flannel.clone()))
+        );
         assert_eq!(keeper.check(), Check::Unchanged);
         assert_eq!(keeper.check(), Check::Unchanged);
 
         // Flannel restarts and copies its conflist over ours (in place, as `cp` does).
         std::fs::write(&flannel, FLANNEL).unwrap();
-        assert_eq!(keeper.check(), Check::Ensured(Ensured::Restored(flannel.clone())));
+        assert_eq!(
+            keeper.check(),
+            Check::Ensured(Ensured::Restored(flannel.clone()))
+        );
         assert_eq!(types(&flannel), ["flannel", "portmap", "netfence-cni"]);
         // An unrelated conflist appearing is a change, but nothing is written.
         std::fs::write(conf.join("99-other.conflist"), OTHER).unwrap();
-        assert_eq!(keeper.check(), Check::Ensured(Ensured::Chained(flannel.clone())));
-        assert_eq!(std::fs::read_to_string(conf.join("99-other.conflist")).unwrap(), OTHER);
+        assert_eq!(
+            keeper.check(),
+            Check::Ensured(Ensured::Chained(flannel.clone()))
+        );
+        assert_eq!(
+            std::fs::read_to_string(conf.join("99-other.conflist")).unwrap(),
+            OTHER
+        );
         let entry_json = json!(entry(true));
-        let written: Value = serde_json::from_str(&std::fs::read_to_string(&flannel).unwrap()).unwrap();
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&flannel).unwrap()).unwrap();
         assert_eq!(written["plugins"][2], entry_json);
     }
 }

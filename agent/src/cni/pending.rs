@@ -122,7 +122,8 @@ impl Pending {
         for id in &stale {
             self.by_container.remove(id);
         }
-        self.by_container.insert(endpoint.container_id.clone(), endpoint);
+        self.by_container
+            .insert(endpoint.container_id.clone(), endpoint);
         stale
     }
 
@@ -153,7 +154,10 @@ impl Pending {
                 NetnsView::Present | NetnsView::Gone | NetnsView::Unseen => {}
             }
         }
-        let gone: Vec<PendingEndpoint> = gone.iter().filter_map(|id| self.by_container.remove(id)).collect();
+        let gone: Vec<PendingEndpoint> = gone
+            .iter()
+            .filter_map(|id| self.by_container.remove(id))
+            .collect();
         changed |= !gone.is_empty();
         (gone, changed)
     }
@@ -164,7 +168,10 @@ impl Pending {
     /// What the policy engine reads of the pending set: each container's pod (if
     /// named), the names of its deny-all endpoint, and its addresses.
     pub fn announced(&self) -> Vec<Announced> {
-        self.by_container.values().map(PendingEndpoint::announced).collect()
+        self.by_container
+            .values()
+            .map(PendingEndpoint::announced)
+            .collect()
     }
 
     /// Adds the deny-all endpoints of the pending addresses `image` has no endpoint
@@ -237,7 +244,10 @@ pub fn programmed(
             ));
         }
         if !attached(value.ifindex) {
-            return Err(format!("{ip}'s interface (index {}) is not attached yet", value.ifindex));
+            return Err(format!(
+                "{ip}'s interface (index {}) is not attached yet",
+                value.ifindex
+            ));
         }
         if is_deny_all(wanted) {
             enforcement = Enforcement::DefaultDeny;

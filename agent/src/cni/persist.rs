@@ -25,7 +25,10 @@ pub enum PersistError {
     #[error("reading {path}: {error}")]
     Read { path: PathBuf, error: io::Error },
     #[error("{path} is not a pending-endpoints file: {error}")]
-    Parse { path: PathBuf, error: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
     #[error("{path}: version {found} is not supported (this agent reads {FILE_VERSION})")]
     Version { path: PathBuf, found: u32 },
     #[error("writing {path}: {error}")]
@@ -62,7 +65,10 @@ pub fn load(path: &Path) -> Result<Vec<PendingEndpoint>, PersistError> {
     };
     // The version before the shape, so a newer file gets a clear answer.
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(parse)?;
-    let found = value.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let found = value
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
     if found != u64::from(FILE_VERSION) {
         return Err(PersistError::Version {
             path: path.to_owned(),
@@ -74,7 +80,10 @@ pub fn load(path: &Path) -> Result<Vec<PendingEndpoint>, PersistError> {
 }
 
 /// Writes `endpoints` to `path` atomically, or removes the file when there are none.
-pub fn save<'a>(path: &Path, endpoints: impl IntoIterator<Item = &'a PendingEndpoint>) -> Result<(), PersistError> {
+pub fn save<'a>(
+    path: &Path,
+    endpoints: impl IntoIterator<Item = &'a PendingEndpoint>,
+) -> Result<(), PersistError> {
     let write = |error| PersistError::Write {
         path: path.to_owned(),
         error,
@@ -133,7 +142,10 @@ mod tests {
             path_for(Path::new("/run/netfence/cni.sock")),
             PathBuf::from("/run/netfence/cni.pending.json")
         );
-        assert_eq!(path_for(Path::new("/tmp/a/sock")), PathBuf::from("/tmp/a/sock.pending.json"));
+        assert_eq!(
+            path_for(Path::new("/tmp/a/sock")),
+            PathBuf::from("/tmp/a/sock.pending.json")
+        );
     }
 
     #[test]
@@ -146,14 +158,24 @@ mod tests {
         save(&path, [&a, &b]).unwrap();
         assert_eq!(load(&path).unwrap(), vec![a.clone(), b.clone()]);
         let text = std::fs::read_to_string(&path).unwrap();
-        for field in ["\"version\": 1", "\"containerId\": \"a\"", "\"netns\": \"/run/netns/a\"", "\"ifname\": \"eth0\"",
-            "\"hostInterfaces\"", "\"addedUnix\": 1700000000", "\"netnsSeen\": true", "\"namespace\": \"x\""]
-        {
+        for field in [
+            "\"version\": 1",
+            "\"containerId\": \"a\"",
+            "\"netns\": \"/run/netns/a\"",
+            "\"ifname\": \"eth0\"",
+            "\"hostInterfaces\"",
+            "\"addedUnix\": 1700000000",
+            "\"netnsSeen\": true",
+            "\"namespace\": \"x\"",
+        ] {
             assert!(text.contains(field), "{field} in {text}");
         }
         save(&path, [&b]).unwrap();
         assert_eq!(load(&path).unwrap(), vec![b]);
-        let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let files: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(files, ["cni.pending.json"], "no temporary file left");
         save(&path, []).unwrap();
         assert!(!path.exists(), "nothing pending: no file");
@@ -166,11 +188,20 @@ mod tests {
         let path = dir.path().join("cni.pending.json");
         std::fs::write(&path, "{not json").unwrap();
         let error = load(&path).unwrap_err().to_string();
-        assert!(error.starts_with(&format!("{} is not a pending-endpoints file: ", path.display())), "{error}");
+        assert!(
+            error.starts_with(&format!(
+                "{} is not a pending-endpoints file: ",
+                path.display()
+            )),
+            "{error}"
+        );
         std::fs::write(&path, r#"{"version":2,"endpoints":[]}"#).unwrap();
         assert_eq!(
             load(&path).unwrap_err().to_string(),
-            format!("{}: version 2 is not supported (this agent reads 1)", path.display())
+            format!(
+                "{}: version 2 is not supported (this agent reads 1)",
+                path.display()
+            )
         );
     }
 
@@ -184,23 +215,46 @@ mod tests {
         pending.add(endpoint("a", &ns_a, "198.18.0.12", false));
         pending.add(endpoint("b", &ns_b, "198.18.0.13", false));
         // Never visible to the agent: kept whatever happens (only its DEL removes it).
-        pending.add(endpoint("c", &dir.path().join("never"), "198.18.0.14", false));
+        pending.add(endpoint(
+            "c",
+            &dir.path().join("never"),
+            "198.18.0.14",
+            false,
+        ));
         // The agent's own namespace under a pod's name says nothing about the pod.
-        pending.add(endpoint("d", Path::new("/proc/self/ns/net"), "198.18.0.15", false));
+        pending.add(endpoint(
+            "d",
+            Path::new("/proc/self/ns/net"),
+            "198.18.0.15",
+            false,
+        ));
         assert_eq!(look_at_netns("/proc/self/ns/net"), NetnsView::Unseen);
         assert_eq!(look_at_netns(""), NetnsView::Unseen);
 
         let (gone, changed) = pending.sweep(look_at_netns);
-        assert_eq!((gone, changed), (Vec::new(), true), "a and b seen for the first time");
+        assert_eq!(
+            (gone, changed),
+            (Vec::new(), true),
+            "a and b seen for the first time"
+        );
         assert!(pending.get("a").unwrap().netns_seen && pending.get("b").unwrap().netns_seen);
         assert!(!pending.get("c").unwrap().netns_seen && !pending.get("d").unwrap().netns_seen);
-        assert_eq!(pending.sweep(look_at_netns), (Vec::new(), false), "nothing changed");
+        assert_eq!(
+            pending.sweep(look_at_netns),
+            (Vec::new(), false),
+            "nothing changed"
+        );
 
         // a's sandbox is torn down without a DEL.
         std::fs::remove_file(&ns_a).unwrap();
         let (gone, changed) = pending.sweep(look_at_netns);
         assert!(changed);
-        assert_eq!(gone.iter().map(|e| e.container_id.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            gone.iter()
+                .map(|e| e.container_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
         let left: Vec<&str> = pending.iter().map(|e| e.container_id.as_str()).collect();
         assert_eq!(left, ["b", "c", "d"]);
 
@@ -213,7 +267,12 @@ mod tests {
             restored.add(endpoint);
         }
         let (gone, _) = restored.sweep(look_at_netns);
-        assert_eq!(gone.iter().map(|e| e.container_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            gone.iter()
+                .map(|e| e.container_id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
         assert_eq!(restored.len(), 2);
     }
 }

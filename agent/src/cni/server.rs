@@ -32,9 +32,15 @@ pub enum ServerError {
     #[error("another process serves {path} (it accepts connections); not serving the CNI plugin")]
     InUse { path: PathBuf },
     #[error("removing the stale socket {path}: {error}")]
-    Stale { path: PathBuf, error: std::io::Error },
+    Stale {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("listening on {path}: {error}")]
-    Bind { path: PathBuf, error: std::io::Error },
+    Bind {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// One request and where its answer goes.
@@ -64,7 +70,9 @@ impl CniServer {
         }
         if std::fs::symlink_metadata(path).is_ok() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ServerError::InUse { path: path.to_owned() });
+                return Err(ServerError::InUse {
+                    path: path.to_owned(),
+                });
             }
             std::fs::remove_file(path).map_err(|error| ServerError::Stale {
                 path: path.to_owned(),
@@ -169,7 +177,12 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     match tokio::time::timeout(READ_TIMEOUT, limited.read_to_end(&mut body)).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => return Err(format!("reading a request: {error}")),
-        Err(_) => return Err(format!("no complete request within {} s", READ_TIMEOUT.as_secs())),
+        Err(_) => {
+            return Err(format!(
+                "no complete request within {} s",
+                READ_TIMEOUT.as_secs()
+            ));
+        }
     }
     if body.is_empty() {
         return Err(EMPTY.to_owned());
@@ -221,22 +234,37 @@ mod tests {
         let mut server = CniServer::listen(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(CniServer::listen(&path), Err(ServerError::InUse { .. })));
+        assert!(matches!(
+            CniServer::listen(&path),
+            Err(ServerError::InUse { .. })
+        ));
 
         let client_path = path.clone();
-        let client = tokio::task::spawn_blocking(move || call(&client_path, &request(), Duration::from_secs(5)));
+        let client = tokio::task::spawn_blocking(move || {
+            call(&client_path, &request(), Duration::from_secs(5))
+        });
         let got = server.next().await.unwrap();
         assert_eq!(got.request, request());
-        got.reply.send(Response::ok(Some(Enforcement::DefaultDeny), "programmed")).unwrap();
+        got.reply
+            .send(Response::ok(Some(Enforcement::DefaultDeny), "programmed"))
+            .unwrap();
         let response = client.await.unwrap().unwrap();
-        assert_eq!(response, Response::ok(Some(Enforcement::DefaultDeny), "programmed"));
+        assert_eq!(
+            response,
+            Response::ok(Some(Enforcement::DefaultDeny), "programmed")
+        );
 
         // A plugin that times out first gets a timeout error, not a hang.
         let client_path = path.clone();
-        let client = tokio::task::spawn_blocking(move || call(&client_path, &request(), Duration::from_millis(200)));
+        let client = tokio::task::spawn_blocking(move || {
+            call(&client_path, &request(), Duration::from_millis(200))
+        });
         let pending = server.next().await.unwrap();
         let error = client.await.unwrap().unwrap_err();
-        assert!(error.to_string().contains("did not confirm within 0.2 s"), "{error}");
+        assert!(
+            error.to_string().contains("did not confirm within 0.2 s"),
+            "{error}"
+        );
         drop(pending);
 
         drop(server);
@@ -251,7 +279,9 @@ mod tests {
         let answer = tokio::task::spawn_blocking(move || {
             use std::io::{Read as _, Write as _};
             let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
-            stream.write_all(br#"{"version":2,"command":"ADD","containerId":"c"}"#).unwrap();
+            stream
+                .write_all(br#"{"version":2,"command":"ADD","containerId":"c"}"#)
+                .unwrap();
             stream.shutdown(std::net::Shutdown::Write).unwrap();
             let mut text = String::new();
             stream.read_to_string(&mut text).unwrap();

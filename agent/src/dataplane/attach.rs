@@ -146,7 +146,8 @@ impl Attachments {
             match aya::programs::tc::qdisc_add_clsact(&interface.name) {
                 Ok(()) => {}
                 Err(aya::programs::tc::TcError::AlreadyAttached) => {}
-                Err(aya::programs::tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(aya::programs::tc::TcError::NetlinkError(e))
+                    if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(source) => {
                     return Err(AttachError::Clsact {
                         interface: interface.name.clone(),
@@ -181,13 +182,21 @@ impl Attachments {
 
     /// Attaches one hook: adopts its pinned link if there is one, else attaches and
     /// (with a pin directory) pins. Returns the handle and whether it was adopted.
-    fn hook(&self, ebpf: &mut Ebpf, hook: Hook, interface: &Interface) -> Result<(Handle, bool), AttachError> {
+    fn hook(
+        &self,
+        ebpf: &mut Ebpf,
+        hook: Hook,
+        interface: &Interface,
+    ) -> Result<(Handle, bool), AttachError> {
         let (name, direction) = match hook {
             Hook::ToPod => (program::TO_POD, TcAttachType::Egress),
             Hook::FromPod => (program::FROM_POD, TcAttachType::Ingress),
         };
         let Some(pins) = &self.pins else {
-            return Ok((Handle::Owned(self.attach_one(ebpf, name, direction, &interface.name)?), false));
+            return Ok((
+                Handle::Owned(self.attach_one(ebpf, name, direction, &interface.name)?),
+                false,
+            ));
         };
         let path = pins.link_path(interface.index, hook);
         let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Pin {
@@ -213,7 +222,13 @@ impl Attachments {
             .map_err(|e| pin_error(Box::new(e)))
             .and_then(|link| FdLink::try_from(link).map_err(|e| pin_error(Box::new(e))))
             .and_then(|link| link.pin(&path).map_err(|e| pin_error(Box::new(e))))?;
-        Ok((Handle::Pinned { link: FdLink::from(pinned), path }, false))
+        Ok((
+            Handle::Pinned {
+                link: FdLink::from(pinned),
+                path,
+            },
+            false,
+        ))
     }
 
     fn attach_one(
@@ -255,7 +270,10 @@ impl Attachments {
     /// Detaches from every interface; returns how many.
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) -> usize {
         let indexes: Vec<u32> = self.attached.keys().copied().collect();
-        indexes.iter().filter(|i| self.forget(ebpf, **i).is_some()).count()
+        indexes
+            .iter()
+            .filter(|i| self.forget(ebpf, **i).is_some())
+            .count()
     }
 
     /// Lets go of every attachment without detaching pinned links (they keep
@@ -264,7 +282,10 @@ impl Attachments {
     pub fn release(&mut self, ebpf: &mut Ebpf) -> usize {
         let mut kept = 0;
         for (_, attached) in std::mem::take(&mut self.attached) {
-            for (name, handle) in [(program::FROM_POD, attached.from_pod), (program::TO_POD, attached.to_pod)] {
+            for (name, handle) in [
+                (program::FROM_POD, attached.from_pod),
+                (program::TO_POD, attached.to_pod),
+            ] {
                 if matches!(handle, Handle::Pinned { .. }) {
                     kept += 1;
                 }
@@ -288,7 +309,11 @@ impl Attachments {
 }
 
 /// Swaps program `name` into the TCX link pinned at `path`; returns our handle.
-fn adopt(ebpf: &mut Ebpf, name: &'static str, path: &std::path::Path) -> Result<FdLink, Box<dyn std::error::Error + Send + Sync>> {
+fn adopt(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    path: &std::path::Path,
+) -> Result<FdLink, Box<dyn std::error::Error + Send + Sync>> {
     let pinned = PinnedLink::from_pin(path)?;
     let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
     let prog = classifier(ebpf, name)?;

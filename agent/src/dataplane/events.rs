@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use aya::maps::{MapData, RingBuf};
 use netfence_common::{
-    Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, VERDICT_AUDIT,
-    VERDICT_DROP,
+    Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
+    VERDICT_AUDIT, VERDICT_DROP,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -103,7 +103,11 @@ impl fmt::Display for Described<'_> {
         let e = self.event;
         let verdict = verdict_name(e.verdict);
         let reason = Reason::from_code(e.reason).map_or("unknown", Reason::name);
-        let direction = if e.direction == DIR_EGRESS { "egress" } else { "ingress" };
+        let direction = if e.direction == DIR_EGRESS {
+            "egress"
+        } else {
+            "ingress"
+        };
         let protocol = match e.protocol {
             PROTO_TCP => "TCP".to_owned(),
             PROTO_UDP => "UDP".to_owned(),
@@ -125,7 +129,11 @@ impl fmt::Display for Described<'_> {
         }
         let policies = self.names.deciding_policies(e);
         if !policies.is_empty() {
-            let label = if e.verdict == VERDICT_AUDIT { "would_deny" } else { "isolated_by" };
+            let label = if e.verdict == VERDICT_AUDIT {
+                "would_deny"
+            } else {
+                "isolated_by"
+            };
             write!(f, " {label}={}", policies.join(","))?;
         }
         Ok(())
@@ -171,7 +179,10 @@ pub async fn read(
                         }
                         continue;
                     }
-                    let line = Described { event: &event, names: &current };
+                    let line = Described {
+                        event: &event,
+                        names: &current,
+                    };
                     if event.verdict == VERDICT_DROP || event.verdict == VERDICT_AUDIT {
                         tracing::warn!(target: "netfence::flow", "{line}");
                     } else {
@@ -215,7 +226,11 @@ mod tests {
             pods: BTreeMap::from([(IpAddr::from([198, 18, 0, 3]), "prod/db".to_owned())]),
             policies: BTreeMap::new(),
         };
-        let line = Described { event: &event, names: &names }.to_string();
+        let line = Described {
+            event: &event,
+            names: &names,
+        }
+        .to_string();
         assert_eq!(
             line,
             "drop ingress TCP 198.18.0.2:40000 -> 198.18.0.3:3306 (prod/db) reason=policy_deny ifindex=7"
@@ -242,10 +257,17 @@ mod tests {
             pods: BTreeMap::new(),
             policies: BTreeMap::from([(
                 9,
-                EndpointPolicyInfo { ingress: vec!["prod/db-lockdown".into()], egress: vec!["prod/other".into()] },
+                EndpointPolicyInfo {
+                    ingress: vec!["prod/db-lockdown".into()],
+                    egress: vec!["prod/other".into()],
+                },
             )]),
         };
-        let line = Described { event: &event, names: &names }.to_string();
+        let line = Described {
+            event: &event,
+            names: &names,
+        }
+        .to_string();
         assert_eq!(
             line,
             "audit ingress TCP 198.18.0.2:40000 -> 198.18.0.3:3306 reason=policy_audit ifindex=7 would_deny=prod/db-lockdown"
@@ -253,9 +275,16 @@ mod tests {
         event.reason = Reason::DropPolicyChanged.code();
         event.verdict = VERDICT_DROP;
         event.direction = DIR_EGRESS;
-        let line = Described { event: &event, names: &names }.to_string();
+        let line = Described {
+            event: &event,
+            names: &names,
+        }
+        .to_string();
         assert!(line.starts_with("drop egress TCP"), "{line}");
-        assert!(line.ends_with("reason=policy_changed_deny ifindex=7 isolated_by=prod/other"), "{line}");
+        assert!(
+            line.ends_with("reason=policy_changed_deny ifindex=7 isolated_by=prod/other"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -282,6 +311,9 @@ mod tests {
         };
         assert_eq!(decode(bytes), Some(event));
         assert_eq!(addr_of(&event.src), IpAddr::V6(Ipv6Addr::LOCALHOST));
-        assert_eq!(addr_of(&v4_mapped([10, 1, 2, 3])), IpAddr::from([10, 1, 2, 3]));
+        assert_eq!(
+            addr_of(&v4_mapped([10, 1, 2, 3])),
+            IpAddr::from([10, 1, 2, 3])
+        );
     }
 }

@@ -85,7 +85,10 @@ fn an_audited_flow_and_a_cut_flow_name_the_policies_that_deny_them() {
         0,
     );
     assert_eq!((audit.verdict, audit.reason), ("audit", "policy_audit"));
-    assert_eq!(audit.isolated_by, vec!["prod/db-from-api".to_owned(), "prod/deny-all".to_owned()]);
+    assert_eq!(
+        audit.isolated_by,
+        vec!["prod/db-from-api".to_owned(), "prod/deny-all".to_owned()]
+    );
     let cut = record(
         &event(VERDICT_DROP, Reason::DropPolicyChanged, 0),
         &context(),

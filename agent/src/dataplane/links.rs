@@ -153,7 +153,10 @@ fn interface_of(message: &LinkMessage) -> Option<Interface> {
 
 /// The addresses (global and site scope, both families) configured on a veth's peer,
 /// in the peer's namespace. Empty when the interface has no peer in another namespace.
-pub async fn peer_addresses(handle: &Handle, interface: &Interface) -> Result<Vec<IpAddr>, LinkError> {
+pub async fn peer_addresses(
+    handle: &Handle,
+    interface: &Interface,
+) -> Result<Vec<IpAddr>, LinkError> {
     let (Some(netns), Some(peer)) = (interface.peer_netns, interface.peer_index) else {
         return Ok(Vec::new());
     };
@@ -166,7 +169,10 @@ pub async fn peer_addresses(handle: &Handle, interface: &Interface) -> Result<Ve
     let mut out = Vec::new();
     while let Some(message) = addresses.try_next().await? {
         if message.header.index != peer
-            || !matches!(message.header.scope, AddressScope::Universe | AddressScope::Site)
+            || !matches!(
+                message.header.scope,
+                AddressScope::Universe | AddressScope::Site
+            )
         {
             continue;
         }
@@ -183,7 +189,10 @@ pub async fn node_addresses(handle: &Handle) -> Result<Vec<IpAddr>, LinkError> {
     let mut addresses = handle.address().get().execute();
     let mut out = Vec::new();
     while let Some(message) = addresses.try_next().await? {
-        if matches!(message.header.scope, AddressScope::Universe | AddressScope::Site) {
+        if matches!(
+            message.header.scope,
+            AddressScope::Universe | AddressScope::Site
+        ) {
             out.extend(message_address(&message));
         }
     }
@@ -287,25 +296,41 @@ pub enum BindProblem {
 }
 
 fn pod_name(owner: Option<&Owner>) -> String {
-    owner.map_or_else(|| "no pod".to_owned(), |o| format!("{}/{}", o.namespace, o.pod))
+    owner.map_or_else(
+        || "no pod".to_owned(),
+        |o| format!("{}/{}", o.namespace, o.pod),
+    )
 }
 
 impl std::fmt::Display for BindProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::ClaimedElsewhere { address, owner, bound, others } => write!(
+            Self::ClaimedElsewhere {
+                address,
+                owner,
+                bound,
+                others,
+            } => write!(
                 f,
                 "address {address} belongs to {} and is bound to {bound}, but is also shown behind {}: ignored there",
                 pod_name(owner.as_ref()),
                 others.join(", ")
             ),
-            Self::Contested { address, owner, interfaces } => write!(
+            Self::Contested {
+                address,
+                owner,
+                interfaces,
+            } => write!(
                 f,
                 "address {address} ({}) is shown behind {} and nothing tells which is its pod's: not bound (its endpoint drops both ways) while contested",
                 pod_name(owner.as_ref()),
                 interfaces.join(", ")
             ),
-            Self::NoHostInterface { address, owner, named } => write!(
+            Self::NoHostInterface {
+                address,
+                owner,
+                named,
+            } => write!(
                 f,
                 "address {address} belongs to {} (CNI ADD), whose host interfaces {named:?} are not exactly one managed interface: not bound (its endpoint drops both ways)",
                 pod_name(Some(owner))
@@ -343,7 +368,11 @@ pub fn bind(
         let addresses = match &read.addresses {
             Some(addresses) => addresses,
             None => {
-                kept = previous.iter().filter(|(_, i)| **i == read.index).map(|(a, _)| *a).collect();
+                kept = previous
+                    .iter()
+                    .filter(|(_, i)| **i == read.index)
+                    .map(|(a, _)| *a)
+                    .collect();
                 &kept
             }
         };
@@ -368,7 +397,10 @@ pub fn bind(
     let mut pods_of: BTreeMap<u32, BTreeSet<&Owner>> = BTreeMap::new();
     let mut claimed = BTreeSet::new();
     for record in cni.iter().filter(|r| !r.host_interfaces.is_empty()) {
-        let host: Vec<&PeerRead> = reads.iter().filter(|r| record.host_interfaces.contains(&r.name)).collect();
+        let host: Vec<&PeerRead> = reads
+            .iter()
+            .filter(|r| record.host_interfaces.contains(&r.name))
+            .collect();
         if let [only] = host[..] {
             pods_of.entry(only.index).or_default().insert(&record.owner);
         }
@@ -396,7 +428,10 @@ pub fn bind(
             }
         }
     }
-    let unclaimed: Vec<(&IpAddr, &Vec<&PeerRead>)> = shown.iter().filter(|(a, _)| !claimed.contains(*a)).collect();
+    let unclaimed: Vec<(&IpAddr, &Vec<&PeerRead>)> = shown
+        .iter()
+        .filter(|(a, _)| !claimed.contains(*a))
+        .collect();
     for (address, behind) in &unclaimed {
         if let ([only], Some(owner)) = (&behind[..], owners.get(*address)) {
             pods_of.entry(only.index).or_default().insert(owner);
@@ -407,7 +442,11 @@ pub fn bind(
         let theirs: Vec<&PeerRead> = behind
             .iter()
             .filter(|r| {
-                owner.is_none_or(|owner| pods_of.get(&r.index).is_none_or(|pods| pods.iter().all(|p| *p == owner)))
+                owner.is_none_or(|owner| {
+                    pods_of
+                        .get(&r.index)
+                        .is_none_or(|pods| pods.iter().all(|p| *p == owner))
+                })
             })
             .copied()
             .collect();
@@ -462,13 +501,22 @@ mod tests {
             iface(5, "eth0", None),
             iface(6, "nfp-a", None),
         ];
-        let selection = Selection::new(&["nfp-*".to_owned()], Some("cni0".to_owned()))
-            .expect("valid glob");
-        let names: Vec<_> = selection.managed(&all).iter().map(|i| i.name.as_str()).collect();
+        let selection =
+            Selection::new(&["nfp-*".to_owned()], Some("cni0".to_owned())).expect("valid glob");
+        let names: Vec<_> = selection
+            .managed(&all)
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
         assert_eq!(names, vec!["veth1234", "nfp-a"]);
 
-        let only_glob = Selection::new(&["veth*".to_owned(), "lo".to_owned()], None).expect("valid");
-        let names: Vec<_> = only_glob.managed(&all).iter().map(|i| i.name.as_str()).collect();
+        let only_glob =
+            Selection::new(&["veth*".to_owned(), "lo".to_owned()], None).expect("valid");
+        let names: Vec<_> = only_glob
+            .managed(&all)
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
         assert_eq!(names, vec!["veth1234", "veth9999"]);
     }
 

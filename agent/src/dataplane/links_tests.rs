@@ -193,7 +193,13 @@ fn bindings_come_from_the_cluster_first_and_never_from_the_first_claimer() {
     for case in cases {
         let got = bind(&case.previous, &case.cni, &case.reads, &case.owners);
         assert_eq!(got.bindings, case.bound, "{}", case.name);
-        assert_eq!(got.problems.len(), case.problems, "{}: {:?}", case.name, got.problems);
+        assert_eq!(
+            got.problems.len(),
+            case.problems,
+            "{}: {:?}",
+            case.name,
+            got.problems
+        );
     }
 }
 
@@ -222,7 +228,13 @@ fn problems_name_the_address_the_owner_and_the_interfaces() {
         ]
     );
     let text: Vec<String> = got.problems.iter().map(ToString::to_string).collect();
-    assert!(text[0].contains("198.18.0.50") && text[0].contains("x/v") && text[0].contains("veth3"), "{text:?}");
-    assert!(text[1].contains("veth3, veth7") && text[1].contains("not bound"), "{text:?}");
+    assert!(
+        text[0].contains("198.18.0.50") && text[0].contains("x/v") && text[0].contains("veth3"),
+        "{text:?}"
+    );
+    assert!(
+        text[1].contains("veth3, veth7") && text[1].contains("not bound"),
+        "{text:?}"
+    );
     assert_eq!(got.bindings, map(&[(V, 5)]));
 }

@@ -9,8 +9,8 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use netfence_common::{
-    CtKey, CtValue, EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
-    Settings, V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
+    CtKey, CtValue, EndpointKey, EndpointValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey,
+    PolicyValue, Settings, V4_MAPPED_PREFIX_BITS, global, map, program, v4_mapped,
 };
 
 use super::pin::{PINNED_MAPS, PinDir};
@@ -23,7 +23,9 @@ const CONNTRACK_WALK_LIMIT: usize = 2 * netfence_common::MAX_CONNTRACK as usize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("loading the TC programs into the kernel: {0} (netfence needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root, and a kernel with BPF LPM tries, ring buffers and cgroup-charged BPF memory: 5.11 or newer)")]
+    #[error(
+        "loading the TC programs into the kernel: {0} (netfence needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, or root, and a kernel with BPF LPM tries, ring buffers and cgroup-charged BPF memory: 5.11 or newer)"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
     Program {
@@ -103,13 +105,17 @@ pub struct Datapath {
 
 impl std::fmt::Debug for Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Maps").field("cpus", &self.cpus).finish_non_exhaustive()
+        f.debug_struct("Maps")
+            .field("cpus", &self.cpus)
+            .finish_non_exhaustive()
     }
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath").field("maps", &self.maps).finish_non_exhaustive()
+        f.debug_struct("Datapath")
+            .field("maps", &self.maps)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,8 +138,16 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .override_global(global::CT_TCP_TIMEOUT_NS, &options.ct_tcp_timeout_ns, true)
-            .override_global(global::CT_OTHER_TIMEOUT_NS, &options.ct_other_timeout_ns, true)
-            .override_global(global::CT_UNREPLIED_TIMEOUT_NS, &options.ct_unreplied_timeout_ns, true)
+            .override_global(
+                global::CT_OTHER_TIMEOUT_NS,
+                &options.ct_other_timeout_ns,
+                true,
+            )
+            .override_global(
+                global::CT_UNREPLIED_TIMEOUT_NS,
+                &options.ct_unreplied_timeout_ns,
+                true,
+            )
             .override_global(global::EVENT_ALLOWS, &event_allows, true)
             .override_global(global::EXISTING_FLOWS_CUT, &cut, true);
         if let Some(pins) = pins {
@@ -165,7 +179,10 @@ impl Datapath {
 }
 
 /// One of the two TC programs.
-pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, LoadError> {
+pub fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
     ebpf.program_mut(name)
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
@@ -185,9 +202,16 @@ pub fn identity_key(net: &IpNet) -> Key<IdentityKey> {
     match net {
         IpNet::V4(v4) => Key::new(
             u32::from(v4.prefix_len()) + V4_MAPPED_PREFIX_BITS,
-            IdentityKey { addr: v4_mapped(v4.addr().octets()) },
+            IdentityKey {
+                addr: v4_mapped(v4.addr().octets()),
+            },
         ),
-        IpNet::V6(v6) => Key::new(u32::from(v6.prefix_len()), IdentityKey { addr: v6.addr().octets() }),
+        IpNet::V6(v6) => Key::new(
+            u32::from(v6.prefix_len()),
+            IdentityKey {
+                addr: v6.addr().octets(),
+            },
+        ),
     }
 }
 
@@ -210,7 +234,9 @@ pub fn identity_net(prefix_len: u32, addr: &[u8; 16]) -> Option<IpNet> {
         let len = u8::try_from(prefix_len - V4_MAPPED_PREFIX_BITS).ok()?;
         return ipnet::Ipv4Net::new(v4, len).ok().map(IpNet::V4);
     }
-    ipnet::Ipv6Net::new(v6, u8::try_from(prefix_len).ok()?).ok().map(IpNet::V6)
+    ipnet::Ipv6Net::new(v6, u8::try_from(prefix_len).ok()?)
+        .ok()
+        .map(IpNet::V6)
 }
 
 /// The ENDPOINTS key of an address.
@@ -227,7 +253,13 @@ pub fn endpoint_key(addr: &IpAddr) -> EndpointKey {
 pub fn policy_key(entry: &PolicyEntry) -> Key<PolicyKey> {
     Key::new(
         POLICY_PREFIX_ANY_PORT + u32::from(entry.port_bits),
-        PolicyKey::new(entry.policy, entry.peer, entry.direction, entry.protocol, entry.port),
+        PolicyKey::new(
+            entry.policy,
+            entry.peer,
+            entry.direction,
+            entry.protocol,
+            entry.port,
+        ),
     )
 }
 
@@ -242,7 +274,10 @@ impl MapBackend for Maps {
             }
             MapOp::PutPolicy(entry, rule) => self.policy.insert(
                 &policy_key(entry),
-                PolicyValue { rule: *rule, flags: 0 },
+                PolicyValue {
+                    rule: *rule,
+                    flags: 0,
+                },
                 0,
             ),
             MapOp::PutIdentity(net, id) => self.identities.insert(&identity_key(net), *id, 0),
@@ -284,7 +319,9 @@ impl Maps {
             let Some(port_bits) = key.prefix_len().checked_sub(POLICY_PREFIX_ANY_PORT) else {
                 continue;
             };
-            let Ok(port_bits) = u8::try_from(port_bits) else { continue };
+            let Ok(port_bits) = u8::try_from(port_bits) else {
+                continue;
+            };
             let entry = PolicyEntry {
                 policy: u32::from_be_bytes(data.policy),
                 peer: u32::from_be_bytes(data.peer),
@@ -311,7 +348,11 @@ impl Maps {
             .map_err(|source| LoadError::Map { name, source })?;
         let mut out: BTreeMap<IpAddr, usize> = BTreeMap::new();
         // Bounded: keys that vanish under the walk can restart the kernel's iteration.
-        for key in conntrack.keys().take(CONNTRACK_WALK_LIMIT).filter_map(Result::ok) {
+        for key in conntrack
+            .keys()
+            .take(CONNTRACK_WALK_LIMIT)
+            .filter_map(Result::ok)
+        {
             *out.entry(endpoint_addr(&key.local)).or_default() += 1;
         }
         Ok(out)
@@ -321,7 +362,10 @@ impl Maps {
     /// `addresses` (a pod went or its address moved to another pod): one walk of the
     /// keys (bounded by the capacity), then one delete per match. Returns how many
     /// entries it deleted; an entry that vanished meanwhile is not counted.
-    pub fn purge_conntrack(ebpf: &mut Ebpf, addresses: &BTreeSet<IpAddr>) -> Result<usize, LoadError> {
+    pub fn purge_conntrack(
+        ebpf: &mut Ebpf,
+        addresses: &BTreeSet<IpAddr>,
+    ) -> Result<usize, LoadError> {
         if addresses.is_empty() {
             return Ok(0);
         }
@@ -336,7 +380,10 @@ impl Maps {
             .filter_map(Result::ok)
             .filter(|key| wanted.contains(&key.local) || wanted.contains(&key.remote))
             .collect();
-        Ok(doomed.iter().filter(|key| conntrack.remove(key).is_ok()).count())
+        Ok(doomed
+            .iter()
+            .filter(|key| conntrack.remove(key).is_ok())
+            .count())
     }
 
     /// The policy generation in SETTINGS (pinned: a restarted agent continues it).
@@ -348,7 +395,14 @@ impl Maps {
     /// decides, as its last write: with `--existing-flows=cut` every flow conntrack
     /// tracks is then re-checked, on its next packet, against the complete new policy.
     pub fn set_generation(&mut self, generation: u32) -> Result<(), aya::maps::MapError> {
-        self.settings.set(0, Settings { generation, _pad: 0 }, 0)
+        self.settings.set(
+            0,
+            Settings {
+                generation,
+                _pad: 0,
+            },
+            0,
+        )
     }
 
     /// Increments the policy generation (wrapping; entries compare by equality) and

@@ -15,4 +15,5 @@ pub mod pin;
 pub mod sync;
 
 /// The compiled TC programs (the `netfence-ebpf` crate, built by `build.rs`).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfence-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfence-ebpf"));

@@ -51,7 +51,10 @@ pub fn owners(state: &State, image: &Image) -> BTreeMap<IpAddr, Owner> {
 /// Addresses whose owner in `previous` is gone or another pod in `next`: the
 /// addresses to purge from CONNTRACK. An address that had no owner (a new pod's, or
 /// one that was world) keeps its entries.
-pub fn moved(previous: &BTreeMap<IpAddr, Owner>, next: &BTreeMap<IpAddr, Owner>) -> BTreeSet<IpAddr> {
+pub fn moved(
+    previous: &BTreeMap<IpAddr, Owner>,
+    next: &BTreeMap<IpAddr, Owner>,
+) -> BTreeSet<IpAddr> {
     previous
         .iter()
         .filter(|(addr, owner)| next.get(*addr) != Some(*owner))
@@ -99,7 +102,9 @@ mod tests {
             ..State::default()
         };
         let mut image = Image::default();
-        image.endpoints.insert(ip("198.18.0.9"), crate::cni::pending::deny_all("cni", "c1"));
+        image
+            .endpoints
+            .insert(ip("198.18.0.9"), crate::cni::pending::deny_all("cni", "c1"));
         let got = owners(&state, &image);
         assert_eq!(
             got,
@@ -116,11 +121,11 @@ mod tests {
     #[test]
     fn addresses_that_vanish_or_change_pod_are_purged_and_nothing_else() {
         let before = BTreeMap::from([
-            (ip("198.18.0.2"), owner("x", "p")),       // P deleted, Q gets its address
-            (ip("198.18.0.3"), owner("x", "gone")),    // deleted, address free
-            (ip("198.18.0.4"), owner("x", "stays")),   // unchanged
-            (ip("198.18.1.5"), owner("y", "remote")),  // a remote pod replaced by one of another namespace
-            (ip("fd00::6"), owner("cni", "c1")),       // the CNI's deny-all becomes the named pod
+            (ip("198.18.0.2"), owner("x", "p")), // P deleted, Q gets its address
+            (ip("198.18.0.3"), owner("x", "gone")), // deleted, address free
+            (ip("198.18.0.4"), owner("x", "stays")), // unchanged
+            (ip("198.18.1.5"), owner("y", "remote")), // a remote pod replaced by one of another namespace
+            (ip("fd00::6"), owner("cni", "c1")),      // the CNI's deny-all becomes the named pod
         ]);
         let after = BTreeMap::from([
             (ip("198.18.0.2"), owner("x", "q")),
@@ -131,9 +136,17 @@ mod tests {
         ]);
         assert_eq!(
             moved(&before, &after),
-            BTreeSet::from([ip("198.18.0.2"), ip("198.18.0.3"), ip("198.18.1.5"), ip("fd00::6")])
+            BTreeSet::from([
+                ip("198.18.0.2"),
+                ip("198.18.0.3"),
+                ip("198.18.1.5"),
+                ip("fd00::6")
+            ])
         );
         assert!(moved(&after, &after).is_empty());
-        assert!(moved(&BTreeMap::new(), &after).is_empty(), "the first compile purges nothing");
+        assert!(
+            moved(&BTreeMap::new(), &after).is_empty(),
+            "the first compile purges nothing"
+        );
     }
 }

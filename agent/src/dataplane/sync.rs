@@ -94,7 +94,10 @@ pub fn ports_of(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> BTreeMap<u32, En
 pub fn port_conflicts(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> Vec<PortConflict> {
     let mut by_port: BTreeMap<u32, Vec<(IpAddr, &EndpointValue)>> = BTreeMap::new();
     for (addr, value) in endpoints.iter().filter(|(_, v)| v.ifindex != 0) {
-        by_port.entry(value.ifindex).or_default().push((*addr, value));
+        by_port
+            .entry(value.ifindex)
+            .or_default()
+            .push((*addr, value));
     }
     by_port
         .into_iter()
@@ -105,7 +108,11 @@ pub fn port_conflicts(endpoints: &BTreeMap<IpAddr, EndpointValue>) -> Vec<PortCo
                 .filter(|(_, v)| (v.policy, v.flags) != (value.policy, value.flags))
                 .map(|(a, _)| *a)
                 .collect();
-            (!others.is_empty()).then_some(PortConflict { ifindex, kept, others })
+            (!others.is_empty()).then_some(PortConflict {
+                ifindex,
+                kept,
+                others,
+            })
         })
         .collect()
 }
@@ -170,16 +177,29 @@ pub enum MapOp {
 /// The operations that turn `live` into `target`, in the safe order above.
 pub fn plan(live: &Contents, target: &Contents) -> Vec<MapOp> {
     let mut ops = Vec::new();
-    ops.extend(target.rules.difference(&live.rules).map(|r| MapOp::PutRule(*r)));
+    ops.extend(
+        target
+            .rules
+            .difference(&live.rules)
+            .map(|r| MapOp::PutRule(*r)),
+    );
     ops.extend(changed(&live.policy, &target.policy).map(|(k, v)| MapOp::PutPolicy(*k, *v)));
-    ops.extend(changed(&live.identities, &target.identities).map(|(k, v)| MapOp::PutIdentity(*k, *v)));
-    ops.extend(changed(&live.endpoints, &target.endpoints).map(|(k, v)| MapOp::PutEndpoint(*k, *v)));
+    ops.extend(
+        changed(&live.identities, &target.identities).map(|(k, v)| MapOp::PutIdentity(*k, *v)),
+    );
+    ops.extend(
+        changed(&live.endpoints, &target.endpoints).map(|(k, v)| MapOp::PutEndpoint(*k, *v)),
+    );
     ops.extend(changed(&live.ports, &target.ports).map(|(k, v)| MapOp::PutPort(*k, *v)));
     ops.extend(removed(&live.endpoints, &target.endpoints).map(|k| MapOp::DeleteEndpoint(*k)));
     ops.extend(removed(&live.ports, &target.ports).map(|k| MapOp::DeletePort(*k)));
     ops.extend(removed(&live.identities, &target.identities).map(|k| MapOp::DeleteIdentity(*k)));
     ops.extend(removed(&live.policy, &target.policy).map(|k| MapOp::DeletePolicy(*k)));
-    ops.extend(live.rules.difference(&target.rules).map(|r| MapOp::DeleteRule(*r)));
+    ops.extend(
+        live.rules
+            .difference(&target.rules)
+            .map(|r| MapOp::DeleteRule(*r)),
+    );
     ops
 }
 
@@ -254,18 +274,36 @@ pub fn sync<B: MapBackend>(backend: &mut B, live: &mut Contents, target: &Conten
         pending.get(&entry.peer).map_or_else(Vec::new, |prefixes| {
             prefixes
                 .iter()
-                .filter(|(_, id)| !target.policy.contains_key(&PolicyEntry { peer: *id, ..*entry }))
+                .filter(|(_, id)| {
+                    !target.policy.contains_key(&PolicyEntry {
+                        peer: *id,
+                        ..*entry
+                    })
+                })
                 .map(|(net, _)| *net)
                 .collect()
         })
     };
-    let written = |live: &Contents, net: &IpNet| live.identities.get(net) == target.identities.get(net);
+    let written =
+        |live: &Contents, net: &IpNet| live.identities.get(net) == target.identities.get(net);
     let mut deferred = Vec::new();
     let mut guarded = pending.is_empty();
     for op in plan(live, target) {
-        if !guarded && !matches!(op, MapOp::PutRule(_) | MapOp::PutPolicy(..) | MapOp::PutIdentity(..)) {
+        if !guarded
+            && !matches!(
+                op,
+                MapOp::PutRule(_) | MapOp::PutPolicy(..) | MapOp::PutIdentity(..)
+            )
+        {
             guarded = true;
-            guard(backend, live, &mut report, std::mem::take(&mut deferred), &exposes, &written);
+            guard(
+                backend,
+                live,
+                &mut report,
+                std::mem::take(&mut deferred),
+                &exposes,
+                &written,
+            );
         }
         if let MapOp::PutPolicy(entry, _) = &op
             && !guarded
@@ -311,7 +349,8 @@ fn guard<B: MapBackend>(
     exposes: &dyn Fn(&PolicyEntry) -> Vec<IpNet>,
     written: &dyn Fn(&Contents, &IpNet) -> bool,
 ) {
-    let unsafe_now = |live: &Contents, entry: &PolicyEntry| exposes(entry).iter().any(|net| !written(live, net));
+    let unsafe_now =
+        |live: &Contents, entry: &PolicyEntry| exposes(entry).iter().any(|net| !written(live, net));
     for op in deferred {
         if let MapOp::PutPolicy(entry, _) = &op
             && unsafe_now(live, entry)
@@ -321,7 +360,12 @@ fn guard<B: MapBackend>(
         }
         apply(backend, live, report, op);
     }
-    let exposed: Vec<PolicyEntry> = live.policy.keys().filter(|e| unsafe_now(live, e)).copied().collect();
+    let exposed: Vec<PolicyEntry> = live
+        .policy
+        .keys()
+        .filter(|e| unsafe_now(live, e))
+        .copied()
+        .collect();
     for entry in exposed {
         report.withheld.push(entry);
         apply(backend, live, report, MapOp::DeletePolicy(entry));

@@ -88,10 +88,20 @@ fn policy_switch_adds_new_entries_before_the_endpoint_flip_and_deletes_after() {
     let old = contents(100, 30);
     let new = contents(200, 30);
     let ops = plan(&old, &new);
-    let put_new = ops.iter().position(|o| *o == MapOp::PutPolicy(entry(200, 30, 80), 7));
-    let flip = ops.iter().position(|o| *o == MapOp::PutEndpoint(pod(2), endpoint(200)));
-    let del_old = ops.iter().position(|o| *o == MapOp::DeletePolicy(entry(100, 30, 80)));
-    let (put_new, flip, del_old) = (put_new.expect("put"), flip.expect("flip"), del_old.expect("del"));
+    let put_new = ops
+        .iter()
+        .position(|o| *o == MapOp::PutPolicy(entry(200, 30, 80), 7));
+    let flip = ops
+        .iter()
+        .position(|o| *o == MapOp::PutEndpoint(pod(2), endpoint(200)));
+    let del_old = ops
+        .iter()
+        .position(|o| *o == MapOp::DeletePolicy(entry(100, 30, 80)));
+    let (put_new, flip, del_old) = (
+        put_new.expect("put"),
+        flip.expect("flip"),
+        del_old.expect("del"),
+    );
     assert!(put_new < flip && flip < del_old, "{ops:?}");
     assert_eq!(ops.len(), 3, "rule and identity unchanged: {ops:?}");
 }
@@ -133,7 +143,13 @@ fn a_policy_whose_entries_do_not_all_fit_fails_closed_and_is_completed_by_a_retr
     // Before: the endpoint is not isolated. After: isolated by policy 200, which
     // allows ports 80 and 443 from identity 30; the port-443 entry does not fit.
     let mut old = contents(100, 30);
-    old.endpoints.insert(pod(2), EndpointValue { flags: 0, ..endpoint(100) });
+    old.endpoints.insert(
+        pod(2),
+        EndpointValue {
+            flags: 0,
+            ..endpoint(100)
+        },
+    );
     let mut new = contents(200, 30);
     new.policy.insert(entry(200, 30, 443), 7);
     let mut backend = Fake {
@@ -150,13 +166,29 @@ fn a_policy_whose_entries_do_not_all_fit_fails_closed_and_is_completed_by_a_retr
         endpoint(200),
         "the endpoint is isolated by its new policy, not left open"
     );
-    let enforced: Vec<_> = backend.maps.policy.keys().filter(|e| e.policy == 200).collect();
-    assert_eq!(enforced, vec![&entry(200, 30, 80)], "a subset of the new allows");
+    let enforced: Vec<_> = backend
+        .maps
+        .policy
+        .keys()
+        .filter(|e| e.policy == 200)
+        .collect();
+    assert_eq!(
+        enforced,
+        vec![&entry(200, 30, 80)],
+        "a subset of the new allows"
+    );
     assert!(
-        backend.maps.policy.keys().all(|e| new.policy.contains_key(e)),
+        backend
+            .maps
+            .policy
+            .keys()
+            .all(|e| new.policy.contains_key(e)),
         "no entry of the old policy is left to allow what the new one does not"
     );
-    assert_eq!(live, backend.maps, "live records exactly what the maps hold");
+    assert_eq!(
+        live, backend.maps,
+        "live records exactly what the maps hold"
+    );
 
     backend.fail_on = None;
     let report = sync(&mut backend, &mut live, &new);
@@ -194,15 +226,32 @@ fn an_unwritten_except_prefix_withholds_the_block_allow_instead_of_failing_open(
     assert_eq!(live, backend.maps);
 
     let report = sync(&mut backend, &mut live, &new);
-    assert_eq!(report.withheld, vec![entry(100, 40, 80)], "still withheld, never re-put first");
-    assert!(!backend.log.contains(&MapOp::PutPolicy(entry(100, 40, 80), 7)));
+    assert_eq!(
+        report.withheld,
+        vec![entry(100, 40, 80)],
+        "still withheld, never re-put first"
+    );
+    assert!(
+        !backend
+            .log
+            .contains(&MapOp::PutPolicy(entry(100, 40, 80), 7))
+    );
 
     backend.fail_on = None;
     let report = sync(&mut backend, &mut live, &new);
     assert!(report.withheld.is_empty() && report.failed.is_empty());
-    let identity = backend.log.iter().position(|o| *o == MapOp::PutIdentity(except, 50));
-    let allow = backend.log.iter().position(|o| *o == MapOp::PutPolicy(entry(100, 40, 80), 7));
-    assert!(identity.unwrap() < allow.unwrap(), "the prefix first, then the allow");
+    let identity = backend
+        .log
+        .iter()
+        .position(|o| *o == MapOp::PutIdentity(except, 50));
+    let allow = backend
+        .log
+        .iter()
+        .position(|o| *o == MapOp::PutPolicy(entry(100, 40, 80), 7));
+    assert!(
+        identity.unwrap() < allow.unwrap(),
+        "the prefix first, then the allow"
+    );
     assert_eq!(backend.maps, new);
 }
 
@@ -257,7 +306,14 @@ fn audit_flags_come_from_the_image_or_the_node_mode_and_only_where_isolated() {
         identity: 40,
     };
     image.endpoints.insert(pod(2), endpoint.clone());
-    image.endpoints.insert(pod(3), crate::image::Endpoint { audit_ingress: false, isolated_egress: true, ..endpoint });
+    image.endpoints.insert(
+        pod(3),
+        crate::image::Endpoint {
+            audit_ingress: false,
+            isolated_egress: true,
+            ..endpoint
+        },
+    );
     let flags = |mode| {
         let mut image = image.clone();
         if mode == Mode::Audit {
@@ -268,7 +324,10 @@ fn audit_flags_come_from_the_image_or_the_node_mode_and_only_where_isolated() {
     };
     assert_eq!(
         flags(Mode::Enforce),
-        (EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS)
+        (
+            EP_ISOLATED_INGRESS | EP_AUDIT_INGRESS,
+            EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS
+        )
     );
     assert_eq!(
         flags(Mode::Audit),
@@ -286,9 +345,17 @@ fn only_writes_a_verdict_depends_on_count_as_verdict_writes() {
     let mut live = Contents::default();
     let target = contents(100, 30);
     let report = sync(&mut backend, &mut live, &target);
-    assert_eq!((report.applied, report.verdict_writes), (4, 3), "the rule counter is no verdict write");
+    assert_eq!(
+        (report.applied, report.verdict_writes),
+        (4, 3),
+        "the rule counter is no verdict write"
+    );
     let report = sync(&mut backend, &mut live, &target);
-    assert_eq!((report.applied, report.verdict_writes), (0, 0), "a no-op sync bumps nothing");
+    assert_eq!(
+        (report.applied, report.verdict_writes),
+        (0, 0),
+        "a no-op sync bumps nothing"
+    );
 }
 
 #[test]
@@ -323,7 +390,10 @@ fn bindings_fill_the_endpoint_ifindex() {
 }
 
 fn bound(policy: u32, ifindex: u32) -> EndpointValue {
-    EndpointValue { ifindex, ..endpoint(policy) }
+    EndpointValue {
+        ifindex,
+        ..endpoint(policy)
+    }
 }
 
 fn pod6(last: u16) -> IpAddr {
@@ -339,8 +409,14 @@ fn ports_hold_the_bound_endpoint_of_each_interface() {
         (pod(3), bound(200, 18)),
         (pod(4), bound(300, 0)),
     ]);
-    assert_eq!(ports_of(&endpoints), BTreeMap::from([(17, bound(100, 17)), (18, bound(200, 18))]));
-    assert!(port_conflicts(&endpoints).is_empty(), "one value per interface");
+    assert_eq!(
+        ports_of(&endpoints),
+        BTreeMap::from([(17, bound(100, 17)), (18, bound(200, 18))])
+    );
+    assert!(
+        port_conflicts(&endpoints).is_empty(),
+        "one value per interface"
+    );
 }
 
 #[test]
@@ -349,17 +425,30 @@ fn different_endpoints_on_one_interface_keep_the_lowest_address_and_say_so() {
         (pod6(9), bound(300, 17)),
         (pod(5), bound(200, 17)),
         (pod(2), bound(100, 17)),
-        (pod(3), EndpointValue { identity: 21, ..bound(100, 17) }),
+        (
+            pod(3),
+            EndpointValue {
+                identity: 21,
+                ..bound(100, 17)
+            },
+        ),
     ]);
     assert_eq!(ports_of(&endpoints), BTreeMap::from([(17, bound(100, 17))]));
     let conflicts = port_conflicts(&endpoints);
     assert_eq!(
         conflicts,
-        vec![PortConflict { ifindex: 17, kept: pod(2), others: vec![pod(5), pod6(9)] }],
+        vec![PortConflict {
+            ifindex: 17,
+            kept: pod(2),
+            others: vec![pod(5), pod6(9)]
+        }],
         "pod(3) has the kept policy and flags (another identity) and is no conflict"
     );
     let text = conflicts[0].to_string();
-    assert!(text.contains("interface 17") && text.contains("198.18.0.2") && text.contains("fd00::9"), "{text}");
+    assert!(
+        text.contains("interface 17") && text.contains("198.18.0.2") && text.contains("fd00::9"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -387,10 +476,21 @@ fn ports_are_written_after_endpoints_and_removed_with_them_before_policy() {
     );
     // Going away: the endpoint and its port before the policy they name.
     let ops = plan(&new, &Contents::default());
-    let last_port = ops.iter().rposition(|o| matches!(o, MapOp::DeletePort(_))).expect("ports deleted");
-    let first_policy = ops.iter().position(|o| matches!(o, MapOp::DeletePolicy(_))).expect("policy deleted");
+    let last_port = ops
+        .iter()
+        .rposition(|o| matches!(o, MapOp::DeletePort(_)))
+        .expect("ports deleted");
+    let first_policy = ops
+        .iter()
+        .position(|o| matches!(o, MapOp::DeletePolicy(_)))
+        .expect("policy deleted");
     assert!(last_port < first_policy, "{ops:?}");
-    assert_eq!(ops.iter().filter(|o| matches!(o, MapOp::DeletePort(_))).count(), 2);
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, MapOp::DeletePort(_)))
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -416,7 +516,12 @@ fn port_writes_are_verdict_writes_and_read_back_into_live() {
     sync(&mut backend, &mut live, &unbound);
     assert!(live.ports.is_empty(), "an unbound endpoint has no port");
     let report = sync(&mut backend, &mut live, &bound_now);
-    assert_eq!((report.applied, report.verdict_writes), (2, 2), "endpoint and port: {:?}", backend.log);
+    assert_eq!(
+        (report.applied, report.verdict_writes),
+        (2, 2),
+        "endpoint and port: {:?}",
+        backend.log
+    );
     assert_eq!(live, bound_now);
     assert_eq!(backend.maps, bound_now);
 }

@@ -66,7 +66,9 @@ impl CniEndpoints {
             ..Self::default()
         };
         if args.cni.cache_dir.is_empty() {
-            tracing::info!("CNI result cache disabled (--cni-cache-dir ''): pods ADDed before netfence-cni are bound from what they show");
+            tracing::info!(
+                "CNI result cache disabled (--cni-cache-dir ''): pods ADDed before netfence-cni are bound from what they show"
+            );
         }
         if !args.cni_socket.is_empty() {
             let file = persist::path_for(Path::new(&args.cni_socket));
@@ -93,7 +95,9 @@ impl CniEndpoints {
                     }
                 }
                 Ok(_) => {}
-                Err(error) => tracing::error!("cni: {error}; starting with no pending pods (it is rewritten on the next ADD or DEL)"),
+                Err(error) => tracing::error!(
+                    "cni: {error}; starting with no pending pods (it is rewritten on the next ADD or DEL)"
+                ),
             }
             cni.file = Some(file);
         }
@@ -101,7 +105,11 @@ impl CniEndpoints {
             if args.cni_socket.is_empty() {
                 tracing::error!(dir = %dir.display(), "--cni-conf-dir without a CNI socket (--cni-socket ''): the conflist is left alone");
             } else {
-                let entry = plugin_entry(Path::new(&args.cni_socket), args.cni.timeout_seconds, args.cni.fail_closed);
+                let entry = plugin_entry(
+                    Path::new(&args.cni_socket),
+                    args.cni.timeout_seconds,
+                    args.cni.fail_closed,
+                );
                 let mut keeper = ConflistKeeper::new(dir.clone(), entry);
                 let check = keeper.check();
                 log_check(keeper.dir(), check, true);
@@ -114,7 +122,9 @@ impl CniEndpoints {
 
 fn save(file: &Path, pending: &Pending) {
     if let Err(error) = persist::save(file, pending.iter()) {
-        tracing::error!("cni: {error} (a restart before the next save forgets the pending pods' deny-all)");
+        tracing::error!(
+            "cni: {error} (a restart before the next save forgets the pending pods' deny-all)"
+        );
     }
 }
 
@@ -141,10 +151,16 @@ fn log_check(dir: &Path, check: Check, first: bool) {
         Check::Ensured(Ensured::Updated(path)) => {
             tracing::info!(file = %path.display(), "netfence-cni entry updated in {} (its settings differed)", path.display());
         }
-        Check::Failed { message, repeated: false } => {
+        Check::Failed {
+            message,
+            repeated: false,
+        } => {
             tracing::warn!(dir = %dir.display(), "netfence-cni not chained (retried every second): {message}");
         }
-        Check::Failed { message, repeated: true } => tracing::debug!("netfence-cni not chained: {message}"),
+        Check::Failed {
+            message,
+            repeated: true,
+        } => tracing::debug!("netfence-cni not chained: {message}"),
     }
 }
 
@@ -153,7 +169,9 @@ fn log_check(dir: &Path, check: Check, first: bool) {
 /// pods then wait, and their runtime retries).
 pub(super) fn listen(socket: &str) -> Option<CniServer> {
     if socket.is_empty() {
-        tracing::info!("CNI socket disabled (--cni-socket ''): new pods do not wait for enforcement");
+        tracing::info!(
+            "CNI socket disabled (--cni-socket ''): new pods do not wait for enforcement"
+        );
         return None;
     }
     match CniServer::listen(Path::new(socket)) {
@@ -222,7 +240,9 @@ impl Enforcer {
             }
             Command::Del => {
                 let removed = self.cni.pending.remove(&request.container_id).is_some();
-                self.cni.waiters.retain(|w| w.container_id != request.container_id);
+                self.cni
+                    .waiters
+                    .retain(|w| w.container_id != request.container_id);
                 tracing::info!(container = %request.container_id, %pod, pending = removed, "cni: DEL");
                 if removed {
                     self.save_pending();
@@ -230,14 +250,22 @@ impl Enforcer {
                 if removed && ready {
                     self.recompile("cni");
                 }
-                let message = if removed { "forgotten" } else { "not pending (nothing to forget)" };
+                let message = if removed {
+                    "forgotten"
+                } else {
+                    "not pending (nothing to forget)"
+                };
                 let _ = reply.send(Response::ok(None, message));
             }
             Command::Check => {
                 let answer = if ready {
                     match self.cni_programmed(&endpoint.ips) {
-                        Ok(enforcement) => Response::ok(Some(enforcement), format!("{pod} is enforced")),
-                        Err(missing) => Response::error(format!("{pod} is not enforced: {missing}")),
+                        Ok(enforcement) => {
+                            Response::ok(Some(enforcement), format!("{pod} is enforced"))
+                        }
+                        Err(missing) => {
+                            Response::error(format!("{pod} is not enforced: {missing}"))
+                        }
                     }
                 } else {
                     Response::error("the agent has no complete state yet")
@@ -251,12 +279,22 @@ impl Enforcer {
     /// both ways, as the next compile makes them) and syncs, without a compile: an
     /// ADD for a pod the state does not name yet costs one merge and one sync.
     fn program_pending(&mut self) {
-        let denied = self.cni.pending.merge_into(&mut self.image, self.mode == Mode::Audit);
+        let denied = self
+            .cni
+            .pending
+            .merge_into(&mut self.image, self.mode == Mode::Audit);
         if denied == 0 {
             return;
         }
-        tracing::info!(addresses = denied, "cni: pods not in the state yet are denied both ways");
-        let _ = self.names.send(std::sync::Arc::new(crate::dataplane::events::names(&self.image)));
+        tracing::info!(
+            addresses = denied,
+            "cni: pods not in the state yet are denied both ways"
+        );
+        let _ = self
+            .names
+            .send(std::sync::Arc::new(crate::dataplane::events::names(
+                &self.image,
+            )));
         let owners = crate::dataplane::owners::owners(&self.state, &self.image);
         self.purge_moved(owners);
         self.sync("cni");
@@ -282,7 +320,9 @@ impl Enforcer {
         for endpoint in &gone {
             log_gone(endpoint);
         }
-        self.cni.waiters.retain(|w| !gone.iter().any(|e| e.container_id == w.container_id));
+        self.cni
+            .waiters
+            .retain(|w| !gone.iter().any(|e| e.container_id == w.container_id));
         if changed {
             self.save_pending();
         }

@@ -102,7 +102,11 @@ pub(super) struct Compiler {
 impl Compiler {
     /// Starts compiling `input()` now, or, while a compile runs, remembers to compile
     /// again once it is applied (the input is taken then: the latest state).
-    pub(super) fn request(&mut self, cause: &'static str, input: impl FnOnce(&'static str) -> Input) {
+    pub(super) fn request(
+        &mut self,
+        cause: &'static str,
+        input: impl FnOnce(&'static str) -> Input,
+    ) {
         if self.running.is_some() {
             self.queued.get_or_insert(cause);
             return;
@@ -178,7 +182,11 @@ mod tests {
         assert_eq!(first.image.endpoints.len(), 20);
         assert!(first.flow_context.is_some());
         assert_eq!(first.names, events::names(&first.image));
-        assert_eq!(compiler.take_queued(), Some("cni"), "the first queued cause names the coalesced compile");
+        assert_eq!(
+            compiler.take_queued(),
+            Some("cni"),
+            "the first queued cause names the coalesced compile"
+        );
         assert_eq!(compiler.take_queued(), None);
     }
 
@@ -186,7 +194,11 @@ mod tests {
     fn a_job_fills_named_pending_pods_and_denies_the_others() {
         let mut state = scenario::generate(&Params::new(100, 7, 3, "node-1"));
         // A local pod the kubelet has not reported an address for yet.
-        let named = state.pods.iter_mut().find(|p| p.node_name.as_deref() == Some("node-1")).expect("a local pod");
+        let named = state
+            .pods
+            .iter_mut()
+            .find(|p| p.node_name.as_deref() == Some("node-1"))
+            .expect("a local pod");
         named.ips.clear();
         let (namespace, name) = (named.namespace.clone(), named.name.clone());
         let mut pending = Pending::default();
@@ -212,10 +224,20 @@ mod tests {
             },
         );
         let named = &compiled.image.endpoints[&"198.18.0.10".parse().expect("an address")];
-        assert_eq!((named.namespace.as_str(), named.pod.as_str()), (namespace.as_str(), name.as_str()));
-        assert_ne!(named.identity, netfence_common::IDENTITY_WORLD, "compiled as the pod, with its identity");
+        assert_eq!(
+            (named.namespace.as_str(), named.pod.as_str()),
+            (namespace.as_str(), name.as_str())
+        );
+        assert_ne!(
+            named.identity,
+            netfence_common::IDENTITY_WORLD,
+            "compiled as the pod, with its identity"
+        );
         let unknown = &compiled.image.endpoints[&"198.18.0.11".parse().expect("an address")];
-        assert!(unknown.isolated_ingress && unknown.isolated_egress && unknown.policy == 0, "deny-all: {unknown:?}");
+        assert!(
+            unknown.isolated_ingress && unknown.isolated_egress && unknown.policy == 0,
+            "deny-all: {unknown:?}"
+        );
         assert_eq!(compiled.denied, 1);
     }
 }

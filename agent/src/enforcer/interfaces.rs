@@ -47,7 +47,9 @@ impl Enforcer {
                 if self.cni.cache_failing {
                     tracing::debug!("cni cache: {error}");
                 } else {
-                    tracing::warn!("cni cache: {error}; pods only it knows are bound from what they show");
+                    tracing::warn!(
+                        "cni cache: {error}; pods only it knows are bound from what they show"
+                    );
                 }
                 self.cni.cache_failing = true;
                 Vec::new()
@@ -149,7 +151,9 @@ impl Enforcer {
                 continue;
             }
             match self.attachments.attach(&mut self.datapath.ebpf, interface) {
-                Ok(()) => tracing::info!(interface = %interface.name, index = interface.index, "attached"),
+                Ok(()) => {
+                    tracing::info!(interface = %interface.name, index = interface.index, "attached")
+                }
                 // Retried on the next tick: an interface can vanish or be mid-setup.
                 Err(error) => tracing::warn!("{error}; retrying"),
             }

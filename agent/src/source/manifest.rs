@@ -8,9 +8,9 @@ use k8s_openapi::api::networking::v1 as net;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
-use super::{Kind, ObjectKey, SourceError};
 use super::service;
 use super::validate::{self, Checker};
+use super::{Kind, ObjectKey, SourceError};
 use crate::model;
 
 /// A validated object of one of the kinds netfence reads.

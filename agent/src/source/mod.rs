@@ -20,11 +20,11 @@ mod watch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use netfence_policy::error::{Kind, ObjectKey, SourceError};
-pub use netfence_policy::validate::{self, names, services as service};
 pub use manifest::{Entry, Object, Parsed, parse_str};
-pub use netfence_policy::validate::services::SERVICE_NAME_LABEL;
+pub use netfence_policy::error::{Kind, ObjectKey, SourceError};
 pub use netfence_policy::validate::NAMESPACE_NAME_LABEL;
+pub use netfence_policy::validate::services::SERVICE_NAME_LABEL;
+pub use netfence_policy::validate::{self, names, services as service};
 pub use watch::{Watcher, watch};
 
 use crate::model::State;

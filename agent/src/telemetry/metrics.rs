@@ -274,7 +274,8 @@ impl Metrics {
                 .get_or_create(&vec![("reason", reason.name().to_owned())])
                 .inc_by(increase);
             let denial = match reason {
-                netfence_common::Reason::DropPolicy | netfence_common::Reason::DropPolicyChanged => Some("drop"),
+                netfence_common::Reason::DropPolicy
+                | netfence_common::Reason::DropPolicyChanged => Some("drop"),
                 netfence_common::Reason::AuditPolicy => Some("audit"),
                 _ => None,
             };
@@ -328,7 +329,11 @@ mod tests {
         metrics.set_source_errors(3);
         metrics.set_source_errors(3);
         metrics.set_source_errors(5);
-        assert!(metrics.encode().contains("netfence_source_errors_total 5"), "{}", metrics.encode());
+        assert!(
+            metrics.encode().contains("netfence_source_errors_total 5"),
+            "{}",
+            metrics.encode()
+        );
     }
 
     #[test]
@@ -403,7 +408,10 @@ mod tests {
             text.contains("# TYPE netfence_compile_duration_seconds histogram"),
             "{text}"
         );
-        assert!(text.contains("netfence_map_capacity{map=\"ports\"} 16384"), "{text}");
+        assert!(
+            text.contains("netfence_map_capacity{map=\"ports\"} 16384"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -445,7 +453,13 @@ mod tests {
         // b's entries are gone: its series goes, a's is updated.
         metrics.set_conntrack_by_pod(&BTreeMap::from([(("x".to_owned(), "a".to_owned()), 1)]));
         let text = metrics.encode();
-        assert!(text.contains("netfence_conntrack_entries{namespace=\"x\",pod=\"a\"} 1"), "{text}");
-        assert!(!text.contains("pod=\"b\"") && !text.contains("{namespace=\"\",pod=\"unknown\"}"), "{text}");
+        assert!(
+            text.contains("netfence_conntrack_entries{namespace=\"x\",pod=\"a\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pod=\"b\"") && !text.contains("{namespace=\"\",pod=\"unknown\"}"),
+            "{text}"
+        );
     }
 }

@@ -82,7 +82,11 @@ pub async fn serve_with_metrics(
     Ok((bound, task))
 }
 
-fn route<B>(telemetry: &Telemetry, metrics: Option<&Metrics>, request: &Request<B>) -> Response<Full<Bytes>> {
+fn route<B>(
+    telemetry: &Telemetry,
+    metrics: Option<&Metrics>,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }

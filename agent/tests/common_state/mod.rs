@@ -15,13 +15,13 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netfence::source::validate::defaulted_policy_types;
 use netfence::image::{Image, Packet};
 use netfence::model::{
     ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase,
     Policy, Port, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, SliceEndpoint,
     SlicePort, State,
 };
+use netfence::source::validate::defaulted_policy_types;
 
 pub const NODE: &str = "node-1";
 
@@ -280,7 +280,12 @@ pub fn service(
 }
 
 /// A Service port `port` → `target` (a number or a container port name).
-pub fn service_port(name: Option<&str>, protocol: Protocol, port: u16, target: &str) -> ServicePort {
+pub fn service_port(
+    name: Option<&str>,
+    protocol: Protocol,
+    port: u16,
+    target: &str,
+) -> ServicePort {
     ServicePort {
         name: name.map(str::to_owned),
         protocol,

@@ -26,7 +26,10 @@ pub fn tcp(src_port: u16, dst_port: u16, flags: u8) -> L4 {
     b[2..4].copy_from_slice(&dst_port.to_be_bytes());
     b[12] = 5 << 4;
     b[13] = flags;
-    L4 { protocol: 6, bytes: b }
+    L4 {
+        protocol: 6,
+        bytes: b,
+    }
 }
 
 pub fn udp(src_port: u16, dst_port: u16) -> L4 {
@@ -34,14 +37,20 @@ pub fn udp(src_port: u16, dst_port: u16) -> L4 {
     b[0..2].copy_from_slice(&src_port.to_be_bytes());
     b[2..4].copy_from_slice(&dst_port.to_be_bytes());
     b[4..6].copy_from_slice(&16u16.to_be_bytes());
-    L4 { protocol: 17, bytes: b }
+    L4 {
+        protocol: 17,
+        bytes: b,
+    }
 }
 
 pub fn sctp(src_port: u16, dst_port: u16) -> L4 {
     let mut b = vec![0u8; 12];
     b[0..2].copy_from_slice(&src_port.to_be_bytes());
     b[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    L4 { protocol: 132, bytes: b }
+    L4 {
+        protocol: 132,
+        bytes: b,
+    }
 }
 
 /// ICMP (`v6` false) or ICMPv6 header with an echo identifier in bytes 4–5, followed by
@@ -51,12 +60,18 @@ pub fn icmp(v6: bool, kind: u8, code: u8, id: u16, payload: &[u8]) -> L4 {
     b.extend_from_slice(&id.to_be_bytes());
     b.extend_from_slice(&[0, 1]);
     b.extend_from_slice(payload);
-    L4 { protocol: if v6 { 58 } else { 1 }, bytes: b }
+    L4 {
+        protocol: if v6 { 58 } else { 1 },
+        bytes: b,
+    }
 }
 
 /// Raw bytes as the L4 part (e.g. a truncated header).
 pub fn raw(protocol: u8, bytes: &[u8]) -> L4 {
-    L4 { protocol, bytes: bytes.to_vec() }
+    L4 {
+        protocol,
+        bytes: bytes.to_vec(),
+    }
 }
 
 /// IPv4 fragment fields: identification, more-fragments flag, offset in 8-byte units.
@@ -129,7 +144,11 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, l4: &L4, ext: &[u8], frag: Option<Frag
 
 /// An Ethernet frame around an IP packet (ethertype from its version nibble).
 pub fn eth(ip_packet: &[u8]) -> Vec<u8> {
-    let ethertype: u16 = if ip_packet.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
+    let ethertype: u16 = if ip_packet.first().is_some_and(|b| b >> 4 == 6) {
+        0x86dd
+    } else {
+        0x0800
+    };
     eth_with(ethertype, ip_packet)
 }
 
@@ -144,7 +163,11 @@ pub fn eth_with(ethertype: u16, payload: &[u8]) -> Vec<u8> {
 
 /// An Ethernet frame with VLAN tags (TPIDs given) in front of the IP packet.
 pub fn eth_vlan(tpids: &[u16], ip_packet: &[u8]) -> Vec<u8> {
-    let inner: u16 = if ip_packet.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
+    let inner: u16 = if ip_packet.first().is_some_and(|b| b >> 4 == 6) {
+        0x86dd
+    } else {
+        0x0800
+    };
     let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
     for tpid in tpids {
         f.extend_from_slice(&tpid.to_be_bytes());
@@ -167,7 +190,12 @@ pub const ETH_BROADCAST: [u8; 6] = [0xff; 6];
 
 /// An ARP request from 198.18.0.10 (the frame's own MAC) for 198.18.0.20.
 pub fn arp() -> Vec<u8> {
-    arp_with(1, ETH_SRC, Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 0, 20))
+    arp_with(
+        1,
+        ETH_SRC,
+        Ipv4Addr::new(198, 18, 0, 10),
+        Ipv4Addr::new(198, 18, 0, 20),
+    )
 }
 
 /// An Ethernet/IPv4 ARP message (`op` 1 request, 2 reply) from the builders' source

@@ -92,7 +92,13 @@ impl Tuple {
     }
 
     fn reversed(self) -> Self {
-        Self { src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port, ..self }
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..self
+        }
     }
 }
 
@@ -133,7 +139,11 @@ pub fn frame(rng: &mut Rng, pools: &Pools) -> Vec<u8> {
 /// tags now and then.
 fn l2(rng: &mut Rng, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 22);
-    let dst = if rng.chance(2, 3) { MACS[0] } else { rng.pick(&MACS) };
+    let dst = if rng.chance(2, 3) {
+        MACS[0]
+    } else {
+        rng.pick(&MACS)
+    };
     f.extend_from_slice(&dst);
     f.extend_from_slice(&POD_MAC);
     let tags = match rng.below(20) {
@@ -170,9 +180,17 @@ fn arp(rng: &mut Rng, pools: &Pools) -> Vec<u8> {
         b[at] = rng.byte();
     }
     b[7] = rng.pick(&[1, 2, 1, 2, 3, 0]);
-    let sender_mac = if rng.chance(5, 6) { POD_MAC } else { rng.pick(&MACS) };
+    let sender_mac = if rng.chance(5, 6) {
+        POD_MAC
+    } else {
+        rng.pick(&MACS)
+    };
     b.extend_from_slice(&sender_mac);
-    let sender = if rng.chance(1, 5) { [0; 4] } else { rng.pick(&pools.v4) };
+    let sender = if rng.chance(1, 5) {
+        [0; 4]
+    } else {
+        rng.pick(&pools.v4)
+    };
     b.extend_from_slice(&sender);
     b.extend_from_slice(&[0; 6]);
     b.extend_from_slice(&rng.pick(&pools.v4));
@@ -193,18 +211,35 @@ struct Content {
 }
 
 fn content(rng: &mut Rng, pools: &Pools, v6: bool) -> Content {
-    let family: Vec<Tuple> = pools.tuples.iter().copied().filter(|t| t.v6() == v6).collect();
+    let family: Vec<Tuple> = pools
+        .tuples
+        .iter()
+        .copied()
+        .filter(|t| t.v6() == v6)
+        .collect();
     match rng.below(10) {
         0..=3 if !family.is_empty() => {
             let t = rng.pick(&family);
             let t = if rng.chance(1, 2) { t.reversed() } else { t };
             let body = l4_of(rng, v6, t.protocol, t.src_port, t.dst_port);
-            Content { src: t.src, dst: t.dst, protocol: t.protocol, body, frag_id: t.frag_id }
+            Content {
+                src: t.src,
+                dst: t.dst,
+                protocol: t.protocol,
+                body,
+                frag_id: t.frag_id,
+            }
         }
         4..=5 => icmp_error(rng, pools, v6),
         _ => {
             let (src, dst) = (address(rng, pools, v6), address(rng, pools, v6));
-            let port = |rng: &mut Rng| if rng.chance(4, 5) { rng.pick(&pools.ports) } else { rng.u16() };
+            let port = |rng: &mut Rng| {
+                if rng.chance(4, 5) {
+                    rng.pick(&pools.ports)
+                } else {
+                    rng.u16()
+                }
+            };
             let (sp, dp) = (port(rng), port(rng));
             let (protocol, body) = match rng.below(20) {
                 0..=4 => (6, l4_of(rng, v6, 6, sp, dp)),
@@ -219,7 +254,13 @@ fn content(rng: &mut Rng, pools: &Pools, v6: bool) -> Content {
                     (rng.byte(), rng.bytes(len))
                 }
             };
-            Content { src, dst, protocol, body, frag_id: None }
+            Content {
+                src,
+                dst,
+                protocol,
+                body,
+                frag_id: None,
+            }
         }
     }
 }
@@ -241,7 +282,11 @@ fn l4_of(rng: &mut Rng, v6: bool, protocol: u8, src_port: u16, dst_port: u16) ->
         6 => {
             b.extend_from_slice(&[0; 16]);
             b[12] = 5 << 4;
-            b[13] = if rng.chance(1, 8) { rng.byte() } else { rng.pick(&TCP_FLAGS) };
+            b[13] = if rng.chance(1, 8) {
+                rng.byte()
+            } else {
+                rng.pick(&TCP_FLAGS)
+            };
         }
         17 => b.extend_from_slice(&[0, 16, 0, 0, 0, 0, 0, 0]),
         132 => b.extend_from_slice(&[0; 8]),
@@ -299,7 +344,12 @@ fn icmp(rng: &mut Rng, pools: &Pools, v6: bool) -> (u8, Vec<u8>) {
 /// An ICMP error quoting a known flow (either way) or a random packet, cut or padded
 /// now and then, mostly sent by the quoted packet's destination back to its source.
 fn icmp_error(rng: &mut Rng, pools: &Pools, v6: bool) -> Content {
-    let family: Vec<Tuple> = pools.tuples.iter().copied().filter(|t| t.v6() == v6).collect();
+    let family: Vec<Tuple> = pools
+        .tuples
+        .iter()
+        .copied()
+        .filter(|t| t.v6() == v6)
+        .collect();
     let t = if !family.is_empty() && rng.chance(3, 4) {
         rng.pick(&family)
     } else {
@@ -327,10 +377,20 @@ fn icmp_error(rng: &mut Rng, pools: &Pools, v6: bool) -> Content {
         2 => (address(rng, pools, v6), address(rng, pools, v6)),
         _ => (t.dst, t.src),
     };
-    let kind = if v6 { rng.pick(&[1, 2, 3, 4]) } else { rng.pick(&[3, 11, 12]) };
+    let kind = if v6 {
+        rng.pick(&[1, 2, 3, 4])
+    } else {
+        rng.pick(&[3, 11, 12])
+    };
     let mut body = vec![kind, rng.below(4) as u8, 0, 0, 0, 0, 0, 0];
     body.extend_from_slice(&quote);
-    Content { src, dst, protocol: if v6 { 58 } else { 1 }, body, frag_id: None }
+    Content {
+        src,
+        dst,
+        protocol: if v6 { 58 } else { 1 },
+        body,
+        frag_id: None,
+    }
 }
 
 fn ip_header(v6: bool, src: Addr, dst: Addr, protocol: u8, body: &[u8], hop: u8) -> Vec<u8> {
@@ -355,13 +415,17 @@ fn ip_header(v6: bool, src: Addr, dst: Addr, protocol: u8, body: &[u8], hop: u8)
 
 fn ipv4(rng: &mut Rng, pools: &Pools) -> Vec<u8> {
     let c = content(rng, pools, false);
-    let options = if rng.chance(1, 6) { rng.below(11) * 4 } else { 0 };
+    let options = if rng.chance(1, 6) {
+        rng.below(11) * 4
+    } else {
+        0
+    };
     let mut h = vec![0x45 + (options / 4) as u8, 0, 0, 0];
     let id = c.frag_id.unwrap_or_else(|| rng.pick(&pools.frag_ids)) as u16;
     h.extend_from_slice(&id.to_be_bytes());
     let field: u16 = match (c.frag_id.is_some(), rng.below(12)) {
         (true, 0..=7) => 185 | if rng.chance(1, 2) { 0x2000 } else { 0 }, // a later fragment
-        (true, _) | (false, 0) => 0x2000, // a first fragment
+        (true, _) | (false, 0) => 0x2000,                                 // a first fragment
         (false, 1) => rng.pick(&[1, 2, 185]) | rng.pick(&[0, 0x2000]),
         (false, 2) => 0x4000, // don't fragment
         _ => 0,
@@ -371,14 +435,18 @@ fn ipv4(rng: &mut Rng, pools: &Pools) -> Vec<u8> {
     h.extend_from_slice(&c.src[12..]);
     h.extend_from_slice(&c.dst[12..]);
     for i in 0..options {
-        h.push(if i == 0 { rng.pick(&[1, 0, 7, 68, 148]) } else { rng.byte() });
+        h.push(if i == 0 {
+            rng.pick(&[1, 0, 7, 68, 148])
+        } else {
+            rng.byte()
+        });
     }
     let mut total = h.len() + c.body.len();
     h.extend_from_slice(&c.body);
     match rng.below(16) {
-        0 => h[0] = 0x40 | (rng.byte() & 0x0f),                   // any IHL
-        1 => total = rng.below(total + 40),                      // any total length
-        2 => h[0] = (rng.byte() & 0xf0) | 5,                     // any version
+        0 => h[0] = 0x40 | (rng.byte() & 0x0f), // any IHL
+        1 => total = rng.below(total + 40),     // any total length
+        2 => h[0] = (rng.byte() & 0xf0) | 5,    // any version
         3 => h.extend(std::iter::repeat_n(0u8, rng.below(600))), // padding after the datagram
         _ => {}
     }
@@ -412,7 +480,11 @@ fn ipv6(rng: &mut Rng, pools: &Pools) -> Vec<u8> {
         match kind {
             44 => {
                 let id = c.frag_id.unwrap_or_else(|| rng.pick(&pools.frag_ids));
-                let offset: u16 = if rng.chance(1, 2) { 0 } else { rng.pick(&[1, 2, 100]) };
+                let offset: u16 = if rng.chance(1, 2) {
+                    0
+                } else {
+                    rng.pick(&[1, 2, 100])
+                };
                 let more = u16::from(rng.chance(3, 4));
                 payload.extend_from_slice(&[next, 0]);
                 payload.extend_from_slice(&((offset << 3) | more).to_be_bytes());

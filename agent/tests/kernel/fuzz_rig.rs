@@ -10,16 +10,19 @@ use aya::{Ebpf, EbpfLoader};
 use netfence::dataplane::EBPF_OBJECT;
 use netfence_common::reason::REASON_SLOTS;
 use netfence_common::{
-    CtKey, CtValue, DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS, DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
-    EndpointKey, EndpointValue, FragKey, FragValue, IdentityKey, POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue,
-    global, map, program,
+    CtKey, CtValue, DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS,
+    DEFAULT_CT_UNREPLIED_TIMEOUT_NS, EndpointKey, EndpointValue, FragKey, FragValue, IdentityKey,
+    POLICY_PREFIX_ANY_PORT, PolicyKey, PolicyValue, global, map, program,
 };
 
 use super::model::{Hook, World};
 
 /// `bpf_ktime_get_ns`'s clock, for conntrack and fragment timestamps.
 pub fn ktime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
@@ -53,15 +56,25 @@ impl Rig {
             .map_max_entries(map::RULE_HITS, 1024)
             .map_max_entries(map::ENDPOINTS, 256)
             .override_global(global::CT_TCP_TIMEOUT_NS, &DEFAULT_CT_TCP_TIMEOUT_NS, true)
-            .override_global(global::CT_OTHER_TIMEOUT_NS, &DEFAULT_CT_OTHER_TIMEOUT_NS, true)
-            .override_global(global::CT_UNREPLIED_TIMEOUT_NS, &DEFAULT_CT_UNREPLIED_TIMEOUT_NS, false)
+            .override_global(
+                global::CT_OTHER_TIMEOUT_NS,
+                &DEFAULT_CT_OTHER_TIMEOUT_NS,
+                true,
+            )
+            .override_global(
+                global::CT_UNREPLIED_TIMEOUT_NS,
+                &DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
+                false,
+            )
             .override_global(global::EVENT_ALLOWS, &zero, true)
             .override_global(global::EXISTING_FLOWS_CUT, &zero, true)
             .load(EBPF_OBJECT)
             .unwrap_or_else(|e| panic!("loading the TC object: {e:#?}"));
         for hook in [Hook::FromPod, Hook::ToPod] {
-            let prog: &mut SchedClassifier = ebpf.program_mut(name(hook)).unwrap().try_into().unwrap();
-            prog.load().unwrap_or_else(|e| panic!("verifier rejected {}: {e:#?}", name(hook)));
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name(hook)).unwrap().try_into().unwrap();
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {}: {e:#?}", name(hook)));
         }
         Self { ebpf }
     }
@@ -69,7 +82,10 @@ impl Rig {
     /// Runs a frame; `None` when `BPF_PROG_TEST_RUN` refuses it (the program never ran).
     pub fn run(&self, hook: Hook, frame: &[u8]) -> Option<u32> {
         let prog: &SchedClassifier = self.ebpf.program(name(hook)).unwrap().try_into().unwrap();
-        let opts = TestRunOptions { data_in: Some(frame), ..TestRunOptions::new() };
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
         prog.test_run(opts).ok().map(|r| r.return_value)
     }
 
@@ -77,7 +93,9 @@ impl Rig {
     pub fn counters(&self) -> Vec<u64> {
         let counters: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map(map::COUNTERS).unwrap()).unwrap();
-        (0..REASON_SLOTS).map(|i| counters.get(&i, 0).unwrap().iter().sum()).collect()
+        (0..REASON_SLOTS)
+            .map(|i| counters.get(&i, 0).unwrap().iter().sum())
+            .collect()
     }
 
     /// Writes the whole world; timestamps are `now` minus each entry's age.
@@ -94,7 +112,8 @@ impl Rig {
             let mut m: LpmTrie<&mut MapData, IdentityKey, u32> =
                 LpmTrie::try_from(self.ebpf.map_mut(map::IDENTITIES).unwrap()).unwrap();
             for &(addr, bits, id) in &world.identities {
-                m.insert(&Key::new(bits, IdentityKey { addr }), id, 0).unwrap();
+                m.insert(&Key::new(bits, IdentityKey { addr }), id, 0)
+                    .unwrap();
             }
         }
         {
@@ -102,8 +121,16 @@ impl Rig {
                 LpmTrie::try_from(self.ebpf.map_mut(map::POLICY).unwrap()).unwrap();
             for r in &world.rules {
                 let key = PolicyKey::new(r.policy, r.peer, r.direction, r.protocol, r.port);
-                let value = PolicyValue { rule: r.rule, flags: 0 };
-                m.insert(&Key::new(POLICY_PREFIX_ANY_PORT + u32::from(r.port_bits), key), value, 0).unwrap();
+                let value = PolicyValue {
+                    rule: r.rule,
+                    flags: 0,
+                };
+                m.insert(
+                    &Key::new(POLICY_PREFIX_ANY_PORT + u32::from(r.port_bits), key),
+                    value,
+                    0,
+                )
+                .unwrap();
             }
         }
         {
@@ -111,7 +138,8 @@ impl Rig {
             let mut hits: PerCpuHashMap<&mut MapData, u32, u64> =
                 PerCpuHashMap::try_from(self.ebpf.map_mut(map::RULE_HITS).unwrap()).unwrap();
             for r in &world.rules {
-                hits.insert(r.rule, PerCpuValues::try_from(vec![0u64; cpus]).unwrap(), 0).unwrap();
+                hits.insert(r.rule, PerCpuValues::try_from(vec![0u64; cpus]).unwrap(), 0)
+                    .unwrap();
             }
         }
         self.refresh(world, now);
@@ -121,7 +149,11 @@ impl Rig {
     pub fn set_ports(&mut self, world: &World) {
         let mut m: HashMap<&mut MapData, u32, EndpointValue> =
             HashMap::try_from(self.ebpf.map_mut(map::PORTS).unwrap()).unwrap();
-        let stale: Vec<u32> = m.keys().map(Result::unwrap).filter(|k| !world.ports.contains_key(k)).collect();
+        let stale: Vec<u32> = m
+            .keys()
+            .map(Result::unwrap)
+            .filter(|k| !world.ports.contains_key(k))
+            .collect();
         for k in stale {
             m.remove(&k).unwrap();
         }
@@ -133,15 +165,29 @@ impl Rig {
     /// Rewrites the pre-created flows and fragment records with fresh timestamps.
     pub fn refresh(&mut self, world: &World, now: u64) {
         for flow in &world.flows {
-            self.put_conntrack(flow.key, CtValue { last_seen_ns: now - flow.age_ns, ..flow.value });
+            self.put_conntrack(
+                flow.key,
+                CtValue {
+                    last_seen_ns: now - flow.age_ns,
+                    ..flow.value
+                },
+            );
         }
         for (key, allowed) in &world.fragments {
-            self.put_fragment(*key, FragValue { last_seen_ns: now, allowed: u32::from(*allowed), rule: 0 });
+            self.put_fragment(
+                *key,
+                FragValue {
+                    last_seen_ns: now,
+                    allowed: u32::from(*allowed),
+                    rule: 0,
+                },
+            );
         }
     }
 
     pub fn conntrack(&self) -> Vec<(CtKey, CtValue)> {
-        let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(self.ebpf.map(map::CONNTRACK).unwrap()).unwrap();
+        let m: HashMap<&MapData, CtKey, CtValue> =
+            HashMap::try_from(self.ebpf.map(map::CONNTRACK).unwrap()).unwrap();
         m.iter().filter_map(Result::ok).collect()
     }
 
@@ -158,7 +204,8 @@ impl Rig {
     }
 
     pub fn fragments(&self) -> Vec<(FragKey, FragValue)> {
-        let m: HashMap<&MapData, FragKey, FragValue> = HashMap::try_from(self.ebpf.map(map::FRAGMENTS).unwrap()).unwrap();
+        let m: HashMap<&MapData, FragKey, FragValue> =
+            HashMap::try_from(self.ebpf.map(map::FRAGMENTS).unwrap()).unwrap();
         m.iter().filter_map(Result::ok).collect()
     }
 

@@ -6,10 +6,10 @@
 //! generator the same addresses, ports and flows.
 
 use netfence_common::{
-    Addr, CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue, DIR_EGRESS,
-    DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue,
-    FragKey, IDENTITY_ANY, IDENTITY_HOST, PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    V4_MAPPED_PREFIX_BITS, v4_mapped,
+    Addr, CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CT_STATE_CLOSING, CT_STATE_OPEN, CtKey, CtValue,
+    DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_HOST, PROTO_ANY,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, V4_MAPPED_PREFIX_BITS, v4_mapped,
 };
 
 use super::fuzz_gen::{Pools, Tuple};
@@ -33,12 +33,12 @@ fn v6(last: u8) -> Addr {
 
 /// Pods: (last octet, endpoint policy, flags, ifindex, identity).
 const PODS: [(u8, u32, u32, u32, u32); 6] = [
-    (10, 7, BOTH, HERE, 100),                                    // A: isolated both ways
-    (11, 11, 0, HERE, 110),                                      // B: not isolated
-    (12, 8, BOTH | EP_AUDIT_INGRESS, HERE, 120),                 // C: ingress audited
-    (13, 10, EP_ISOLATED_EGRESS | EP_AUDIT_EGRESS, HERE, 130),   // F: egress only, audited
-    (20, 9, BOTH, ELSEWHERE, 200),                               // D: another veth's
-    (21, 9, BOTH, 0, 210),                                       // E: unbound
+    (10, 7, BOTH, HERE, 100),                    // A: isolated both ways
+    (11, 11, 0, HERE, 110),                      // B: not isolated
+    (12, 8, BOTH | EP_AUDIT_INGRESS, HERE, 120), // C: ingress audited
+    (13, 10, EP_ISOLATED_EGRESS | EP_AUDIT_EGRESS, HERE, 130), // F: egress only, audited
+    (20, 9, BOTH, ELSEWHERE, 200),               // D: another veth's
+    (21, 9, BOTH, 0, 210),                       // E: unbound
 ];
 const A: u8 = 10;
 const C: u8 = 12;
@@ -51,7 +51,12 @@ const NODE: u8 = 1;
 const SECOND: u64 = 1_000_000_000;
 
 fn endpoint(policy: u32, flags: u32, ifindex: u32, identity: u32) -> EndpointValue {
-    EndpointValue { policy, flags, ifindex, identity }
+    EndpointValue {
+        policy,
+        flags,
+        ifindex,
+        identity,
+    }
 }
 
 /// The map state. `with_port`: PORTS[1] holds pod A (else the port is unbound).
@@ -101,7 +106,17 @@ pub fn world(with_port: bool) -> World {
     ];
     w.flows = flows();
     for (src, dst, id, protocol, allowed) in fragment_records() {
-        w.fragments.insert(FragKey { src, dst, ifindex: HERE, id, protocol, _pad: [0; 3] }, allowed);
+        w.fragments.insert(
+            FragKey {
+                src,
+                dst,
+                ifindex: HERE,
+                id,
+                protocol,
+                _pad: [0; 3],
+            },
+            allowed,
+        );
     }
     w
 }
@@ -116,11 +131,66 @@ const FLOWS: [(Addr, Addr, u16, u16, u8, u8, u8, u8, u64, u32); 15] = {
     [
         (V4[0], V4[1], 80, 40000, PROTO_TCP, RM, 1, O, 0, HERE),
         (V4[0], V4[2], 5000, 53, PROTO_UDP, L, 0, O, 0, HERE),
-        (V4[0], V4[1], 5001, 53, PROTO_UDP, L, 0, O, 60 * SECOND, HERE), // expired: unreplied
-        (V4[0], V4[1], 5002, 53, PROTO_UDP, L, 1, O, 60 * SECOND, HERE), // alive: replied
-        (V4[0], V4[1], 40001, 443, PROTO_TCP, L, 0, O, 200 * SECOND, HERE), // expired: SYN sent
-        (V4[0], V4[1], 40002, 443, PROTO_TCP, L, 1, O, 200 * SECOND, HERE), // alive: open
-        (V4[0], V4[1], 40003, 443, PROTO_TCP, L, 1, CT_STATE_CLOSING, 200 * SECOND, HERE), // expired
+        (
+            V4[0],
+            V4[1],
+            5001,
+            53,
+            PROTO_UDP,
+            L,
+            0,
+            O,
+            60 * SECOND,
+            HERE,
+        ), // expired: unreplied
+        (
+            V4[0],
+            V4[1],
+            5002,
+            53,
+            PROTO_UDP,
+            L,
+            1,
+            O,
+            60 * SECOND,
+            HERE,
+        ), // alive: replied
+        (
+            V4[0],
+            V4[1],
+            40001,
+            443,
+            PROTO_TCP,
+            L,
+            0,
+            O,
+            200 * SECOND,
+            HERE,
+        ), // expired: SYN sent
+        (
+            V4[0],
+            V4[1],
+            40002,
+            443,
+            PROTO_TCP,
+            L,
+            1,
+            O,
+            200 * SECOND,
+            HERE,
+        ), // alive: open
+        (
+            V4[0],
+            V4[1],
+            40003,
+            443,
+            PROTO_TCP,
+            L,
+            1,
+            CT_STATE_CLOSING,
+            200 * SECOND,
+            HERE,
+        ), // expired
         (V4[0], V4[1], 77, 0, PROTO_ICMP, L, 0, O, 0, HERE),
         (V6[0], V6[1], 5000, 53, PROTO_UDP, L, 1, O, 0, HERE),
         (V6[0], V6[1], 80, 40000, PROTO_TCP, RM, 1, O, 0, HERE),
@@ -150,20 +220,41 @@ const V6: [Addr; 2] = [
 fn flows() -> Vec<Flow> {
     FLOWS
         .iter()
-        .map(|&(local, remote, local_port, remote_port, protocol, origin, replied, state, age_ns, ifindex)| Flow {
-            key: CtKey { local, remote, ifindex, local_port, remote_port, protocol, _pad: [0; 3] },
-            value: CtValue {
-                last_seen_ns: 0,
-                rule: 0,
+        .map(
+            |&(
+                local,
+                remote,
+                local_port,
+                remote_port,
+                protocol,
                 origin,
-                state,
                 replied,
-                _pad: 0,
-                generation: 0,
-                _pad2: 0,
+                state,
+                age_ns,
+                ifindex,
+            )| Flow {
+                key: CtKey {
+                    local,
+                    remote,
+                    ifindex,
+                    local_port,
+                    remote_port,
+                    protocol,
+                    _pad: [0; 3],
+                },
+                value: CtValue {
+                    last_seen_ns: 0,
+                    rule: 0,
+                    origin,
+                    state,
+                    replied,
+                    _pad: 0,
+                    generation: 0,
+                    _pad2: 0,
+                },
+                age_ns,
             },
-            age_ns,
-        })
+        )
         .collect()
 }
 
@@ -197,8 +288,19 @@ pub fn pools() -> Pools {
     let parse = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
     v6s.extend([v6(R), v6(NODE), v6(R), v6(A)]);
     v6s.extend(
-        ["fe80::1", "fe80::abcd", "febf::1", "ff02::1", "ff02::1:ff00:10", "ff05::2", "::", "::ffff:198.18.0.10", "::ffff:169.254.1.1", "fd01::9"]
-            .map(parse),
+        [
+            "fe80::1",
+            "fe80::abcd",
+            "febf::1",
+            "ff02::1",
+            "ff02::1:ff00:10",
+            "ff05::2",
+            "::",
+            "::ffff:198.18.0.10",
+            "::ffff:169.254.1.1",
+            "fd01::9",
+        ]
+        .map(parse),
     );
     let mut tuples: Vec<Tuple> = flows()
         .iter()
@@ -211,15 +313,26 @@ pub fn pools() -> Pools {
             frag_id: None,
         })
         .collect();
-    tuples.extend(fragment_records().iter().map(|&(src, dst, id, protocol, _)| Tuple {
+    tuples.extend(
+        fragment_records()
+            .iter()
+            .map(|&(src, dst, id, protocol, _)| Tuple {
+                src,
+                dst,
+                protocol,
+                src_port: 1000,
+                dst_port: 53,
+                frag_id: Some(id),
+            }),
+    );
+    let t = |src, dst, protocol, src_port, dst_port| Tuple {
         src,
         dst,
         protocol,
-        src_port: 1000,
-        dst_port: 53,
-        frag_id: Some(id),
-    }));
-    let t = |src, dst, protocol, src_port, dst_port| Tuple { src, dst, protocol, src_port, dst_port, frag_id: None };
+        src_port,
+        dst_port,
+        frag_id: None,
+    };
     tuples.extend([
         t(v4(R), v4(A), PROTO_TCP, 40000, 80),
         t(v4(A), v4(D), PROTO_TCP, 40000, 8083),
@@ -234,7 +347,10 @@ pub fn pools() -> Pools {
     Pools {
         v4: v4s,
         v6: v6s,
-        ports: vec![53, 80, 443, 5000, 5001, 5002, 6000, 7000, 7001, 8080, 8087, 8088, 8472, 4789, 40000, 40001, 40002, 40003, 22],
+        ports: vec![
+            53, 80, 443, 5000, 5001, 5002, 6000, 7000, 7001, 8080, 8087, 8088, 8472, 4789, 40000,
+            40001, 40002, 40003, 22,
+        ],
         echo_ids: vec![77, 99, 1, 1234],
         frag_ids: vec![0x1111, 0x2222, 0xdead_beef, 7, 0x4444],
         tuples,

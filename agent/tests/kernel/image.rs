@@ -96,7 +96,11 @@ impl Kernel {
     /// agent's sync, every endpoint bound to the test run's port (where every crafted
     /// frame arrives); panics listing any failed map write.
     pub fn sync_image(&mut self, live: &mut Contents, image: &Image) {
-        let bindings: BTreeMap<_, _> = image.endpoints.keys().map(|addr| (*addr, super::TEST_RUN_IFINDEX)).collect();
+        let bindings: BTreeMap<_, _> = image
+            .endpoints
+            .keys()
+            .map(|addr| (*addr, super::TEST_RUN_IFINDEX))
+            .collect();
         self.sync_image_bound(live, image, &bindings);
     }
 

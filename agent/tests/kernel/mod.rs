@@ -22,8 +22,8 @@ use netfence::dataplane::loader::{endpoint_key, identity_key, policy_key};
 use netfence::image::PolicyEntry;
 use netfence_common::reason::REASON_SLOTS;
 use netfence_common::{
-    CtKey, CtValue, EndpointValue, Event, FragKey, FragValue, PolicyValue, Reason, Settings, global,
-    map, program,
+    CtKey, CtValue, EndpointValue, Event, FragKey, FragValue, PolicyValue, Reason, Settings,
+    global, map, program,
 };
 
 /// What every allow returns: `TC_ACT_UNSPEC` (-1), which is `TCX_NEXT` under TCX, so
@@ -244,7 +244,15 @@ impl Kernel {
     pub fn set_generation(&mut self, generation: u32) {
         let mut m: Array<&mut MapData, Settings> =
             Array::try_from(self.ebpf.map_mut(map::SETTINGS).unwrap()).unwrap();
-        m.set(0, Settings { generation, _pad: 0 }, 0).unwrap();
+        m.set(
+            0,
+            Settings {
+                generation,
+                _pad: 0,
+            },
+            0,
+        )
+        .unwrap();
     }
 
     pub fn fragments(&self) -> Vec<(FragKey, FragValue)> {

@@ -8,16 +8,17 @@
 use std::collections::HashMap;
 
 use super::model_parse::{
-    ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ, ETH_VLAN, Fragment, Ip, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, addr_at, be16,
-    is_broadcast, is_icmp_error, is_link_local, is_multicast, parse_l4, parse_quote, parse_v4, parse_v6,
+    ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ, ETH_VLAN, Fragment, Ip, L4, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN, addr_at, be16, is_broadcast, is_icmp_error, is_link_local, is_multicast, parse_l4,
+    parse_quote, parse_v4, parse_v6,
 };
 use netfence_common::{
-    Addr, CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CT_STATE_CLOSING, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS,
-    DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS, DEFAULT_CT_UNREPLIED_TIMEOUT_NS, EP_AUDIT_EGRESS,
-    EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, EndpointValue, FragKey, IDENTITY_ANY,
-    IDENTITY_HOST, IDENTITY_WORLD, PROTO_ANY, PROTO_GRE, PROTO_ICMPV6, PROTO_IPIP,
-    PROTO_IPV6_IN_IP, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, UDP_PORT_VXLAN_IANA, UDP_PORT_VXLAN_LINUX,
-    v4_mapped,
+    Addr, CT_ORIGIN_LOCAL, CT_ORIGIN_REMOTE, CT_STATE_CLOSING, CtKey, CtValue,
+    DEFAULT_CT_OTHER_TIMEOUT_NS, DEFAULT_CT_TCP_TIMEOUT_NS, DEFAULT_CT_UNREPLIED_TIMEOUT_NS,
+    DIR_EGRESS, DIR_INGRESS, EP_AUDIT_EGRESS, EP_AUDIT_INGRESS, EP_ISOLATED_EGRESS,
+    EP_ISOLATED_INGRESS, EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD,
+    PROTO_ANY, PROTO_GRE, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6_IN_IP, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, Reason, UDP_PORT_VXLAN_IANA, UDP_PORT_VXLAN_LINUX, v4_mapped,
 };
 
 /// The interface every test run's skb is on (loopback).
@@ -71,9 +72,18 @@ pub enum CtEffect {
     None,
     /// A new entry: key, origin, and the rules that may be stamped (policy hits; 0
     /// when not isolated or audited).
-    Create { key: CtKey, origin: u8, rules: [u32; 4], n_rules: usize },
+    Create {
+        key: CtKey,
+        origin: u8,
+        rules: [u32; 4],
+        n_rules: usize,
+    },
     /// An existing entry passed the packet: its `replied` and `state` afterwards.
-    Touch { key: CtKey, replied: u8, state: u8 },
+    Touch {
+        key: CtKey,
+        replied: u8,
+        state: u8,
+    },
 }
 
 /// The model's verdict on one frame.
@@ -87,7 +97,11 @@ pub struct Verdict {
 
 impl Verdict {
     fn only(reason: Reason) -> Self {
-        Self { reason, ct: CtEffect::None, first_fragment: None }
+        Self {
+            reason,
+            ct: CtEffect::None,
+            first_fragment: None,
+        }
     }
 }
 
@@ -130,14 +144,29 @@ impl World {
     }
 
     fn flow(&self, key: &CtKey) -> Option<&Flow> {
-        self.flows.iter().find(|f| f.key == *key).filter(|f| alive(f))
+        self.flows
+            .iter()
+            .find(|f| f.key == *key)
+            .filter(|f| alive(f))
     }
 
     /// The longest-prefix POLICY hit of one lookup.
-    fn lookup(&self, policy: u32, peer: u32, direction: u8, protocol: u8, port: u16) -> Option<u32> {
+    fn lookup(
+        &self,
+        policy: u32,
+        peer: u32,
+        direction: u8,
+        protocol: u8,
+        port: u16,
+    ) -> Option<u32> {
         self.rules
             .iter()
-            .filter(|r| r.policy == policy && r.peer == peer && r.direction == direction && r.protocol == protocol)
+            .filter(|r| {
+                r.policy == policy
+                    && r.peer == peer
+                    && r.direction == direction
+                    && r.protocol == protocol
+            })
             .filter(|r| {
                 let bits = u32::from(r.port_bits);
                 bits == 0 || (u32::from(r.port) >> (16 - bits)) == (u32::from(port) >> (16 - bits))
@@ -184,9 +213,14 @@ impl World {
             _ => parse_l4(ip.v6, ip.protocol, ip.l4)?,
         };
         let first_fragment = match ip.fragment {
-            Fragment::First(id, protocol) => {
-                Some(FragKey { src: ip.src, dst: ip.dst, ifindex: HERE, id, protocol, _pad: [0; 3] })
-            }
+            Fragment::First(id, protocol) => Some(FragKey {
+                src: ip.src,
+                dst: ip.dst,
+                ifindex: HERE,
+                id,
+                protocol,
+                _pad: [0; 3],
+            }),
             _ => None,
         };
         // 3. Neighbour discovery and MLD (IPv6 only); in a first fragment never (RFC
@@ -196,13 +230,27 @@ impl World {
             && !matches!(ip.fragment, Fragment::Later(..))
             && let Some(kind @ (130..=137 | 143)) = l4.icmp_type
         {
-            let reason =
-                if first_fragment.is_some() { Reason::DropNeighbourDiscovery } else { self.neighbour(hook, &ip, kind) };
-            return Ok(Verdict { reason, ct: CtEffect::None, first_fragment });
+            let reason = if first_fragment.is_some() {
+                Reason::DropNeighbourDiscovery
+            } else {
+                self.neighbour(hook, &ip, kind)
+            };
+            return Ok(Verdict {
+                reason,
+                ct: CtEffect::None,
+                first_fragment,
+            });
         }
         // 4. Later fragments follow the first.
         if let Fragment::Later(id, protocol) = ip.fragment {
-            let key = FragKey { src: ip.src, dst: ip.dst, ifindex: HERE, id, protocol, _pad: [0; 3] };
+            let key = FragKey {
+                src: ip.src,
+                dst: ip.dst,
+                ifindex: HERE,
+                id,
+                protocol,
+                _pad: [0; 3],
+            };
             return Err(if self.fragments.get(&key) == Some(&true) {
                 Reason::AllowFragment
             } else {
@@ -230,7 +278,11 @@ impl World {
             && matches!(be16(arp, 6), 1 | 2)
             && arp[8..14] == frame[6..12]
             && (sender == [0; 4] || self.bound_here(&v4_mapped(sender)));
-        if ok { Reason::AllowArp } else { Reason::DropArpSpoofed }
+        if ok {
+            Reason::AllowArp
+        } else {
+            Reason::DropArpSpoofed
+        }
     }
 
     fn neighbour(&self, hook: Hook, ip: &Ip<'_>, kind: u8) -> Reason {
@@ -246,7 +298,9 @@ impl World {
             Hook::ToPod => ip.hop_limit == 255,
             Hook::FromPod if matches!(kind, 134 | 137) => false,
             Hook::FromPod => {
-                let source = is_link_local(&ip.src) || (kind == 135 && ip.src == [0; 16]) || self.bound_here(&ip.src);
+                let source = is_link_local(&ip.src)
+                    || (kind == 135 && ip.src == [0; 16])
+                    || self.bound_here(&ip.src);
                 let target = kind != 136
                     || (ip.l4.len() >= 24 && {
                         let target = addr_at(ip.l4, 8);
@@ -259,13 +313,21 @@ impl World {
                 ip.hop_limit == 255 && ip.l4.len() <= 128 && source && target && destination
             }
         };
-        if ok { Reason::AllowNeighbourDiscovery } else { Reason::DropNeighbourDiscovery }
+        if ok {
+            Reason::AllowNeighbourDiscovery
+        } else {
+            Reason::DropNeighbourDiscovery
+        }
     }
 
     /// Steps 5–9 for a packet that is no ND and no later fragment.
     fn flow_verdict(&self, hook: Hook, frame: &[u8], ip: &Ip<'_>, l4: &L4) -> Verdict {
         let from_pod = hook == Hook::FromPod;
-        let (local, remote) = if from_pod { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
+        let (local, remote) = if from_pod {
+            (ip.src, ip.dst)
+        } else {
+            (ip.dst, ip.src)
+        };
         let error = l4.icmp_type.is_some_and(|t| is_icmp_error(ip.v6, t));
         // 5. Conntrack.
         if error {
@@ -273,17 +335,27 @@ impl World {
                 return Verdict::only(Reason::AllowRelatedIcmp);
             }
         } else {
-            let pure_syn = ip.protocol == PROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let pure_syn =
+                ip.protocol == PROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             let key = ct_key(local, remote, flow_ports(l4, from_pod), ip.protocol);
             if !pure_syn && let Some(flow) = self.flow(&key) {
-                let reply = flow.value.origin == if from_pod { CT_ORIGIN_REMOTE } else { CT_ORIGIN_LOCAL };
+                let reply = flow.value.origin
+                    == if from_pod {
+                        CT_ORIGIN_REMOTE
+                    } else {
+                        CT_ORIGIN_LOCAL
+                    };
                 let closing = ip.protocol == PROTO_TCP && l4.tcp_flags & (TCP_FIN | TCP_RST) != 0;
                 return Verdict {
                     reason: Reason::AllowEstablished,
                     ct: CtEffect::Touch {
                         key,
                         replied: if reply { 1 } else { flow.value.replied },
-                        state: if closing { CT_STATE_CLOSING } else { flow.value.state },
+                        state: if closing {
+                            CT_STATE_CLOSING
+                        } else {
+                            flow.value.state
+                        },
                     },
                     first_fragment: None,
                 };
@@ -297,26 +369,54 @@ impl World {
         };
         if from_pod
             && (matches!(ip.protocol, PROTO_IPIP | PROTO_IPV6_IN_IP | PROTO_GRE)
-                || (ip.protocol == PROTO_UDP && matches!(l4.dst_port, UDP_PORT_VXLAN_LINUX | UDP_PORT_VXLAN_IANA)))
+                || (ip.protocol == PROTO_UDP
+                    && matches!(l4.dst_port, UDP_PORT_VXLAN_LINUX | UDP_PORT_VXLAN_IANA)))
         {
             return Verdict::only(Reason::DropTunnel);
         }
         let (isolated, audit, direction, origin) = if from_pod {
-            (EP_ISOLATED_EGRESS, EP_AUDIT_EGRESS, DIR_EGRESS, CT_ORIGIN_LOCAL)
+            (
+                EP_ISOLATED_EGRESS,
+                EP_AUDIT_EGRESS,
+                DIR_EGRESS,
+                CT_ORIGIN_LOCAL,
+            )
         } else {
-            (EP_ISOLATED_INGRESS, EP_AUDIT_INGRESS, DIR_INGRESS, CT_ORIGIN_REMOTE)
+            (
+                EP_ISOLATED_INGRESS,
+                EP_AUDIT_INGRESS,
+                DIR_INGRESS,
+                CT_ORIGIN_REMOTE,
+            )
         };
         let key = ct_key(local, remote, flow_ports(l4, from_pod), ip.protocol);
         let create = |rules: [u32; 4], n_rules| {
-            if error || group { CtEffect::None } else { CtEffect::Create { key, origin, rules, n_rules } }
+            if error || group {
+                CtEffect::None
+            } else {
+                CtEffect::Create {
+                    key,
+                    origin,
+                    rules,
+                    n_rules,
+                }
+            }
         };
         // 7. Not isolated.
         if endpoint.flags & isolated == 0 {
-            return Verdict { reason: Reason::AllowNotIsolated, ct: create([0; 4], 1), first_fragment: None };
+            return Verdict {
+                reason: Reason::AllowNotIsolated,
+                ct: create([0; 4], 1),
+                first_fragment: None,
+            };
         }
         // 8–9. Peer identity and the four policy lookups.
         let peer = self.identity(&remote);
-        let port = if matches!(ip.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) { l4.dst_port } else { 0 };
+        let port = if matches!(ip.protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+            l4.dst_port
+        } else {
+            0
+        };
         let mut hits = [0u32; 4];
         let mut n = 0;
         for peer in [peer, IDENTITY_ANY] {
@@ -330,21 +430,38 @@ impl World {
             }
         }
         if n > 0 {
-            Verdict { reason: Reason::AllowPolicy, ct: create(hits, n), first_fragment: None }
+            Verdict {
+                reason: Reason::AllowPolicy,
+                ct: create(hits, n),
+                first_fragment: None,
+            }
         } else if endpoint.flags & audit != 0 {
-            Verdict { reason: Reason::AuditPolicy, ct: create([0; 4], 1), first_fragment: None }
+            Verdict {
+                reason: Reason::AuditPolicy,
+                ct: create([0; 4], 1),
+                first_fragment: None,
+            }
         } else {
             Verdict::only(Reason::DropPolicy)
         }
     }
 
-    fn local_endpoint(&self, hook: Hook, local: Addr, group: bool) -> Result<EndpointValue, Reason> {
+    fn local_endpoint(
+        &self,
+        hook: Hook,
+        local: Addr,
+        group: bool,
+    ) -> Result<EndpointValue, Reason> {
         let by_port = (hook == Hook::FromPod && is_link_local(&local))
             || (hook == Hook::ToPod && (group || is_link_local(&local)));
         if by_port {
             return self.ports.get(&HERE).copied().ok_or(Reason::DropUnbound);
         }
-        let missing = if hook == Hook::FromPod { Reason::DropSpoofed } else { Reason::DropWrongPort };
+        let missing = if hook == Hook::FromPod {
+            Reason::DropSpoofed
+        } else {
+            Reason::DropWrongPort
+        };
         match self.endpoints.get(&local) {
             None => Err(missing),
             Some(e) if e.ifindex == 0 => Err(Reason::DropUnbound),
@@ -359,11 +476,19 @@ impl World {
         if ip.length > limit {
             return false;
         }
-        let Some(quote) = ip.l4.get(8..) else { return false };
-        let Some(q) = parse_quote(ip.v6, quote) else { return false };
+        let Some(quote) = ip.l4.get(8..) else {
+            return false;
+        };
+        let Some(q) = parse_quote(ip.v6, quote) else {
+            return false;
+        };
         let from_pod = hook == Hook::FromPod;
         // The quoted packet went the other way: from the pod at to_pod, to it at from_pod.
-        let (q_local, q_remote) = if from_pod { (q.dst, q.src) } else { (q.src, q.dst) };
+        let (q_local, q_remote) = if from_pod {
+            (q.dst, q.src)
+        } else {
+            (q.src, q.dst)
+        };
         if q_local != local {
             return false;
         }
@@ -388,7 +513,11 @@ fn prefix_match(prefix: &Addr, addr: &Addr, bits: u32) -> bool {
 pub fn alive(flow: &Flow) -> bool {
     let v = &flow.value;
     let timeout = if flow.key.protocol == PROTO_TCP {
-        if v.state == CT_STATE_CLOSING || v.replied == 0 { DEFAULT_CT_OTHER_TIMEOUT_NS } else { DEFAULT_CT_TCP_TIMEOUT_NS }
+        if v.state == CT_STATE_CLOSING || v.replied == 0 {
+            DEFAULT_CT_OTHER_TIMEOUT_NS
+        } else {
+            DEFAULT_CT_TCP_TIMEOUT_NS
+        }
     } else if v.replied != 0 {
         DEFAULT_CT_OTHER_TIMEOUT_NS
     } else {

@@ -3,7 +3,9 @@
 //! a verdict needs, and the packet an ICMP error quotes. Written from the issue-13
 //! spec and the RFCs, not from `ebpf/src`.
 
-use netfence_common::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped};
+use netfence_common::{
+    Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped,
+};
 
 pub fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -144,7 +146,10 @@ pub fn parse_v6(b: &[u8]) -> Result<Ip<'_>, Reason> {
             return Err(Reason::DropUnsupported);
         }
         walked += 1;
-        let h = payload.get(at..).filter(|h| h.len() >= 8).ok_or(Reason::DropMalformed)?;
+        let h = payload
+            .get(at..)
+            .filter(|h| h.len() >= 8)
+            .ok_or(Reason::DropMalformed)?;
         let len = match next {
             // A second fragment header: malformed (RFC 8200 4.1).
             44 if fragment != Fragment::No || seen_fragment => return Err(Reason::DropMalformed),
@@ -191,11 +196,19 @@ pub fn is_icmp(v6: bool, protocol: u8) -> bool {
 }
 
 pub fn is_echo(v6: bool, kind: u8) -> bool {
-    if v6 { matches!(kind, 128 | 129) } else { matches!(kind, 0 | 8) }
+    if v6 {
+        matches!(kind, 128 | 129)
+    } else {
+        matches!(kind, 0 | 8)
+    }
 }
 
 pub fn is_icmp_error(v6: bool, kind: u8) -> bool {
-    if v6 { (1..=4).contains(&kind) } else { matches!(kind, 3 | 11 | 12) }
+    if v6 {
+        (1..=4).contains(&kind)
+    } else {
+        matches!(kind, 3 | 11 | 12)
+    }
 }
 
 /// The L4 header of a packet that is no later fragment.
@@ -232,7 +245,6 @@ pub fn parse_l4(v6: bool, protocol: u8, l4: &[u8]) -> Result<L4, Reason> {
     Ok(out)
 }
 
-
 /// The quoted packet inside an ICMP error.
 pub struct Quote {
     pub src: Addr,
@@ -264,5 +276,10 @@ pub fn parse_quote(v6: bool, q: &[u8]) -> Option<Quote> {
         p if is_icmp(v6, p) && is_echo(v6, l4[0]) => out.echo_id = Some(be16(l4, 4)),
         _ => {}
     }
-    Some(Quote { src, dst, protocol, l4: out })
+    Some(Quote {
+        src,
+        dst,
+        protocol,
+        l4: out,
+    })
 }

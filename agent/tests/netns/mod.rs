@@ -38,7 +38,11 @@ pub fn plugin_dir() -> PathBuf {
     }
     let status = build.status().unwrap();
     assert!(status.success(), "cargo build -p netfence-cni: {status}");
-    assert!(dir.join("netfence-cni").is_file(), "no netfence-cni in {}", dir.display());
+    assert!(
+        dir.join("netfence-cni").is_file(),
+        "no netfence-cni in {}",
+        dir.display()
+    );
     dir
 }
 
@@ -120,7 +124,8 @@ pub fn abc_pods(bed: &mut TestBed, policy: &str) -> [PodNs; 3] {
         bed.pod("x", name, &[("app", name)], host, &[])
             .unwrap_or_else(|e| panic!("creating pod {name}: {e:#}"))
     });
-    bed.write_cluster().unwrap_or_else(|e| panic!("writing the cluster: {e:#}"));
+    bed.write_cluster()
+        .unwrap_or_else(|e| panic!("writing the cluster: {e:#}"));
     bed.write_manifest("policy.yaml", policy)
         .unwrap_or_else(|e| panic!("writing the policy: {e:#}"));
     pods
@@ -207,10 +212,17 @@ impl Verdicts {
         (backend, target): (&PodNs, u16),
         expected: bool,
     ) -> &mut Self {
-        let what = format!("TCP  {} → {vip}:{port} (backend {}:{target})", from.name, backend.name);
+        let what = format!(
+            "TCP  {} → {vip}:{port} (backend {}:{target})",
+            from.name, backend.name
+        );
         let listen = std::net::SocketAddr::new(backend.ip4(), target);
         let connect = std::net::SocketAddr::new(vip, port);
-        self.record(what, expected, tcp_via(&from.netns, &backend.netns, listen, connect));
+        self.record(
+            what,
+            expected,
+            tcp_via(&from.netns, &backend.netns, listen, connect),
+        );
         self
     }
 
@@ -223,7 +235,10 @@ impl Verdicts {
         (backend, target): (&PodNs, u16),
         expected: bool,
     ) -> &mut Self {
-        let what = format!("UDP  {} → {vip}:{port} (backend {}:{target})", from.name, backend.name);
+        let what = format!(
+            "UDP  {} → {vip}:{port} (backend {}:{target})",
+            from.name, backend.name
+        );
         let listen = std::net::SocketAddr::new(backend.ip4(), target);
         let connect = std::net::SocketAddr::new(vip, port);
         let outcome = udp_via(&from.netns, &backend.netns, listen, connect);

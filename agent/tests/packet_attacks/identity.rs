@@ -120,7 +120,11 @@ fn squat(with_cni: bool) {
         udp_burst_from_port(&victim, 0, &server, PORT),
         all,
         "the victim's own traffic (bound from {})",
-        if with_cni { "netfence-cni's ADD" } else { "the runtime's CNI result cache" }
+        if with_cni {
+            "netfence-cni's ADD"
+        } else {
+            "the runtime's CNI result cache"
+        }
     );
     assert_eq!(
         udp_burst(&squatter, any_port(contested), &server, dst),

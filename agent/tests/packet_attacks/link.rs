@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use netfence_testbed::forge::{BROADCAST, ETH_P_EXPERIMENTAL, contains, ethernet};
 use netfence_testbed::raw::{RawLink, datagrams, ifindex, mac, udp_socket};
 
-use super::netns::{Attach, DENY, PodNs, Verdicts, bed, start};
 use super::netns::deny_all;
+use super::netns::{Attach, DENY, PodNs, Verdicts, bed, start};
 use super::{DRAIN, SETTLE, TIMES, ingress_from, marker, policy};
 
 const PORT4: u16 = 9400;

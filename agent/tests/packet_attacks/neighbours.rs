@@ -14,8 +14,8 @@ use netfence_testbed::forge::{
 };
 use netfence_testbed::raw::{RawLink, ifindex, link_local, mac, neighbour, udp_socket};
 
-use super::netns::{Attach, DENY, PodNs, Verdicts, bed, start};
 use super::netns::deny_all;
+use super::netns::{Attach, DENY, PodNs, Verdicts, bed, start};
 use super::{DRAIN, SETTLE, TIMES, marker, policy, tagged_counts};
 
 /// Node 1's `cni0`, the pods' default gateway.

@@ -38,8 +38,8 @@ use super::ids::{IdAllocator, reserved_identity};
 use super::rules::{RuleRef, any_named_port, rule_ids};
 use super::services::{Frontend, frontends, service_frontends, vips};
 use super::{
-    NodeContext, ResolvedFrontend, Shared, add_node_inputs, frontends_by_backend, host_addresses, local_part,
-    with_node_rules,
+    NodeContext, ResolvedFrontend, Shared, add_node_inputs, frontends_by_backend, host_addresses,
+    local_part, with_node_rules,
 };
 use crate::image::{IdentityInfo, Image, RuleInfo, canonical_addr};
 use crate::model::{EndpointSlice, Pod, State};
@@ -179,7 +179,13 @@ impl Engine {
         // or Services changed.
         let policies_same = filled.policies == self.state.policies;
         let services_same = filled.services == self.state.services;
-        let keys = || (blocks_of(&filled), vips(&filled), any_named_port(&filled, DIR_EGRESS));
+        let keys = || {
+            (
+                blocks_of(&filled),
+                vips(&filled),
+                any_named_port(&filled, DIR_EGRESS),
+            )
+        };
         let reusable = self.cluster.as_ref().is_some_and(|c| {
             (policies_same && services_same) || {
                 let (blocks, vips, by_named_ports) = keys();
@@ -189,7 +195,11 @@ impl Engine {
         let mut changed_addresses: BTreeSet<IpAddr> = BTreeSet::new();
         let mut touched: BTreeSet<u32> = BTreeSet::new();
         // The pod diff needs both states sorted by (namespace, name), as `State` asks.
-        let changed = if reusable { changed_pods(&self.state.pods, &filled.pods) } else { None };
+        let changed = if reusable {
+            changed_pods(&self.state.pods, &filled.pods)
+        } else {
+            None
+        };
         let mut rebuild = changed.is_none();
         let mut local_changes: Vec<&Pod> = Vec::new();
         if let (Some(changed), Some(cluster)) = (changed, self.cluster.as_mut()) {
@@ -229,11 +239,14 @@ impl Engine {
         if rebuild {
             self.image.identities = cluster.identities.trie.clone();
             for addr in &host {
-                self.image.identities.insert(IpNet::from(*addr), IDENTITY_HOST);
+                self.image
+                    .identities
+                    .insert(IpNet::from(*addr), IDENTITY_HOST);
             }
             self.image.identity_info = cluster.identities.info();
         } else {
-            let mut nets: BTreeSet<IpNet> = changed_addresses.iter().map(|a| IpNet::from(*a)).collect();
+            let mut nets: BTreeSet<IpNet> =
+                changed_addresses.iter().map(|a| IpNet::from(*a)).collect();
             nets.extend(cluster.host.iter().chain(&host).map(|a| IpNet::from(*a)));
             for net in &nets {
                 let id = if host.contains(&net.addr()) {
@@ -257,19 +270,28 @@ impl Engine {
         let host_changed = host != cluster.host;
         cluster.host = host;
         if policies_changed || host_changed {
-            self.image.rules = with_node_rules(cluster.rule_infos.clone(), !cluster.host.is_empty());
+            self.image.rules =
+                with_node_rules(cluster.rule_infos.clone(), !cluster.host.is_empty());
         }
 
-        let all_frontends = rebuild
-            || !services_same
-            || (cluster.selector_backends && work.pods_changed > 0);
+        let all_frontends =
+            rebuild || !services_same || (cluster.selector_backends && work.pods_changed > 0);
         if all_frontends {
-            cluster.set_frontends(frontends(&filled, &cluster.vips), &self.image.identities, &filled);
+            cluster.set_frontends(
+                frontends(&filled, &cluster.vips),
+                &self.image.identities,
+                &filled,
+            );
         } else {
             if filled.endpoint_slices != self.state.endpoint_slices {
-                let services = sliced_services(&self.state.endpoint_slices, &filled.endpoint_slices);
+                let services =
+                    sliced_services(&self.state.endpoint_slices, &filled.endpoint_slices);
                 if !cluster.refresh_services(&services, &filled, &self.image.identities) {
-                    cluster.set_frontends(frontends(&filled, &cluster.vips), &self.image.identities, &filled);
+                    cluster.set_frontends(
+                        frontends(&filled, &cluster.vips),
+                        &self.image.identities,
+                        &filled,
+                    );
                 }
             }
             cluster.reresolve(&changed_addresses, &self.image.identities);
@@ -293,10 +315,11 @@ impl Engine {
                 }
             }
         }
-        let local = cluster
-            .local
-            .iter()
-            .filter_map(|(namespace, name)| find_pod(&filled, namespace, name).ok().map(|i| &filled.pods[i]));
+        let local = cluster.local.iter().filter_map(|(namespace, name)| {
+            find_pod(&filled, namespace, name)
+                .ok()
+                .map(|i| &filled.pods[i])
+        });
         let local = local_part(
             &filled,
             local,
@@ -319,7 +342,10 @@ impl Engine {
 
 /// The pods that differ between two states sorted by (namespace, name): (old, new),
 /// either absent for an added or deleted pod. `None` when either is not sorted.
-fn changed_pods<'a>(old: &'a [Pod], new: &'a [Pod]) -> Option<Vec<(Option<&'a Pod>, Option<&'a Pod>)>> {
+fn changed_pods<'a>(
+    old: &'a [Pod],
+    new: &'a [Pod],
+) -> Option<Vec<(Option<&'a Pod>, Option<&'a Pod>)>> {
     let key = |p: &'a Pod| (p.namespace.as_str(), p.name.as_str());
     let sorted = |pods: &'a [Pod], k: usize| k == 0 || key(&pods[k - 1]) < key(&pods[k]);
     let mut out = Vec::new();
@@ -384,7 +410,11 @@ fn selector_backends(state: &State) -> bool {
     let sliced: BTreeSet<(&str, &str)> = state
         .endpoint_slices
         .iter()
-        .filter_map(|s| s.service.as_deref().map(|name| (s.namespace.as_str(), name)))
+        .filter_map(|s| {
+            s.service
+                .as_deref()
+                .map(|name| (s.namespace.as_str(), name))
+        })
         .collect();
     state
         .services
@@ -412,7 +442,12 @@ fn live_addresses(pod: Option<&Pod>) -> Vec<IpAddr> {
 }
 
 impl Cluster {
-    fn build(state: &State, blocks: BTreeSet<Block>, vips: BTreeMap<IpAddr, String>, by_named_ports: bool) -> Self {
+    fn build(
+        state: &State,
+        blocks: BTreeSet<Block>,
+        vips: BTreeMap<IpAddr, String>,
+        by_named_ports: bool,
+    ) -> Self {
         let identities = Identities::build(state, &blocks, by_named_ports, &vips);
         let mut cluster = Cluster {
             covering: Covering::new(&blocks),
@@ -428,13 +463,21 @@ impl Cluster {
         for pod in state.pods.iter().filter(|p| p.is_live_endpoint()) {
             for ip in live_addresses(Some(pod)) {
                 // In state order: the first claimant owns the address, as in a build.
-                cluster.claims.entry(ip).or_default().push((pod.namespace.clone(), pod.name.clone()));
+                cluster
+                    .claims
+                    .entry(ip)
+                    .or_default()
+                    .push((pod.namespace.clone(), pod.name.clone()));
             }
         }
         let mut allocator = IdAllocator::new(reserved_identity);
         for (id, description) in &identities.described {
             allocator.take(*id);
-            cluster.by_hash.entry(description.hash()).or_default().push(*id);
+            cluster
+                .by_hash
+                .entry(description.hash())
+                .or_default()
+                .push(*id);
         }
         for id in identities.trie.values().filter(|id| **id != IDENTITY_WORLD) {
             *cluster.prefixes.entry(*id).or_default() += 1;
@@ -492,15 +535,28 @@ impl Cluster {
     }
 
     /// Brings the prefix of address `ip` to what its current owner makes it.
-    fn redescribe(&mut self, ip: IpAddr, state: &State, changed: &mut BTreeSet<IpAddr>, touched: &mut BTreeSet<u32>) {
+    fn redescribe(
+        &mut self,
+        ip: IpAddr,
+        state: &State,
+        changed: &mut BTreeSet<IpAddr>,
+        touched: &mut BTreeSet<u32>,
+    ) {
         let net = IpNet::from(ip);
-        let owner: Option<(&Pod, String)> = self.claims.get(&ip).and_then(|c| c.first()).and_then(|(ns, name)| {
-            let index = state
-                .pods
-                .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(ns.as_str(), name.as_str())))
-                .ok()?;
-            Some((&state.pods[index], format!("{ns}/{name}")))
-        });
+        let owner: Option<(&Pod, String)> =
+            self.claims
+                .get(&ip)
+                .and_then(|c| c.first())
+                .and_then(|(ns, name)| {
+                    let index = state
+                        .pods
+                        .binary_search_by(|p| {
+                            (p.namespace.as_str(), p.name.as_str())
+                                .cmp(&(ns.as_str(), name.as_str()))
+                        })
+                        .ok()?;
+                    Some((&state.pods[index], format!("{ns}/{name}")))
+                });
         // Release what the address held.
         if let Some(id) = self.identities.of_pod_ip.remove(&ip) {
             if let Some(name) = self.owner_of_ip.remove(&ip) {
@@ -536,13 +592,23 @@ impl Cluster {
         let id = match known {
             Some(id) => id,
             None => {
-                let allocator = self.allocator.get_or_insert_with(|| IdAllocator::new(reserved_identity));
+                let allocator = self
+                    .allocator
+                    .get_or_insert_with(|| IdAllocator::new(reserved_identity));
                 let id = allocator.allocate(hash);
                 if let Some(group) = &description.group {
-                    self.identities.by_namespace.entry(group.namespace.clone()).or_default().insert(id);
+                    self.identities
+                        .by_namespace
+                        .entry(group.namespace.clone())
+                        .or_default()
+                        .insert(id);
                 }
                 for block in &description.blocks {
-                    self.identities.by_block.entry(block.clone()).or_default().insert(id);
+                    self.identities
+                        .by_block
+                        .entry(block.clone())
+                        .or_default()
+                        .insert(id);
                 }
                 self.identities.described.insert(id, description);
                 self.by_hash.entry(hash).or_default().push(id);
@@ -556,14 +622,18 @@ impl Cluster {
 
     /// Counts one prefix less for `id`; forgets the identity at none.
     fn release(&mut self, id: u32, touched: &mut BTreeSet<u32>) {
-        let Some(count) = self.prefixes.get_mut(&id) else { return };
+        let Some(count) = self.prefixes.get_mut(&id) else {
+            return;
+        };
         *count -= 1;
         if *count > 0 {
             return;
         }
         self.prefixes.remove(&id);
         touched.insert(id);
-        let Some(description) = self.identities.described.remove(&id) else { return };
+        let Some(description) = self.identities.described.remove(&id) else {
+            return;
+        };
         if let Some(group) = &description.group
             && let Some(ids) = self.identities.by_namespace.get_mut(&group.namespace)
         {
@@ -606,7 +676,9 @@ impl Cluster {
 
     fn drop_owner(&mut self, id: u32, name: &str, touched: &mut BTreeSet<u32>) {
         let key = (id, name.to_owned());
-        let Some(count) = self.owners.get_mut(&key) else { return };
+        let Some(count) = self.owners.get_mut(&key) else {
+            return;
+        };
         *count -= 1;
         if *count > 0 {
             return;
@@ -637,8 +709,16 @@ impl Cluster {
     }
 
     /// Takes a new list of frontends and resolves every one against `trie`.
-    fn set_frontends(&mut self, frontends: Vec<Frontend>, trie: &BTreeMap<IpNet, u32>, state: &State) {
-        self.resolved = frontends.iter().map(|f| ResolvedFrontend::new(f, trie)).collect();
+    fn set_frontends(
+        &mut self,
+        frontends: Vec<Frontend>,
+        trie: &BTreeMap<IpNet, u32>,
+        state: &State,
+    ) {
+        self.resolved = frontends
+            .iter()
+            .map(|f| ResolvedFrontend::new(f, trie))
+            .collect();
         self.by_backend = frontends_by_backend(&self.resolved);
         self.frontends_of.clear();
         for (i, frontend) in frontends.iter().enumerate() {
@@ -658,19 +738,25 @@ impl Cluster {
     /// Recomputes the frontends of `services` (their slices changed, the Services did
     /// not: each keeps its place and count). False when a count changed after all (the
     /// caller recomputes every frontend).
-    fn refresh_services(&mut self, services: &BTreeSet<(String, String)>, state: &State, trie: &BTreeMap<IpNet, u32>) -> bool {
+    fn refresh_services(
+        &mut self,
+        services: &BTreeSet<(String, String)>,
+        state: &State,
+        trie: &BTreeMap<IpNet, u32>,
+    ) -> bool {
         for (namespace, name) in services {
-            let Ok(index) = state
-                .services
-                .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace.as_str(), name.as_str())))
-            else {
+            let Ok(index) = state.services.binary_search_by(|s| {
+                (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace.as_str(), name.as_str()))
+            }) else {
                 continue; // slices of no Service
             };
             let service = &state.services[index];
             let slices: Vec<&EndpointSlice> = state
                 .endpoint_slices
                 .iter()
-                .filter(|s| s.namespace == *namespace && s.service.as_deref() == Some(name.as_str()))
+                .filter(|s| {
+                    s.namespace == *namespace && s.service.as_deref() == Some(name.as_str())
+                })
                 .collect();
             let pods: Vec<&Pod> = if slices.is_empty() {
                 let start = state.pods.partition_point(|p| p.namespace < *namespace);
@@ -683,7 +769,11 @@ impl Cluster {
                 Vec::new()
             };
             let fresh = service_frontends(service, &slices, &pods, &self.vips);
-            let range = self.ranges.get(&format!("{namespace}/{name}")).cloned().unwrap_or(0..0);
+            let range = self
+                .ranges
+                .get(&format!("{namespace}/{name}"))
+                .cloned()
+                .unwrap_or(0..0);
             if fresh.len() != range.len() {
                 return false;
             }

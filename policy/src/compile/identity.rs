@@ -222,7 +222,11 @@ impl Identities {
                     .insert(*id);
             }
             for block in &description.blocks {
-                identities.by_block.entry(block.clone()).or_default().insert(*id);
+                identities
+                    .by_block
+                    .entry(block.clone())
+                    .or_default()
+                    .insert(*id);
             }
             identities.described.insert(*id, description.clone());
         }
@@ -269,11 +273,7 @@ impl Identities {
             .iter()
             .map(|(id, description)| {
                 let info = IdentityInfo {
-                    pods: self
-                        .pods
-                        .get(id)
-                        .map(|p| p.to_vec())
-                        .unwrap_or_default(),
+                    pods: self.pods.get(id).map(|p| p.to_vec()).unwrap_or_default(),
                     ip_blocks: description.blocks.iter().map(Block::text).collect(),
                     service: description.service.clone(),
                 };
@@ -299,7 +299,8 @@ impl Covering {
         let mut lengths = [BTreeSet::new(), BTreeSet::new()];
         for block in blocks {
             by_cidr.entry(block.cidr).or_default().push(block.clone());
-            lengths[usize::from(matches!(block.cidr, IpNet::V6(_)))].insert(block.cidr.prefix_len());
+            lengths[usize::from(matches!(block.cidr, IpNet::V6(_)))]
+                .insert(block.cidr.prefix_len());
         }
         Covering { by_cidr, lengths }
     }
@@ -312,8 +313,12 @@ impl Covering {
             .take_while(|len| **len <= net.prefix_len())
             .filter_map(|len| {
                 let cidr = match net {
-                    IpNet::V4(v4) => Ipv4Net::new(v4.addr(), *len).ok().map(|n| IpNet::V4(n.trunc())),
-                    IpNet::V6(v6) => Ipv6Net::new(v6.addr(), *len).ok().map(|n| IpNet::V6(n.trunc())),
+                    IpNet::V4(v4) => Ipv4Net::new(v4.addr(), *len)
+                        .ok()
+                        .map(|n| IpNet::V4(n.trunc())),
+                    IpNet::V6(v6) => Ipv6Net::new(v6.addr(), *len)
+                        .ok()
+                        .map(|n| IpNet::V6(n.trunc())),
                 }?;
                 self.by_cidr.get(&cidr)
             })

@@ -53,7 +53,8 @@ use self::identity::{Identities, blocks_of, live_pods};
 use self::ids::{Fnv, IdAllocator, RULE_NODE_EGRESS, RULE_NODE_INGRESS, reserved_zero};
 use self::ports::{NamedPorts, PortMatch, named_ports};
 use self::rules::{
-    EntryKey, RuleRef, any_named_port, endpoint_entries, expand_needed, rule_ids, selecting_uses_named_port,
+    EntryKey, RuleRef, any_named_port, endpoint_entries, expand_needed, rule_ids,
+    selecting_uses_named_port,
 };
 use self::selector::{NamespaceLabels, matches};
 use self::services::{Frontend, frontends, vips};
@@ -145,7 +146,11 @@ fn compile_filled(state: &State, context: &NodeContext<'_>) -> Image {
         .map(|f| ResolvedFrontend::new(f, &trie))
         .collect();
     let by_backend = frontends_by_backend(&frontends);
-    let local = live_pods(state).filter(|pod| context.name.is_none_or(|n| pod.node_name.as_deref() == Some(n)));
+    let local = live_pods(state).filter(|pod| {
+        context
+            .name
+            .is_none_or(|n| pod.node_name.as_deref() == Some(n))
+    });
     let local = local_part(
         state,
         local,
@@ -179,7 +184,12 @@ pub(crate) fn host_addresses(
         .addresses
         .iter()
         .map(|a| canonical_addr(*a))
-        .filter(|a| context.allow_node && !a.is_loopback() && !vips.contains_key(a) && !pod_ips.contains_key(a))
+        .filter(|a| {
+            context.allow_node
+                && !a.is_loopback()
+                && !vips.contains_key(a)
+                && !pod_ips.contains_key(a)
+        })
         .collect();
     host.sort_unstable();
     host.dedup();
@@ -187,9 +197,15 @@ pub(crate) fn host_addresses(
 }
 
 /// `rules` with the node-traffic rules when some node address is `IDENTITY_HOST`.
-pub(crate) fn with_node_rules(mut rules: BTreeMap<u32, RuleInfo>, host: bool) -> BTreeMap<u32, RuleInfo> {
+pub(crate) fn with_node_rules(
+    mut rules: BTreeMap<u32, RuleInfo>,
+    host: bool,
+) -> BTreeMap<u32, RuleInfo> {
     if host {
-        for (id, direction) in [(RULE_NODE_INGRESS, DIR_INGRESS), (RULE_NODE_EGRESS, DIR_EGRESS)] {
+        for (id, direction) in [
+            (RULE_NODE_INGRESS, DIR_INGRESS),
+            (RULE_NODE_EGRESS, DIR_EGRESS),
+        ] {
             rules.insert(
                 id,
                 RuleInfo {
@@ -223,7 +239,11 @@ pub(crate) struct Local {
 }
 
 /// The endpoints of the live pods `local` and the endpoint policies they get.
-pub(crate) fn local_part<'s>(state: &'s State, local: impl Iterator<Item = &'s Pod>, shared: &Shared<'_>) -> Local {
+pub(crate) fn local_part<'s>(
+    state: &'s State,
+    local: impl Iterator<Item = &'s Pod>,
+    shared: &Shared<'_>,
+) -> Local {
     let identities = shared.identities;
     let namespaces = NamespaceLabels::new(state);
     // Local endpoints, grouped by what decides their entries.
@@ -232,7 +252,10 @@ pub(crate) fn local_part<'s>(state: &'s State, local: impl Iterator<Item = &'s P
     // Policies by namespace: a pod is selected only by policies of its own.
     let mut policies_in: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (p, policy) in state.policies.iter().enumerate() {
-        policies_in.entry(policy.namespace.as_str()).or_default().push(p);
+        policies_in
+            .entry(policy.namespace.as_str())
+            .or_default()
+            .push(p);
     }
     for pod in local {
         let selecting: Vec<usize> = policies_in
@@ -266,7 +289,10 @@ pub(crate) fn local_part<'s>(state: &'s State, local: impl Iterator<Item = &'s P
             }
         }
     }
-    let needed: BTreeSet<usize> = deciding_of.values().flat_map(|(d, _)| d.iter().copied()).collect();
+    let needed: BTreeSet<usize> = deciding_of
+        .values()
+        .flat_map(|(d, _)| d.iter().copied())
+        .collect();
     let peers = expand_needed(state, &needed, identities, &namespaces);
 
     // The content of every isolated group's endpoint policy.
@@ -302,10 +328,16 @@ pub(crate) fn local_part<'s>(state: &'s State, local: impl Iterator<Item = &'s P
         }
         if shared.host {
             if !content.ingress.is_empty() {
-                entries.insert((IDENTITY_HOST, DIR_INGRESS, PortMatch::ANY), RULE_NODE_INGRESS);
+                entries.insert(
+                    (IDENTITY_HOST, DIR_INGRESS, PortMatch::ANY),
+                    RULE_NODE_INGRESS,
+                );
             }
             if !content.egress.is_empty() {
-                entries.insert((IDENTITY_HOST, DIR_EGRESS, PortMatch::ANY), RULE_NODE_EGRESS);
+                entries.insert(
+                    (IDENTITY_HOST, DIR_EGRESS, PortMatch::ANY),
+                    RULE_NODE_EGRESS,
+                );
             }
         }
         content.entries = entries.into_iter().collect();
@@ -369,7 +401,11 @@ type GroupKey = (Vec<usize>, NamedPorts);
 /// The policies whose rules decide `direction` for endpoints selected by `selecting`,
 /// and whether that direction is audited; `None` when none isolates it. Enforcing
 /// policies decide when there is one; otherwise the (audit) policies isolating it.
-fn deciding_policies(state: &State, selecting: &[usize], direction: u8) -> Option<(Vec<usize>, bool)> {
+fn deciding_policies(
+    state: &State,
+    selecting: &[usize],
+    direction: u8,
+) -> Option<(Vec<usize>, bool)> {
     let isolates = |policy: &Policy| {
         if direction == DIR_INGRESS {
             policy.isolates_ingress
@@ -426,7 +462,9 @@ impl ResolvedFrontend {
 }
 
 /// Frontend indices by backend identity.
-pub(crate) fn frontends_by_backend(frontends: &[ResolvedFrontend]) -> BTreeMap<u32, BTreeSet<usize>> {
+pub(crate) fn frontends_by_backend(
+    frontends: &[ResolvedFrontend],
+) -> BTreeMap<u32, BTreeSet<usize>> {
     let mut by_backend: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
     for (i, frontend) in frontends.iter().enumerate() {
         for (peer, _) in &frontend.backends {
@@ -469,18 +507,23 @@ fn add_frontends(
             .iter()
             .filter(|(peer, _)| any || peers.contains(peer))
             .find_map(|(peer, port)| {
-                lookup_in_order(*peer, frontend.protocol, *port, |peer, protocol, port, port_bits| {
-                    let key = (
-                        peer,
-                        DIR_EGRESS,
-                        PortMatch {
-                            protocol,
-                            port,
-                            port_bits,
-                        },
-                    );
-                    entries.get(&key).copied()
-                })
+                lookup_in_order(
+                    *peer,
+                    frontend.protocol,
+                    *port,
+                    |peer, protocol, port, port_bits| {
+                        let key = (
+                            peer,
+                            DIR_EGRESS,
+                            PortMatch {
+                                protocol,
+                                port,
+                                port_bits,
+                            },
+                        );
+                        entries.get(&key).copied()
+                    },
+                )
             });
         if let Some(rule) = allowing {
             let key = (
@@ -566,19 +609,32 @@ mod tests {
         let enforcing = compile_node(&state, &context(false, &[]));
         let audited = compile_node(&state, &context(true, &[]));
         assert_eq!(enforcing.policy, audited.policy);
-        assert!(enforcing.endpoints.values().any(|e| e.isolated_ingress && !e.audit_ingress));
+        assert!(
+            enforcing
+                .endpoints
+                .values()
+                .any(|e| e.isolated_ingress && !e.audit_ingress)
+        );
         for (addr, endpoint) in &audited.endpoints {
             let plain = &enforcing.endpoints[addr];
             assert_eq!(endpoint.audit_ingress, plain.isolated_ingress, "{addr}");
             assert_eq!(endpoint.audit_egress, plain.isolated_egress, "{addr}");
-            assert_eq!(endpoint.flags() & !(netfence_common::EP_AUDIT_INGRESS | netfence_common::EP_AUDIT_EGRESS), plain.flags());
+            assert_eq!(
+                endpoint.flags()
+                    & !(netfence_common::EP_AUDIT_INGRESS | netfence_common::EP_AUDIT_EGRESS),
+                plain.flags()
+            );
         }
     }
 
     #[test]
     fn announced_pods_are_filled_in_or_denied_and_audited_in_audit_mode() {
         let mut state = scenario::generate(&Params::new(200, 14, 5, "node-1"));
-        let pod = state.pods.iter_mut().find(|p| p.node_name.as_deref() == Some("node-1")).expect("a local pod");
+        let pod = state
+            .pods
+            .iter_mut()
+            .find(|p| p.node_name.as_deref() == Some("node-1"))
+            .expect("a local pod");
         pod.ips.clear();
         let announced = [
             Announced {
@@ -600,11 +656,13 @@ mod tests {
         assert_ne!(filled.identity, IDENTITY_WORLD);
         let denied = &image.endpoints[&"198.18.0.21".parse().expect("an address")];
         assert!(announced::is_deny_all(denied));
-        assert!(denied.audit_ingress && denied.audit_egress, "audit mode audits deny-all endpoints too");
+        assert!(
+            denied.audit_ingress && denied.audit_egress,
+            "audit mode audits deny-all endpoints too"
+        );
         // Applied to an image, `announce` is what the compile with that announcement gives.
         let mut without = compile_node(&state, &context(true, &announced[..1]));
         assert_eq!(announce(&mut without, &announced[1..], true), 1);
         assert_eq!(without, image);
     }
 }
-

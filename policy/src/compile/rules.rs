@@ -108,7 +108,9 @@ pub fn expand_peers(
                     Some(selector) => match namespaces.candidates(selector) {
                         Some(candidates) => candidates
                             .into_iter()
-                            .filter_map(|namespace| identities.by_namespace.get_key_value(namespace))
+                            .filter_map(|namespace| {
+                                identities.by_namespace.get_key_value(namespace)
+                            })
                             .map(|(namespace, _)| namespace)
                             .filter(|namespace| namespaces.matches(selector, namespace))
                             .collect(),
@@ -121,7 +123,9 @@ pub fn expand_peers(
                 };
                 for namespace in selected {
                     for id in &identities.by_namespace[namespace] {
-                        let Some(group) = identities.described.get(id).and_then(|d| d.group.as_ref()) else {
+                        let Some(group) =
+                            identities.described.get(id).and_then(|d| d.group.as_ref())
+                        else {
                             continue;
                         };
                         if pod_selector

@@ -46,7 +46,10 @@ impl<'a> NamespaceLabels<'a> {
         let mut by_label: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
         for (name, namespace) in &state.namespaces {
             for (key, value) in &namespace.labels {
-                by_label.entry((key.as_str(), value.as_str())).or_default().push(name.as_str());
+                by_label
+                    .entry((key.as_str(), value.as_str()))
+                    .or_default()
+                    .push(name.as_str());
             }
         }
         NamespaceLabels {

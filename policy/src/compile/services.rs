@@ -69,7 +69,9 @@ pub fn frontends(state: &State, owners: &BTreeMap<IpAddr, String>) -> Vec<Fronte
         let own = slices
             .get(&(service.namespace.as_str(), service.name.as_str()))
             .map_or(&[][..], Vec::as_slice);
-        let candidates = pods_in.get(service.namespace.as_str()).map_or(&[][..], Vec::as_slice);
+        let candidates = pods_in
+            .get(service.namespace.as_str())
+            .map_or(&[][..], Vec::as_slice);
         out.extend(service_frontends(service, own, candidates, owners));
     }
     out
@@ -131,7 +133,12 @@ fn backends(
             continue;
         };
         for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
-            out.extend(endpoint.addresses.iter().map(|a| (canonical_addr(*a), target.port)));
+            out.extend(
+                endpoint
+                    .addresses
+                    .iter()
+                    .map(|a| (canonical_addr(*a), target.port)),
+            );
         }
     }
     out

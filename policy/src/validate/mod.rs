@@ -323,7 +323,10 @@ pub fn policy(cx: &mut Checker<'_>, np: &net::NetworkPolicy) -> Option<Policy> {
         .collect();
     if let Some(types) = spec.policy_types.as_deref() {
         if types.len() > 2 {
-            cx.error("spec.policyTypes", "may not specify more than two policyTypes");
+            cx.error(
+                "spec.policyTypes",
+                "may not specify more than two policyTypes",
+            );
         }
         for (i, t) in types.iter().enumerate() {
             if t != "Ingress" && t != "Egress" {

@@ -11,7 +11,9 @@ pub struct Cpio<W: Write> {
 
 impl<W: Write> std::fmt::Debug for Cpio<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cpio").field("inode", &self.inode).finish_non_exhaustive()
+        f.debug_struct("Cpio")
+            .field("inode", &self.inode)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,8 +45,8 @@ impl<W: Write> Cpio<W> {
     fn entry(&mut self, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
         let size = u32::try_from(data.len())
             .map_err(|_| std::io::Error::other(format!("{path}: over 4 GiB")))?;
-        let name_len = u32::try_from(path.len() + 1)
-            .map_err(|_| std::io::Error::other("path too long"))?;
+        let name_len =
+            u32::try_from(path.len() + 1).map_err(|_| std::io::Error::other("path too long"))?;
         let inode = if mode == 0 { 0 } else { self.inode };
         self.inode += 1;
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };

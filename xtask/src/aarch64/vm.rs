@@ -45,7 +45,12 @@ pub fn kernel() -> anyhow::Result<PathBuf> {
     }
     println!("downloading: {package}:arm64 (only its vmlinuz is kept)");
     run(Command::new("apt-get")
-        .args(["-o", "APT::Sandbox::User=root", "download", &format!("{package}:arm64")])
+        .args([
+            "-o",
+            "APT::Sandbox::User=root",
+            "download",
+            &format!("{package}:arm64"),
+        ])
         .current_dir(&dir)
         .stdin(Stdio::null()))?;
     let deb = std::fs::read_dir(&dir)?
@@ -55,7 +60,12 @@ pub fn kernel() -> anyhow::Result<PathBuf> {
             path.file_name()
                 .is_some_and(|name| name.to_string_lossy().starts_with(&format!("{package}_")))
         })
-        .with_context(|| format!("apt-get download left no {package}_*.deb in {}", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "apt-get download left no {package}_*.deb in {}",
+                dir.display()
+            )
+        })?;
     let mut unpack = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(&deb)
@@ -99,7 +109,12 @@ fn init() -> anyhow::Result<PathBuf> {
     let out = work_dir().join("init");
     run(rustup_run("rustc")
         .args(["--edition", "2024", "-O", "--target", TRIPLE])
-        .args(["-C", "linker=aarch64-linux-gnu-gcc", "-C", "target-feature=+crt-static"])
+        .args([
+            "-C",
+            "linker=aarch64-linux-gnu-gcc",
+            "-C",
+            "target-feature=+crt-static",
+        ])
         .args(["-C", "strip=symbols", "-o"])
         .arg(&out)
         .arg(&source))?;
@@ -130,16 +145,28 @@ pub fn initramfs(tests: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
     let dir = work_dir();
     let init = init()?;
     let path = dir.join("initramfs.cpio");
-    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut cpio = Cpio::new(std::io::BufWriter::new(file));
-    for d in ["dev", "proc", "sys", "tmp", "tests", "lib", "lib/aarch64-linux-gnu"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "tests",
+        "lib",
+        "lib/aarch64-linux-gnu",
+    ] {
         cpio.dir(d)?;
     }
     cpio.file("init", 0o755, &std::fs::read(&init)?)?;
     let mut libs: Vec<String> = Vec::new();
     for (name, binary) in tests {
         let stripped = dir.join(name);
-        run(Command::new("aarch64-linux-gnu-strip").arg("-o").arg(&stripped).arg(binary))?;
+        run(Command::new("aarch64-linux-gnu-strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(binary))?;
         cpio.file(&format!("tests/{name}"), 0o755, &std::fs::read(&stripped)?)?;
         std::fs::remove_file(&stripped)?;
         libs.extend(needed(binary)?);
@@ -166,7 +193,11 @@ pub fn initramfs(tests: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
         };
         cpio.file(&at, 0o755, &data)?;
     }
-    println!("initramfs: init, {} test binaries, {}", tests.len(), libs.join(" "));
+    println!(
+        "initramfs: init, {} test binaries, {}",
+        tests.len(),
+        libs.join(" ")
+    );
     cpio.finish()?;
     Ok(path)
 }
@@ -197,7 +228,11 @@ impl Report {
         } else if let Some(rest) = said.strip_prefix("jit images seen: ") {
             self.jit_images = rest.trim_matches(['[', ']']).to_owned();
         } else if let Some(rest) = said.strip_prefix("exit ") {
-            let name = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             self.exits.push((name, rest.to_owned()));
         } else if let Some(rest) = said.strip_prefix("done in ") {
             self.guest_secs = rest.to_owned();
@@ -222,7 +257,9 @@ pub fn boot(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<R
     let (lines, received) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-            let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned();
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned();
             if lines.send(line).is_err() {
                 break;
             }
@@ -241,7 +278,10 @@ pub fn boot(kernel: &Path, initrd: &Path, timeout: Duration) -> anyhow::Result<R
             Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("the arm64 VM did not power off within {} s: killed", timeout.as_secs());
+                bail!(
+                    "the arm64 VM did not power off within {} s: killed",
+                    timeout.as_secs()
+                );
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -278,7 +318,10 @@ mod tests {
         assert_eq!(report.jit_images, "netfence_from_pod netfence_to_pod");
         assert_eq!(
             report.exits,
-            vec![("kernel_tables".to_owned(), "kernel_tables 0 in 85.6 s".to_owned())]
+            vec![(
+                "kernel_tables".to_owned(),
+                "kernel_tables 0 in 85.6 s".to_owned()
+            )]
         );
         assert_eq!(report.guest_secs, "1125.7 s");
         assert_eq!((report.tally.binaries, report.tally.passed), (1, 4));

@@ -19,9 +19,9 @@ use kube::runtime::reflector::Lookup;
 use serde::de::DeserializeOwned;
 
 use crate::model;
-use crate::source::{Kind, ObjectKey, SourceError};
 use crate::source::service;
 use crate::source::validate::{self, Checker};
+use crate::source::{Kind, ObjectKey, SourceError};
 
 /// The outcome of converting one object.
 #[derive(Debug)]
@@ -345,9 +345,9 @@ macro_rules! lookup {
     };
 }
 
-lookup!(Stored<model::Pod>, "Pod", "", "pods", |p| Some(Cow::Borrowed(
-    &p.namespace
-)));
+lookup!(Stored<model::Pod>, "Pod", "", "pods", |p| Some(
+    Cow::Borrowed(&p.namespace)
+));
 lookup!(
     Stored<model::Policy>,
     "NetworkPolicy",
@@ -355,7 +355,13 @@ lookup!(
     "networkpolicies",
     |p| Some(Cow::Borrowed(&p.namespace))
 );
-lookup!(Stored<model::Namespace>, "Namespace", "", "namespaces", |_n| None);
+lookup!(
+    Stored<model::Namespace>,
+    "Namespace",
+    "",
+    "namespaces",
+    |_n| None
+);
 lookup!(Stored<model::Service>, "Service", "", "services", |s| Some(
     Cow::Borrowed(&s.namespace)
 ));

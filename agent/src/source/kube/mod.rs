@@ -235,12 +235,9 @@ impl KubeSource {
         let origin = discovery::EndpointSlice::url_path(&(), None);
         let (endpoint_slices, writer) = reflector::store();
         let stream = watcher::watcher(api, config);
-        tasks.push(tokio::spawn(reflect::run::<Stored<model::EndpointSlice>, _>(
-            stream,
-            writer,
-            shared.clone(),
-            origin,
-        )));
+        tasks.push(tokio::spawn(
+            reflect::run::<Stored<model::EndpointSlice>, _>(stream, writer, shared.clone(), origin),
+        ));
 
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tasks.push(tokio::spawn(debounce(shared.clone(), tx)));
