@@ -10,6 +10,7 @@
 //! No I/O, no clocks, no BPF, no tokio: this crate builds and its tests run without
 //! the BPF toolchain and without root.
 
+pub mod change;
 pub mod compile;
 pub mod error;
 pub mod image;

@@ -3,7 +3,9 @@
 //! namespaces relabelled; policies added, changed and deleted, with and without
 //! ipBlocks and named ports; Services and EndpointSlices added, changed and deleted;
 //! pods announced by the CNI plugin and forgotten), and after every step the engine's
-//! image must equal `compile_node` of the state it was given.
+//! image must equal `compile_node` of the state it was given. Each step reaches the
+//! engine one of three ways: the whole new state (`Engine::update`), the objects that
+//! changed (`Engine::apply`, at times with one put twice), or a kind relisted.
 //!
 //! `NETFENCE_ENGINE_SEQUENCES` sets the number of sequences (default 10,000) and
 //! `NETFENCE_ENGINE_SEED` the first seed; a failure names the seed and step.
@@ -14,9 +16,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use netfence_policy::change::{self, Change, Object};
 use netfence_policy::compile::announced::Announced;
 use netfence_policy::compile::compile_node;
 use netfence_policy::compile::engine::{Engine, Node};
+use netfence_policy::error::Kind;
 use netfence_policy::model::{
     ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase,
     Policy, Port, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, SliceEndpoint,
@@ -258,7 +262,7 @@ fn pod_key(p: &Pod) -> (String, String) {
 
 /// One random change to `state` (or to the announced pods).
 fn change(rng: &mut Rng, state: &mut State, announced: &mut Vec<Announced>) {
-    match rng.below(23) {
+    match rng.below(24) {
         0..=4 => upsert(&mut state.pods, pod(rng), pod_key),
         5 | 6 => remove_one(rng, &mut state.pods),
         7 | 8 => {
@@ -295,24 +299,30 @@ fn change(rng: &mut Rng, state: &mut State, announced: &mut Vec<Announced>) {
             (s.namespace.clone(), s.name.clone())
         }),
         16 => remove_one(rng, &mut state.services),
-        17..=19 => {
+        17 | 18 => {
             if !state.services.is_empty()
                 && let Some(slice) = slice(rng, state)
             {
                 upsert(&mut state.endpoint_slices, slice, |s| {
                     (s.namespace.clone(), s.name.clone())
                 });
-            } else {
-                remove_one(rng, &mut state.endpoint_slices);
             }
         }
-        20 => {
-            // netfence-cni announces a pod, named (perhaps one the state knows) or not.
+        19 => remove_one(rng, &mut state.endpoint_slices),
+        20 | 21 => {
+            // netfence-cni announces a pod, named (often one the state knows, at times
+            // one still without an address) or not.
             let named = chance(rng, 60).then(|| {
-                (
-                    (*pick(rng, &NAMESPACES)).to_owned(),
-                    format!("p{}", rng.below(8)),
-                )
+                let waiting: Vec<&Pod> = state.pods.iter().filter(|p| p.ips.is_empty()).collect();
+                if !waiting.is_empty() && chance(rng, 50) {
+                    let waiting_pod = pick(rng, &waiting);
+                    pod_key(waiting_pod)
+                } else {
+                    (
+                        (*pick(rng, &NAMESPACES)).to_owned(),
+                        format!("p{}", rng.below(8)),
+                    )
+                }
             });
             let (namespace, name) = named
                 .clone()
@@ -355,8 +365,32 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
         let mut state = State::default();
         let mut announced: Vec<Announced> = Vec::new();
         for step in 0..STEPS {
+            let before = state.clone();
             change(&mut rng, &mut state, &mut announced);
-            let work = engine.update(std::sync::Arc::new(state.clone()), &announced);
+            let way = rng.below(10);
+            let work = match way {
+                // A whole new state, compared.
+                0..=2 => engine.update(std::sync::Arc::new(state.clone()), &announced),
+                // Per-object changes, as a watch delivers them; sometimes an object
+                // put twice (the same version again), sometimes a kind relisted.
+                _ => {
+                    let mut changes = change::between(&before, &state);
+                    if way == 9 {
+                        let kind = *pick(&mut rng, &Kind::ALL);
+                        let listed = change::objects_of(&state)
+                            .into_iter()
+                            .filter(|o| o.kind() == kind)
+                            .collect();
+                        changes.retain(|c| !matches!(c, Change::Put(o) if o.kind() == kind));
+                        changes.push(Change::Relist(kind, listed));
+                    } else if way == 8
+                        && let Some(again) = changes.first().cloned()
+                    {
+                        changes.push(again);
+                    }
+                    engine.apply(changes, &announced)
+                }
+            };
             if work.rebuilt {
                 rebuilt += 1;
             } else {
@@ -382,7 +416,7 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
                 .into_iter()
                 .collect();
                 panic!(
-                    "seed {seed}, step {step} ({work:?}): the engine's image differs from a compile from scratch in {differ:?}\nstate: {state:#?}\nengine: {image:#?}\nfrom scratch: {expected:#?}"
+                    "seed {seed}, step {step} (way {way}, {work:?}): the engine's image differs from a compile from scratch in {differ:?}\nstate: {state:#?}\nengine: {image:#?}\nfrom scratch: {expected:#?}"
                 );
             }
         }
@@ -396,22 +430,21 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
     );
 }
 
-/// A Service backend that changes identity (relabelled, no Service or slice change)
-/// moves the VIP entry of a pod whose egress allows one label and not the other.
-#[test]
-fn a_relabelled_backend_moves_the_service_entry_it_decides() {
-    let address = |s: &str| -> IpAddr { s.parse().expect("an address") };
+/// A client on node-1 whose egress allows pods labelled `app: web` on 8080, and the
+/// Service `web` (VIP 198.19.0.1:80 → 8080) whose slice lists `backend` (198.18.0.5,
+/// on node-2, labelled web, as is `other`).
+fn client_and_web() -> State {
     let pod = |name: &str, app: &str, ip: &str, node: &str| Pod {
         namespace: "a".to_owned(),
         name: name.to_owned(),
         labels: labels(&[("app", app)]),
         node_name: Some(node.to_owned()),
-        ips: vec![address(ip)],
+        ips: vec![self::ip(ip)],
         host_network: false,
         phase: PodPhase::Running,
         ports: Vec::new(),
     };
-    let mut state = State {
+    State {
         // `other` keeps the web identity alive when `backend` leaves it.
         pods: vec![
             pod("backend", "web", "198.18.0.5", "node-2"),
@@ -447,7 +480,7 @@ fn a_relabelled_backend_moves_the_service_entry_it_decides() {
         services: vec![Service {
             namespace: "a".to_owned(),
             name: "web".to_owned(),
-            cluster_ips: vec![address("198.19.0.1")],
+            cluster_ips: vec![ip("198.19.0.1")],
             ports: vec![ServicePort {
                 name: None,
                 protocol: Protocol::Tcp,
@@ -466,24 +499,37 @@ fn a_relabelled_backend_moves_the_service_entry_it_decides() {
                 port: 8080,
             }],
             endpoints: vec![SliceEndpoint {
-                addresses: vec![address("198.18.0.5")],
+                addresses: vec![ip("198.18.0.5")],
                 ready: true,
             }],
         }],
         ..State::default()
-    };
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("an address")
+}
+
+/// The POLICY entries allowing web's VIP on port 80.
+fn vip_entries(image: &netfence_policy::image::Image) -> usize {
+    let vip = image.identity_of(ip("198.19.0.1"));
+    image
+        .policy
+        .keys()
+        .filter(|e| e.peer == vip && e.port == 80)
+        .count()
+}
+
+/// A Service backend that changes identity (relabelled, no Service or slice change)
+/// moves the VIP entry of a pod whose egress allows one label and not the other.
+#[test]
+fn a_relabelled_backend_moves_the_service_entry_it_decides() {
+    let mut state = client_and_web();
     let mut engine = Engine::new(Node {
         name: Some("node-1".to_owned()),
         ..Node::default()
     });
-    let vip_entries = |image: &netfence_policy::image::Image| {
-        let vip = image.identity_of(address("198.19.0.1"));
-        image
-            .policy
-            .keys()
-            .filter(|e| e.peer == vip && e.port == 80)
-            .count()
-    };
     engine.update(std::sync::Arc::new(state.clone()), &[]);
     assert_eq!(
         vip_entries(engine.image()),
@@ -504,4 +550,37 @@ fn a_relabelled_backend_moves_the_service_entry_it_decides() {
     engine.update(std::sync::Arc::new(state.clone()), &[]);
     assert_eq!(engine.image(), &compile_node(&state, &engine.context(&[])));
     assert_eq!(vip_entries(engine.image()), 1);
+}
+
+/// A Service whose last EndpointSlice is deleted picks its backends by labels again:
+/// a pod relabelled into its selector afterwards (no Service or slice change) becomes
+/// a backend the client's egress allows.
+#[test]
+fn a_service_that_loses_its_slices_follows_its_selector() {
+    let mut state = client_and_web();
+    state.services[0].selector = Some(labels(&[("app", "web")]));
+    state.pods.retain(|p| p.name != "other");
+    state.pods[0].labels = labels(&[("app", "db")]);
+    // The slice lists an address no pod has.
+    state.endpoint_slices[0].endpoints[0].addresses = vec![ip("198.18.0.9")];
+    let mut engine = Engine::new(Node {
+        name: Some("node-1".to_owned()),
+        ..Node::default()
+    });
+    engine.update(std::sync::Arc::new(state.clone()), &[]);
+    assert_eq!(vip_entries(engine.image()), 0, "no backend is a web pod");
+    let slice = state.endpoint_slices.remove(0);
+    let key = Object::EndpointSlice(slice).key();
+    engine.apply(vec![Change::Delete(key)], &[]);
+    assert_eq!(engine.image(), &compile_node(&state, &engine.context(&[])));
+    assert_eq!(vip_entries(engine.image()), 0, "no pod is labelled web yet");
+    state.pods[0].labels = labels(&[("app", "web")]);
+    let work = engine.apply(vec![Change::Put(Object::Pod(state.pods[0].clone()))], &[]);
+    assert!(!work.rebuilt, "{work:?}");
+    assert_eq!(engine.image(), &compile_node(&state, &engine.context(&[])));
+    assert_eq!(
+        vip_entries(engine.image()),
+        1,
+        "the relabelled pod is a backend by the selector"
+    );
 }

@@ -11,36 +11,8 @@ use serde_yaml_ng::Value;
 use super::service;
 use super::validate::{self, Checker};
 use super::{Kind, ObjectKey, SourceError};
-use crate::model;
 
-/// A validated object of one of the kinds netfence reads.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Object {
-    Namespace(model::Namespace),
-    Pod(model::Pod),
-    Policy(model::Policy),
-    Service(model::Service),
-    EndpointSlice(model::EndpointSlice),
-}
-
-impl Object {
-    pub fn key(&self) -> ObjectKey {
-        let (kind, namespace, name) = match self {
-            Object::Namespace(ns) => (Kind::Namespace, String::new(), &ns.name),
-            Object::Pod(pod) => (Kind::Pod, pod.namespace.clone(), &pod.name),
-            Object::Policy(policy) => (Kind::NetworkPolicy, policy.namespace.clone(), &policy.name),
-            Object::Service(svc) => (Kind::Service, svc.namespace.clone(), &svc.name),
-            Object::EndpointSlice(slice) => {
-                (Kind::EndpointSlice, slice.namespace.clone(), &slice.name)
-            }
-        };
-        ObjectKey {
-            kind,
-            namespace,
-            name: name.clone(),
-        }
-    }
-}
+pub use netfence_policy::change::Object;
 
 /// One object found in a file: its key, and the object when it validated.
 #[derive(Debug)]

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use netfence_common::IDENTITY_WORLD;
 
 use crate::image::{Endpoint, Image};
-use crate::model::{PodPhase, State};
+use crate::model::{Pod, PodPhase, State};
 
 /// One announced container.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,18 +32,25 @@ pub struct Announced {
     pub ips: Vec<IpAddr>,
 }
 
-/// The index in `state.pods` of the pod `announced` names, when it is scheduled to
-/// `node`, has no address yet, is not host-network and has not terminated.
+/// True when `pod` takes the addresses an announcement naming it gives: it is
+/// scheduled to `node`, has no address yet, is not host-network and has not
+/// terminated.
+fn takes_addresses(pod: &Pod, node: &str) -> bool {
+    pod.node_name.as_deref() == Some(node)
+        && pod.ips.is_empty()
+        && !pod.host_network
+        && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
+}
+
+/// The index in `state.pods` (sorted by namespace and name) of the pod `announced`
+/// names, when it takes the addresses (see [`takes_addresses`]).
 fn fillable(announced: &Announced, state: &State, node: &str) -> Option<usize> {
     let (namespace, name) = announced.pod.as_ref()?;
-    state.pods.iter().position(|pod| {
-        pod.namespace == *namespace
-            && pod.name == *name
-            && pod.node_name.as_deref() == Some(node)
-            && pod.ips.is_empty()
-            && !pod.host_network
-            && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
-    })
+    let index = state
+        .pods
+        .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+        .ok()?;
+    takes_addresses(&state.pods[index], node).then_some(index)
 }
 
 /// True when [`fill_state`] gives `announced`'s addresses to a pod of `state`: the
@@ -64,6 +71,23 @@ pub fn fill_state<'a>(state: &'a State, node: &str, announced: &[Announced]) -> 
         }
     }
     state
+}
+
+/// [`fill_state`] of one pod: gives `pod` the addresses of the announcements naming
+/// it, in order, while it takes them. True when one did.
+pub(crate) fn fill_pod(pod: &mut Pod, node: &str, announced: &[Announced]) -> bool {
+    let mut filled = false;
+    for one in announced {
+        let names = one
+            .pod
+            .as_ref()
+            .is_some_and(|(namespace, name)| *namespace == pod.namespace && *name == pod.name);
+        if names && takes_addresses(pod, node) {
+            pod.ips.clone_from(&one.ips);
+            filled = true;
+        }
+    }
+    filled
 }
 
 /// Adds a deny-all endpoint for every announced address `image` has no local

@@ -3,46 +3,58 @@
 //! image equals [`compile_node`](super::compile_node) of the last state (a property
 //! test holds it to that, `tests/engine_props.rs`).
 //!
+//! Two ways in: [`Engine::apply`] takes changes object by object (what a watch
+//! delivers) and edits the state it keeps in place, so one change costs neither a
+//! copy nor a comparison of the cluster; [`Engine::update`] takes a whole new state
+//! and finds the changed objects by comparing it with the last one. Both hand the
+//! same per-object changes (old and new version of each) to one step.
+//!
 //! What it keeps between updates, and when each part is recomputed:
 //! - **identities** (the IDENTITIES trie, what each identity stands for, the pods
 //!   behind it): updated per changed pod — its old and new addresses are re-described
 //!   (owner pod, label group, covering ipBlocks) and only identities whose membership
 //!   changes are created or released. Rebuilt from scratch when what every prefix's
-//!   description depends on changes: the set of ipBlocks rules name, the ClusterIPs,
-//!   whether some egress rule names a port (pod groups then include named ports), or
-//!   a pod address that is also a ClusterIP or an ipBlock prefix.
-//! - **rule ids**: recomputed when a policy changes.
-//! - **Service frontends**: recomputed when a Service or EndpointSlice changes (or a
-//!   pod, while some Service without slices selects its backends by labels); a
-//!   frontend whose backend address changed identity is re-resolved alone.
+//!   description depends on changes: the set of ipBlocks rules name (counted per
+//!   mention, so a changed policy costs its own rules), the ClusterIPs (read again
+//!   only when a changed Service's ClusterIPs did), whether some egress rule names a
+//!   port (pod groups then include named ports), or a pod address that is also a
+//!   ClusterIP or an ipBlock prefix.
+//! - **rule ids**: per changed policy (its old ids freed, its new rules given ids).
+//! - **Service frontends**: recomputed when a Service changes (or a pod, while some
+//!   Service without slices selects its backends by labels); per Service when only
+//!   its EndpointSlices changed; a frontend whose backend address changed identity is
+//!   re-resolved alone.
 //! - **the node's part** (its endpoints, their endpoint policies and POLICY entries):
 //!   recomputed at every update from the local pods alone; its cost follows the local
 //!   pods and the rules that decide them, not the cluster.
 //!
-//! Identity ids are hashes of what they stand for (see `ids`); a from-scratch compile
-//! probes past collisions in sorted order, the engine in the order identities appear,
-//! so the two agree exactly unless two live descriptions hash alike (then the colliding
-//! ids may be swapped; every verdict is the same).
+//! Identity and rule ids are hashes of what they stand for (see `ids`); a from-scratch
+//! compile probes past collisions in sorted order, the engine in the order they
+//! appear, so the two agree exactly unless two live descriptions hash alike (then the
+//! colliding ids may be swapped; every verdict is the same).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use netfence_common::{DIR_EGRESS, IDENTITY_HOST, IDENTITY_WORLD};
+use netfence_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_HOST, IDENTITY_WORLD};
 
-use super::announced::{Announced, fill_state};
-use super::identity::{Block, Covering, Description, Identities, PodGroup, blocks_of};
-use super::ids::{IdAllocator, reserved_identity};
-use super::rules::{RuleRef, any_named_port, rule_ids};
+use super::announced::{Announced, fill_pod, fill_state, names_pod};
+use super::identity::{Block, Covering, Description, Identities, PodGroup, policy_blocks};
+use super::ids::{IdAllocator, reserved_identity, reserved_rule};
+use super::rules::{
+    RuleIds, effective_rules, rule_hash, rule_ids, rule_info, rule_text, uses_named_port,
+};
 use super::services::{Frontend, frontends, service_frontends, vips};
 use super::{
     NodeContext, ResolvedFrontend, Shared, add_node_inputs, frontends_by_backend, host_addresses,
-    local_part, with_node_rules,
+    local_part, node_rules, with_node_rules,
 };
+use crate::change::{Change, Keyed, Object, changed, delete_sorted, put_sorted};
+use crate::error::Kind;
 use crate::image::{IdentityInfo, Image, RuleInfo, canonical_addr};
-use crate::model::{EndpointSlice, Pod, State};
+use crate::model::{EndpointSlice, Pod, Policy, Service, State};
 
 /// What the engine knows about the node beyond the cluster state (an owned
 /// [`NodeContext`] without the announced pods, which come with each update).
@@ -71,8 +83,75 @@ pub struct Engine {
     node: Node,
     /// The last state, with the announced pods filled in.
     state: Arc<State>,
+    /// The pods of `state` whose addresses an announcement gave (the source's
+    /// version has none).
+    filled: BTreeSet<(String, String)>,
+    /// The announcements `state` was filled from.
+    announced: Vec<Announced>,
     cluster: Option<Cluster>,
     image: Image,
+}
+
+/// Old and new version of every object one update changes (at most one pair per
+/// object; either absent for an added or deleted one).
+#[derive(Debug, Default)]
+struct Delta {
+    pods: Vec<(Option<Pod>, Option<Pod>)>,
+    policies: Vec<(Option<Policy>, Option<Policy>)>,
+    services: Vec<(Option<Service>, Option<Service>)>,
+    slices: Vec<(Option<EndpointSlice>, Option<EndpointSlice>)>,
+}
+
+/// Per-object changes being collected, by key: the first old and the last new
+/// version.
+type Pairs<T> = BTreeMap<(String, String), (Option<T>, Option<T>)>;
+
+/// [`Delta`] while changes are applied.
+#[derive(Debug, Default)]
+struct Collecting {
+    pods: Pairs<Pod>,
+    policies: Pairs<Policy>,
+    services: Pairs<Service>,
+    slices: Pairs<EndpointSlice>,
+}
+
+impl Collecting {
+    fn finish(self) -> Delta {
+        fn differing<T: PartialEq>(pairs: Pairs<T>) -> Vec<(Option<T>, Option<T>)> {
+            pairs
+                .into_values()
+                .filter(|(old, new)| old != new)
+                .collect()
+        }
+        Delta {
+            pods: differing(self.pods),
+            policies: differing(self.policies),
+            services: differing(self.services),
+            slices: differing(self.slices),
+        }
+    }
+}
+
+/// Records that the object `new` or `old` names went from `old` to `new`.
+fn record<T: Keyed>(pairs: &mut Pairs<T>, old: Option<T>, new: Option<T>) {
+    let Some((namespace, name)) = new.as_ref().or(old.as_ref()).map(Keyed::key) else {
+        return;
+    };
+    let key = (namespace.to_owned(), name.to_owned());
+    pairs.entry(key).or_insert_with(|| (old, None)).1 = new;
+}
+
+/// The pairs of [`changed`], owned.
+fn owned<T: Clone>(pairs: Vec<(Option<&T>, Option<&T>)>) -> Vec<(Option<T>, Option<T>)> {
+    pairs
+        .into_iter()
+        .map(|(old, new)| (old.cloned(), new.cloned()))
+        .collect()
+}
+
+/// A pod's key.
+fn key_of(pod: &Pod) -> (String, String) {
+    (pod.namespace.clone(), pod.name.clone())
 }
 
 /// The cluster-wide part, kept between updates.
@@ -80,8 +159,13 @@ pub struct Engine {
 struct Cluster {
     /// What every prefix's description depends on.
     blocks: BTreeSet<Block>,
+    /// Mentions of each ipBlock by the effective rules of all policies (`blocks` is
+    /// its key set).
+    block_mentions: BTreeMap<Block, usize>,
     vips: BTreeMap<IpAddr, String>,
     by_named_ports: bool,
+    /// Policies with an effective egress rule naming a port (`by_named_ports`: some).
+    named_port_policies: usize,
     covering: Covering,
     /// Every cidr and except of `blocks` (a pod address among them: rebuild).
     block_prefixes: BTreeSet<IpNet>,
@@ -102,8 +186,7 @@ struct Cluster {
     /// The owner (`ns/name`) each described address was described for.
     owner_of_ip: BTreeMap<IpAddr, String>,
     allocator: Option<IdAllocator>,
-    rule_ids: BTreeMap<RuleRef, u32>,
-    rule_infos: BTreeMap<u32, RuleInfo>,
+    rules: Rules,
     frontends: Vec<Frontend>,
     resolved: Vec<ResolvedFrontend>,
     by_backend: BTreeMap<u32, BTreeSet<usize>>,
@@ -111,12 +194,90 @@ struct Cluster {
     ranges: BTreeMap<String, std::ops::Range<usize>>,
     /// Backend address → the frontends listing it.
     frontends_of: BTreeMap<IpAddr, BTreeSet<usize>>,
-    /// Some Service without slices picks its backends by labels: pods change them.
-    selector_backends: bool,
+    /// (namespace, Service name) → the names of the EndpointSlices labelled for it.
+    slices_of: BTreeMap<(String, String), BTreeSet<String>>,
+    /// The Services with a selector and no EndpointSlice: they pick their backends
+    /// by labels, so pods change them.
+    unsliced_selectors: BTreeSet<(String, String)>,
     /// The node's addresses that are `IDENTITY_HOST`.
     host: Vec<IpAddr>,
     /// The node's live pods, by (namespace, name).
     local: BTreeSet<(String, String)>,
+}
+
+/// The ids of every effective rule, kept per policy.
+#[derive(Debug)]
+struct Rules {
+    /// By (namespace, name), in the state's order.
+    of_policy: BTreeMap<(String, String), [Vec<u32>; 2]>,
+    /// The same ids by place, as the local part reads them.
+    ids: RuleIds,
+    allocator: IdAllocator,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            of_policy: BTreeMap::new(),
+            ids: RuleIds::default(),
+            allocator: IdAllocator::new(reserved_rule),
+        }
+    }
+}
+
+impl Rules {
+    /// The ids a compile gives the rules of `state`, and what each id stands for.
+    fn build(state: &State) -> (Rules, BTreeMap<u32, RuleInfo>) {
+        let (ids, infos) = rule_ids(state);
+        let mut allocator = IdAllocator::new(reserved_rule);
+        for id in infos.keys() {
+            allocator.take(*id);
+        }
+        let of_policy = state
+            .policies
+            .iter()
+            .zip(&ids.0)
+            .map(|(policy, ids)| ((policy.namespace.clone(), policy.name.clone()), ids.clone()))
+            .collect();
+        let rules = Rules {
+            of_policy,
+            ids,
+            allocator,
+        };
+        (rules, infos)
+    }
+
+    /// Frees the ids of the old versions of `changed` and gives the new versions'
+    /// rules ids, keeping `infos` (the image's rules) in step.
+    fn update(
+        &mut self,
+        changed: &[(Option<Policy>, Option<Policy>)],
+        infos: &mut BTreeMap<u32, RuleInfo>,
+    ) {
+        for old in changed.iter().filter_map(|(old, _)| old.as_ref()) {
+            let key = (old.namespace.clone(), old.name.clone());
+            for id in self.of_policy.remove(&key).into_iter().flatten().flatten() {
+                self.allocator.free(id);
+                infos.remove(&id);
+            }
+        }
+        for new in changed.iter().filter_map(|(_, new)| new.as_ref()) {
+            let ids = [DIR_INGRESS, DIR_EGRESS].map(|direction| {
+                (0..effective_rules(new, direction).len())
+                    .map(|index| {
+                        let text = rule_text(new, direction, index);
+                        let id = self.allocator.allocate(rule_hash(&text));
+                        infos.insert(id, rule_info(new, direction, index));
+                        id
+                    })
+                    .collect()
+            });
+            self.of_policy
+                .insert((new.namespace.clone(), new.name.clone()), ids);
+        }
+        // Both are sorted by (namespace, name) and hold the same policies.
+        self.ids = RuleIds(self.of_policy.values().cloned().collect());
+    }
 }
 
 /// A pod address that needs a rebuild to re-describe.
@@ -157,77 +318,225 @@ impl Engine {
     pub fn set_node(&mut self, mut node: Node) {
         node.addresses.sort_unstable();
         node.addresses.dedup();
-        if node != self.node {
-            self.node = node;
-            // Host addresses resolve differently: re-resolve everything once.
-            self.cluster = None;
+        if node == self.node {
+            return;
         }
+        if node.name != self.node.name {
+            // Announcements fill only the pods of the named node: take them back.
+            let state = Arc::make_mut(&mut self.state);
+            for (namespace, name) in std::mem::take(&mut self.filled) {
+                if let Ok(at) = find_pod(state, &namespace, &name) {
+                    state.pods[at].ips.clear();
+                }
+            }
+            self.announced.clear();
+        }
+        self.node = node;
+        // Host addresses resolve differently: re-resolve everything once.
+        self.cluster = None;
     }
 
     /// Brings the image to `state` with `announced`. The engine keeps `state` (shared,
-    /// not copied) to find what the next update changes.
+    /// not copied) and compares the next one with it to find what changed.
     pub fn update(&mut self, state: Arc<State>, announced: &[Announced]) -> Work {
-        let filled = match &self.node.name {
-            Some(node) => match fill_state(&state, node, announced) {
-                Cow::Owned(filled) => Arc::new(filled),
-                Cow::Borrowed(_) => state,
-            },
+        let mut filled = BTreeSet::new();
+        let state = match &self.node.name {
+            Some(node) => {
+                for one in announced {
+                    if let Some((namespace, name)) = &one.pod
+                        && names_pod(one, &state, node)
+                    {
+                        filled.insert((namespace.clone(), name.clone()));
+                    }
+                }
+                match fill_state(&state, node, announced) {
+                    std::borrow::Cow::Owned(filled) => Arc::new(filled),
+                    std::borrow::Cow::Borrowed(_) => state,
+                }
+            }
             None => state,
         };
-        let mut work = Work::default();
-        // What every prefix's description depends on, read again only when policies
-        // or Services changed.
-        let policies_same = filled.policies == self.state.policies;
-        let services_same = filled.services == self.state.services;
-        let keys = || {
-            (
-                blocks_of(&filled),
-                vips(&filled),
-                any_named_port(&filled, DIR_EGRESS),
-            )
-        };
-        let reusable = self.cluster.as_ref().is_some_and(|c| {
-            (policies_same && services_same) || {
-                let (blocks, vips, by_named_ports) = keys();
-                c.blocks == blocks && c.vips == vips && c.by_named_ports == by_named_ports
-            }
+        let delta = self.cluster.as_ref().and_then(|_| {
+            let old = &self.state;
+            Some(Delta {
+                pods: owned(changed(&old.pods, &state.pods)?),
+                policies: owned(changed(&old.policies, &state.policies)?),
+                services: owned(changed(&old.services, &state.services)?),
+                slices: owned(changed(&old.endpoint_slices, &state.endpoint_slices)?),
+            })
         });
-        let mut changed_addresses: BTreeSet<IpAddr> = BTreeSet::new();
-        let mut touched: BTreeSet<u32> = BTreeSet::new();
-        // The pod diff needs both states sorted by (namespace, name), as `State` asks.
-        let changed = if reusable {
-            changed_pods(&self.state.pods, &filled.pods)
-        } else {
-            None
-        };
-        let mut rebuild = changed.is_none();
-        let mut local_changes: Vec<&Pod> = Vec::new();
-        if let (Some(changed), Some(cluster)) = (changed, self.cluster.as_mut()) {
-            work.pods_changed = changed.len();
-            local_changes.extend(changed.iter().filter_map(|(old, new)| old.or(*new)));
-            for (old, new) in changed {
-                match cluster.update_pod(old, new, &filled, &mut changed_addresses, &mut touched) {
-                    Ok(()) => {}
-                    Err(Rebuild) => {
-                        rebuild = true;
-                        break;
+        self.state = state;
+        self.filled = filled;
+        self.announced = announced.to_vec();
+        self.advance(delta, announced)
+    }
+
+    /// Applies `changes`, in order, to the state the engine keeps, then brings the
+    /// image to it with `announced`. An object changed twice counts once (its first
+    /// old and last new version).
+    pub fn apply(&mut self, changes: Vec<Change>, announced: &[Announced]) -> Work {
+        let mut collecting = Collecting::default();
+        let mut state = std::mem::take(&mut self.state);
+        {
+            // Copies the state only if someone else holds it.
+            let edit = Arc::make_mut(&mut state);
+            for change in changes {
+                self.apply_one(edit, change, announced, &mut collecting);
+            }
+            self.refill(edit, announced, &mut collecting);
+        }
+        self.state = state;
+        self.announced = announced.to_vec();
+        let delta = self.cluster.as_ref().map(|_| collecting.finish());
+        self.advance(delta, announced)
+    }
+
+    fn apply_one(
+        &mut self,
+        state: &mut State,
+        change: Change,
+        announced: &[Announced],
+        c: &mut Collecting,
+    ) {
+        match change {
+            Change::Put(Object::Namespace(namespace)) => {
+                state.namespaces.insert(namespace.name.clone(), namespace);
+            }
+            Change::Put(Object::Pod(mut pod)) => {
+                let key = key_of(&pod);
+                let filled = (self.node.name.as_deref())
+                    .is_some_and(|node| fill_pod(&mut pod, node, announced));
+                if filled {
+                    self.filled.insert(key);
+                } else {
+                    self.filled.remove(&key);
+                }
+                let old = put_sorted(&mut state.pods, pod.clone());
+                record(&mut c.pods, old, Some(pod));
+            }
+            Change::Put(Object::Policy(policy)) => {
+                let old = put_sorted(&mut state.policies, policy.clone());
+                record(&mut c.policies, old, Some(policy));
+            }
+            Change::Put(Object::Service(service)) => {
+                let old = put_sorted(&mut state.services, service.clone());
+                record(&mut c.services, old, Some(service));
+            }
+            Change::Put(Object::EndpointSlice(slice)) => {
+                let old = put_sorted(&mut state.endpoint_slices, slice.clone());
+                record(&mut c.slices, old, Some(slice));
+            }
+            Change::Delete(key) => {
+                let at = (key.namespace.as_str(), key.name.as_str());
+                match key.kind {
+                    Kind::Namespace => {
+                        state.namespaces.remove(&key.name);
+                    }
+                    Kind::Pod => {
+                        let old = delete_sorted(&mut state.pods, at);
+                        self.filled
+                            .remove(&(key.namespace.clone(), key.name.clone()));
+                        record(&mut c.pods, old, None);
+                    }
+                    Kind::NetworkPolicy => {
+                        let old = delete_sorted(&mut state.policies, at);
+                        record(&mut c.policies, old, None);
+                    }
+                    Kind::Service => {
+                        let old = delete_sorted(&mut state.services, at);
+                        record(&mut c.services, old, None);
+                    }
+                    Kind::EndpointSlice => {
+                        let old = delete_sorted(&mut state.endpoint_slices, at);
+                        record(&mut c.slices, old, None);
                     }
                 }
             }
+            Change::Relist(kind, objects) => {
+                let objects: Vec<Object> =
+                    objects.into_iter().filter(|o| o.kind() == kind).collect();
+                let listed: BTreeSet<crate::error::ObjectKey> =
+                    objects.iter().map(Object::key).collect();
+                let present = keys_of(state, kind);
+                for key in present.into_iter().filter(|k| !listed.contains(k)) {
+                    self.apply_one(state, Change::Delete(key), announced, c);
+                }
+                for object in objects {
+                    self.apply_one(state, Change::Put(object), announced, c);
+                }
+            }
         }
+    }
+
+    /// Fills the pods that the announcements, old or new, name again from `announced`.
+    fn refill(&mut self, state: &mut State, announced: &[Announced], c: &mut Collecting) {
+        let Some(node) = self.node.name.clone() else {
+            return;
+        };
+        if announced == self.announced.as_slice() {
+            return;
+        }
+        let named: BTreeSet<(String, String)> = (self.announced.iter().chain(announced))
+            .filter_map(|one| one.pod.clone())
+            .collect();
+        for key in named {
+            let Ok(at) = find_pod(state, &key.0, &key.1) else {
+                continue;
+            };
+            let mut pod = state.pods[at].clone();
+            if self.filled.remove(&key) {
+                // The source's version: an announcement gave its addresses.
+                pod.ips.clear();
+            }
+            if fill_pod(&mut pod, &node, announced) {
+                self.filled.insert(key);
+            }
+            if pod != state.pods[at] {
+                let old = std::mem::replace(&mut state.pods[at], pod.clone());
+                record(&mut c.pods, Some(old), Some(pod));
+            }
+        }
+    }
+
+    /// Brings the image to `self.state` given what changed since the last update
+    /// (`None`: unknown, rebuild).
+    fn advance(&mut self, delta: Option<Delta>, announced: &[Announced]) -> Work {
+        let state = self.state.clone();
+        let mut work = Work::default();
+        let mut changed_addresses: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut touched: BTreeSet<u32> = BTreeSet::new();
+        let delta = match (delta, self.cluster.as_mut()) {
+            (Some(delta), Some(cluster)) => {
+                work.pods_changed = delta.pods.len();
+                let reusable = cluster.keep_descriptions(&delta, &state)
+                    && delta.pods.iter().all(|(old, new)| {
+                        cluster
+                            .update_pod(
+                                old.as_ref(),
+                                new.as_ref(),
+                                &state,
+                                &mut changed_addresses,
+                                &mut touched,
+                            )
+                            .is_ok()
+                    });
+                reusable.then_some(delta)
+            }
+            _ => None,
+        };
+        let rebuild = delta.is_none();
+        let mut fresh_rules = BTreeMap::new();
         if rebuild {
-            let (blocks, vips, by_named_ports) = keys();
-            self.cluster = Some(Cluster::build(&filled, blocks, vips, by_named_ports));
+            let (cluster, rules) = Cluster::build(&state);
+            self.cluster = Some(cluster);
+            fresh_rules = rules;
             work.rebuilt = true;
         }
         let Some(cluster) = self.cluster.as_mut() else {
             return work;
         };
         work.identities_touched = touched.len();
-        let policies_changed = rebuild || !policies_same;
-        if policies_changed {
-            (cluster.rule_ids, cluster.rule_infos) = rule_ids(&filled);
-        }
+        let delta = delta.unwrap_or_default();
         let context = NodeContext {
             name: self.node.name.as_deref(),
             addresses: &self.node.addresses,
@@ -244,6 +553,7 @@ impl Engine {
                     .insert(IpNet::from(*addr), IDENTITY_HOST);
             }
             self.image.identity_info = cluster.identities.info();
+            self.image.rules = with_node_rules(std::mem::take(&mut fresh_rules), !host.is_empty());
         } else {
             let mut nets: BTreeSet<IpNet> =
                 changed_addresses.iter().map(|a| IpNet::from(*a)).collect();
@@ -266,66 +576,100 @@ impl Engine {
                     None => self.image.identity_info.remove(id),
                 };
             }
-        }
-        let host_changed = host != cluster.host;
-        cluster.host = host;
-        if policies_changed || host_changed {
-            self.image.rules =
-                with_node_rules(cluster.rule_infos.clone(), !cluster.host.is_empty());
-        }
-
-        let all_frontends =
-            rebuild || !services_same || (cluster.selector_backends && work.pods_changed > 0);
-        if all_frontends {
-            cluster.set_frontends(
-                frontends(&filled, &cluster.vips),
-                &self.image.identities,
-                &filled,
-            );
-        } else {
-            if filled.endpoint_slices != self.state.endpoint_slices {
-                let services =
-                    sliced_services(&self.state.endpoint_slices, &filled.endpoint_slices);
-                if !cluster.refresh_services(&services, &filled, &self.image.identities) {
-                    cluster.set_frontends(
-                        frontends(&filled, &cluster.vips),
-                        &self.image.identities,
-                        &filled,
-                    );
+            if !delta.policies.is_empty() {
+                cluster.rules.update(&delta.policies, &mut self.image.rules);
+            }
+            if host.is_empty() != cluster.host.is_empty() {
+                for (id, info) in node_rules() {
+                    if host.is_empty() {
+                        self.image.rules.remove(&id);
+                    } else {
+                        self.image.rules.insert(id, info);
+                    }
                 }
+            }
+        }
+        cluster.host = host;
+
+        // Services.
+        let mut sliced: BTreeSet<(String, String)> = BTreeSet::new();
+        for (old, new) in &delta.slices {
+            for (slice, present) in [(old, false), (new, true)] {
+                let Some(slice) = slice else { continue };
+                let Some(service) = &slice.service else {
+                    continue;
+                };
+                let key = (slice.namespace.clone(), service.clone());
+                let names = cluster.slices_of.entry(key.clone()).or_default();
+                if present {
+                    names.insert(slice.name.clone());
+                } else {
+                    names.remove(&slice.name);
+                }
+                if names.is_empty() {
+                    cluster.slices_of.remove(&key);
+                }
+                sliced.insert(key);
+            }
+        }
+        let services: BTreeSet<(String, String)> = delta
+            .services
+            .iter()
+            .filter_map(|(old, new)| old.as_ref().or(new.as_ref()))
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .chain(sliced.iter().cloned())
+            .collect();
+        for key in &services {
+            cluster.note_selector(key, &state);
+        }
+        let all_frontends = rebuild
+            || !delta.services.is_empty()
+            || (!cluster.unsliced_selectors.is_empty() && !delta.pods.is_empty());
+        if all_frontends {
+            cluster.set_frontends(frontends(&state, &cluster.vips), &self.image.identities);
+        } else {
+            if !sliced.is_empty()
+                && !cluster.refresh_services(&sliced, &state, &self.image.identities)
+            {
+                cluster.set_frontends(frontends(&state, &cluster.vips), &self.image.identities);
             }
             cluster.reresolve(&changed_addresses, &self.image.identities);
         }
 
+        // The node's part.
         if rebuild {
-            cluster.local = filled
+            cluster.local = state
                 .pods
                 .iter()
                 .filter(|pod| is_local(pod, self.node.name.as_deref()))
-                .map(|pod| (pod.namespace.clone(), pod.name.clone()))
+                .map(key_of)
                 .collect();
         } else {
-            for pod in &local_changes {
-                let key = (pod.namespace.clone(), pod.name.clone());
+            for pod in delta
+                .pods
+                .iter()
+                .filter_map(|(old, new)| old.as_ref().or(new.as_ref()))
+            {
+                let key = key_of(pod);
                 cluster.local.remove(&key);
-                if let Ok(index) = find_pod(&filled, &key.0, &key.1)
-                    && is_local(&filled.pods[index], self.node.name.as_deref())
+                if let Ok(index) = find_pod(&state, &key.0, &key.1)
+                    && is_local(&state.pods[index], self.node.name.as_deref())
                 {
                     cluster.local.insert(key);
                 }
             }
         }
         let local = cluster.local.iter().filter_map(|(namespace, name)| {
-            find_pod(&filled, namespace, name)
+            find_pod(&state, namespace, name)
                 .ok()
-                .map(|i| &filled.pods[i])
+                .map(|i| &state.pods[i])
         });
         let local = local_part(
-            &filled,
+            &state,
             local,
             &Shared {
                 identities: &cluster.identities,
-                rule_ids: &cluster.rule_ids,
+                rule_ids: &cluster.rules.ids,
                 frontends: &cluster.resolved,
                 by_backend: &cluster.by_backend,
                 host: !cluster.host.is_empty(),
@@ -335,91 +679,37 @@ impl Engine {
         self.image.policy = local.policy;
         self.image.endpoint_policies = local.endpoint_policies;
         add_node_inputs(&mut self.image, announced, self.node.audit_all);
-        self.state = filled;
         work
     }
 }
 
-/// The pods that differ between two states sorted by (namespace, name): (old, new),
-/// either absent for an added or deleted pod. `None` when either is not sorted.
-fn changed_pods<'a>(
-    old: &'a [Pod],
-    new: &'a [Pod],
-) -> Option<Vec<(Option<&'a Pod>, Option<&'a Pod>)>> {
-    let key = |p: &'a Pod| (p.namespace.as_str(), p.name.as_str());
-    let sorted = |pods: &'a [Pod], k: usize| k == 0 || key(&pods[k - 1]) < key(&pods[k]);
-    let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        if (i < old.len() && !sorted(old, i)) || (j < new.len() && !sorted(new, j)) {
-            return None;
-        }
-        let order = match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) => (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                out.push((old.get(i), None));
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push((None, new.get(j)));
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                if old[i] != new[j] {
-                    out.push((old.get(i), new.get(j)));
-                }
-                i += 1;
-                j += 1;
-            }
-        }
+/// The keys of the objects of `kind` in `state`.
+fn keys_of(state: &State, kind: Kind) -> Vec<crate::error::ObjectKey> {
+    fn of<T: Keyed>(items: &[T], kind: Kind) -> Vec<crate::error::ObjectKey> {
+        items
+            .iter()
+            .map(|item| crate::error::ObjectKey {
+                kind,
+                namespace: item.key().0.to_owned(),
+                name: item.key().1.to_owned(),
+            })
+            .collect()
     }
-    Some(out)
-}
-
-/// The Services (namespace, name) whose EndpointSlices differ between two lists sorted
-/// by (namespace, name): added, deleted or changed slices, under their old and new
-/// `kubernetes.io/service-name`.
-fn sliced_services(old: &[EndpointSlice], new: &[EndpointSlice]) -> BTreeSet<(String, String)> {
-    let key = |s: &EndpointSlice| (s.namespace.clone(), s.name.clone());
-    let old: BTreeMap<_, &EndpointSlice> = old.iter().map(|s| (key(s), s)).collect();
-    let new: BTreeMap<_, &EndpointSlice> = new.iter().map(|s| (key(s), s)).collect();
-    let mut out = BTreeSet::new();
-    for (k, slice) in &old {
-        if new.get(k) != Some(slice)
-            && let Some(service) = &slice.service
-        {
-            out.insert((slice.namespace.clone(), service.clone()));
-        }
+    match kind {
+        Kind::Namespace => state
+            .namespaces
+            .keys()
+            .map(|name| crate::error::ObjectKey {
+                kind,
+                namespace: String::new(),
+                name: name.clone(),
+            })
+            .collect(),
+        Kind::Pod => of(&state.pods, kind),
+        Kind::NetworkPolicy => of(&state.policies, kind),
+        Kind::Service => of(&state.services, kind),
+        Kind::EndpointSlice => of(&state.endpoint_slices, kind),
     }
-    for (k, slice) in &new {
-        if old.get(k) != Some(slice)
-            && let Some(service) = &slice.service
-        {
-            out.insert((slice.namespace.clone(), service.clone()));
-        }
-    }
-    out
-}
-
-/// True when some Service without slices picks its backends by labels.
-fn selector_backends(state: &State) -> bool {
-    let sliced: BTreeSet<(&str, &str)> = state
-        .endpoint_slices
-        .iter()
-        .filter_map(|s| {
-            s.service
-                .as_deref()
-                .map(|name| (s.namespace.as_str(), name))
-        })
-        .collect();
-    state
-        .services
-        .iter()
-        .any(|s| s.selector.is_some() && !sliced.contains(&(s.namespace.as_str(), s.name.as_str())))
 }
 
 /// A live pod of node `node` (every live pod without a node name).
@@ -441,14 +731,27 @@ fn live_addresses(pod: Option<&Pod>) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// A Service's ClusterIPs (none when absent).
+fn cluster_ips(service: Option<&Service>) -> &[IpAddr] {
+    service.map_or(&[], |s| s.cluster_ips.as_slice())
+}
+
 impl Cluster {
-    fn build(
-        state: &State,
-        blocks: BTreeSet<Block>,
-        vips: BTreeMap<IpAddr, String>,
-        by_named_ports: bool,
-    ) -> Self {
+    /// The cluster-wide part of `state` from scratch, and what each rule id stands
+    /// for.
+    fn build(state: &State) -> (Self, BTreeMap<u32, RuleInfo>) {
+        let mut block_mentions: BTreeMap<Block, usize> = BTreeMap::new();
+        for block in state.policies.iter().flat_map(policy_blocks) {
+            *block_mentions.entry(block).or_default() += 1;
+        }
+        let blocks: BTreeSet<Block> = block_mentions.keys().cloned().collect();
+        let named_port_policies = (state.policies.iter())
+            .filter(|policy| uses_named_port(policy, DIR_EGRESS))
+            .count();
+        let by_named_ports = named_port_policies > 0;
+        let vips = vips(state);
         let identities = Identities::build(state, &blocks, by_named_ports, &vips);
+        let (rules, infos) = Rules::build(state);
         let mut cluster = Cluster {
             covering: Covering::new(&blocks),
             block_prefixes: blocks
@@ -456,18 +759,17 @@ impl Cluster {
                 .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied()))
                 .collect(),
             blocks,
+            block_mentions,
             vips,
             by_named_ports,
+            named_port_policies,
+            rules,
             ..Cluster::default()
         };
         for pod in state.pods.iter().filter(|p| p.is_live_endpoint()) {
             for ip in live_addresses(Some(pod)) {
                 // In state order: the first claimant owns the address, as in a build.
-                cluster
-                    .claims
-                    .entry(ip)
-                    .or_default()
-                    .push((pod.namespace.clone(), pod.name.clone()));
+                cluster.claims.entry(ip).or_default().push(key_of(pod));
             }
         }
         let mut allocator = IdAllocator::new(reserved_identity);
@@ -491,7 +793,73 @@ impl Cluster {
         }
         cluster.allocator = Some(allocator);
         cluster.identities = identities;
-        cluster
+        for slice in &state.endpoint_slices {
+            if let Some(service) = &slice.service {
+                cluster
+                    .slices_of
+                    .entry((slice.namespace.clone(), service.clone()))
+                    .or_default()
+                    .insert(slice.name.clone());
+            }
+        }
+        for service in &state.services {
+            cluster.note_selector(&(service.namespace.clone(), service.name.clone()), state);
+        }
+        (cluster, infos)
+    }
+
+    /// Counts the ipBlocks and named ports of the changed policies, and reads the
+    /// ClusterIPs again when a changed Service's changed: true when what every
+    /// prefix's description depends on stays (the set of ipBlocks, the ClusterIPs,
+    /// whether pod groups include named ports).
+    fn keep_descriptions(&mut self, delta: &Delta, state: &State) -> bool {
+        let mut same = true;
+        for (old, new) in &delta.policies {
+            for policy in old.iter() {
+                for block in policy_blocks(policy) {
+                    if let Some(count) = self.block_mentions.get_mut(&block) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.block_mentions.remove(&block);
+                            same = false;
+                        }
+                    }
+                }
+                self.named_port_policies -= usize::from(uses_named_port(policy, DIR_EGRESS));
+            }
+            for policy in new.iter() {
+                for block in policy_blocks(policy) {
+                    let count = self.block_mentions.entry(block).or_default();
+                    *count += 1;
+                    same &= *count > 1;
+                }
+                self.named_port_policies += usize::from(uses_named_port(policy, DIR_EGRESS));
+            }
+        }
+        // A block mentioned anew and one no longer mentioned: the set may be the same.
+        if !same {
+            same = self.block_mentions.len() == self.blocks.len()
+                && self.block_mentions.keys().eq(self.blocks.iter());
+        }
+        same &= (self.named_port_policies > 0) == self.by_named_ports;
+        let vips_may_change = (delta.services.iter())
+            .any(|(old, new)| cluster_ips(old.as_ref()) != cluster_ips(new.as_ref()));
+        same && !(vips_may_change && vips(state) != self.vips)
+    }
+
+    /// Notes whether Service `key` of `state` picks its backends by labels (it has a
+    /// selector and no EndpointSlice).
+    fn note_selector(&mut self, key: &(String, String), state: &State) {
+        let service = state.services.binary_search_by(|s| {
+            (s.namespace.as_str(), s.name.as_str()).cmp(&(key.0.as_str(), key.1.as_str()))
+        });
+        let by_labels = service.is_ok_and(|at| state.services[at].selector.is_some())
+            && !self.slices_of.contains_key(key);
+        if by_labels {
+            self.unsliced_selectors.insert(key.clone());
+        } else {
+            self.unsliced_selectors.remove(key);
+        }
     }
 
     /// Re-describes the addresses of one changed pod. `Err` when one of them needs a
@@ -504,7 +872,7 @@ impl Cluster {
         changed: &mut BTreeSet<IpAddr>,
         touched: &mut BTreeSet<u32>,
     ) -> Result<(), Rebuild> {
-        let key = old.or(new).map(|p| (p.namespace.clone(), p.name.clone()));
+        let key = old.or(new).map(key_of);
         let Some(key) = key else { return Ok(()) };
         let (before, after) = (live_addresses(old), live_addresses(new));
         let addresses: BTreeSet<IpAddr> = before.iter().chain(&after).copied().collect();
@@ -709,12 +1077,7 @@ impl Cluster {
     }
 
     /// Takes a new list of frontends and resolves every one against `trie`.
-    fn set_frontends(
-        &mut self,
-        frontends: Vec<Frontend>,
-        trie: &BTreeMap<IpNet, u32>,
-        state: &State,
-    ) {
+    fn set_frontends(&mut self, frontends: Vec<Frontend>, trie: &BTreeMap<IpNet, u32>) {
         self.resolved = frontends
             .iter()
             .map(|f| ResolvedFrontend::new(f, trie))
@@ -732,7 +1095,6 @@ impl Cluster {
             range.end = i + 1;
         }
         self.frontends = frontends;
-        self.selector_backends = selector_backends(state);
     }
 
     /// Recomputes the frontends of `services` (their slices changed, the Services did
@@ -751,13 +1113,21 @@ impl Cluster {
                 continue; // slices of no Service
             };
             let service = &state.services[index];
-            let slices: Vec<&EndpointSlice> = state
-                .endpoint_slices
-                .iter()
-                .filter(|s| {
-                    s.namespace == *namespace && s.service.as_deref() == Some(name.as_str())
-                })
-                .collect();
+            let slices: Vec<&EndpointSlice> =
+                (self.slices_of.get(&(namespace.clone(), name.clone())))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|slice| {
+                        let at = state
+                            .endpoint_slices
+                            .binary_search_by(|s| {
+                                (s.namespace.as_str(), s.name.as_str())
+                                    .cmp(&(namespace.as_str(), slice.as_str()))
+                            })
+                            .ok()?;
+                        Some(&state.endpoint_slices[at])
+                    })
+                    .collect();
             let pods: Vec<&Pod> = if slices.is_empty() {
                 let start = state.pods.partition_point(|p| p.namespace < *namespace);
                 state.pods[start..]
@@ -793,7 +1163,6 @@ impl Cluster {
                 self.resolve(i, trie);
             }
         }
-        self.selector_backends = selector_backends(state);
         true
     }
 

@@ -27,7 +27,7 @@ use netfence_common::IDENTITY_WORLD;
 use super::ids::{Fnv, IdAllocator, reserved_identity};
 use super::ports::{NamedPorts, named_ports};
 use crate::image::{IdentityInfo, canonical_addr};
-use crate::model::{Labels, Peer, Pod, State};
+use crate::model::{Labels, Peer, Pod, Policy, State};
 
 /// Pods that are indistinguishable to every policy: same namespace, same labels, and
 /// (when some egress rule names a port) the same named container ports.
@@ -336,19 +336,20 @@ pub fn live_pods(state: &State) -> impl Iterator<Item = &Pod> {
 
 /// Every ipBlock named by a rule of a direction its policy isolates.
 pub fn blocks_of(state: &State) -> BTreeSet<Block> {
-    let mut blocks = BTreeSet::new();
-    for policy in &state.policies {
-        let ingress = policy.ingress.iter().filter(|_| policy.isolates_ingress);
-        let egress = policy.egress.iter().filter(|_| policy.isolates_egress);
-        for rule in ingress.chain(egress) {
-            for peer in &rule.peers {
-                if let Peer::IpBlock { cidr, except } = peer {
-                    blocks.insert(Block::new(cidr, except));
-                }
-            }
-        }
-    }
-    blocks
+    state.policies.iter().flat_map(policy_blocks).collect()
+}
+
+/// The ipBlocks the effective rules of one policy name (once per mention).
+pub fn policy_blocks(policy: &Policy) -> impl Iterator<Item = Block> + '_ {
+    let ingress = policy.ingress.iter().filter(|_| policy.isolates_ingress);
+    let egress = policy.egress.iter().filter(|_| policy.isolates_egress);
+    ingress
+        .chain(egress)
+        .flat_map(|rule| &rule.peers)
+        .filter_map(|peer| match peer {
+            Peer::IpBlock { cidr, except } => Some(Block::new(cidr, except)),
+            Peer::Pods { .. } => None,
+        })
 }
 
 const V4_MAPPED: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);

@@ -53,7 +53,7 @@ use self::identity::{Identities, blocks_of, live_pods};
 use self::ids::{Fnv, IdAllocator, RULE_NODE_EGRESS, RULE_NODE_INGRESS, reserved_zero};
 use self::ports::{NamedPorts, PortMatch, named_ports};
 use self::rules::{
-    EntryKey, RuleRef, any_named_port, endpoint_entries, expand_needed, rule_ids,
+    EntryKey, RuleIds, any_named_port, endpoint_entries, expand_needed, rule_ids,
     selecting_uses_named_port,
 };
 use self::selector::{NamespaceLabels, matches};
@@ -202,28 +202,34 @@ pub(crate) fn with_node_rules(
     host: bool,
 ) -> BTreeMap<u32, RuleInfo> {
     if host {
-        for (id, direction) in [
-            (RULE_NODE_INGRESS, DIR_INGRESS),
-            (RULE_NODE_EGRESS, DIR_EGRESS),
-        ] {
-            rules.insert(
-                id,
-                RuleInfo {
-                    namespace: String::new(),
-                    policy: "(allow-node)".to_owned(),
-                    direction,
-                    index: 0,
-                },
-            );
-        }
+        rules.extend(node_rules());
     }
     rules
+}
+
+/// The rules of node traffic (`--allow-node`), both directions.
+pub(crate) fn node_rules() -> [(u32, RuleInfo); 2] {
+    [
+        (RULE_NODE_INGRESS, DIR_INGRESS),
+        (RULE_NODE_EGRESS, DIR_EGRESS),
+    ]
+    .map(|(id, direction)| {
+        (
+            id,
+            RuleInfo {
+                namespace: String::new(),
+                policy: "(allow-node)".to_owned(),
+                direction,
+                index: 0,
+            },
+        )
+    })
 }
 
 /// What the local part of a compile reads of the cluster-wide part.
 pub(crate) struct Shared<'a> {
     pub identities: &'a Identities,
-    pub rule_ids: &'a BTreeMap<RuleRef, u32>,
+    pub rule_ids: &'a RuleIds,
     pub frontends: &'a [ResolvedFrontend],
     pub by_backend: &'a BTreeMap<u32, BTreeSet<usize>>,
     /// Some node address is `IDENTITY_HOST` (`--allow-node`).

@@ -33,43 +33,76 @@ fn direction_name(direction: u8) -> &'static str {
     }
 }
 
-/// Rule ids: a hash of `ns/name/direction/index` (never 0), for every effective rule.
-pub fn rule_ids(state: &State) -> (BTreeMap<RuleRef, u32>, BTreeMap<u32, RuleInfo>) {
+/// The id of each effective rule, by place: what [`RuleRef`] `(p, direction, index)`
+/// is given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleIds(pub(crate) Vec<[Vec<u32>; 2]>);
+
+impl RuleIds {
+    pub fn get(&self, (p, direction, index): RuleRef) -> Option<u32> {
+        let ids = self.0.get(p)?;
+        ids[direction_slot(direction)].get(index).copied()
+    }
+}
+
+/// Where a direction's ids sit in a policy's pair.
+pub(crate) fn direction_slot(direction: u8) -> usize {
+    usize::from(direction == DIR_EGRESS)
+}
+
+/// What a rule's id is the hash of: `ns/name/direction/index`.
+pub(crate) fn rule_text(policy: &Policy, direction: u8, index: usize) -> String {
+    format!(
+        "{}/{}/{}/{index}",
+        policy.namespace,
+        policy.name,
+        direction_name(direction)
+    )
+}
+
+/// The hash a rule's id starts from (never 0 after probing: see `ids`).
+pub(crate) fn rule_hash(text: &str) -> u32 {
+    Fnv::default().str(text).finish()
+}
+
+/// What explain and events show of a rule.
+pub(crate) fn rule_info(policy: &Policy, direction: u8, index: usize) -> RuleInfo {
+    RuleInfo {
+        namespace: policy.namespace.clone(),
+        policy: policy.name.clone(),
+        direction,
+        index,
+    }
+}
+
+/// Rule ids: a hash of [`rule_text`] (never 0), for every effective rule.
+pub fn rule_ids(state: &State) -> (RuleIds, BTreeMap<u32, RuleInfo>) {
     let mut described: BTreeMap<String, RuleRef> = BTreeMap::new();
     for (p, policy) in state.policies.iter().enumerate() {
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for index in 0..effective_rules(policy, direction).len() {
-                let text = format!(
-                    "{}/{}/{}/{index}",
-                    policy.namespace,
-                    policy.name,
-                    direction_name(direction)
-                );
-                described.insert(text, (p, direction, index));
+                described.insert(rule_text(policy, direction, index), (p, direction, index));
             }
         }
     }
     let mut allocator = IdAllocator::new(reserved_rule);
-    let ids = allocator.allocate_all(described.keys().cloned(), |text| {
-        Fnv::default().str(text).finish()
-    });
-    let mut by_ref = BTreeMap::new();
+    let ids = allocator.allocate_all(described.keys().cloned(), |text| rule_hash(text));
+    let mut by_ref = RuleIds(
+        state
+            .policies
+            .iter()
+            .map(|policy| {
+                [DIR_INGRESS, DIR_EGRESS].map(|d| vec![0; effective_rules(policy, d).len()])
+            })
+            .collect(),
+    );
     let mut infos = BTreeMap::new();
     for (text, id) in ids {
         let Some(&(p, direction, index)) = described.get(&text) else {
             continue;
         };
-        let policy = &state.policies[p];
-        by_ref.insert((p, direction, index), id);
-        infos.insert(
-            id,
-            RuleInfo {
-                namespace: policy.namespace.clone(),
-                policy: policy.name.clone(),
-                direction,
-                index,
-            },
-        );
+        by_ref.0[p][direction_slot(direction)][index] = id;
+        infos.insert(id, rule_info(&state.policies[p], direction, index));
     }
     (by_ref, infos)
 }
@@ -187,7 +220,7 @@ pub fn endpoint_entries(
     named: &NamedPorts,
     identities: &Identities,
     peers: &ExpandedPeers,
-    rule_ids: &BTreeMap<RuleRef, u32>,
+    rule_ids: &RuleIds,
 ) -> BTreeMap<EntryKey, u32> {
     let mut entries = BTreeMap::new();
     for &p in selecting {
@@ -195,8 +228,7 @@ pub fn endpoint_entries(
         for direction in [DIR_INGRESS, DIR_EGRESS] {
             for (index, rule) in effective_rules(policy, direction).iter().enumerate() {
                 let key = (p, direction, index);
-                let (Some(rule_peers), Some(&rule_id)) = (peers.get(&key), rule_ids.get(&key))
-                else {
+                let (Some(rule_peers), Some(rule_id)) = (peers.get(&key), rule_ids.get(key)) else {
                     continue;
                 };
                 for (peer, port) in rule_entries(rule, direction, rule_peers, named, identities) {
@@ -258,11 +290,17 @@ fn rule_entries(
 
 /// True when some effective rule in `direction` of any policy names a port.
 pub fn any_named_port(state: &State, direction: u8) -> bool {
-    state.policies.iter().any(|policy| {
-        effective_rules(policy, direction)
-            .iter()
-            .any(rule_uses_named_port)
-    })
+    state
+        .policies
+        .iter()
+        .any(|policy| uses_named_port(policy, direction))
+}
+
+/// True when some effective rule of `policy` in `direction` names a port.
+pub fn uses_named_port(policy: &Policy, direction: u8) -> bool {
+    effective_rules(policy, direction)
+        .iter()
+        .any(rule_uses_named_port)
 }
 
 /// True when some effective ingress rule of the policies `selecting` names a port.
