@@ -330,3 +330,41 @@ pub fn identity_in(identities: &BTreeMap<IpNet, u32>, addr: IpAddr) -> u32 {
     };
     found.unwrap_or(netfence_common::IDENTITY_WORLD)
 }
+
+/// What one update of the incremental engine changed in its image, to bring a copy
+/// of the previous image to the new one without copying the cluster-wide maps: the
+/// node-local maps whole (they follow the node's pods and are recomputed at every
+/// update), and only the changed entries of the cluster-wide ones (IDENTITIES, rule
+/// and identity metadata).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Patch {
+    pub endpoints: BTreeMap<IpAddr, Endpoint>,
+    pub policy: BTreeMap<PolicyEntry, u32>,
+    pub endpoint_policies: BTreeMap<u32, EndpointPolicyInfo>,
+    /// Changed prefixes and their identity (`None`: removed).
+    pub identities: Vec<(IpNet, Option<u32>)>,
+    /// Changed identities and what they stand for (`None`: released).
+    pub identity_info: Vec<(u32, Option<IdentityInfo>)>,
+    /// Changed rules and where they came from (`None`: gone).
+    pub rules: Vec<(u32, Option<RuleInfo>)>,
+}
+
+impl Patch {
+    /// Brings `image`, the image before the update, to the image after it.
+    pub fn apply_to(self, image: &mut Image) {
+        fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, changes: Vec<(K, Option<V>)>) {
+            for (key, value) in changes {
+                match value {
+                    Some(value) => map.insert(key, value),
+                    None => map.remove(&key),
+                };
+            }
+        }
+        image.endpoints = self.endpoints;
+        image.policy = self.policy;
+        image.endpoint_policies = self.endpoint_policies;
+        put(&mut image.identities, self.identities);
+        put(&mut image.identity_info, self.identity_info);
+        put(&mut image.rules, self.rules);
+    }
+}

@@ -21,6 +21,7 @@ use netfence_policy::compile::announced::Announced;
 use netfence_policy::compile::compile_node;
 use netfence_policy::compile::engine::{Engine, Node};
 use netfence_policy::error::Kind;
+use netfence_policy::image::{Image, canonical_addr};
 use netfence_policy::model::{
     ContainerPort, EndpointSlice, LabelSelector, Labels, Namespace, Operator, Peer, Pod, PodPhase,
     Policy, Port, PortSpec, Protocol, Requirement, Rule, Service, ServicePort, SliceEndpoint,
@@ -364,6 +365,9 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
         let mut engine = Engine::new(node);
         let mut state = State::default();
         let mut announced: Vec<Announced> = Vec::new();
+        // What a user of the engine keeps from its patches and changed addresses.
+        let mut mirror = Image::default();
+        let mut owners: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
         for step in 0..STEPS {
             let before = state.clone();
             change(&mut rng, &mut state, &mut announced);
@@ -393,9 +397,29 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
             };
             if work.rebuilt {
                 rebuilt += 1;
+                mirror = engine.image().clone();
+                owners = reference_owners(engine.state(), engine.image());
             } else {
                 incremental += 1;
+                engine.patch(&work.changed).apply_to(&mut mirror);
+                for addr in &work.changed.addresses {
+                    match engine.owner_of(*addr) {
+                        Some((namespace, pod)) => {
+                            owners.insert(*addr, (namespace.to_owned(), pod.to_owned()))
+                        }
+                        None => owners.remove(addr),
+                    };
+                }
             }
+            assert!(
+                &mirror == engine.image(),
+                "seed {seed}, step {step} (way {way}, {work:?}): the previous image patched differs from the engine's"
+            );
+            assert_eq!(
+                owners,
+                reference_owners(engine.state(), engine.image()),
+                "seed {seed}, step {step} (way {way}, {work:?}): owners kept from the changed addresses"
+            );
             let expected = compile_node(&state, &engine.context(&announced));
             if engine.image() != &expected {
                 let image = engine.image();
@@ -428,6 +452,22 @@ fn the_engine_equals_a_compile_from_scratch_after_every_change() {
         incremental > rebuilt,
         "the sequences exercise the incremental path: {incremental} vs {rebuilt}"
     );
+}
+
+/// Every address's owner pod, from scratch: the local endpoint's, else the first live
+/// pod (by namespace and name) that has it.
+fn reference_owners(state: &State, image: &Image) -> BTreeMap<IpAddr, (String, String)> {
+    let mut out = BTreeMap::new();
+    for pod in state.pods.iter().filter(|p| p.is_live_endpoint()) {
+        for ip in &pod.ips {
+            out.entry(canonical_addr(*ip))
+                .or_insert_with(|| (pod.namespace.clone(), pod.name.clone()));
+        }
+    }
+    for (addr, endpoint) in &image.endpoints {
+        out.insert(*addr, (endpoint.namespace.clone(), endpoint.pod.clone()));
+    }
+    out
 }
 
 /// A client on node-1 whose egress allows pods labelled `app: web` on 8080, and the

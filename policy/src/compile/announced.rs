@@ -35,7 +35,7 @@ pub struct Announced {
 /// True when `pod` takes the addresses an announcement naming it gives: it is
 /// scheduled to `node`, has no address yet, is not host-network and has not
 /// terminated.
-fn takes_addresses(pod: &Pod, node: &str) -> bool {
+pub(crate) fn takes_addresses(pod: &Pod, node: &str) -> bool {
     pod.node_name.as_deref() == Some(node)
         && pod.ips.is_empty()
         && !pod.host_network

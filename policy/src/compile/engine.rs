@@ -40,7 +40,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use netfence_common::{DIR_EGRESS, DIR_INGRESS, IDENTITY_HOST, IDENTITY_WORLD};
 
-use super::announced::{Announced, fill_pod, fill_state, names_pod};
+use super::announced::{Announced, fill_pod, fill_state, names_pod, takes_addresses};
 use super::identity::{Block, Covering, Description, Identities, PodGroup, policy_blocks};
 use super::ids::{IdAllocator, reserved_identity, reserved_rule};
 use super::rules::{
@@ -53,7 +53,7 @@ use super::{
 };
 use crate::change::{Change, Keyed, Object, changed, delete_sorted, put_sorted};
 use crate::error::Kind;
-use crate::image::{IdentityInfo, Image, RuleInfo, canonical_addr};
+use crate::image::{IdentityInfo, Image, Patch, RuleInfo, canonical_addr};
 use crate::model::{EndpointSlice, Pod, Policy, Service, State};
 
 /// What the engine knows about the node beyond the cluster state (an owned
@@ -67,7 +67,7 @@ pub struct Node {
 }
 
 /// What one update did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Work {
     /// The identities were rebuilt from scratch (see the module doc for when).
     pub rebuilt: bool,
@@ -75,6 +75,25 @@ pub struct Work {
     pub pods_changed: usize,
     /// Identities created, released or renamed.
     pub identities_touched: usize,
+    /// What changed in the image's cluster-wide part (meaningless after a rebuild:
+    /// anything may have).
+    pub changed: Changed,
+}
+
+/// The cluster-wide entries of the image one update changed (the node-local maps
+/// are recomputed at every update), and the addresses whose owner pod may have
+/// changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// IDENTITIES prefixes.
+    pub prefixes: BTreeSet<IpNet>,
+    /// Identities whose description (`identity_info`) changed.
+    pub identities: BTreeSet<u32>,
+    /// Rule ids given or freed.
+    pub rules: BTreeSet<u32>,
+    /// Addresses of changed pods and of local endpoints added, removed or renamed:
+    /// the only ones whose [`Engine::owner_of`] may differ from before the update.
+    pub addresses: BTreeSet<IpAddr>,
 }
 
 /// The incremental engine of one node.
@@ -253,12 +272,14 @@ impl Rules {
         &mut self,
         changed: &[(Option<Policy>, Option<Policy>)],
         infos: &mut BTreeMap<u32, RuleInfo>,
+        ids_changed: &mut BTreeSet<u32>,
     ) {
         for old in changed.iter().filter_map(|(old, _)| old.as_ref()) {
             let key = (old.namespace.clone(), old.name.clone());
             for id in self.of_policy.remove(&key).into_iter().flatten().flatten() {
                 self.allocator.free(id);
                 infos.remove(&id);
+                ids_changed.insert(id);
             }
         }
         for new in changed.iter().filter_map(|(_, new)| new.as_ref()) {
@@ -268,6 +289,7 @@ impl Rules {
                         let text = rule_text(new, direction, index);
                         let id = self.allocator.allocate(rule_hash(&text));
                         infos.insert(id, rule_info(new, direction, index));
+                        ids_changed.insert(id);
                         id
                     })
                     .collect()
@@ -577,7 +599,11 @@ impl Engine {
                 };
             }
             if !delta.policies.is_empty() {
-                cluster.rules.update(&delta.policies, &mut self.image.rules);
+                cluster.rules.update(
+                    &delta.policies,
+                    &mut self.image.rules,
+                    &mut work.changed.rules,
+                );
             }
             if host.is_empty() != cluster.host.is_empty() {
                 for (id, info) in node_rules() {
@@ -586,8 +612,11 @@ impl Engine {
                     } else {
                         self.image.rules.insert(id, info);
                     }
+                    work.changed.rules.insert(id);
                 }
             }
+            work.changed.prefixes = nets;
+            work.changed.identities = touched;
         }
         cluster.host = host;
 
@@ -675,11 +704,74 @@ impl Engine {
                 host: !cluster.host.is_empty(),
             },
         );
-        self.image.endpoints = local.endpoints;
+        let previous = std::mem::replace(&mut self.image.endpoints, local.endpoints);
         self.image.policy = local.policy;
         self.image.endpoint_policies = local.endpoint_policies;
         add_node_inputs(&mut self.image, announced, self.node.audit_all);
+        // Local endpoints added, removed or given to another pod.
+        let owner = |e: &crate::image::Endpoint| (e.namespace.clone(), e.pod.clone());
+        for (addr, endpoint) in &previous {
+            if self.image.endpoints.get(addr).map(owner) != Some(owner(endpoint)) {
+                changed_addresses.insert(*addr);
+            }
+        }
+        for addr in self.image.endpoints.keys() {
+            if !previous.contains_key(addr) {
+                changed_addresses.insert(*addr);
+            }
+        }
+        work.changed.addresses = changed_addresses;
         work
+    }
+
+    /// What `changed` (of the last update, unless it rebuilt) changed in the image.
+    pub fn patch(&self, changed: &Changed) -> Patch {
+        fn entries<K: Ord + Copy, V: Clone>(
+            keys: &BTreeSet<K>,
+            map: &BTreeMap<K, V>,
+        ) -> Vec<(K, Option<V>)> {
+            keys.iter().map(|k| (*k, map.get(k).cloned())).collect()
+        }
+        let image = &self.image;
+        Patch {
+            endpoints: image.endpoints.clone(),
+            policy: image.policy.clone(),
+            endpoint_policies: image.endpoint_policies.clone(),
+            identities: entries(&changed.prefixes, &image.identities),
+            identity_info: entries(&changed.identities, &image.identity_info),
+            rules: entries(&changed.rules, &image.rules),
+        }
+    }
+
+    /// The pod that owns address `addr`: the local endpoint's, else the first live
+    /// pod (by namespace and name) that has it.
+    pub fn owner_of(&self, addr: IpAddr) -> Option<(&str, &str)> {
+        let addr = canonical_addr(addr);
+        if let Some(endpoint) = self.image.endpoints.get(&addr) {
+            return Some((&endpoint.namespace, &endpoint.pod));
+        }
+        let (namespace, name) = self.cluster.as_ref()?.claims.get(&addr)?.first()?;
+        Some((namespace, name))
+    }
+
+    /// True when the pod `announced` names takes its addresses at the next update:
+    /// the state names it on this node, without an address of its own (as
+    /// [`names_pod`] says of the source's state; the engine's state has the addresses
+    /// of earlier announcements filled in).
+    pub fn takes_announced(&self, announced: &Announced) -> bool {
+        let (Some(node), Some((namespace, name))) = (self.node.name.as_deref(), &announced.pod)
+        else {
+            return false;
+        };
+        let Ok(at) = find_pod(&self.state, namespace, name) else {
+            return false;
+        };
+        let filled = self.filled.contains(&(namespace.clone(), name.clone()));
+        let mut pod = self.state.pods[at].clone();
+        if filled {
+            pod.ips.clear();
+        }
+        takes_addresses(&pod, node)
     }
 }
 
