@@ -1,9 +1,9 @@
 //! The enforcer behind `netfence run` (the CLI only wires its arguments here):
-//! enforce on this node. One task owns the loaded programs and reacts
-//! to these, always recomputing from the whole state (level-triggered):
-//! a source change (reload, then a compile on the blocking pool: `compiling`; changes
-//! during a compile are coalesced into one more), a finished compile (purge the
-//! conntrack entries of addresses whose pod went or changed, sync), an interface
+//! enforce on this node. One task owns the loaded programs and reacts to these:
+//! a source change (the changed objects are queued for the policy engine, whose
+//! update runs on the blocking pool: `compiling`; changes during an update are
+//! handed to one more), a finished update (purge the conntrack entries of addresses
+//! whose pod went or changed, sync), an interface
 //! change or a periodic tick (forget gone interfaces, rebind pod addresses and sync
 //! them, then attach to new interfaces: `interfaces`), and a signal (exit; pinned
 //! links stay attached unless `--detach-on-exit`).
@@ -21,7 +21,7 @@
 //! sync and attach.
 
 mod cni;
-mod compiling;
+pub mod compiling;
 mod feed;
 mod interfaces;
 
@@ -34,7 +34,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use self::compiling::{Compiled, Compiler, Input};
+use self::compiling::{Compiled, Compiler, ImageUpdate, Input, OwnerUpdate};
 use crate::cli::RunArgs;
 use crate::dataplane::attach::Attachments;
 use crate::dataplane::events::{self, Names};
@@ -46,8 +46,7 @@ use crate::dataplane::owners::{self, Owner};
 use crate::dataplane::pin::PinDir;
 use crate::dataplane::sync::{self, Contents};
 use crate::image::Image;
-use crate::model::State;
-use crate::source::Load;
+use crate::source::{Batch, Change};
 use crate::telemetry::{self, Health, Metrics, Telemetry};
 
 pub use feed::{DEFAULT_HEALTH_ADDR, Source};
@@ -65,9 +64,10 @@ const CONNTRACK_SAMPLE_TICKS: u64 = 5;
 /// Everything `run` keeps between events.
 struct Enforcer {
     node: String,
-    /// The last state loaded: recompiled when the node's addresses change. Shared
-    /// with a running compile.
-    state: Arc<State>,
+    /// Where the cluster's objects come from.
+    source: Box<dyn Source>,
+    /// Changes from the source not handed to the engine yet.
+    queued: Vec<Change>,
     /// The compile running on the blocking pool, and whether another is due.
     compiler: Compiler,
     /// The node's own addresses (`--allow-node`), re-read with the interfaces.
@@ -85,6 +85,12 @@ struct Enforcer {
     /// addresses that change owner have their conntrack entries purged.
     owners: Option<BTreeMap<IpAddr, Owner>>,
     live: Contents,
+    /// What the maps should hold (the node-local maps are recomputed at each sync),
+    /// and which cluster-wide entries may differ from `live`.
+    target: Contents,
+    scope: sync::Scope,
+    /// A compile has succeeded: there is an image to sync.
+    compiled_once: bool,
     generation: u64,
     names: tokio::sync::watch::Sender<Arc<Names>>,
     /// Names for the flow log (sent only while a flow log reads them).
@@ -163,7 +169,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let event_reader = tokio::spawn(events::read(ring, names_rx, flows));
 
     let feed::Opened {
-        mut source,
+        source,
         mut changes,
         health_addr,
         description,
@@ -200,7 +206,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(allow_node = args.allow_node, addresses = ?node_addresses, "node addresses");
     let mut enforcer = Enforcer {
         node: args.node_name.clone(),
-        state: Arc::new(State::default()),
+        source,
+        queued: Vec::new(),
         compiler: Compiler::default(),
         node_addresses,
         allow_node: args.allow_node,
@@ -221,6 +228,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bind_problems: BTreeSet::new(),
         owners: None,
         live,
+        target: Contents::default(),
+        scope: sync::Scope::All,
+        compiled_once: false,
         generation: 0,
         names,
         flow_context,
@@ -233,10 +243,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cni: cni::CniEndpoints::open(&args),
     };
     let mut ready = false;
-    match source.load() {
-        Some(load) => enforcer.start(load, &*source, &health, &mut ready).await,
+    match enforcer.source.load() {
+        Some(batch) => enforcer.start(batch, &health, &mut ready).await,
         None => {
-            let waiting = source.waiting_for();
+            let waiting = enforcer.source.waiting_for();
             tracing::info!("not ready: {waiting}");
             health.set_waiting(waiting);
         }
@@ -253,10 +263,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = sigint.recv() => break,
             compiled = enforcer.compiler.finished() => enforcer.compiled(compiled),
             change = changes.recv() => match change {
-                Some(()) => match source.load() {
-                    Some(load) if ready => enforcer.reload(load, &*source),
-                    Some(load) => enforcer.start(load, &*source, &health, &mut ready).await,
-                    None => health.set_waiting(source.waiting_for()),
+                Some(()) => match enforcer.source.load() {
+                    Some(batch) if ready => enforcer.reload(batch),
+                    Some(batch) => enforcer.start(batch, &health, &mut ready).await,
+                    None => health.set_waiting(enforcer.source.waiting_for()),
                 },
                 None => anyhow::bail!("the source's change channel closed"),
             },
@@ -277,15 +287,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 enforcer.cni_tick(true);
                 enforcer.reconcile_interfaces().await;
                 enforcer.refresh_metrics();
-                enforcer.metrics.set_source_errors(source.errors());
+                enforcer.metrics.set_source_errors(enforcer.source.errors());
                 ticks += 1;
                 if ticks % CONNTRACK_SAMPLE_TICKS == 1 {
                     enforcer.refresh_conntrack_metric();
                 }
             } else {
                 enforcer.cni_tick(false);
-                health.set_waiting(source.waiting_for());
-                enforcer.metrics.set_source_errors(source.errors());
+                health.set_waiting(enforcer.source.waiting_for());
+                enforcer.metrics.set_source_errors(enforcer.source.errors());
             },
         }
         health.beat();
@@ -323,19 +333,25 @@ impl Drop for AbortOnDrop {
 }
 
 impl Enforcer {
-    /// The first complete state: bindings, then maps, then attach, so the first
-    /// packet a program sees (also one swapped into a pinned link, on maps a layout
-    /// change left empty) meets the policy and its pod's binding. Then ready.
-    async fn start(&mut self, load: Load, source: &dyn Source, health: &Health, ready: &mut bool) {
-        let cause = self.accept(load, source);
-        if let Some(all) = self.list_interfaces().await {
-            let managed: Vec<&Interface> = self.selection.managed(&all);
-            // The compile below uses the node addresses and bindings read here.
-            let _ = self.rebind(&managed).await;
-        }
+    /// The first complete state: compile, bindings, then maps, then attach, so the
+    /// first packet a program sees (also one swapped into a pinned link, on maps a
+    /// layout change left empty) meets the policy and its pod's binding. Then ready.
+    async fn start(&mut self, batch: Batch, health: &Health, ready: &mut bool) {
+        let cause = self.accept(batch);
         self.recompile(cause);
         let compiled = self.compiler.finished().await;
-        self.compiled(compiled);
+        self.take_compiled(compiled);
+        // Bindings use the owners the compile found; node addresses read anew
+        // decide the image: compile again when they changed.
+        if let Some(all) = self.list_interfaces().await {
+            let managed: Vec<&Interface> = self.selection.managed(&all);
+            if self.rebind(&managed).await.node_changed {
+                self.recompile("node addresses");
+                let compiled = self.compiler.finished().await;
+                self.take_compiled(compiled);
+            }
+        }
+        self.sync(cause);
         self.reconcile_interfaces().await;
         let adopted = self
             .attachments
@@ -364,37 +380,45 @@ impl Enforcer {
         );
     }
 
-    /// Compiles the source's state and syncs. Invalid objects are reported; their
-    /// last good version (or nothing) stays enforced.
-    fn reload(&mut self, load: Load, source: &dyn Source) {
-        let cause = self.accept(load, source);
+    /// Hands the source's changes to the engine, which syncs when done. Invalid
+    /// objects are reported; their last good version (or nothing) stays enforced.
+    fn reload(&mut self, batch: Batch) {
+        let cause = self.accept(batch);
         self.recompile(cause);
     }
 
-    /// Takes the source's state (reporting its invalid objects) without compiling;
-    /// returns the cause to compile it with.
-    fn accept(&mut self, load: Load, source: &dyn Source) -> &'static str {
-        let noun = source.noun();
-        for error in &load.errors {
+    /// Queues the source's changes for the engine (reporting its invalid objects)
+    /// without compiling; returns the cause to compile them with.
+    fn accept(&mut self, batch: Batch) -> &'static str {
+        let noun = self.source.noun();
+        for error in &batch.errors {
             tracing::error!("invalid {noun}, skipped (last good version kept): {error}");
         }
-        for warning in &load.warnings {
+        for warning in &batch.warnings {
             tracing::warn!("{noun} accepted with a change: {warning}");
         }
-        self.metrics.set_invalid_objects(load.errors.len());
-        self.state = Arc::new(load.state);
-        source.name()
+        self.metrics.set_invalid_objects(batch.errors.len());
+        self.queued.extend(batch.changes);
+        self.source.name()
     }
 
-    /// Compiles the last loaded state for this node on the blocking pool (or, while a
-    /// compile runs, once it is applied); the result is synced by [`Self::compiled`].
+    /// Updates the engine with the queued changes for this node on the blocking pool
+    /// (or, while an update runs, once it is applied); the result is synced by
+    /// [`Self::compiled`]. An engine that starts anew gets a snapshot of the source.
     fn recompile(&mut self, cause: &'static str) {
-        let (state, node, addresses) = (&self.state, &self.node, &self.node_addresses);
+        let (source, queued) = (&self.source, &mut self.queued);
+        let (node, addresses) = (&self.node, &self.node_addresses);
         let (allow_node, pending) = (self.allow_node, &self.cni.pending);
         let audit_all = self.mode == sync::Mode::Audit;
         let flow_log = self.flow_context.receiver_count() > 0;
-        self.compiler.request(cause, |cause| Input {
-            state: state.clone(),
+        self.compiler.request(cause, |cause, fresh| Input {
+            changes: if fresh {
+                // Every object: what was queued is in the snapshot.
+                queued.clear();
+                source.snapshot()
+            } else {
+                std::mem::take(queued)
+            },
             node: node.clone(),
             addresses: addresses.clone(),
             allow_node,
@@ -409,11 +433,8 @@ impl Enforcer {
     /// compile changes asked for meanwhile. A compile that panicked leaves the last
     /// good enforcement in place.
     fn compiled(&mut self, result: Result<Compiled, tokio::task::JoinError>) {
-        match result {
-            Ok(compiled) => self.apply(compiled),
-            Err(error) => {
-                tracing::error!("the compile task failed; the last good enforcement stays: {error}")
-            }
+        if let Some(cause) = self.take_compiled(result) {
+            self.sync(cause);
         }
         if let Some(cause) = self.compiler.take_queued() {
             self.recompile(cause);
@@ -421,7 +442,25 @@ impl Enforcer {
         self.answer_cni_waiters();
     }
 
-    fn apply(&mut self, compiled: Compiled) {
+    /// Takes a finished compile's image and purges the conntrack entries of moved
+    /// addresses, without syncing; returns the compile's cause (`None` when it
+    /// failed).
+    fn take_compiled(
+        &mut self,
+        result: Result<Compiled, tokio::task::JoinError>,
+    ) -> Option<&'static str> {
+        match result {
+            Ok(compiled) => Some(self.apply(compiled)),
+            Err(error) => {
+                tracing::error!(
+                    "the compile task failed; the last good enforcement stays, and the next compile starts anew: {error}"
+                );
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, compiled: Compiled) -> &'static str {
         let Compiled {
             cause,
             image,
@@ -430,16 +469,29 @@ impl Enforcer {
             owners,
             denied,
             work,
+            changes,
             elapsed,
         } = compiled;
         tracing::debug!(
+            changes,
             rebuilt = work.rebuilt,
             pods_changed = work.pods_changed,
             identities_touched = work.identities_touched,
             ms = elapsed.as_millis(),
             "engine update"
         );
-        self.image = image;
+        match image {
+            ImageUpdate::Whole(image) => {
+                self.target = Contents::from_image(&image, &self.bindings);
+                self.scope = sync::Scope::All;
+                self.image = image;
+            }
+            ImageUpdate::Patch(patch) => {
+                self.target.patch(&patch, &mut self.scope);
+                patch.apply_to(&mut self.image);
+            }
+        }
+        self.compiled_once = true;
         // ADDs programmed while the compile ran went into the image it replaces:
         // keep them (the merge the compile made, with the newer pending set).
         let later = self
@@ -462,19 +514,28 @@ impl Enforcer {
             let _ = self.flow_context.send(Arc::new(context));
         }
         self.purge_moved(owners);
-        self.sync(cause);
+        cause
     }
 
     /// Deletes the conntrack entries of every address whose owner pod went or
     /// changed since the last compile, before the sync programs the new owner: no
     /// flow of the old pod carries over to the new one. One walk for all of them.
-    fn purge_moved(&mut self, next: BTreeMap<IpAddr, Owner>) {
-        let moved = self
-            .owners
-            .as_ref()
-            .map(|previous| owners::moved(previous, &next))
-            .unwrap_or_default();
-        self.owners = Some(next);
+    fn purge_moved(&mut self, update: OwnerUpdate) {
+        let moved = match (update, self.owners.as_mut()) {
+            (OwnerUpdate::All(next), previous) => {
+                let moved = previous
+                    .map(|previous| owners::moved(previous, &next))
+                    .unwrap_or_default();
+                self.owners = Some(next);
+                moved
+            }
+            (OwnerUpdate::Changed(changed), Some(owners)) => owners::update(owners, changed),
+            (OwnerUpdate::Changed(_), None) => {
+                // Only a whole build gives the first owners.
+                tracing::error!("owners changed before any were known; purging nothing");
+                BTreeSet::new()
+            }
+        };
         if moved.is_empty() {
             return;
         }
@@ -492,12 +553,26 @@ impl Enforcer {
     }
 
     fn sync(&mut self, cause: &str) {
-        let target = Contents::from_image(&self.image, &self.bindings);
-        for conflict in sync::port_conflicts(&target.endpoints) {
+        if !self.compiled_once {
+            tracing::warn!(
+                cause,
+                "no compile has succeeded yet: the maps keep what they hold"
+            );
+            return;
+        }
+        self.target.set_local(&self.image, &self.bindings);
+        for conflict in sync::port_conflicts(&self.target.endpoints) {
             tracing::warn!("{conflict}");
         }
         let started = std::time::Instant::now();
-        let report = sync::sync(&mut self.datapath.maps, &mut self.live, &target);
+        let report = sync::sync_in(
+            &mut self.datapath.maps,
+            &mut self.live,
+            &self.target,
+            &self.scope,
+        );
+        // What failed is retried by the next sync.
+        self.scope = sync::Scope::of_failures(&report);
         // The sync's last write: flows are re-checked (`--existing-flows=cut`) only
         // against a complete new policy. A no-op sync keeps the generation.
         if report.verdict_writes > 0 {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use apiserver::agent::KubeAgent;
 use apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
 use netfence::compile::compile;
+use netfence::compile::engine::{Engine, Node};
 use netfence::image::{Image, Packet};
 use netfence::source::Load;
 use netfence::source::kube::{self as kube_source, Connection, KubeSource};
@@ -26,10 +27,12 @@ use serde_json::{Value, json};
 const NODE: &str = "nf6-node";
 use apiserver::TIMEOUT;
 
-/// A server, the source watching it, and the kubeconfig's directory.
+/// A server, the source watching it, a policy engine fed the source's changes, and
+/// the kubeconfig's directory.
 struct Fixture {
     server: ApiServer,
     source: KubeSource,
+    engine: Engine,
     changes: tokio::sync::mpsc::Receiver<()>,
     _dir: tempfile::TempDir,
 }
@@ -52,9 +55,33 @@ impl Fixture {
         Fixture {
             server,
             source,
+            engine: Engine::new(Node {
+                name: Some(NODE.to_owned()),
+                ..Node::default()
+            }),
             changes,
             _dir: dir,
         }
+    }
+
+    /// The source's next batch applied to the engine: the state the engine holds
+    /// then (which must be the state a snapshot of the source gives a new engine),
+    /// with the batch's problems. `None` while the source is not ready.
+    fn load(&mut self) -> Option<Load> {
+        let batch = self.source.load()?;
+        self.engine.apply(batch.changes, &[]);
+        let mut fresh = Engine::default();
+        fresh.apply(self.source.snapshot(), &[]);
+        assert_eq!(
+            fresh.state(),
+            self.engine.state(),
+            "the changes fed and a snapshot give the same state"
+        );
+        Some(Load {
+            state: (**self.engine.state()).clone(),
+            errors: batch.errors,
+            warnings: batch.warnings,
+        })
     }
 
     /// Waits until the source is ready and `done` holds for its load and compiled
@@ -63,7 +90,7 @@ impl Fixture {
         let start = Instant::now();
         let mut problems = (Vec::new(), Vec::new());
         loop {
-            if let Some(mut load) = self.source.load() {
+            if let Some(mut load) = self.load() {
                 // Problems are handed out once; keep them all for the caller.
                 problems.0.append(&mut load.errors);
                 problems.1.append(&mut load.warnings);
@@ -377,7 +404,7 @@ async fn gone_relists_without_disturbing_enforcement() {
         "a relist attempt",
     )
     .await;
-    let load = f.source.load().expect("still ready");
+    let load = f.load().expect("still ready");
     let image = compile(&load.state, Some(NODE));
     assert_eq!(load.state.policies.len(), 1);
     assert!(allowed(&image, API, WEB) && !allowed(&image, OTHER, WEB));

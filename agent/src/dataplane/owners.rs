@@ -62,6 +62,26 @@ pub fn moved(
         .collect()
 }
 
+/// Brings `owners` to the owners `changed` gives (address → its owner now, `None`:
+/// none) and returns the addresses [`moved`] would: those whose owner went or is
+/// another pod now.
+pub fn update(
+    owners: &mut BTreeMap<IpAddr, Owner>,
+    changed: Vec<(IpAddr, Option<Owner>)>,
+) -> BTreeSet<IpAddr> {
+    let mut moved = BTreeSet::new();
+    for (addr, owner) in changed {
+        let previous = match &owner {
+            Some(owner) => owners.insert(addr, owner.clone()),
+            None => owners.remove(&addr),
+        };
+        if previous.is_some() && previous != owner {
+            moved.insert(addr);
+        }
+    }
+    moved
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +168,31 @@ mod tests {
             moved(&BTreeMap::new(), &after).is_empty(),
             "the first compile purges nothing"
         );
+    }
+
+    #[test]
+    fn an_update_of_the_changed_addresses_purges_what_moved_would() {
+        let before = BTreeMap::from([
+            (ip("198.18.0.2"), owner("x", "p")),
+            (ip("198.18.0.3"), owner("x", "gone")),
+            (ip("198.18.0.4"), owner("x", "stays")),
+        ]);
+        let changed = vec![
+            (ip("198.18.0.2"), Some(owner("x", "q"))),
+            (ip("198.18.0.3"), None),
+            (ip("198.18.0.4"), Some(owner("x", "stays"))), // named, unchanged
+            (ip("198.18.0.7"), Some(owner("x", "new"))),
+            (ip("198.18.0.8"), None), // named, never owned
+        ];
+        let mut owners = before.clone();
+        let purged = update(&mut owners, changed);
+        let after = BTreeMap::from([
+            (ip("198.18.0.2"), owner("x", "q")),
+            (ip("198.18.0.4"), owner("x", "stays")),
+            (ip("198.18.0.7"), owner("x", "new")),
+        ]);
+        assert_eq!(owners, after);
+        assert_eq!(purged, moved(&before, &after));
+        assert_eq!(purged, BTreeSet::from([ip("198.18.0.2"), ip("198.18.0.3")]));
     }
 }

@@ -39,7 +39,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netfence_common::EndpointValue;
 
-use crate::image::{Image, PolicyEntry};
+use crate::image::{Image, Patch, PolicyEntry};
 
 /// The exact contents of the maps the agent manages.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -136,7 +136,19 @@ impl Contents {
     /// audit`). PORTS follows from the bound endpoints ([`ports_of`]; see
     /// [`port_conflicts`]).
     pub fn from_image(image: &Image, bindings: &BTreeMap<IpAddr, u32>) -> Self {
-        let endpoints = image
+        let mut contents = Self {
+            identities: image.identities.clone(),
+            rules: image.rules.keys().copied().collect(),
+            ..Self::default()
+        };
+        contents.set_local(image, bindings);
+        contents
+    }
+
+    /// Recomputes the node-local maps (ENDPOINTS, PORTS, POLICY) from `image` and
+    /// `bindings`, as [`Contents::from_image`] does.
+    pub fn set_local(&mut self, image: &Image, bindings: &BTreeMap<IpAddr, u32>) {
+        self.endpoints = image
             .endpoints
             .iter()
             .map(|(addr, endpoint)| {
@@ -149,13 +161,81 @@ impl Contents {
                 (*addr, value)
             })
             .collect();
-        Self {
-            identities: image.identities.clone(),
-            ports: ports_of(&endpoints),
-            endpoints,
-            policy: image.policy.clone(),
-            rules: image.rules.keys().copied().collect(),
+        self.ports = ports_of(&self.endpoints);
+        self.policy.clone_from(&image.policy);
+    }
+
+    /// Takes the cluster-wide changes of `patch` (IDENTITIES prefixes, rule counters)
+    /// and names them in `scope`; the node-local maps follow at the next
+    /// [`Contents::set_local`].
+    pub fn patch(&mut self, patch: &Patch, scope: &mut Scope) {
+        for (net, id) in &patch.identities {
+            match id {
+                Some(id) => self.identities.insert(*net, *id),
+                None => self.identities.remove(net),
+            };
+            scope.prefix(*net);
         }
+        for (rule, info) in &patch.rules {
+            if info.is_some() {
+                self.rules.insert(*rule);
+            } else {
+                self.rules.remove(rule);
+            }
+            scope.rule(*rule);
+        }
+    }
+}
+
+/// Which entries of the cluster-wide maps (IDENTITIES, the rule counters) may differ
+/// between what the maps hold and the target: a sync compares only those, so its
+/// work follows the change, not the cluster. The node-local maps (ENDPOINTS, PORTS,
+/// POLICY) are always compared whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (a new image, a restart).
+    All,
+    Keys {
+        prefixes: BTreeSet<IpNet>,
+        rules: BTreeSet<u32>,
+    },
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope::Keys {
+            prefixes: BTreeSet::new(),
+            rules: BTreeSet::new(),
+        }
+    }
+}
+
+impl Scope {
+    /// Adds a prefix that may differ.
+    pub fn prefix(&mut self, net: IpNet) {
+        if let Scope::Keys { prefixes, .. } = self {
+            prefixes.insert(net);
+        }
+    }
+
+    /// Adds a rule counter that may differ.
+    pub fn rule(&mut self, rule: u32) {
+        if let Scope::Keys { rules, .. } = self {
+            rules.insert(rule);
+        }
+    }
+
+    /// The scope of what a sync failed to write: the next sync retries it.
+    pub fn of_failures(report: &SyncReport) -> Scope {
+        let mut scope = Scope::default();
+        for (op, _) in &report.failed {
+            match op {
+                MapOp::PutIdentity(net, _) | MapOp::DeleteIdentity(net) => scope.prefix(*net),
+                MapOp::PutRule(rule) | MapOp::DeleteRule(rule) => scope.rule(*rule),
+                _ => {}
+            }
+        }
+        scope
     }
 }
 
@@ -176,31 +256,69 @@ pub enum MapOp {
 
 /// The operations that turn `live` into `target`, in the safe order above.
 pub fn plan(live: &Contents, target: &Contents) -> Vec<MapOp> {
+    plan_in(live, target, &Scope::All)
+}
+
+/// [`plan`] where only the entries `scope` names may differ in the cluster-wide
+/// maps.
+pub fn plan_in(live: &Contents, target: &Contents, scope: &Scope) -> Vec<MapOp> {
+    let (identities, removed_identities, new_rules, gone_rules) = match scope {
+        Scope::All => (
+            changed(&live.identities, &target.identities).collect::<Vec<_>>(),
+            removed(&live.identities, &target.identities).collect::<Vec<_>>(),
+            target.rules.difference(&live.rules).collect::<Vec<_>>(),
+            live.rules.difference(&target.rules).collect::<Vec<_>>(),
+        ),
+        Scope::Keys { prefixes, rules } => (
+            changed_in(&live.identities, &target.identities, prefixes).collect(),
+            removed_in(&live.identities, &target.identities, prefixes).collect(),
+            (rules.iter())
+                .filter(|r| target.rules.contains(r) && !live.rules.contains(r))
+                .collect(),
+            (rules.iter())
+                .filter(|r| live.rules.contains(r) && !target.rules.contains(r))
+                .collect(),
+        ),
+    };
     let mut ops = Vec::new();
-    ops.extend(
-        target
-            .rules
-            .difference(&live.rules)
-            .map(|r| MapOp::PutRule(*r)),
-    );
+    ops.extend(new_rules.into_iter().map(|r| MapOp::PutRule(*r)));
     ops.extend(changed(&live.policy, &target.policy).map(|(k, v)| MapOp::PutPolicy(*k, *v)));
-    ops.extend(
-        changed(&live.identities, &target.identities).map(|(k, v)| MapOp::PutIdentity(*k, *v)),
-    );
+    ops.extend((identities.into_iter()).map(|(k, v)| MapOp::PutIdentity(*k, *v)));
     ops.extend(
         changed(&live.endpoints, &target.endpoints).map(|(k, v)| MapOp::PutEndpoint(*k, *v)),
     );
     ops.extend(changed(&live.ports, &target.ports).map(|(k, v)| MapOp::PutPort(*k, *v)));
     ops.extend(removed(&live.endpoints, &target.endpoints).map(|k| MapOp::DeleteEndpoint(*k)));
     ops.extend(removed(&live.ports, &target.ports).map(|k| MapOp::DeletePort(*k)));
-    ops.extend(removed(&live.identities, &target.identities).map(|k| MapOp::DeleteIdentity(*k)));
-    ops.extend(removed(&live.policy, &target.policy).map(|k| MapOp::DeletePolicy(*k)));
     ops.extend(
-        live.rules
-            .difference(&target.rules)
-            .map(|r| MapOp::DeleteRule(*r)),
+        removed_identities
+            .into_iter()
+            .map(|k| MapOp::DeleteIdentity(*k)),
     );
+    ops.extend(removed(&live.policy, &target.policy).map(|k| MapOp::DeletePolicy(*k)));
+    ops.extend(gone_rules.into_iter().map(|r| MapOp::DeleteRule(*r)));
     ops
+}
+
+/// [`changed`] of the `keys` alone.
+fn changed_in<'a, K: Ord, V: PartialEq>(
+    live: &'a BTreeMap<K, V>,
+    target: &'a BTreeMap<K, V>,
+    keys: &'a BTreeSet<K>,
+) -> impl Iterator<Item = (&'a K, &'a V)> {
+    keys.iter()
+        .filter_map(move |k| target.get_key_value(k))
+        .filter(move |(k, v)| live.get(k) != Some(v))
+}
+
+/// [`removed`] of the `keys` alone.
+fn removed_in<'a, K: Ord, V>(
+    live: &'a BTreeMap<K, V>,
+    target: &'a BTreeMap<K, V>,
+    keys: &'a BTreeSet<K>,
+) -> impl Iterator<Item = &'a K> {
+    keys.iter()
+        .filter(move |k| live.contains_key(k) && !target.contains_key(k))
 }
 
 fn changed<'a, K: Ord, V: PartialEq>(
@@ -267,8 +385,19 @@ impl SyncReport {
 /// write fails they are removed (withheld) until a later sync writes it: the
 /// affected endpoints drop that peer's new flows instead.
 pub fn sync<B: MapBackend>(backend: &mut B, live: &mut Contents, target: &Contents) -> SyncReport {
+    sync_in(backend, live, target, &Scope::All)
+}
+
+/// [`sync`] where only the entries `scope` names may differ in the cluster-wide maps
+/// (see [`plan_in`]).
+pub fn sync_in<B: MapBackend>(
+    backend: &mut B,
+    live: &mut Contents,
+    target: &Contents,
+    scope: &Scope,
+) -> SyncReport {
     let mut report = SyncReport::default();
-    let pending = pending_fallbacks(live, target);
+    let pending = pending_fallbacks(live, target, scope);
     // The prefixes whose pending write `entry` would wrongly cover.
     let exposes = |entry: &PolicyEntry| -> Vec<IpNet> {
         pending.get(&entry.peer).map_or_else(Vec::new, |prefixes| {
@@ -288,7 +417,7 @@ pub fn sync<B: MapBackend>(backend: &mut B, live: &mut Contents, target: &Conten
         |live: &Contents, net: &IpNet| live.identities.get(net) == target.identities.get(net);
     let mut deferred = Vec::new();
     let mut guarded = pending.is_empty();
-    for op in plan(live, target) {
+    for op in plan_in(live, target, scope) {
         if !guarded
             && !matches!(
                 op,
@@ -374,9 +503,19 @@ fn guard<B: MapBackend>(
 
 /// Identity writes the maps lack, by the identity their addresses resolve to until
 /// written: fallback → [(prefix, target identity)].
-fn pending_fallbacks(live: &Contents, target: &Contents) -> BTreeMap<u32, Vec<(IpNet, u32)>> {
+fn pending_fallbacks(
+    live: &Contents,
+    target: &Contents,
+    scope: &Scope,
+) -> BTreeMap<u32, Vec<(IpNet, u32)>> {
     let mut out: BTreeMap<u32, Vec<(IpNet, u32)>> = BTreeMap::new();
-    for (net, id) in changed(&live.identities, &target.identities) {
+    let writes: Vec<(&IpNet, &u32)> = match scope {
+        Scope::All => changed(&live.identities, &target.identities).collect(),
+        Scope::Keys { prefixes, .. } => {
+            changed_in(&live.identities, &target.identities, prefixes).collect()
+        }
+    };
+    for (net, id) in writes {
         // The longest written prefix containing `net`: at most 128 lookups.
         let fallback = live.identities.get(net).copied().unwrap_or_else(|| {
             std::iter::successors(net.supernet(), IpNet::supernet)

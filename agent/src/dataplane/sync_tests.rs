@@ -525,3 +525,111 @@ fn port_writes_are_verdict_writes_and_read_back_into_live() {
     assert_eq!(live, bound_now);
     assert_eq!(backend.maps, bound_now);
 }
+
+#[test]
+fn a_scoped_sync_compares_only_the_named_cluster_wide_entries_and_retries_failures() {
+    let old = contents(100, 20);
+    let mut live = old.clone();
+    let mut fake = Fake {
+        maps: old.clone(),
+        ..Fake::default()
+    };
+    // Two prefixes change and a rule appears, but the scope names one prefix and the
+    // rule: the other prefix's difference is not looked at.
+    let named = IpNet::from(pod(5));
+    let unnamed = IpNet::from(pod(6));
+    let mut target = old.clone();
+    target.identities.insert(named, 21);
+    target.identities.insert(unnamed, 22);
+    target.rules.insert(8);
+    let mut scope = Scope::default();
+    scope.prefix(named);
+    scope.rule(8);
+    assert_eq!(
+        plan_in(&live, &target, &scope),
+        vec![MapOp::PutRule(8), MapOp::PutIdentity(named, 21)]
+    );
+    // The node-local maps are compared whole, scope or not.
+    target.endpoints.insert(pod(9), endpoint(100));
+    let ops = plan_in(&live, &target, &scope);
+    assert!(
+        ops.contains(&MapOp::PutEndpoint(pod(9), endpoint(100))),
+        "{ops:?}"
+    );
+    // A failed write in scope is named in the next scope.
+    fake.fail_on = Some(MapOp::PutIdentity(named, 21));
+    let report = sync_in(&mut fake, &mut live, &target, &scope);
+    assert_eq!(report.failed.len(), 1);
+    let retry = Scope::of_failures(&report);
+    assert_eq!(
+        retry,
+        Scope::Keys {
+            prefixes: BTreeSet::from([named]),
+            rules: BTreeSet::new()
+        }
+    );
+    fake.fail_on = None;
+    let report = sync_in(&mut fake, &mut live, &target, &retry);
+    assert_eq!(report.applied, 1);
+    assert_eq!(live.identities.get(&named), Some(&21));
+    assert_eq!(fake.maps, live);
+    // With every key in scope, a scoped plan is the whole plan.
+    let all = Scope::Keys {
+        prefixes: target
+            .identities
+            .keys()
+            .chain(live.identities.keys())
+            .copied()
+            .collect(),
+        rules: target.rules.iter().chain(&live.rules).copied().collect(),
+    };
+    assert_eq!(plan_in(&live, &target, &all), plan(&live, &target));
+}
+
+#[test]
+fn contents_patched_equal_contents_of_the_patched_image() {
+    use crate::image::{Endpoint, Patch, RuleInfo};
+    let mut image = Image::default();
+    image.identities.insert(IpNet::from(pod(3)), 20);
+    image.identities.insert(IpNet::from(pod(4)), 21);
+    image.rules.insert(
+        7,
+        RuleInfo {
+            namespace: "x".to_owned(),
+            policy: "p".to_owned(),
+            direction: netfence_common::DIR_INGRESS,
+            index: 0,
+        },
+    );
+    let bindings = BTreeMap::from([(pod(3), 11)]);
+    let mut contents = Contents::from_image(&image, &bindings);
+    let endpoint = Endpoint {
+        namespace: "x".to_owned(),
+        pod: "a".to_owned(),
+        policy: 100,
+        isolated_ingress: true,
+        isolated_egress: false,
+        audit_ingress: false,
+        audit_egress: false,
+        identity: 20,
+    };
+    let patch = Patch {
+        endpoints: BTreeMap::from([(pod(3), endpoint)]),
+        policy: BTreeMap::from([(entry(100, 21, 80), 7)]),
+        identities: vec![(IpNet::from(pod(4)), None), (IpNet::from(pod(5)), Some(22))],
+        rules: vec![(7, None)],
+        ..Patch::default()
+    };
+    let mut scope = Scope::default();
+    contents.patch(&patch, &mut scope);
+    patch.apply_to(&mut image);
+    contents.set_local(&image, &bindings);
+    assert_eq!(contents, Contents::from_image(&image, &bindings));
+    assert_eq!(
+        scope,
+        Scope::Keys {
+            prefixes: BTreeSet::from([IpNet::from(pod(4)), IpNet::from(pod(5))]),
+            rules: BTreeSet::from([7])
+        }
+    );
+}

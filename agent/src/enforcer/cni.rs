@@ -16,6 +16,7 @@
 //! The runtime's own record of ADDs (`--cni-cache-dir`, [`crate::cni::cache`]) is
 //! read with every interface reconcile, beside the pending set.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,12 +25,14 @@ use netfence_cni::protocol::{Command, Enforcement, Response};
 use tokio::sync::oneshot;
 
 use super::Enforcer;
+use super::compiling::OwnerUpdate;
 use crate::cli::RunArgs;
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
-use crate::cni::pending::{NetnsView, look_at_netns, names_pod, programmed};
+use crate::cni::pending::{NetnsView, look_at_netns, programmed};
 use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
+use crate::dataplane::owners::Owner;
 use crate::dataplane::sync::Mode;
 
 /// The pending endpoints and the ADDs waiting for them.
@@ -219,7 +222,11 @@ impl Enforcer {
                     tracing::info!(container = %stale, "cni: dropped a pending container whose address was reused (its DEL was missed)");
                 }
                 self.save_pending();
-                let named = names_pod(&endpoint.announced(), &self.state, &self.node);
+                // While an update holds the engine, the next update decides: it
+                // fills a named pod or denies the address.
+                let named = (self.compiler)
+                    .takes_announced(&endpoint.announced())
+                    .unwrap_or(true);
                 self.cni.waiters.push(Waiter {
                     container_id: request.container_id,
                     pod,
@@ -279,6 +286,7 @@ impl Enforcer {
     /// both ways, as the next compile makes them) and syncs, without a compile: an
     /// ADD for a pod the state does not name yet costs one merge and one sync.
     fn program_pending(&mut self) {
+        let before: BTreeSet<IpAddr> = self.image.endpoints.keys().copied().collect();
         let denied = self
             .cni
             .pending
@@ -295,8 +303,18 @@ impl Enforcer {
             .send(std::sync::Arc::new(crate::dataplane::events::names(
                 &self.image,
             )));
-        let owners = crate::dataplane::owners::owners(&self.state, &self.image);
-        self.purge_moved(owners);
+        // The merged endpoints own their addresses now.
+        let owners = (self.image.endpoints.iter())
+            .filter(|(addr, _)| !before.contains(addr))
+            .map(|(addr, endpoint)| {
+                let owner = Owner {
+                    namespace: endpoint.namespace.clone(),
+                    pod: endpoint.pod.clone(),
+                };
+                (*addr, Some(owner))
+            })
+            .collect();
+        self.purge_moved(OwnerUpdate::Changed(owners));
         self.sync("cni");
     }
 

@@ -2,35 +2,40 @@
 //! (`compile::engine`) runs on tokio's blocking pool while the loop goes on serving
 //! netlink events, CNI calls and ticks (health, metrics and drop events have tasks of
 //! their own). At most one runs at a time (the engine moves into the job and back);
-//! changes that arrive meanwhile are coalesced into one more update to the latest
-//! state, started when the running one is applied. An update that panics loses the
-//! engine: the next one starts from an empty engine (a full build).
+//! changes that arrive meanwhile are queued by the loop and handed to one more
+//! update, started when the running one is applied. An update that panics loses the
+//! engine: the next one starts from an empty engine, fed a snapshot of the source
+//! (a full build).
 //!
-//! A job gets everything that decides the image (the state, the node's name and
-//! addresses, `--allow-node`, the pending CNI pods) by value, and hands back the image
-//! with what the loop derives from it before syncing: the names for drop events and
-//! the flow log, and the owner of every pod address (for the conntrack purge).
+//! A job gets everything that decides the image (the changed objects, the node's name
+//! and addresses, `--allow-node`, the pending CNI pods) by value, and hands back what
+//! changed: the image's node-local part and the changed entries of the rest (the
+//! whole image only after a build from scratch), the owners of the addresses that may
+//! have changed pods (for the conntrack purge), and the names for drop events and the
+//! flow log. Nothing in a job walks the cluster unless the engine rebuilt.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::cni::Pending;
 use crate::cni::pending::is_deny_all;
+use crate::compile::announced::Announced;
 use crate::compile::engine::{Engine, Node, Work};
 use crate::dataplane::events::{self, Names};
 use crate::dataplane::flowlog::FlowContext;
 use crate::dataplane::owners::{self, Owner};
-use crate::image::Image;
-use crate::model::State;
+use crate::image::{Image, Patch};
+use crate::source::Change;
 
 /// What one compile reads.
 #[derive(Debug)]
-pub(super) struct Input {
-    pub state: Arc<State>,
+pub struct Input {
+    /// The objects changed since the last update (every object, relisted, for an
+    /// engine that starts anew).
+    pub changes: Vec<Change>,
     pub node: String,
     pub addresses: Vec<IpAddr>,
     pub allow_node: bool,
@@ -45,23 +50,43 @@ pub(super) struct Input {
     pub cause: &'static str,
 }
 
+/// The new image, whole or as a patch of the last one.
+#[derive(Debug)]
+pub enum ImageUpdate {
+    /// After a build from scratch.
+    Whole(Image),
+    Patch(Patch),
+}
+
+/// The owner pods of addresses, all or the ones that may have changed.
+#[derive(Debug)]
+pub enum OwnerUpdate {
+    /// Every address's owner (after a build from scratch).
+    All(BTreeMap<IpAddr, Owner>),
+    /// The addresses whose owner may have changed, with their owner now (`None`:
+    /// none).
+    Changed(Vec<(IpAddr, Option<Owner>)>),
+}
+
 /// What one compile gives back.
 #[derive(Debug)]
-pub(super) struct Compiled {
+pub struct Compiled {
     pub cause: &'static str,
-    pub image: Image,
+    pub image: ImageUpdate,
     pub names: Names,
     pub flow_context: Option<FlowContext>,
-    pub owners: BTreeMap<IpAddr, Owner>,
+    pub owners: OwnerUpdate,
     /// Endpoints denied both ways (pending addresses no pod of the state carries).
     pub denied: usize,
     /// What the engine's update did.
     pub work: Work,
+    /// The changes it took.
+    pub changes: usize,
     pub elapsed: Duration,
 }
 
 /// Brings `engine` to `input` (runs on a blocking thread).
-pub(super) fn compile(engine: &mut Engine, input: Input) -> Compiled {
+pub fn compile(engine: &mut Engine, input: Input) -> Compiled {
     let started = Instant::now();
     let announced = input.pending.announced();
     engine.set_node(Node {
@@ -70,14 +95,35 @@ pub(super) fn compile(engine: &mut Engine, input: Input) -> Compiled {
         allow_node: input.allow_node,
         audit_all: input.audit_all,
     });
-    let work = engine.update(input.state.clone(), &announced);
-    let image = engine.image().clone();
-    // The flow context and the owners name pods by the state the engine compiled.
-    let state = engine.state().clone();
+    let changes = input.changes.len();
+    let work = engine.apply(input.changes, &announced);
+    let image = engine.image();
     let denied = image.endpoints.values().filter(|e| is_deny_all(e)).count();
-    let names = events::names(&image);
-    let flow_context = input.flow_log.then(|| FlowContext::new(&state, &image));
-    let owners = owners::owners(&state, &image);
+    let names = events::names(image);
+    // The flow log names remote pods too: a walk of every pod, only when one reads it.
+    let flow_context = input
+        .flow_log
+        .then(|| FlowContext::new(engine.state(), image));
+    let (image, owners) = if work.rebuilt {
+        (
+            ImageUpdate::Whole(image.clone()),
+            OwnerUpdate::All(owners::owners(engine.state(), image)),
+        )
+    } else {
+        let owners = (work.changed.addresses.iter())
+            .map(|addr| {
+                let owner = engine.owner_of(*addr).map(|(namespace, pod)| Owner {
+                    namespace: namespace.to_owned(),
+                    pod: pod.to_owned(),
+                });
+                (*addr, owner)
+            })
+            .collect();
+        (
+            ImageUpdate::Patch(engine.patch(&work.changed)),
+            OwnerUpdate::Changed(owners),
+        )
+    };
     Compiled {
         cause: input.cause,
         image,
@@ -86,6 +132,7 @@ pub(super) fn compile(engine: &mut Engine, input: Input) -> Compiled {
         owners,
         denied,
         work,
+        changes,
         elapsed: started.elapsed(),
     }
 }
@@ -100,18 +147,20 @@ pub(super) struct Compiler {
 }
 
 impl Compiler {
-    /// Starts compiling `input()` now, or, while a compile runs, remembers to compile
-    /// again once it is applied (the input is taken then: the latest state).
+    /// Starts compiling `input(cause, fresh)` now, or, while a compile runs,
+    /// remembers to compile again once it is applied (the input is taken then: the
+    /// changes queued until then). `fresh`: the engine starts anew (the first
+    /// compile, or after one panicked), so the input must hold every object.
     pub(super) fn request(
         &mut self,
         cause: &'static str,
-        input: impl FnOnce(&'static str) -> Input,
+        input: impl FnOnce(&'static str, bool) -> Input,
     ) {
         if self.running.is_some() {
             self.queued.get_or_insert(cause);
             return;
         }
-        let input = input(cause);
+        let input = input(cause, self.engine.is_none());
         let mut engine = self.engine.take().unwrap_or_default();
         self.running = Some(tokio::task::spawn_blocking(move || {
             let compiled = compile(&mut engine, input);
@@ -122,6 +171,13 @@ impl Compiler {
     /// The cause of a compile requested while one ran (taken: the caller requests it).
     pub(super) fn take_queued(&mut self) -> Option<&'static str> {
         self.queued.take()
+    }
+
+    /// Whether the pod `announced` names takes its addresses at the next compile
+    /// ([`Engine::takes_announced`]); `None` while a compile holds the engine or
+    /// before the first.
+    pub(super) fn takes_announced(&self, announced: &Announced) -> Option<bool> {
+        self.engine.as_ref().map(|e| e.takes_announced(announced))
     }
 
     /// Waits for the running compile; pending forever when none runs (a `select!`
@@ -143,11 +199,13 @@ impl Compiler {
 mod tests {
     use super::*;
     use crate::cni::PendingEndpoint;
+    use crate::model::State;
     use crate::scenario::{self, Params};
 
-    fn input(state: &Arc<State>, cause: &'static str) -> Input {
+    /// Every object of `state`, put.
+    fn input(state: &State, cause: &'static str) -> Input {
         Input {
-            state: state.clone(),
+            changes: netfence_policy::change::between(&State::default(), state),
             node: "node-1".to_owned(),
             addresses: Vec::new(),
             allow_node: true,
@@ -160,28 +218,32 @@ mod tests {
 
     #[tokio::test]
     async fn requests_during_a_compile_are_coalesced_into_one_more() {
-        let state = Arc::new(scenario::generate(&Params::new(2_000, 130, 20, "node-1")));
+        let state = scenario::generate(&Params::new(2_000, 130, 20, "node-1"));
         let mut compiler = Compiler::default();
         let mut inputs = 0;
-        compiler.request("manifests", |cause| {
+        compiler.request("manifests", |cause, fresh| {
+            assert!(fresh, "the first compile builds a new engine");
             inputs += 1;
             input(&state, cause)
         });
         // While it runs: two more requests, neither starts a compile.
-        compiler.request("cni", |cause| {
+        compiler.request("cni", |cause, _| {
             inputs += 1;
             input(&state, cause)
         });
-        compiler.request("node addresses", |cause| {
+        compiler.request("node addresses", |cause, _| {
             inputs += 1;
             input(&state, cause)
         });
         assert_eq!(inputs, 1, "only the first request builds an input");
         let first = compiler.finished().await.expect("the compile task");
         assert_eq!(first.cause, "manifests");
-        assert_eq!(first.image.endpoints.len(), 20);
+        let ImageUpdate::Whole(image) = &first.image else {
+            panic!("the first compile gives the whole image");
+        };
+        assert_eq!(image.endpoints.len(), 20);
         assert!(first.flow_context.is_some());
-        assert_eq!(first.names, events::names(&first.image));
+        assert_eq!(first.names, events::names(image));
         assert_eq!(
             compiler.take_queued(),
             Some("cni"),
@@ -215,7 +277,6 @@ mod tests {
         };
         pending.add(endpoint("named", "198.18.0.10", Some((&namespace, &name))));
         pending.add(endpoint("unknown", "198.18.0.11", None));
-        let state = Arc::new(state);
         let compiled = compile(
             &mut Engine::default(),
             Input {
@@ -223,7 +284,10 @@ mod tests {
                 ..input(&state, "cni")
             },
         );
-        let named = &compiled.image.endpoints[&"198.18.0.10".parse().expect("an address")];
+        let ImageUpdate::Whole(image) = &compiled.image else {
+            panic!("a new engine gives the whole image");
+        };
+        let named = &image.endpoints[&"198.18.0.10".parse().expect("an address")];
         assert_eq!(
             (named.namespace.as_str(), named.pod.as_str()),
             (namespace.as_str(), name.as_str())
@@ -233,11 +297,61 @@ mod tests {
             netfence_common::IDENTITY_WORLD,
             "compiled as the pod, with its identity"
         );
-        let unknown = &compiled.image.endpoints[&"198.18.0.11".parse().expect("an address")];
+        let unknown = &image.endpoints[&"198.18.0.11".parse().expect("an address")];
         assert!(
             unknown.isolated_ingress && unknown.isolated_egress && unknown.policy == 0,
             "deny-all: {unknown:?}"
         );
         assert_eq!(compiled.denied, 1);
+    }
+
+    #[test]
+    fn a_later_job_gives_a_patch_and_the_owners_that_changed() {
+        let state = scenario::generate(&Params::new(300, 20, 5, "node-1"));
+        let mut engine = Engine::default();
+        let first = compile(&mut engine, input(&state, "manifests"));
+        let ImageUpdate::Whole(mut image) = first.image else {
+            panic!("a new engine gives the whole image");
+        };
+        let OwnerUpdate::All(mut owners) = first.owners else {
+            panic!("a new engine gives every owner");
+        };
+        assert_eq!(owners, owners::owners(engine.state(), &image));
+        // A remote pod goes.
+        let gone = state
+            .pods
+            .iter()
+            .rev()
+            .find(|p| p.node_name.as_deref() != Some("node-1") && p.is_live_endpoint())
+            .expect("a remote pod");
+        let address = gone.ips[0];
+        let key = crate::source::Object::Pod(gone.clone()).key();
+        let second = compile(
+            &mut engine,
+            Input {
+                changes: vec![Change::Delete(key)],
+                ..input(&State::default(), "manifests")
+            },
+        );
+        assert!(!second.work.rebuilt, "{:?}", second.work);
+        assert_eq!(second.changes, 1);
+        let ImageUpdate::Patch(patch) = second.image else {
+            panic!("a later update gives a patch");
+        };
+        assert!(
+            patch
+                .identities
+                .contains(&(ipnet::IpNet::from(address), None)),
+            "the pod's prefix is removed: {:?}",
+            patch.identities
+        );
+        patch.apply_to(&mut image);
+        assert_eq!(&image, engine.image());
+        let OwnerUpdate::Changed(changed) = second.owners else {
+            panic!("a later update gives the changed owners");
+        };
+        assert_eq!(changed, vec![(address, None)]);
+        owners.remove(&address);
+        assert_eq!(owners, owners::owners(engine.state(), engine.image()));
     }
 }

@@ -1,8 +1,9 @@
 //! Where `netfence run` gets its cluster state from, behind one interface: a channel
-//! that says "something changed" and a `load` that returns the whole state (or `None`
-//! while the source is not ready yet). Two sources: a manifest directory (watched with
-//! inotify; always ready) and the Kubernetes API (kube-rs reflectors; ready after the
-//! first complete list of every kind).
+//! that says "something changed", a `load` that returns the objects changed since the
+//! last one (or `None` while the source is not ready yet), and a `snapshot` of every
+//! object for a policy engine that starts anew. Two sources: a manifest directory
+//! (watched with inotify; always ready) and the Kubernetes API (kube-rs reflectors;
+//! ready after the first complete list of every kind).
 
 use std::net::SocketAddr;
 
@@ -11,7 +12,7 @@ use tokio::sync::mpsc::Receiver;
 
 use crate::cli::RunArgs;
 use crate::source::kube::{self as kube_source, Connection, KubeSource};
-use crate::source::{Load, ManifestDir, Watcher};
+use crate::source::{Batch, Change, ManifestDir, Watcher};
 
 /// The health endpoint's address when watching the Kubernetes API and none is given.
 pub const DEFAULT_HEALTH_ADDR: SocketAddr =
@@ -19,9 +20,11 @@ pub const DEFAULT_HEALTH_ADDR: SocketAddr =
 
 /// A source of cluster state for the run loop.
 pub trait Source: Send {
-    /// The whole state to enforce with the problems found since the last call, or
-    /// `None` while the source cannot give a complete state yet.
-    fn load(&mut self) -> Option<Load>;
+    /// The changes since the last call, with the problems found meanwhile, or `None`
+    /// while the source cannot give a complete state yet.
+    fn load(&mut self) -> Option<Batch>;
+    /// Every object (each kind relisted), once the source is ready.
+    fn snapshot(&self) -> Vec<Change>;
     /// The source in log lines ("manifests", "kubernetes").
     fn name(&self) -> &'static str;
     /// What an input unit is called in log lines ("manifest", "object").
@@ -41,8 +44,12 @@ struct Manifests {
 }
 
 impl Source for Manifests {
-    fn load(&mut self) -> Option<Load> {
-        Some(self.dir.load())
+    fn load(&mut self) -> Option<Batch> {
+        Some(self.dir.reload())
+    }
+
+    fn snapshot(&self) -> Vec<Change> {
+        self.dir.snapshot()
     }
 
     fn name(&self) -> &'static str {
@@ -59,8 +66,12 @@ impl Source for Manifests {
 }
 
 impl Source for KubeSource {
-    fn load(&mut self) -> Option<Load> {
+    fn load(&mut self) -> Option<Batch> {
         KubeSource::load(self)
+    }
+
+    fn snapshot(&self) -> Vec<Change> {
+        KubeSource::snapshot(self)
     }
 
     fn name(&self) -> &'static str {

@@ -5,13 +5,12 @@
 //! binding is not written yet (a new veth, or at start after a layout change, when
 //! the new maps are empty and the programs are swapped into the pinned links).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Enforcer;
 use crate::cni::cache;
 use crate::dataplane::links::{self, CniRecord, Interface};
-use crate::dataplane::owners::{self, Owner};
-use crate::image::Image;
+use crate::dataplane::owners::Owner;
 
 /// What a rebind changed.
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,15 +80,9 @@ impl Enforcer {
         for problem in unreadable {
             tracing::debug!("{problem}");
         }
-        // Before the first compile (at start), the owners the state alone gives.
-        let before_compile;
-        let owners = match &self.owners {
-            Some(owners) => owners,
-            None => {
-                before_compile = owners::owners(&self.state, &Image::default());
-                &before_compile
-            }
-        };
+        // `start` compiles before it binds: no owners only when that compile failed.
+        let none = BTreeMap::new();
+        let owners = self.owners.as_ref().unwrap_or(&none);
         let bound = links::bind(&self.bindings, &records, &reads, owners);
         // Each problem is a warning once (they are re-found every second), then
         // debug while it lasts.

@@ -3,7 +3,8 @@
 //! the last version that validated, so a typo in a manifest never opens or closes
 //! traffic by itself.
 //!
-//! On every `load`:
+//! On every `load` (the whole state, for one-shot commands) or `reload` (the objects
+//! changed since the last read, for the policy engine of `run`):
 //! - a file that cannot be read, or is not YAML/JSON at all, is reported and every
 //!   object it produced last time is kept;
 //! - an object that fails validation is reported and its previous good version (by
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use manifest::{Entry, Object, Parsed, parse_str};
+pub use netfence_policy::change::Change;
 pub use netfence_policy::error::{Kind, ObjectKey, SourceError};
 pub use netfence_policy::validate::NAMESPACE_NAME_LABEL;
 pub use netfence_policy::validate::services::SERVICE_NAME_LABEL;
@@ -28,6 +30,18 @@ pub use netfence_policy::validate::{self, names, services as service};
 pub use watch::{Watcher, watch};
 
 use crate::model::State;
+
+/// What a running source hands the policy engine: the changes since the last batch,
+/// and the problems found meanwhile.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// Problems found; each object named in one is skipped or held at its last good
+    /// version.
+    pub errors: Vec<SourceError>,
+    /// Values accepted with an adjustment.
+    pub warnings: Vec<SourceError>,
+}
 
 /// A watched directory of manifests and the last good version of each object in it.
 #[derive(Debug)]
@@ -68,6 +82,59 @@ impl ManifestDir {
 
     /// Re-reads the whole directory. Returns the state to enforce and the problems found.
     pub fn load(&mut self) -> Load {
+        let (errors, warnings, _) = self.read();
+        Load {
+            state: state_of(&self.good),
+            errors,
+            warnings,
+        }
+    }
+
+    /// Re-reads the whole directory. Returns the objects that changed since the last
+    /// read (a put for each new or changed one, a delete for each one gone) and the
+    /// problems found.
+    pub fn reload(&mut self) -> Batch {
+        let (errors, warnings, previous) = self.read();
+        let mut changes: Vec<Change> = (previous.keys())
+            .filter(|key| !self.good.contains_key(*key))
+            .map(|key| Change::Delete(key.clone()))
+            .collect();
+        for (key, object) in &self.good {
+            if previous.get(key) != Some(object) {
+                changes.push(Change::Put(object.clone()));
+            }
+        }
+        Batch {
+            changes,
+            errors,
+            warnings,
+        }
+    }
+
+    /// Every kind relisted as the last read left it: what an engine starting anew
+    /// takes.
+    pub fn snapshot(&self) -> Vec<Change> {
+        Kind::ALL
+            .into_iter()
+            .map(|kind| {
+                let objects = (self.good.iter())
+                    .filter(|(key, _)| key.kind == kind)
+                    .map(|(_, object)| object.clone())
+                    .collect();
+                Change::Relist(kind, objects)
+            })
+            .collect()
+    }
+
+    /// Reads the directory into `good`; returns the errors, the warnings, and what
+    /// `good` held before.
+    fn read(
+        &mut self,
+    ) -> (
+        Vec<SourceError>,
+        Vec<SourceError>,
+        BTreeMap<ObjectKey, Object>,
+    ) {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let names = match manifest_files(&self.dir) {
@@ -77,11 +144,7 @@ impl ManifestDir {
                     dir: self.dir.display().to_string(),
                     source,
                 });
-                return Load {
-                    state: state_of(&self.good),
-                    errors,
-                    warnings,
-                };
+                return (errors, warnings, self.good.clone());
             }
         };
         let mut files = BTreeMap::new();
@@ -136,12 +199,8 @@ impl ManifestDir {
             }
         }
         self.files = files;
-        self.good = good;
-        Load {
-            state: state_of(&self.good),
-            errors,
-            warnings,
-        }
+        let previous = std::mem::replace(&mut self.good, good);
+        (errors, warnings, previous)
     }
 }
 

@@ -19,6 +19,7 @@ use kube::runtime::reflector::Lookup;
 use serde::de::DeserializeOwned;
 
 use crate::model;
+use crate::source::Object;
 use crate::source::service;
 use crate::source::validate::{self, Checker};
 use crate::source::{Kind, ObjectKey, SourceError};
@@ -47,6 +48,9 @@ pub trait Slim: Lookup<DynamicType = ()> + Clone + PartialEq + Send + Sync + 'st
     /// A value that only carries the key, for deleting an object whose last body did
     /// not convert.
     fn tombstone(key: &ObjectKey) -> Self;
+
+    /// The object as the policy engine takes it in a change.
+    fn object(&self) -> Object;
 }
 
 /// A slim model value as the reflector store keeps it (the store's `Lookup` is
@@ -134,6 +138,10 @@ impl Slim for Stored<model::Pod> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::Pod;
 
+    fn object(&self) -> Object {
+        Object::Pod(self.0.clone())
+    }
+
     fn convert(mut raw: DynamicObject, origin: &str) -> Converted<Self> {
         raw.metadata.managed_fields = None;
         let key = key_of(Self::KIND, &raw.metadata);
@@ -176,6 +184,10 @@ impl Slim for Stored<model::Policy> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::NetworkPolicy;
 
+    fn object(&self) -> Object {
+        Object::Policy(self.0.clone())
+    }
+
     fn convert(mut raw: DynamicObject, origin: &str) -> Converted<Self> {
         raw.metadata.managed_fields = None;
         let key = key_of(Self::KIND, &raw.metadata);
@@ -209,6 +221,10 @@ impl Slim for Stored<model::Service> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::Service;
 
+    fn object(&self) -> Object {
+        Object::Service(self.0.clone())
+    }
+
     fn convert(mut raw: DynamicObject, origin: &str) -> Converted<Self> {
         raw.metadata.managed_fields = None;
         let key = key_of(Self::KIND, &raw.metadata);
@@ -238,6 +254,10 @@ impl Slim for Stored<model::Service> {
 impl Slim for Stored<model::EndpointSlice> {
     type Raw = DynamicObject;
     const KIND: Kind = Kind::EndpointSlice;
+
+    fn object(&self) -> Object {
+        Object::EndpointSlice(self.0.clone())
+    }
 
     fn convert(mut raw: DynamicObject, origin: &str) -> Converted<Self> {
         raw.metadata.managed_fields = None;
@@ -280,6 +300,10 @@ impl Slim for Stored<model::EndpointSlice> {
 impl Slim for Stored<model::Namespace> {
     type Raw = PartialObjectMeta<core::Namespace>;
     const KIND: Kind = Kind::Namespace;
+
+    fn object(&self) -> Object {
+        Object::Namespace(self.0.clone())
+    }
 
     fn convert(raw: PartialObjectMeta<core::Namespace>, origin: &str) -> Converted<Self> {
         let mut metadata = raw.metadata;

@@ -1,12 +1,16 @@
 //! The Kubernetes API source: kube-rs watchers and reflector stores for Namespaces
 //! (metadata-only requests), Pods, NetworkPolicies, Services and EndpointSlices
 //! (`discovery.k8s.io/v1`), each object slimmed on arrival to the `model` value the
-//! compiler reads. Level-triggered: any change to a store marks the
-//! source dirty; after a short quiet period one `()` goes to the run loop, which calls
-//! [`KubeSource::load`] to rebuild the whole `model::State` from the stores.
+//! compiler reads. Every event that changes a store queues one change (an object put
+//! or deleted, a kind relisted) and marks the source dirty; after a short quiet
+//! period one `()` goes to the run loop, which takes the queued changes with
+//! [`KubeSource::load`] and hands them to the policy engine: a change costs work
+//! that follows the object, not the cluster. The stores stay the whole truth
+//! ([`KubeSource::snapshot`] relists every kind from them, for an engine that starts
+//! anew), so the outcome is still level-triggered.
 //!
 //! Readiness: `load` returns `None` until every kind has been listed completely once;
-//! from then on it always returns a state. A relist (410 Gone, expired
+//! from then on it always returns a batch. A relist (410 Gone, expired
 //! resourceVersion) fills a new buffer and swaps it in at the end, so enforcement is
 //! never computed from a half-listed kind.
 
@@ -32,8 +36,8 @@ use tokio::task::JoinHandle;
 
 pub use convert::{Slim, Stored};
 
-use super::{Kind, Load, SourceError};
-use crate::model::{self, State};
+use super::{Batch, Change, Kind, SourceError};
+use crate::model;
 
 /// The resources the agent watches, as (API group, resource): the single list that
 /// the watchers below are built from and that `deploy/`'s ClusterRole must grant
@@ -128,12 +132,21 @@ struct Shared {
     watch_errors: AtomicU64,
     /// Problems not yet handed out by `load`.
     problems: Mutex<(Vec<SourceError>, Vec<SourceError>)>,
+    /// Changes not yet handed out by `load`, in the order the stores took them.
+    changes: Mutex<Vec<Change>>,
     dirty: Notify,
 }
 
 impl Shared {
     fn mark_dirty(&self) {
         self.dirty.notify_one();
+    }
+
+    fn push(&self, change: Change) {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+        }
+        self.mark_dirty();
     }
 
     fn report(&self, errors: Vec<SourceError>, warnings: Vec<SourceError>) {
@@ -258,9 +271,10 @@ impl KubeSource {
         self.shared.listed.iter().all(|l| l.load(Ordering::SeqCst))
     }
 
-    /// The whole state from the stores, with the problems found since the last call;
-    /// `None` while not ready (the caller keeps enforcing what it has).
-    pub fn load(&mut self) -> Option<Load> {
+    /// The changes since the last call (from the first complete list of every kind
+    /// on, at the first call), with the problems found meanwhile; `None` while not
+    /// ready (the caller keeps enforcing what it has).
+    pub fn load(&mut self) -> Option<Batch> {
         if !self.is_ready() {
             return None;
         }
@@ -268,17 +282,26 @@ impl KubeSource {
             Ok(mut problems) => std::mem::take(&mut *problems),
             Err(_) => (Vec::new(), Vec::new()),
         };
-        Some(Load {
-            state: state_of(
-                &self.namespaces,
-                &self.pods,
-                &self.policies,
-                &self.services,
-                &self.endpoint_slices,
-            ),
+        let changes = match self.shared.changes.lock() {
+            Ok(mut changes) => std::mem::take(&mut *changes),
+            Err(_) => Vec::new(),
+        };
+        Some(Batch {
+            changes,
             errors,
             warnings,
         })
+    }
+
+    /// Every kind relisted from the stores: what an engine starting anew takes.
+    pub fn snapshot(&self) -> Vec<Change> {
+        vec![
+            Change::Relist(Kind::Namespace, reflect::objects(&self.namespaces)),
+            Change::Relist(Kind::Pod, reflect::objects(&self.pods)),
+            Change::Relist(Kind::NetworkPolicy, reflect::objects(&self.policies)),
+            Change::Relist(Kind::Service, reflect::objects(&self.services)),
+            Change::Relist(Kind::EndpointSlice, reflect::objects(&self.endpoint_slices)),
+        ]
     }
 
     pub fn stats(&self) -> Stats {
@@ -309,38 +332,6 @@ impl Drop for KubeSource {
             task.abort();
         }
     }
-}
-
-/// Builds the state from the stores: namespaces by name; pods, policies, services and
-/// endpoint slices sorted by (namespace, name) as `State` requires.
-pub fn state_of(
-    namespaces: &Store<Stored<model::Namespace>>,
-    pods: &Store<Stored<model::Pod>>,
-    policies: &Store<Stored<model::Policy>>,
-    services: &Store<Stored<model::Service>>,
-    endpoint_slices: &Store<Stored<model::EndpointSlice>>,
-) -> State {
-    State {
-        namespaces: namespaces
-            .state()
-            .iter()
-            .map(|n| (n.name.clone(), n.0.clone()))
-            .collect(),
-        pods: sorted(pods, |p| (&p.namespace, &p.name)),
-        policies: sorted(policies, |p| (&p.namespace, &p.name)),
-        services: sorted(services, |s| (&s.namespace, &s.name)),
-        endpoint_slices: sorted(endpoint_slices, |s| (&s.namespace, &s.name)),
-    }
-}
-
-/// A store's values, sorted by `key`.
-fn sorted<T: Clone>(store: &Store<Stored<T>>, key: impl Fn(&T) -> (&String, &String)) -> Vec<T>
-where
-    Stored<T>: Slim,
-{
-    let mut values: Vec<T> = store.state().iter().map(|v| v.0.clone()).collect();
-    values.sort_by(|a, b| key(a).cmp(&key(b)));
-    values
 }
 
 /// Turns bursts of `mark_dirty` into one `()`: after QUIET without a new mark, or

@@ -1,7 +1,9 @@
 //! One kind's pipeline: kube-runtime `watcher` (list, then watch from the list's
 //! resourceVersion; relist after 410 Gone; exponential backoff on errors) → conversion
-//! to the slim model value → `reflector` store. Events only mark the source dirty; the
-//! store is read as a whole when the state is rebuilt (level-triggered).
+//! to the slim model value → `reflector` store → one change per event for the policy
+//! engine (an object put or deleted; after a complete list, every object of the kind
+//! relisted, so the engine deletes what the list no longer has). The store stays the
+//! whole truth: a snapshot of it rebuilds an engine that was lost.
 //!
 //! Invalid objects never reach the store: an invalid update is dropped (the store keeps
 //! the last good version), and during a relist an invalid object is replaced by its
@@ -17,7 +19,7 @@ use kube::runtime::watcher::{self, Event};
 
 use super::Shared;
 use super::convert::{Slim, key_of};
-use crate::source::ObjectKey;
+use crate::source::{Change, Object, ObjectKey};
 
 /// Runs until the stream ends (never, in practice: the watcher retries forever).
 pub async fn run<K, S>(
@@ -47,9 +49,10 @@ pub async fn run<K, S>(
                 } else {
                     tracing::info!(kind = %K::KIND, objects = reader.len(), "relisted");
                 }
-                shared.mark_dirty();
+                shared.push(Change::Relist(K::KIND, objects(&reader)));
             }
-            Ok(Event::Apply(_) | Event::Delete(_)) => shared.mark_dirty(),
+            Ok(Event::Apply(value)) => shared.push(Change::Put(value.object())),
+            Ok(Event::Delete(value)) => shared.push(Change::Delete(value.object().key())),
             // The store changes only at InitDone.
             Ok(Event::Init | Event::InitApply(_)) => {}
             Err(error) => {
@@ -58,6 +61,11 @@ pub async fn run<K, S>(
             }
         }
     }
+}
+
+/// Every object of a store, as changes carry them.
+pub fn objects<K: Slim>(store: &Store<K>) -> Vec<Object> {
+    store.state().iter().map(|value| value.object()).collect()
 }
 
 /// Converts one watcher event; `None` drops it (an unchanged or invalid update).
