@@ -14,13 +14,15 @@
 //!   (by file name, then position) is kept;
 //! - a directory that cannot be listed is reported and the whole last state is kept.
 
+mod dir;
 pub mod kube;
 mod manifest;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use dir::ManifestDir;
 pub use manifest::{Entry, Object, Parsed, parse_str};
 pub use netfence_policy::change::Change;
 pub use netfence_policy::error::{Kind, ObjectKey, SourceError};
@@ -43,17 +45,6 @@ pub struct Batch {
     pub warnings: Vec<SourceError>,
 }
 
-/// A watched directory of manifests and the last good version of each object in it.
-#[derive(Debug)]
-pub struct ManifestDir {
-    dir: PathBuf,
-    /// Per file name: the objects it contributed at the last load (after falling back
-    /// to last good versions), before duplicates across files were dropped.
-    files: BTreeMap<String, Vec<Object>>,
-    /// What the last load enforced, by key.
-    good: BTreeMap<ObjectKey, Object>,
-}
-
 /// The result of one `load`.
 #[derive(Debug, Default)]
 pub struct Load {
@@ -65,143 +56,6 @@ pub struct Load {
     /// Values accepted with an adjustment (a CIDR with host bits set is truncated,
     /// a wrong `kubernetes.io/metadata.name` label is replaced).
     pub warnings: Vec<SourceError>,
-}
-
-impl ManifestDir {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        ManifestDir {
-            dir: dir.into(),
-            files: BTreeMap::new(),
-            good: BTreeMap::new(),
-        }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Re-reads the whole directory. Returns the state to enforce and the problems found.
-    pub fn load(&mut self) -> Load {
-        let (errors, warnings, _) = self.read();
-        Load {
-            state: state_of(&self.good),
-            errors,
-            warnings,
-        }
-    }
-
-    /// Re-reads the whole directory. Returns the objects that changed since the last
-    /// read (a put for each new or changed one, a delete for each one gone) and the
-    /// problems found.
-    pub fn reload(&mut self) -> Batch {
-        let (errors, warnings, previous) = self.read();
-        let mut changes: Vec<Change> = (previous.keys())
-            .filter(|key| !self.good.contains_key(*key))
-            .map(|key| Change::Delete(key.clone()))
-            .collect();
-        for (key, object) in &self.good {
-            if previous.get(key) != Some(object) {
-                changes.push(Change::Put(object.clone()));
-            }
-        }
-        Batch {
-            changes,
-            errors,
-            warnings,
-        }
-    }
-
-    /// Every kind relisted as the last read left it: what an engine starting anew
-    /// takes.
-    pub fn snapshot(&self) -> Vec<Change> {
-        Kind::ALL
-            .into_iter()
-            .map(|kind| {
-                let objects = (self.good.iter())
-                    .filter(|(key, _)| key.kind == kind)
-                    .map(|(_, object)| object.clone())
-                    .collect();
-                Change::Relist(kind, objects)
-            })
-            .collect()
-    }
-
-    /// Reads the directory into `good`; returns the errors, the warnings, and what
-    /// `good` held before.
-    fn read(
-        &mut self,
-    ) -> (
-        Vec<SourceError>,
-        Vec<SourceError>,
-        BTreeMap<ObjectKey, Object>,
-    ) {
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        let names = match manifest_files(&self.dir) {
-            Ok(names) => names,
-            Err(source) => {
-                errors.push(SourceError::Directory {
-                    dir: self.dir.display().to_string(),
-                    source,
-                });
-                return (errors, warnings, self.good.clone());
-            }
-        };
-        let mut files = BTreeMap::new();
-        for name in names {
-            let path = self.dir.join(&name);
-            let display = path.display().to_string();
-            let previous = || self.files.get(&name).cloned().unwrap_or_default();
-            let objects = match std::fs::read_to_string(&path) {
-                Err(source) => {
-                    errors.push(SourceError::Read {
-                        file: display,
-                        source,
-                    });
-                    previous()
-                }
-                Ok(text) => match parse_str(&display, &text) {
-                    Err(syntax) => {
-                        errors.push(syntax);
-                        previous()
-                    }
-                    Ok(mut parsed) => {
-                        errors.append(&mut parsed.errors);
-                        warnings.append(&mut parsed.warnings);
-                        parsed
-                            .entries
-                            .into_iter()
-                            .filter_map(|entry| {
-                                entry.object.or_else(|| self.good.get(&entry.key).cloned())
-                            })
-                            .collect()
-                    }
-                },
-            };
-            files.insert(name, objects);
-        }
-        let mut good = BTreeMap::new();
-        let mut origin: BTreeMap<ObjectKey, String> = BTreeMap::new();
-        for (name, objects) in &files {
-            let file = self.dir.join(name).display().to_string();
-            for object in objects {
-                let key = object.key();
-                if let Some(first) = origin.get(&key) {
-                    errors.push(SourceError::Duplicate {
-                        file: file.clone(),
-                        object: key.to_string(),
-                        first: first.clone(),
-                    });
-                    continue;
-                }
-                origin.insert(key.clone(), file.clone());
-                good.insert(key, object.clone());
-            }
-        }
-        self.files = files;
-        let previous = std::mem::replace(&mut self.good, good);
-        (errors, warnings, previous)
-    }
 }
 
 /// The file names to read, sorted: `*.yaml`, `*.yml` and `*.json` directly in `dir`

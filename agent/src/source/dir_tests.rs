@@ -1,0 +1,138 @@
+//! The incremental read: only changed files are parsed, only their objects become
+//! changes, duplicates and problems are reported at every read while they last.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use super::*;
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 198.18.0.IP}\n";
+const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - ports: [{port: PORT}]\n";
+
+fn pod(name: &str, ip: u8) -> String {
+    POD.replace("NAME", name).replace("IP", &ip.to_string())
+}
+
+fn policy(port: u16) -> String {
+    POLICY.replace("PORT", &port.to_string())
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// (kind of change, object key) of each change, in order.
+fn summary(batch: &Batch) -> Vec<(&'static str, String)> {
+    batch
+        .changes
+        .iter()
+        .map(|change| match change {
+            Change::Put(object) => ("put", object.key().to_string()),
+            Change::Delete(key) => ("delete", key.to_string()),
+            Change::Relist(kind, _) => ("relist", kind.as_str().to_owned()),
+        })
+        .collect()
+}
+
+#[test]
+fn only_changed_files_are_parsed_and_only_their_objects_change() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "a.yaml",
+        &format!("{}---\n{}", pod("a", 1), pod("b", 2)),
+    );
+    write(dir.path(), "p.yaml", &policy(80));
+    let mut source = ManifestDir::new(dir.path());
+    let first = source.reload();
+    assert_eq!(first.changes.len(), 3, "{:?}", summary(&first));
+    assert_eq!(source.parsed(), 2);
+
+    let again = source.reload();
+    assert!(again.changes.is_empty() && again.errors.is_empty());
+    assert_eq!(source.parsed(), 0, "nothing changed: nothing parsed");
+
+    write(dir.path(), "p.yaml", &policy(81));
+    let edit = source.reload();
+    assert_eq!(source.parsed(), 1);
+    assert_eq!(
+        summary(&edit),
+        [("put", "NetworkPolicy x/p".to_owned())],
+        "the changed policy alone"
+    );
+
+    // Rewritten with the same contents: parsed again, no change.
+    write(
+        dir.path(),
+        "a.yaml",
+        &format!("{}---\n{}", pod("a", 1), pod("b", 2)),
+    );
+    assert!(source.reload().changes.is_empty());
+
+    write(dir.path(), "a.yaml", &pod("a", 1));
+    assert_eq!(
+        summary(&source.reload()),
+        [("delete", "Pod x/b".to_owned())]
+    );
+    std::fs::remove_file(dir.path().join("p.yaml")).unwrap();
+    assert_eq!(
+        summary(&source.reload()),
+        [("delete", "NetworkPolicy x/p".to_owned())]
+    );
+    assert_eq!(source.load().state.pods.len(), 1);
+}
+
+#[test]
+fn a_duplicate_is_reported_while_it_lasts_and_the_next_file_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &policy(80));
+    write(dir.path(), "b.yaml", &policy(81));
+    let mut source = ManifestDir::new(dir.path());
+    let first = source.reload();
+    assert_eq!(summary(&first), [("put", "NetworkPolicy x/p".to_owned())]);
+    let duplicate = |batch: &Batch| {
+        batch
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let expected = format!(
+        "{}: NetworkPolicy x/p: duplicate; the one in {} is kept",
+        dir.path().join("b.yaml").display(),
+        dir.path().join("a.yaml").display()
+    );
+    assert_eq!(duplicate(&first), [expected.clone()]);
+    let again = source.reload();
+    assert!(again.changes.is_empty());
+    assert_eq!(duplicate(&again), [expected], "reported at every read");
+    assert_eq!(source.load().state.policies[0].ingress[0].ports.len(), 1);
+
+    std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+    let after = source.reload();
+    assert!(after.errors.is_empty());
+    let [Change::Put(Object::Policy(kept))] = after.changes.as_slice() else {
+        panic!("b's version is put: {:?}", summary(&after));
+    };
+    assert_eq!(
+        format!("{:?}", kept.ingress[0].ports[0].port),
+        "Some(Number(81))"
+    );
+}
+
+#[test]
+fn a_file_with_problems_is_read_and_reported_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.yaml", &policy(80));
+    let mut source = ManifestDir::new(dir.path());
+    source.reload();
+    write(
+        dir.path(),
+        "p.yaml",
+        &POLICY.replace("PORT", "80, protocol: HTTP"),
+    );
+    for _ in 0..2 {
+        let batch = source.reload();
+        assert_eq!(source.parsed(), 1);
+        assert_eq!(batch.errors.len(), 1, "{:?}", batch.errors);
+        assert!(batch.changes.is_empty(), "the last good version stays");
+    }
+}
