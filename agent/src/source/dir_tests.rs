@@ -100,7 +100,7 @@ fn a_duplicate_is_reported_while_it_lasts_and_the_next_file_takes_over() {
         dir.path().join("b.yaml").display(),
         dir.path().join("a.yaml").display()
     );
-    assert_eq!(duplicate(&first), [expected.clone()]);
+    assert_eq!(duplicate(&first), std::slice::from_ref(&expected));
     let again = source.reload();
     assert!(again.changes.is_empty());
     assert_eq!(duplicate(&again), [expected], "reported at every read");
