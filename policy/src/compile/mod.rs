@@ -255,20 +255,14 @@ pub(crate) fn local_part<'s>(
     // Local endpoints, grouped by what decides their entries.
     let mut groups: BTreeMap<GroupKey, Vec<(IpAddr, &Pod)>> = BTreeMap::new();
     let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
-    // Policies by namespace: a pod is selected only by policies of its own.
-    let mut policies_in: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (p, policy) in state.policies.iter().enumerate() {
-        policies_in
-            .entry(policy.namespace.as_str())
-            .or_default()
-            .push(p);
-    }
     for pod in local {
-        let selecting: Vec<usize> = policies_in
-            .get(pod.namespace.as_str())
-            .map_or(&[][..], Vec::as_slice)
-            .iter()
-            .copied()
+        // A pod is selected only by policies of its own namespace: a run of the
+        // policies, which are sorted by (namespace, name).
+        let namespace = pod.namespace.as_str();
+        let first = (state.policies).partition_point(|p| p.namespace.as_str() < namespace);
+        let end =
+            first + state.policies[first..].partition_point(|p| p.namespace.as_str() == namespace);
+        let selecting: Vec<usize> = (first..end)
             .filter(|&p| selects(&state.policies[p], pod))
             .collect();
         let named = if selecting_uses_named_port(state, &selecting) {

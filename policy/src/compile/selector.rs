@@ -33,29 +33,36 @@ fn requirement_matches(requirement: &Requirement, labels: &Labels) -> bool {
 
 /// Labels of every namespace a pod or policy lives in. A namespace with no Namespace
 /// object (the source has not seen it) is labelled only with its name, as the API
-/// server would label it.
+/// server would label it. The index from labels to namespaces is built on its first
+/// use (an update whose rules name no namespace by labels does not pay for it).
 #[derive(Debug)]
 pub struct NamespaceLabels<'a> {
     known: &'a BTreeMap<String, crate::model::Namespace>,
     /// (key, value) → the known namespaces carrying that label.
-    by_label: BTreeMap<(&'a str, &'a str), Vec<&'a str>>,
+    by_label: std::cell::OnceCell<BTreeMap<(&'a str, &'a str), Vec<&'a str>>>,
 }
 
 impl<'a> NamespaceLabels<'a> {
     pub fn new(state: &'a State) -> Self {
-        let mut by_label: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-        for (name, namespace) in &state.namespaces {
-            for (key, value) in &namespace.labels {
-                by_label
-                    .entry((key.as_str(), value.as_str()))
-                    .or_default()
-                    .push(name.as_str());
-            }
-        }
         NamespaceLabels {
             known: &state.namespaces,
-            by_label,
+            by_label: std::cell::OnceCell::new(),
         }
+    }
+
+    fn by_label(&self) -> &BTreeMap<(&'a str, &'a str), Vec<&'a str>> {
+        self.by_label.get_or_init(|| {
+            let mut by_label: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+            for (name, namespace) in self.known {
+                for (key, value) in &namespace.labels {
+                    by_label
+                        .entry((key.as_str(), value.as_str()))
+                        .or_default()
+                        .push(name.as_str());
+                }
+            }
+            by_label
+        })
     }
 
     /// Namespaces that can match `selector`, found through its first matchLabels
@@ -65,7 +72,7 @@ impl<'a> NamespaceLabels<'a> {
     pub fn candidates<'s>(&'s self, selector: &'s LabelSelector) -> Option<Vec<&'s str>> {
         let (key, value) = selector.match_labels.iter().next()?;
         let mut out: Vec<&str> = self
-            .by_label
+            .by_label()
             .get(&(key.as_str(), value.as_str()))
             .cloned()
             .unwrap_or_default();

@@ -7,9 +7,10 @@ use super::*;
 /// The ids of every effective rule, kept per policy.
 #[derive(Debug)]
 pub(super) struct Rules {
-    /// By (namespace, name), in the state's order.
-    pub(super) of_policy: BTreeMap<(String, String), [Vec<u32>; 2]>,
-    /// The same ids by place, as the local part reads them.
+    /// The policies' (namespace, name), in the state's order.
+    pub(super) keys: Vec<(String, String)>,
+    /// Their rules' ids by place (`ids.0[i]` are the ids of `keys[i]`), as the local
+    /// part reads them.
     pub(super) ids: RuleIds,
     pub(super) allocator: IdAllocator,
 }
@@ -17,7 +18,7 @@ pub(super) struct Rules {
 impl Default for Rules {
     fn default() -> Self {
         Rules {
-            of_policy: BTreeMap::new(),
+            keys: Vec::new(),
             ids: RuleIds::default(),
             allocator: IdAllocator::new(reserved_rule),
         }
@@ -32,22 +33,26 @@ impl Rules {
         for id in infos.keys() {
             allocator.take(*id);
         }
-        let of_policy = state
-            .policies
-            .iter()
-            .zip(&ids.0)
-            .map(|(policy, ids)| ((policy.namespace.clone(), policy.name.clone()), ids.clone()))
+        let keys = (state.policies.iter())
+            .map(|policy| (policy.namespace.clone(), policy.name.clone()))
             .collect();
         let rules = Rules {
-            of_policy,
+            keys,
             ids,
             allocator,
         };
         (rules, infos)
     }
 
+    /// Where policy `namespace/name` is or would go.
+    fn place(&self, namespace: &str, name: &str) -> Result<usize, usize> {
+        (self.keys).binary_search_by(|(n, m)| (n.as_str(), m.as_str()).cmp(&(namespace, name)))
+    }
+
     /// Frees the ids of the old versions of `changed` and gives the new versions'
-    /// rules ids, keeping `infos` (the image's rules) in step.
+    /// rules ids, keeping `infos` (the image's rules) in step; every id freed or
+    /// given goes into `ids_changed`. The work follows the changed policies (and a
+    /// shift of the others' places).
     pub(super) fn update(
         &mut self,
         changed: &[(Option<Policy>, Option<Policy>)],
@@ -55,8 +60,11 @@ impl Rules {
         ids_changed: &mut BTreeSet<u32>,
     ) {
         for old in changed.iter().filter_map(|(old, _)| old.as_ref()) {
-            let key = (old.namespace.clone(), old.name.clone());
-            for id in self.of_policy.remove(&key).into_iter().flatten().flatten() {
+            let Ok(at) = self.place(&old.namespace, &old.name) else {
+                continue;
+            };
+            self.keys.remove(at);
+            for id in self.ids.0.remove(at).into_iter().flatten() {
                 self.allocator.free(id);
                 infos.remove(&id);
                 ids_changed.insert(id);
@@ -74,10 +82,14 @@ impl Rules {
                     })
                     .collect()
             });
-            self.of_policy
-                .insert((new.namespace.clone(), new.name.clone()), ids);
+            match self.place(&new.namespace, &new.name) {
+                Ok(at) => self.ids.0[at] = ids,
+                Err(at) => {
+                    self.keys
+                        .insert(at, (new.namespace.clone(), new.name.clone()));
+                    self.ids.0.insert(at, ids);
+                }
+            }
         }
-        // Both are sorted by (namespace, name) and hold the same policies.
-        self.ids = RuleIds(self.of_policy.values().cloned().collect());
     }
 }
