@@ -308,6 +308,26 @@ fn read_list(
     mut document: Value,
     defaults: Option<(&'static str, &'static str)>,
 ) {
+    // A list has these fields only (strict, like an object's): `item:` for `items:`
+    // would otherwise drop every object silently. Its items are still read.
+    if let Value::Mapping(map) = &document {
+        for key in map.keys() {
+            let known = key
+                .as_str()
+                .is_some_and(|k| ["apiVersion", "kind", "metadata", "items"].contains(&k));
+            if !known {
+                let field = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                parsed.errors.push(invalid(
+                    file,
+                    &format!("List ({place})"),
+                    &field,
+                    UNKNOWN_FIELD.into(),
+                ));
+            }
+        }
+    }
     let items = match document.get_mut("items").map(std::mem::take) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Sequence(items)) => items,

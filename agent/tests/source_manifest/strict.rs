@@ -1,9 +1,10 @@
 //! Strict fields, as `kubectl apply --validate=strict`: a field that is not in the
 //! kind's schema, at any depth and whatever its value, rejects the object with the
 //! file, the object and the field path; `kubectl get -o yaml` output and a policy
-//! using every field are accepted; through `ManifestDir` an unknown field keeps the
-//! last good version like any invalid object. Also: objects named by a wrong
-//! apiVersion or a misspelt kind carry their namespace.
+//! using every field are accepted; a List's own fields are strict too; through
+//! `ManifestDir` an unknown field keeps the last good version like any invalid
+//! object. Also: objects named by a wrong apiVersion or a misspelt kind carry their
+//! namespace.
 
 use std::path::Path;
 
@@ -96,6 +97,29 @@ fn unknown_fields_reject_the_object_naming_the_field_path() {
             "{manifest}: the object is skipped: {state:?}"
         );
     }
+}
+
+#[test]
+fn unknown_fields_of_a_list_are_reported_and_its_items_still_read() {
+    let item = pod("spec: {containers: [{name: c}]}\n").replace('\n', "\n  ");
+    let load = parse(&format!(
+        "apiVersion: v1\nkind: List\nmetadata: {{resourceVersion: \"\"}}\nitem: []\nitems:\n- {item}"
+    ));
+    assert_eq!(
+        messages(&load.errors),
+        [format!("nfs.yaml: List (document 1): item: {UNKNOWN}")]
+    );
+    assert_eq!(
+        load.state.pods.len(),
+        1,
+        "the items are objects of their own"
+    );
+    let load = parse("apiVersion: v1\nkind: PodList\nitem:\n- metadata: {name: a}\n");
+    assert_eq!(
+        messages(&load.errors),
+        [format!("nfs.yaml: List (document 1): item: {UNKNOWN}")],
+        "`item:` for `items:` would drop every pod silently"
+    );
 }
 
 #[test]
