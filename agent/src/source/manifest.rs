@@ -64,7 +64,7 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Parsed, SourceError> {
 fn yaml_documents(file: &str, text: &str) -> Result<Vec<Value>, SourceError> {
     let mut documents = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = <Value as serde::Deserialize>::deserialize(document).map_err(|error| {
+        let mut value = <Value as serde::Deserialize>::deserialize(document).map_err(|error| {
             let (line, column) = error
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -75,6 +75,14 @@ fn yaml_documents(file: &str, text: &str) -> Result<Vec<Value>, SourceError> {
                 column,
                 message: error.to_string(),
             }
+        })?;
+        // Merge keys (`<<: *anchor`), as kubectl's YAML reader applies them; left in,
+        // `<<` would be an unknown field.
+        value.apply_merge().map_err(|error| SourceError::Syntax {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("document {}: merge key `<<`: {error}", documents.len() + 1),
         })?;
         documents.push(value);
     }

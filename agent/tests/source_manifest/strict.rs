@@ -1,16 +1,17 @@
 //! Strict fields, as `kubectl apply --validate=strict`: a field that is not in the
 //! kind's schema, at any depth and whatever its value, rejects the object with the
 //! file, the object and the field path; `kubectl get -o yaml` output and a policy
-//! using every field are accepted; a List's own fields are strict too; through
-//! `ManifestDir` an unknown field keeps the last good version like any invalid
-//! object. Also: objects named by a wrong apiVersion or a misspelt kind carry their
-//! namespace.
+//! using every field are accepted; YAML merge keys are applied, as kubectl does; a
+//! List's own fields are strict too; through `ManifestDir` an unknown field keeps the
+//! last good version like any invalid object. Also: objects named by a wrong
+//! apiVersion or a misspelt kind carry their namespace.
 
 use std::path::Path;
 
+use netfence::model::LabelSelector;
 use netfence::source::ManifestDir;
 
-use super::{messages, np, parse, tempdir, write};
+use super::{labels, messages, np, parse, tempdir, write};
 
 /// The message every unknown field carries after its path.
 const UNKNOWN: &str =
@@ -119,6 +120,30 @@ fn unknown_fields_of_a_list_are_reported_and_its_items_still_read() {
         messages(&load.errors),
         [format!("nfs.yaml: List (document 1): item: {UNKNOWN}")],
         "`item:` for `items:` would drop every pod silently"
+    );
+}
+
+#[test]
+fn yaml_merge_keys_are_applied_as_kubectl_does() {
+    let load = parse(&np(
+        "  podSelector:\n    <<: {matchLabels: &app {app: a}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: *app}\n",
+    ));
+    assert!(load.errors.is_empty(), "{:?}", messages(&load.errors));
+    let policy = &load.state.policies[0];
+    let app_a = LabelSelector {
+        match_labels: labels(&[("app", "a")]),
+        match_expressions: Vec::new(),
+    };
+    assert_eq!(policy.pod_selector, app_a, "merged, not dropped (all pods)");
+    assert_eq!(policy.ingress[0].peers.len(), 1);
+    let load = parse(&np("  podSelector:\n    <<: 5\n"));
+    assert_eq!(load.errors.len(), 1, "{:?}", messages(&load.errors));
+    assert!(
+        load.errors[0]
+            .to_string()
+            .starts_with("nfs.yaml: document 1: merge key `<<`: "),
+        "{}",
+        load.errors[0]
     );
 }
 
