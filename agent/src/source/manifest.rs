@@ -1,6 +1,8 @@
-//! Parsing one manifest file: YAML (multi-document) or JSON text into documents,
-//! `List` expansion, dispatch on apiVersion/kind, decoding into k8s-openapi types and
-//! validation into `model` objects. Knows nothing of other files or earlier loads.
+//! Parsing one manifest file: YAML (multi-document, merge keys applied) or JSON text
+//! into documents, `List` expansion, dispatch on apiVersion/kind, strict decoding into
+//! k8s-openapi types (a field not in the kind's schema is an error, as with `kubectl
+//! apply --validate=strict`) and validation into `model` objects. Knows nothing of
+//! other files or earlier loads.
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
