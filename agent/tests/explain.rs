@@ -3,12 +3,15 @@
 //! against `Image::lookup` on the table-test cluster and end to end on the demo example;
 //! `--mode audit` (audited verdicts, `A` cells and the additive `audited` matrix), and
 //! a Service ClusterIP as the destination (the Service named, the backend rule that
-//! allows the VIP, no ingress check at the VIP).
+//! allows the VIP, no ingress check at the VIP); exit codes and bad input, with
+//! `compile`'s.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 #[path = "explain/audit.rs"]
 mod audit;
 mod common_state;
+#[path = "explain/exit_codes.rs"]
+mod exit_codes;
 #[path = "explain/service.rs"]
 mod service;
 
@@ -271,7 +274,8 @@ fn matrix_equals_lookup_for_every_pair() {
     );
 }
 
-fn netfence(args: &[&str]) -> (bool, String, String) {
+/// `netfence explain --manifests deploy/examples ARGS`: exit code, stdout, stderr.
+fn netfence(args: &[&str]) -> (i32, String, String) {
     let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let out = Command::new(env!("CARGO_BIN_EXE_netfence"))
         .arg("explain")
@@ -281,7 +285,7 @@ fn netfence(args: &[&str]) -> (bool, String, String) {
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code().unwrap(),
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
@@ -289,14 +293,14 @@ fn netfence(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn command_line_matrix_and_explain_on_the_demo_example() {
-    let (ok, json, err) = netfence(&["--matrix", "--port", "3306", "-o", "json"]);
-    assert!(ok, "{err}");
+    let (code, json, err) = netfence(&["--matrix", "--port", "3306", "-o", "json"]);
+    assert_eq!(code, 0, "a matrix is a table, not a verdict: {err}");
     assert_eq!(
         json.trim(),
         r#"{"port":3306,"protocol":"TCP","pods":["prod/api","prod/db","prod/web"],"allowed":[[true,true,true],[false,true,false],[false,false,true]]}"#
     );
-    let (ok, text, _) = netfence(&["--matrix", "--port", "5000"]);
-    assert!(ok);
+    let (code, text, _) = netfence(&["--matrix", "--port", "5000"]);
+    assert_eq!(code, 0);
     assert_eq!(
         text.lines().skip(1).collect::<Vec<_>>(),
         [
@@ -306,10 +310,10 @@ fn command_line_matrix_and_explain_on_the_demo_example() {
             "prod/web\t.\tX\t."
         ]
     );
-    let (ok, json, err) = netfence(&[
+    let (code, json, err) = netfence(&[
         "--from", "prod/web", "--to", "prod/api", "--port", "5000", "-o", "json",
     ]);
-    assert!(ok, "{err}");
+    assert_eq!(code, 0, "allowed: {err}");
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["connections"][0]["allowed"], true);
     assert_eq!(value["connections"][0]["family"], "IPv4");
@@ -318,18 +322,18 @@ fn command_line_matrix_and_explain_on_the_demo_example() {
         "prod/api-allow-web ingress[0]"
     );
     assert_eq!(value["connections"][1]["family"], "IPv6");
-    let (ok, text, _) = netfence(&["--from", "prod/db", "--to", "198.18.0.201", "--port", "873"]);
-    assert!(ok);
+    let (code, text, _) = netfence(&["--from", "prod/db", "--to", "198.18.0.201", "--port", "873"]);
+    assert_eq!(code, 1, "denied");
     assert!(
         text.contains(
             "egress at prod/db: isolated by prod/db-allow-api-backup; no rule allows it: DENIED"
         ),
         "{text}"
     );
-    let (ok, _, err) = netfence(&["--from", "prod/nope", "--to", "prod/db", "--port", "1"]);
-    assert!(!ok);
+    let (code, _, err) = netfence(&["--from", "prod/nope", "--to", "prod/db", "--port", "1"]);
+    assert_eq!(code, 2, "bad input");
     assert!(err.contains("no pod prod/nope in the manifests"), "{err}");
-    let (ok, _, err) = netfence(&["--from", "prod/web", "--to", "prod/db"]);
-    assert!(!ok);
+    let (code, _, err) = netfence(&["--from", "prod/web", "--to", "prod/db"]);
+    assert_eq!(code, 2, "bad input");
     assert!(err.contains("--port is required for TCP"), "{err}");
 }

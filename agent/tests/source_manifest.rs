@@ -1,7 +1,7 @@
 //! The manifest-directory source: parsing (multi-document YAML, JSON, Lists, kubectl
 //! output), the API server's validation and defaults, last-good bookkeeping across
 //! reloads, and the directory watch. Submodules: the policy mode annotation, Services
-//! and EndpointSlices.
+//! and EndpointSlices, strict (unknown) fields.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,6 +22,8 @@ use netfence::source::{self, Load, ManifestDir, SourceError};
 mod mode;
 #[path = "source_manifest/services.rs"]
 mod services;
+#[path = "source_manifest/strict.rs"]
+mod strict;
 
 fn parse(text: &str) -> Load {
     source::state_from_str("nfs.yaml", text)
@@ -450,15 +452,15 @@ fn validation_errors_name_file_object_and_field() {
          "nfs.yaml: Namespace Prod: metadata.name: \"Prod\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
         // Kinds that look like ours.
         ("apiVersion: v1\nkind: NetworkPolicy\nmetadata: {name: p}\n".into(),
-         "nfs.yaml: NetworkPolicy p: apiVersion: \"v1\": NetworkPolicy is served as \"networking.k8s.io/v1\""),
+         "nfs.yaml: NetworkPolicy default/p: apiVersion: \"v1\": NetworkPolicy is served as \"networking.k8s.io/v1\""),
         ("apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n".into(),
-         "nfs.yaml: NetworkPolicy p: apiVersion: \"extensions/v1beta1\": NetworkPolicy is served as \"networking.k8s.io/v1\""),
+         "nfs.yaml: NetworkPolicy default/p: apiVersion: \"extensions/v1beta1\": NetworkPolicy is served as \"networking.k8s.io/v1\""),
         ("apiVersion: networking.k8s.io/v1\nkind: Networkpolicy\nmetadata: {name: p}\n".into(),
-         "nfs.yaml: Networkpolicy p: kind: \"Networkpolicy\" is not a kind; did you mean \"NetworkPolicy\"?"),
+         "nfs.yaml: Networkpolicy default/p: kind: \"Networkpolicy\" is not a kind; did you mean \"NetworkPolicy\"?"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicies\nmetadata: {name: p}\n".into(),
-         "nfs.yaml: NetworkPolicies p: kind: \"NetworkPolicies\" is not a kind; did you mean \"NetworkPolicy\"?"),
+         "nfs.yaml: NetworkPolicies default/p: kind: \"NetworkPolicies\" is not a kind; did you mean \"NetworkPolicy\"?"),
         ("apiVersion: v1\nkind: Pods\nmetadata: {name: p}\n".into(),
-         "nfs.yaml: Pods p: kind: \"Pods\" is not a kind; did you mean \"Pod\"?"),
+         "nfs.yaml: Pods default/p: kind: \"Pods\" is not a kind; did you mean \"Pod\"?"),
         ("apiVersion: v1\nkind: Namespce\nmetadata: {name: p}\n".into(),
          "nfs.yaml: Namespce p: kind: \"Namespce\" is not a kind; did you mean \"Namespace\"?"),
         ("apiVersion: v1\nmetadata: {name: p}\n".into(), "nfs.yaml: document 1: kind: required"),

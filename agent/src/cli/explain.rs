@@ -29,11 +29,10 @@ use serde::Serialize;
 
 pub use self::matrix::{Matrix, matrix, matrix_with};
 pub use self::service::ServicePeer;
-use super::{ExplainArgs, ExplainProtocol, Family, Output};
+use super::{ExplainArgs, ExplainProtocol, Family, Output, input};
 use crate::dataplane::sync::Mode;
 use crate::image::{DirectionVerdict, Image, Packet, canonical_addr};
 use crate::model::State;
-use crate::source::ManifestDir;
 
 /// The source port `explain` puts in its packets (policy never looks at it).
 const SOURCE_PORT: u16 = 40000;
@@ -469,21 +468,24 @@ impl Explanation {
     }
 }
 
-/// Runs `netfence explain`.
+/// Runs `netfence explain`. Exit codes, as `kubectl auth can-i`: 0 allowed (in every
+/// family explained; audited counts as allowed, it passes), 1 denied, 2 bad input or
+/// any other failure to answer. `--matrix` is a table, not a verdict: 0 when printed.
 pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
-    let load = ManifestDir::new(&args.manifests).load();
-    for error in &load.errors {
-        eprintln!("netfence: invalid, skipped: {error}");
-    }
-    for warning in &load.warnings {
-        eprintln!("netfence: warning: {warning}");
-    }
+    Ok(answer(args).unwrap_or_else(|error| {
+        eprintln!("netfence: error: {error:#}");
+        input::bad_input()
+    }))
+}
+
+fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let port = match (args.port, args.protocol) {
         (Some(port), _) => port,
         (None, ExplainProtocol::Icmp) => 0,
         (None, protocol) => return Err(ExplainError::PortRequired(protocol.as_str()).into()),
     };
-    let image = crate::compile::compile(&load.state, None);
+    let state = input::load(&args.manifests, args.keep_going)?;
+    let image = crate::compile::compile(&state, None);
     let probe = Probe {
         protocol: args.protocol,
         port,
@@ -491,7 +493,7 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         mode: args.mode,
     };
     if args.matrix {
-        let matrix = matrix_with(&load.state, &image, &probe);
+        let matrix = matrix_with(&state, &image, &probe);
         match args.output {
             Output::Json => println!("{}", serde_json::to_string(&matrix)?),
             Output::Text => print!("{}", matrix.text()),
@@ -501,10 +503,14 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let (Some(from), Some(to)) = (&args.from, &args.to) else {
         anyhow::bail!("give --from and --to, or --matrix");
     };
-    let explanation = explain_with(&load.state, &image, from, to, &probe)?;
+    let explanation = explain_with(&state, &image, from, to, &probe)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
         Output::Text => print!("{}", explanation.text()),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if explanation.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod explain;
+pub mod input;
 pub mod status;
 pub mod uninstall;
 
@@ -79,10 +80,12 @@ pub enum Command {
     /// Enforce policy on this node until stopped (SIGINT/SIGTERM exit 0 and leave the
     /// pinned enforcement in place unless --detach-on-exit).
     Run(RunArgs),
-    /// Compile manifests and print the map contents netfence would enforce.
+    /// Compile manifests and print the map contents netfence would enforce (exit 2 on
+    /// bad input unless --keep-going).
     Compile(CompileArgs),
-    /// Explain the verdict for one connection, or print the allow/deny matrix of every
-    /// pod pair, computed through the compiled image.
+    /// Explain the verdict for one connection (exit 0 allowed, 1 denied, 2 bad input),
+    /// or print the allow/deny matrix of every pod pair (exit 0), computed through the
+    /// compiled image.
     Explain(ExplainArgs),
     /// Show what the pinned state enforces: attachments, map fill, counters, last
     /// sync, and whether the agent runs.
@@ -210,6 +213,10 @@ pub struct CompileArgs {
     pub node_name: Option<String>,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
+    /// stderr and compile the rest, instead of exiting 2.
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,8 +234,8 @@ pub struct ExplainArgs {
     /// Print the allow/deny table of every pod pair instead.
     #[arg(long)]
     pub matrix: bool,
-    /// Destination port (not needed for ICMP).
-    #[arg(long)]
+    /// Destination port, 1-65535 (not needed for ICMP).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     #[arg(long, value_enum, ignore_case = true, default_value_t = ExplainProtocol::Tcp)]
     pub protocol: ExplainProtocol,
@@ -242,6 +249,10 @@ pub struct ExplainArgs {
     pub mode: crate::dataplane::sync::Mode,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
+    /// stderr and answer from the rest, instead of exiting 2.
+    #[arg(long)]
+    pub keep_going: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -300,6 +311,54 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("error, warn, info, debug, trace"), "{error}");
+    }
+
+    #[test]
+    fn explain_port_is_1_to_65535_and_keep_going_is_a_flag() {
+        let explain = |port: &str| {
+            Cli::try_parse_from([
+                "netfence",
+                "explain",
+                "--manifests",
+                "m",
+                "--matrix",
+                "--port",
+                port,
+            ])
+            .map(|cli| match cli.command {
+                Command::Explain(args) => (args.port, args.keep_going),
+                other => panic!("{other:?}"),
+            })
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(explain("1"), Ok((Some(1), false)));
+        assert_eq!(explain("65535"), Ok((Some(65535), false)));
+        for (port, message) in [
+            (
+                "0",
+                "invalid value '0' for '--port <PORT>': 0 is not in 1..=65535",
+            ),
+            (
+                "65536",
+                "invalid value '65536' for '--port <PORT>': 65536 is not in 1..=65535",
+            ),
+            ("-1", "unexpected argument '-1' found"),
+            (
+                "http",
+                "invalid value 'http' for '--port <PORT>': invalid digit found in string",
+            ),
+        ] {
+            let error = explain(port).unwrap_err();
+            assert!(error.contains(message), "{port}: {error}");
+        }
+        let cli = Cli::try_parse_from(["netfence", "compile", "--manifests", "m", "--keep-going"]);
+        assert!(matches!(
+            cli.map(|c| c.command),
+            Ok(Command::Compile(CompileArgs {
+                keep_going: true,
+                ..
+            }))
+        ));
     }
 
     #[test]

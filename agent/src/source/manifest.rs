@@ -1,6 +1,8 @@
-//! Parsing one manifest file: YAML (multi-document) or JSON text into documents,
-//! `List` expansion, dispatch on apiVersion/kind, decoding into k8s-openapi types and
-//! validation into `model` objects. Knows nothing of other files or earlier loads.
+//! Parsing one manifest file: YAML (multi-document, merge keys applied) or JSON text
+//! into documents, `List` expansion, dispatch on apiVersion/kind, strict decoding into
+//! k8s-openapi types (a field not in the kind's schema is an error, as with `kubectl
+//! apply --validate=strict`) and validation into `model` objects. Knows nothing of
+//! other files or earlier loads.
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -64,7 +66,7 @@ pub fn parse_str(file_name: &str, text: &str) -> Result<Parsed, SourceError> {
 fn yaml_documents(file: &str, text: &str) -> Result<Vec<Value>, SourceError> {
     let mut documents = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let value = <Value as serde::Deserialize>::deserialize(document).map_err(|error| {
+        let mut value = <Value as serde::Deserialize>::deserialize(document).map_err(|error| {
             let (line, column) = error
                 .location()
                 .map(|l| (l.line(), l.column()))
@@ -75,6 +77,14 @@ fn yaml_documents(file: &str, text: &str) -> Result<Vec<Value>, SourceError> {
                 column,
                 message: error.to_string(),
             }
+        })?;
+        // Merge keys (`<<: *anchor`), as kubectl's YAML reader applies them; left in,
+        // `<<` would be an unknown field.
+        value.apply_merge().map_err(|error| SourceError::Syntax {
+            file: file.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("document {}: merge key `<<`: {error}", documents.len() + 1),
         })?;
         documents.push(value);
     }
@@ -99,7 +109,8 @@ enum Dispatch {
     /// `kind: List` or a typed list; items without apiVersion/kind get `item`'s.
     List(Option<(&'static str, &'static str)>),
     Ignore,
-    Invalid(&'static str, String),
+    /// A mistake in `field`; the kind it was meant to be, when that is clear.
+    Invalid(Option<Kind>, &'static str, String),
 }
 
 const OURS: [(&str, &str, Kind); 5] = [
@@ -129,6 +140,7 @@ fn classify(api_version: &str, kind: &str) -> Dispatch {
             }
             if is_kubernetes_group(api_version) {
                 return Dispatch::Invalid(
+                    Some(k),
                     "apiVersion",
                     format!("{api_version:?}: {ours} is served as {version:?}"),
                 );
@@ -140,6 +152,7 @@ fn classify(api_version: &str, kind: &str) -> Dispatch {
                 Dispatch::List(Some((version, ours)))
             } else {
                 Dispatch::Invalid(
+                    None,
                     "apiVersion",
                     format!("{api_version:?}: {kind} is served as {version:?}"),
                 )
@@ -150,11 +163,16 @@ fn classify(api_version: &str, kind: &str) -> Dispatch {
         return if api_version == "v1" {
             Dispatch::List(None)
         } else {
-            Dispatch::Invalid("apiVersion", format!("{api_version:?}: List is \"v1\""))
+            Dispatch::Invalid(
+                None,
+                "apiVersion",
+                format!("{api_version:?}: List is \"v1\""),
+            )
         };
     }
-    if let Some(ours) = lookalike(kind) {
+    if let Some((ours, k)) = lookalike(kind) {
         return Dispatch::Invalid(
+            Some(k),
             "kind",
             format!("{kind:?} is not a kind; did you mean {ours:?}?"),
         );
@@ -164,10 +182,10 @@ fn classify(api_version: &str, kind: &str) -> Dispatch {
 
 /// A misspelling of one of our kinds (case, plural, or a small typo). Other kinds
 /// (Node, Deployment, Endpoints, ServiceAccount, ...) are not close enough to match.
-fn lookalike(kind: &str) -> Option<&'static str> {
+fn lookalike(kind: &str) -> Option<(&'static str, Kind)> {
     let lower = kind.to_ascii_lowercase();
     let lower = lower.strip_suffix("list").unwrap_or(&lower);
-    for (_, ours, _) in OURS {
+    for (_, ours, k) in OURS {
         let target = ours.to_ascii_lowercase();
         let plural = if target.ends_with('y') {
             format!("{}ies", &target[..target.len() - 1])
@@ -176,7 +194,7 @@ fn lookalike(kind: &str) -> Option<&'static str> {
         };
         let budget = if target.len() >= 8 { 2 } else { 1 };
         if lower == target || lower == plural || edit_distance(lower, &target) <= budget {
-            return Some(ours);
+            return Some((ours, k));
         }
     }
     None
@@ -274,10 +292,17 @@ fn read_document(
         Dispatch::Ignore => {
             tracing::debug!(file, %place, %api_version, %kind, "ignored: not a kind netfence reads")
         }
-        Dispatch::Invalid(field, message) => {
-            let object = match text_at(&document, &["metadata", "name"]) {
-                Some(name) => format!("{kind} {name}"),
-                None => format!("{kind} ({place})"),
+        Dispatch::Invalid(meant, field, message) => {
+            // Named as its key would be (`Kind ns/name`), under the kind it was given.
+            let object = match meant.and_then(|k| raw_key(k, &document)) {
+                Some(key) if key.kind.is_namespaced() => {
+                    format!("{kind} {}/{}", key.namespace, key.name)
+                }
+                Some(key) => format!("{kind} {}", key.name),
+                None => match text_at(&document, &["metadata", "name"]) {
+                    Some(name) => format!("{kind} {name}"),
+                    None => format!("{kind} ({place})"),
+                },
             };
             parsed.errors.push(invalid(file, &object, field, message));
         }
@@ -293,6 +318,26 @@ fn read_list(
     mut document: Value,
     defaults: Option<(&'static str, &'static str)>,
 ) {
+    // A list has these fields only (strict, like an object's): `item:` for `items:`
+    // would otherwise drop every object silently. Its items are still read.
+    if let Value::Mapping(map) = &document {
+        for key in map.keys() {
+            let known = key
+                .as_str()
+                .is_some_and(|k| ["apiVersion", "kind", "metadata", "items"].contains(&k));
+            if !known {
+                let field = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_owned);
+                parsed.errors.push(invalid(
+                    file,
+                    &format!("List ({place})"),
+                    &field,
+                    UNKNOWN_FIELD.into(),
+                ));
+            }
+        }
+    }
     let items = match document.get_mut("items").map(std::mem::take) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Sequence(items)) => items,
@@ -344,8 +389,10 @@ fn read_object(parsed: &mut Parsed, file: &str, place: &str, kind: Kind, mut doc
             .and_then(|svc| service::service(&mut cx, &svc).map(Object::Service)),
         Kind::EndpointSlice => match decode::<discovery::EndpointSlice>(&mut cx, document) {
             Some(slice) if service::is_fqdn(&slice) => {
-                // Valid, but names are no packet's address: like a kind we do not read.
+                // Names are no packet's address: like a kind we do not read, but its
+                // unknown fields are still reported.
                 tracing::debug!(file, %place, "ignored: an FQDN EndpointSlice");
+                parsed.errors.append(&mut cx.errors);
                 return;
             }
             Some(slice) => service::endpoint_slice(&mut cx, &slice).map(Object::EndpointSlice),
@@ -365,9 +412,22 @@ fn read_object(parsed: &mut Parsed, file: &str, place: &str, kind: Kind, mut doc
     }
 }
 
-/// Decodes through k8s-openapi, naming the field of a type error.
+/// Decodes through k8s-openapi, naming the field of a type error, and rejects unknown
+/// fields as `kubectl apply --validate=strict` does: every key the typed decode skips
+/// (k8s-openapi ignores keys it does not know) is not in the kind's OpenAPI schema,
+/// at any depth, whatever its value (`form: null` too). The value is still returned
+/// so that validation reports its other problems; the errors reject the object.
 fn decode<T: DeserializeOwned>(cx: &mut Checker<'_>, document: Value) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(document) {
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+    let decoded = serde_path_to_error::deserialize::<_, T>(serde_ignored::Deserializer::new(
+        document,
+        &mut record,
+    ));
+    for field in unknown {
+        cx.error(&field, UNKNOWN_FIELD);
+    }
+    match decoded {
         Ok(value) => Some(value),
         Err(error) => {
             let path = error.path().to_string();
@@ -379,5 +439,25 @@ fn decode<T: DeserializeOwned>(cx: &mut Checker<'_>, document: Value) -> Option<
             cx.error(&field, error.into_inner().to_string());
             None
         }
+    }
+}
+
+/// The message of an unknown field (the field path names it).
+pub const UNKNOWN_FIELD: &str =
+    "unknown field: not in the schema of this kind (kubectl apply --validate=strict rejects it)";
+
+/// A field path as the API server writes it: `spec.ingress[0].form`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }

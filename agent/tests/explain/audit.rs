@@ -142,16 +142,16 @@ fn matrix_in_mode_audit_marks_would_be_denied_cells() {
 
 #[test]
 fn command_line_mode_audit_on_the_demo_example() {
-    let (ok, json, err) = netfence(&[
+    let (code, json, err) = netfence(&[
         "--matrix", "--port", "3306", "--mode", "audit", "-o", "json",
     ]);
-    assert!(ok, "{err}");
+    assert_eq!(code, 0, "{err}");
     assert_eq!(
         json.trim(),
         r#"{"port":3306,"protocol":"TCP","pods":["prod/api","prod/db","prod/web"],"allowed":[[true,true,true],[true,true,true],[true,true,true]],"audited":[[false,false,false],[true,false,true],[true,true,false]]}"#
     );
-    let (ok, text, _) = netfence(&["--matrix", "--port", "5000", "--mode", "audit"]);
-    assert!(ok);
+    let (code, text, _) = netfence(&["--matrix", "--port", "5000", "--mode", "audit"]);
+    assert_eq!(code, 0);
     assert_eq!(
         text.lines().skip(1).collect::<Vec<_>>(),
         [
@@ -161,7 +161,7 @@ fn command_line_mode_audit_on_the_demo_example() {
             "prod/web\t.\tA\t."
         ]
     );
-    let (ok, text, err) = netfence(&[
+    let (code, text, err) = netfence(&[
         "--from",
         "prod/db",
         "--to",
@@ -171,15 +171,15 @@ fn command_line_mode_audit_on_the_demo_example() {
         "--mode",
         "audit",
     ]);
-    assert!(ok, "{err}");
+    assert_eq!(code, 0, "audited: it passes: {err}");
     assert!(
         text.contains(
             "egress at prod/db: isolated by prod/db-allow-api-backup; no rule allows it: passes (audit, --mode audit: would be denied by prod/db-allow-api-backup)"
         ),
         "{text}"
     );
-    let (ok, _, err) = netfence(&["--matrix", "--port", "80", "--mode", "permissive"]);
-    assert!(!ok);
+    let (code, _, err) = netfence(&["--matrix", "--port", "80", "--mode", "permissive"]);
+    assert_eq!(code, 2, "a usage error");
     assert!(
         err.contains("invalid value 'permissive' for '--mode <MODE>'"),
         "{err}"

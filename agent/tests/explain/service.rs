@@ -259,21 +259,28 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-const API_SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: api
-  namespace: prod
-spec:
-  clusterIP: 198.19.200.50
-  clusterIPs: [198.19.200.50]
-  ports:
-  - port: 80
-    protocol: TCP
-    targetPort: 5000
-  selector:
-    app: api
-";
+/// The example's Service prod/api moved to another ClusterIP and to port 80 (backends
+/// on 5000), edited in place: a second Service prod/api in another file would be a
+/// duplicate (bad input).
+fn move_api_service(cluster: &std::path::Path) {
+    let text = std::fs::read_to_string(cluster).unwrap();
+    let edits = [
+        (
+            "  clusterIP: 198.19.128.11\n  clusterIPs:\n  - 198.19.128.11\n",
+            "  clusterIP: 198.19.200.50\n  clusterIPs:\n  - 198.19.200.50\n",
+        ),
+        (
+            "  - name: api\n    port: 5000\n    protocol: TCP\n    targetPort: 5000\n",
+            "  - name: api\n    port: 80\n    protocol: TCP\n    targetPort: 5000\n",
+        ),
+    ];
+    let mut text = text;
+    for (from, to) in edits {
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(cluster, text).unwrap();
+}
 
 #[test]
 fn command_line_explain_to_a_service() {
@@ -283,8 +290,9 @@ fn command_line_explain_to_a_service() {
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples"),
         &manifests,
     );
-    std::fs::write(manifests.join("api-service.yaml"), API_SERVICE).unwrap();
-    let run = |args: &[&str]| {
+    move_api_service(&manifests.join("cluster.yaml"));
+    // `netfence explain` with `args`, expected to exit `code` (0 allowed, 1 denied).
+    let run = |code: i32, args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_netfence"))
             .arg("explain")
             .arg("--manifests")
@@ -293,11 +301,14 @@ fn command_line_explain_to_a_service() {
             .output()
             .unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();
-        assert!(out.status.success(), "{stderr}");
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
         String::from_utf8(out.stdout).unwrap()
     };
     // db may open connections only to the backup server: not to api's ClusterIP.
-    let text = run(&["--from", "prod/db", "--to", "svc/prod/api", "--port", "80"]);
+    let text = run(
+        1,
+        &["--from", "prod/db", "--to", "svc/prod/api", "--port", "80"],
+    );
     assert_eq!(
         text.lines().collect::<Vec<_>>(),
         [
@@ -307,16 +318,19 @@ fn command_line_explain_to_a_service() {
             "  ingress: 198.19.200.50 is the ClusterIP of Service prod/api, not a local endpoint: no ingress check at the VIP; after the DNAT the backend's own ingress policy decides (explain --to the backend pod)",
         ]
     );
-    let json: serde_json::Value = serde_json::from_str(&run(&[
-        "--from",
-        "prod/web",
-        "--to",
-        "198.19.200.50",
-        "--port",
-        "80",
-        "-o",
-        "json",
-    ]))
+    let json: serde_json::Value = serde_json::from_str(&run(
+        0,
+        &[
+            "--from",
+            "prod/web",
+            "--to",
+            "198.19.200.50",
+            "--port",
+            "80",
+            "-o",
+            "json",
+        ],
+    ))
     .unwrap();
     let c = &json["connections"][0];
     assert_eq!(

@@ -446,8 +446,8 @@ fn kinds_in_other_versions_or_misspelt() {
     assert_eq!(
         messages(&load.errors),
         [
-            "nfs.yaml: EndpointSlice e: apiVersion: \"discovery.k8s.io/v1beta1\": EndpointSlice is served as \"discovery.k8s.io/v1\"",
-            "nfs.yaml: Services s: kind: \"Services\" is not a kind; did you mean \"Service\"?",
+            "nfs.yaml: EndpointSlice default/e: apiVersion: \"discovery.k8s.io/v1beta1\": EndpointSlice is served as \"discovery.k8s.io/v1\"",
+            "nfs.yaml: Services default/s: kind: \"Services\" is not a kind; did you mean \"Service\"?",
         ]
     );
     assert!(load.state.services.is_empty() && load.state.endpoint_slices.is_empty());
