@@ -30,7 +30,14 @@ impl Attach {
 }
 
 const POLL: Duration = Duration::from_millis(50);
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an agent may take to be ready; `NETFENCE_READY_TIMEOUT_S` raises it for
+/// the bench's large clusters.
+fn ready_timeout() -> Duration {
+    std::env::var("NETFENCE_READY_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(20), Duration::from_secs)
+}
 /// A sync after a manifest edit: the agent debounces well under a second.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,10 +140,15 @@ impl Agent {
             log,
             skip,
         };
-        agent.wait_for(READY_TIMEOUT, "`netfence: ready`", |log| {
+        agent.wait_for(ready_timeout(), "`netfence: ready`", |log| {
             log.contains("netfence: ready")
         })?;
         Ok(agent)
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the agent with SIGKILL (no cleanup at all) and reaps it.

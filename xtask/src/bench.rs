@@ -59,6 +59,8 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_file(&out);
     let mut cmd = std::process::Command::new(target.join(profile).join("examples/bench"));
+    // Section 5 starts agents on clusters of up to 150,000 pods.
+    cmd.env("NETFENCE_READY_TIMEOUT_S", "300");
     cmd.arg("--netfence")
         .arg(target.join(profile).join("netfence"))
         .arg("--out")

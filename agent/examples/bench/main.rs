@@ -8,6 +8,7 @@
 //! `scale` (section 4, in a child process for its peak RSS), `propagation` (section 5,
 //! the real `netfence run` over a manifest directory), `report` (table and JSON).
 
+mod backdrop;
 mod breakdown;
 mod floor;
 mod kernel;

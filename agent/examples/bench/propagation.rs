@@ -1,10 +1,14 @@
-//! Section 5: propagation. The real `netfence run` enforces a manifest directory on a
-//! testbed node; the server's NetworkPolicy file is rewritten (atomically, as an editor
-//! or a GitOps sync would) to alternately deny and allow UDP 7000 from the client,
-//! while the client probes continuously with new flows (a fresh socket, so a fresh
-//! source port, per probe). The figure is the time from the rename to the send of the
-//! first probe that gets the new verdict (allowed: the echo came back within 5 ms;
-//! denied: it did not), confirmed by the two probes after it.
+//! Section 5: propagation, at cluster sizes. The real `netfence run` enforces a
+//! manifest directory on a testbed node: two real pods (client and server) and a
+//! generated cluster of the size measured as its backdrop (`backdrop`: a file per
+//! namespace, 110 of its pods on this node). The server's NetworkPolicy file is
+//! rewritten (atomically, as an editor or a GitOps sync would) to alternately deny
+//! and allow UDP 7000 from the client, while the client probes continuously with new
+//! flows (a fresh socket, so a fresh source port, per probe). The figure is the time
+//! from the rename to the send of the first probe that gets the new verdict
+//! (allowed: the echo came back within 5 ms; denied: it did not), confirmed by the
+//! two probes after it. Per size also: the agent's cold start to `netfence: ready`,
+//! its peak RSS (`VmHWM`, the whole process) and its CPU time per change.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +18,10 @@ use anyhow::{Context as _, bail};
 use netfence_testbed::{Attach, PodNs, TestBed};
 use serde_json::json;
 
-use crate::report::{Report, Section, f1, quantile};
-use crate::{Args, progress, scene};
+use netfence::scenario;
+
+use crate::report::{Report, Section, f1, int, quantile};
+use crate::{Args, backdrop, progress, scene};
 
 /// A probe without an echo after this long is a dropped one.
 const REPLY_WAIT: Duration = Duration::from_millis(5);
@@ -103,10 +109,55 @@ fn flip(
     Ok(samples)
 }
 
-pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
-    let changes = if args.quick { 6 } else { 60 };
+/// What one size gave.
+struct Measured {
+    pods: usize,
+    files: usize,
+    ready_ms: f64,
+    samples: Vec<(bool, f64)>,
+    peak_rss_kib: u64,
+    rss_kib: u64,
+    cpu_ms_per_change: f64,
+}
+
+/// A field of `/proc/PID/status` in kB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|l| {
+            l.trim_start_matches(':')
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of process `pid`, in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the command.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) * 1e3 / hz.max(1.0)
+}
+
+fn measure(args: &Args, pods: usize, changes: usize) -> anyhow::Result<Measured> {
     progress(&format!(
-        "propagation: netfence run on a testbed node, {changes} policy changes"
+        "propagation: netfence run on a testbed node with {pods} generated pods, {changes} policy changes"
     ));
     let mut bed = TestBed::new("nf5")?;
     bed.namespace(scene::NAMESPACE, &[]);
@@ -126,7 +177,17 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     )?;
     bed.write_cluster()?;
     bed.write_manifest("server-ingress.yaml", &policy_yaml(true))?;
-    let _agent = bed.start_agent(&args.netfence, Attach::Auto)?;
+    let files = if pods > 0 {
+        let state = scenario::generate(&scene::params(pods, pods / 15));
+        backdrop::write(&bed.manifests(), &state)?
+    } else {
+        0
+    };
+    let started = Instant::now();
+    let agent = bed.start_agent(&args.netfence, Attach::Auto)?;
+    let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    let pid = agent.pid().context("the agent's pid")?;
+    let cpu_before = cpu_ms(pid);
     let target = SocketAddr::new(server.ip4(), scene::UDP_PORT);
     let echo = server.netns.run(|| UdpSocket::bind(target))??;
     echo.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -144,41 +205,80 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         done.store(true, Ordering::Relaxed);
         result
     })?;
-    let all: Vec<f64> = samples.iter().map(|(_, ms)| *ms).collect();
-    let of = |allow: bool| -> Vec<f64> {
-        samples
-            .iter()
-            .filter(|(a, _)| *a == allow)
-            .map(|(_, ms)| *ms)
-            .collect()
+    let cpu_ms_per_change = (cpu_ms(pid) - cpu_before) / changes.max(1) as f64;
+    Ok(Measured {
+        pods,
+        files,
+        ready_ms,
+        samples,
+        peak_rss_kib: status_kib(pid, "VmHWM"),
+        rss_kib: status_kib(pid, "VmRSS"),
+        cpu_ms_per_change,
+    })
+}
+
+pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    let changes = if args.quick { 6 } else { 40 };
+    let sizes: &[usize] = if args.quick {
+        &[0, 1_000]
+    } else {
+        &[0, 10_000, 50_000, 150_000]
     };
     let mut s = Section::new(
         "propagation",
-        "5. Propagation: policy file changed → first new-flow packet with the new verdict (ms)",
-        &["change", "n", "p50", "p99", "max"],
+        "5. Propagation at cluster sizes: policy file changed → first new-flow packet with the new verdict (ms); the agent's start, memory and CPU",
+        &["backdrop pods", "change", "n", "p50", "p99", "max", "agent"],
     );
-    s.method("the real `netfence run` (manifest watch, 100 ms quiet debounce, compile, sync) on a testbed node;");
-    s.method("probes: UDP from a fresh source port every ≤5 ms; a verdict counts when 3 probes in a row agree,");
-    s.method("timed from the first of them; resolution ≈ 5 ms for denials, < 0.1 ms for allows.");
-    for (name, values) in [
-        ("tighten (allow → deny)", of(false)),
-        ("loosen (deny → allow)", of(true)),
-        ("all", all.clone()),
-    ] {
-        let max = values.iter().copied().fold(0.0, f64::max);
-        s.row(vec![
-            name.into(),
-            values.len().to_string(),
-            f1(quantile(&values, 0.5)),
-            f1(quantile(&values, 0.99)),
-            f1(max),
-        ]);
+    s.method("the real `netfence run` (manifest watch, 100 ms quiet debounce, engine update, sync) on a testbed node, the");
+    s.method("generated cluster beside the two real pods (a JSON file per namespace, one policy per 15 pods, 110 pods local);");
+    s.method("probes: UDP from a fresh source port every ≤5 ms; a verdict counts when 3 probes in a row agree, timed from the");
+    s.method("first of them; resolution ≈ 5 ms for denials, < 0.1 ms for allows. agent: cold start to `netfence: ready`, peak");
+    s.method("and current RSS of the whole process, its CPU time per change (ticks included).");
+    let mut json_rows = Vec::new();
+    for &pods in sizes {
+        let m = measure(args, pods, changes)?;
+        let all: Vec<f64> = m.samples.iter().map(|(_, ms)| *ms).collect();
+        let of = |allow: bool| -> Vec<f64> {
+            (m.samples.iter())
+                .filter(|(a, _)| *a == allow)
+                .map(|(_, ms)| *ms)
+                .collect()
+        };
+        let agent = format!(
+            "ready {} s, peak RSS {} MiB (now {}), CPU {} ms/change",
+            f1(m.ready_ms / 1e3),
+            f1(m.peak_rss_kib as f64 / 1024.0),
+            f1(m.rss_kib as f64 / 1024.0),
+            f1(m.cpu_ms_per_change)
+        );
+        for (name, values) in [
+            ("tighten (allow → deny)", of(false)),
+            ("loosen (deny → allow)", of(true)),
+            ("all", all.clone()),
+        ] {
+            let max = values.iter().copied().fold(0.0, f64::max);
+            s.row(vec![
+                int(m.pods),
+                name.into(),
+                values.len().to_string(),
+                f1(quantile(&values, 0.5)),
+                f1(quantile(&values, 0.99)),
+                f1(max),
+                if name == "all" {
+                    agent.clone()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        json_rows.push(json!({
+            "pods": m.pods, "files": m.files, "changes": changes, "ready_ms": m.ready_ms,
+            "peak_rss_kib": m.peak_rss_kib, "rss_kib": m.rss_kib, "cpu_ms_per_change": m.cpu_ms_per_change,
+            "samples_ms": m.samples.iter().map(|(allow, ms)| json!({ "allow": allow, "ms": ms })).collect::<Vec<_>>(),
+            "p50_ms": quantile(&all, 0.5), "p99_ms": quantile(&all, 0.99),
+        }));
     }
-    s.json = json!({
-        "changes": changes,
-        "samples_ms": samples.iter().map(|(allow, ms)| json!({ "allow": allow, "ms": ms })).collect::<Vec<_>>(),
-        "p50_ms": quantile(&all, 0.5), "p99_ms": quantile(&all, 0.99),
-    });
+    s.json = serde_json::Value::Array(json_rows);
     report.sections.push(s);
     Ok(())
 }
