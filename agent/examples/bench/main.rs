@@ -47,6 +47,10 @@ pub struct Args {
     /// Where to write the JSON results.
     #[arg(long)]
     pub out: PathBuf,
+    /// Sections 4 and 5 alone (the engine per change, and propagation with the real
+    /// agent at cluster sizes): no packet or traffic sections.
+    #[arg(long)]
+    pub scale_only: bool,
     /// Internal: run the compile measurement of section 4 and print it as JSON.
     #[arg(long, num_args = 3, value_names = ["PODS", "POLICIES", "LOCAL"], hide = true)]
     pub compile_child: Option<Vec<usize>>,
@@ -66,8 +70,10 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut report = Report::new(args.quick);
     report.machine();
-    kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
-    traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
+    if !args.scale_only {
+        kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
+        traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
+    }
     scale::run(&args, &mut report).context("section 4: compile and memory")?;
     propagation::run(&args, &mut report).context("section 5: propagation")?;
     report.finish(start.elapsed());

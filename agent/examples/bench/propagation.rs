@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use netfence_testbed::{Attach, PodNs, TestBed};
+use netfence_testbed::{Agent, Attach, PodNs, TestBed};
 use serde_json::json;
 
 use netfence::scenario;
@@ -23,8 +23,11 @@ use netfence::scenario;
 use crate::report::{Report, Section, f1, int, quantile};
 use crate::{Args, backdrop, progress, scene};
 
-/// A probe without an echo after this long is a dropped one.
+/// A probe without an echo after this long is a dropped one...
 const REPLY_WAIT: Duration = Duration::from_millis(5);
+/// ...and a probe confirming a drop waits this long (a busy machine can delay an
+/// echo past `REPLY_WAIT`; a late echo is no drop).
+const CONFIRM_WAIT: Duration = Duration::from_millis(50);
 /// Consecutive probes that must agree before a verdict counts (a busy machine can
 /// delay one echo past `REPLY_WAIT`).
 const CONFIRM: usize = 3;
@@ -46,11 +49,11 @@ fn policy_yaml(allow_udp: bool) -> String {
     )
 }
 
-/// One probe from a fresh socket: whether the echo came back.
-fn probe(target: SocketAddr) -> anyhow::Result<bool> {
+/// One probe from a fresh socket: whether the echo came back within `wait`.
+fn probe(target: SocketAddr, wait: Duration) -> anyhow::Result<bool> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.connect(target)?;
-    socket.set_read_timeout(Some(REPLY_WAIT))?;
+    socket.set_read_timeout(Some(wait))?;
     socket.send(b"probe")?;
     let mut buf = [0u8; 16];
     Ok(socket.recv(&mut buf).is_ok())
@@ -69,7 +72,13 @@ fn until_verdict(
         let mut agreeing = 0;
         while t0.elapsed() < CHANGE_TIMEOUT {
             let sent = Instant::now();
-            if probe(target)? == allowed {
+            // Confirming a drop waits longer than looking for one.
+            let wait = if first.is_some() && !allowed {
+                CONFIRM_WAIT
+            } else {
+                REPLY_WAIT
+            };
+            if probe(target, wait)? == allowed {
                 first.get_or_insert(sent);
                 agreeing += 1;
                 if let Some(first) = first
@@ -90,8 +99,10 @@ fn until_verdict(
 }
 
 /// Alternately denies and allows UDP 7000 `changes` times; (allowed after, ms) each.
+/// Each change waits for the agent's sync of it before the next, so no two overlap.
 fn flip(
     bed: &TestBed,
+    agent: &mut Agent,
     client: &PodNs,
     target: SocketAddr,
     changes: usize,
@@ -101,9 +112,11 @@ fn flip(
     let mut samples = Vec::new();
     for i in 0..changes {
         let allow = i % 2 == 1;
+        let generation = agent.generation();
         bed.write_manifest("server-ingress.yaml", &policy_yaml(allow))?;
         let t0 = Instant::now();
         let took = until_verdict(client, target, allow, t0)?;
+        agent.wait_for_sync_after(generation)?;
         samples.push((allow, took.as_secs_f64() * 1e3));
     }
     Ok(samples)
@@ -184,7 +197,7 @@ fn measure(args: &Args, pods: usize, changes: usize) -> anyhow::Result<Measured>
         0
     };
     let started = Instant::now();
-    let agent = bed.start_agent(&args.netfence, Attach::Auto)?;
+    let mut agent = bed.start_agent(&args.netfence, Attach::Auto)?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let pid = agent.pid().context("the agent's pid")?;
     let cpu_before = cpu_ms(pid);
@@ -201,7 +214,7 @@ fn measure(args: &Args, pods: usize, changes: usize) -> anyhow::Result<Measured>
                 }
             }
         });
-        let result = flip(&bed, &client, target, changes);
+        let result = flip(&bed, &mut agent, &client, target, changes);
         done.store(true, Ordering::Relaxed);
         result
     })?;
