@@ -51,6 +51,10 @@ pub struct Args {
     /// agent at cluster sizes): no packet or traffic sections.
     #[arg(long)]
     pub scale_only: bool,
+    /// Section 5 alone (with `--scale-only`), at these cluster sizes (generated pods
+    /// beside the two real ones) instead of the defaults.
+    #[arg(long, value_delimiter = ',')]
+    pub propagation_sizes: Option<Vec<usize>>,
     /// Internal: run the compile measurement of section 4 and print it as JSON.
     #[arg(long, num_args = 3, value_names = ["PODS", "POLICIES", "LOCAL"], hide = true)]
     pub compile_child: Option<Vec<usize>>,
@@ -74,7 +78,9 @@ fn main() -> anyhow::Result<()> {
         kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
         traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
     }
-    scale::run(&args, &mut report).context("section 4: compile and memory")?;
+    if args.propagation_sizes.is_none() {
+        scale::run(&args, &mut report).context("section 4: compile and memory")?;
+    }
     propagation::run(&args, &mut report).context("section 5: propagation")?;
     report.finish(start.elapsed());
     report.print();

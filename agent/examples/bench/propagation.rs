@@ -217,6 +217,12 @@ fn measure(args: &Args, pods: usize, changes: usize) -> anyhow::Result<Measured>
         let result = flip(&bed, &mut agent, &client, target, changes);
         done.store(true, Ordering::Relaxed);
         result
+    })
+    .with_context(|| {
+        let log = agent.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("the agent's last log lines:\n{}", tail.join("\n"))
     })?;
     let cpu_ms_per_change = (cpu_ms(pid) - cpu_before) / changes.max(1) as f64;
     Ok(Measured {
@@ -232,7 +238,9 @@ fn measure(args: &Args, pods: usize, changes: usize) -> anyhow::Result<Measured>
 
 pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let changes = if args.quick { 6 } else { 40 };
-    let sizes: &[usize] = if args.quick {
+    let sizes: &[usize] = if let Some(sizes) = &args.propagation_sizes {
+        sizes
+    } else if args.quick {
         &[0, 1_000]
     } else {
         &[0, 10_000, 50_000, 150_000]

@@ -135,18 +135,19 @@ impl Contents {
     /// the image's ([`crate::image::Endpoint::flags`]; the engine applies `--mode
     /// audit`). PORTS follows from the bound endpoints ([`ports_of`]; see
     /// [`port_conflicts`]).
+    /// The rule counters are those of the rules POLICY entries name (the programs
+    /// count only those), not every rule of the cluster.
     pub fn from_image(image: &Image, bindings: &BTreeMap<IpAddr, u32>) -> Self {
         let mut contents = Self {
             identities: image.identities.clone(),
-            rules: image.rules.keys().copied().collect(),
             ..Self::default()
         };
         contents.set_local(image, bindings);
         contents
     }
 
-    /// Recomputes the node-local maps (ENDPOINTS, PORTS, POLICY) from `image` and
-    /// `bindings`, as [`Contents::from_image`] does.
+    /// Recomputes the node-local maps (ENDPOINTS, PORTS, POLICY, the rule counters)
+    /// from `image` and `bindings`, as [`Contents::from_image`] does.
     pub fn set_local(&mut self, image: &Image, bindings: &BTreeMap<IpAddr, u32>) {
         self.endpoints = image
             .endpoints
@@ -163,11 +164,11 @@ impl Contents {
             .collect();
         self.ports = ports_of(&self.endpoints);
         self.policy.clone_from(&image.policy);
+        self.rules = self.policy.values().copied().collect();
     }
 
-    /// Takes the cluster-wide changes of `patch` (IDENTITIES prefixes, rule counters)
-    /// and names them in `scope`; the node-local maps follow at the next
-    /// [`Contents::set_local`].
+    /// Takes the cluster-wide changes of `patch` (IDENTITIES prefixes) and names them
+    /// in `scope`; the node-local maps follow at the next [`Contents::set_local`].
     pub fn patch(&mut self, patch: &Patch, scope: &mut Scope) {
         for (net, id) in &patch.identities {
             match id {
@@ -176,52 +177,31 @@ impl Contents {
             };
             scope.prefix(*net);
         }
-        for (rule, info) in &patch.rules {
-            if info.is_some() {
-                self.rules.insert(*rule);
-            } else {
-                self.rules.remove(rule);
-            }
-            scope.rule(*rule);
-        }
     }
 }
 
-/// Which entries of the cluster-wide maps (IDENTITIES, the rule counters) may differ
-/// between what the maps hold and the target: a sync compares only those, so its
-/// work follows the change, not the cluster. The node-local maps (ENDPOINTS, PORTS,
-/// POLICY) are always compared whole.
+/// Which entries of the one cluster-wide map (IDENTITIES) may differ between what
+/// the maps hold and the target: a sync compares only those, so its work follows the
+/// change, not the cluster. The node-local maps (ENDPOINTS, PORTS, POLICY and the
+/// rule counters of its entries) are always compared whole.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// Everything (a new image, a restart).
     All,
-    Keys {
-        prefixes: BTreeSet<IpNet>,
-        rules: BTreeSet<u32>,
-    },
+    Prefixes(BTreeSet<IpNet>),
 }
 
 impl Default for Scope {
     fn default() -> Self {
-        Scope::Keys {
-            prefixes: BTreeSet::new(),
-            rules: BTreeSet::new(),
-        }
+        Scope::Prefixes(BTreeSet::new())
     }
 }
 
 impl Scope {
     /// Adds a prefix that may differ.
     pub fn prefix(&mut self, net: IpNet) {
-        if let Scope::Keys { prefixes, .. } = self {
+        if let Scope::Prefixes(prefixes) = self {
             prefixes.insert(net);
-        }
-    }
-
-    /// Adds a rule counter that may differ.
-    pub fn rule(&mut self, rule: u32) {
-        if let Scope::Keys { rules, .. } = self {
-            rules.insert(rule);
         }
     }
 
@@ -229,10 +209,8 @@ impl Scope {
     pub fn of_failures(report: &SyncReport) -> Scope {
         let mut scope = Scope::default();
         for (op, _) in &report.failed {
-            match op {
-                MapOp::PutIdentity(net, _) | MapOp::DeleteIdentity(net) => scope.prefix(*net),
-                MapOp::PutRule(rule) | MapOp::DeleteRule(rule) => scope.rule(*rule),
-                _ => {}
+            if let MapOp::PutIdentity(net, _) | MapOp::DeleteIdentity(net) = op {
+                scope.prefix(*net);
             }
         }
         scope
@@ -262,26 +240,23 @@ pub fn plan(live: &Contents, target: &Contents) -> Vec<MapOp> {
 /// [`plan`] where only the entries `scope` names may differ in the cluster-wide
 /// maps.
 pub fn plan_in(live: &Contents, target: &Contents, scope: &Scope) -> Vec<MapOp> {
-    let (identities, removed_identities, new_rules, gone_rules) = match scope {
+    let (identities, removed_identities) = match scope {
         Scope::All => (
             changed(&live.identities, &target.identities).collect::<Vec<_>>(),
             removed(&live.identities, &target.identities).collect::<Vec<_>>(),
-            target.rules.difference(&live.rules).collect::<Vec<_>>(),
-            live.rules.difference(&target.rules).collect::<Vec<_>>(),
         ),
-        Scope::Keys { prefixes, rules } => (
+        Scope::Prefixes(prefixes) => (
             changed_in(&live.identities, &target.identities, prefixes).collect(),
             removed_in(&live.identities, &target.identities, prefixes).collect(),
-            (rules.iter())
-                .filter(|r| target.rules.contains(r) && !live.rules.contains(r))
-                .collect(),
-            (rules.iter())
-                .filter(|r| live.rules.contains(r) && !target.rules.contains(r))
-                .collect(),
         ),
     };
     let mut ops = Vec::new();
-    ops.extend(new_rules.into_iter().map(|r| MapOp::PutRule(*r)));
+    ops.extend(
+        target
+            .rules
+            .difference(&live.rules)
+            .map(|r| MapOp::PutRule(*r)),
+    );
     ops.extend(changed(&live.policy, &target.policy).map(|(k, v)| MapOp::PutPolicy(*k, *v)));
     ops.extend((identities.into_iter()).map(|(k, v)| MapOp::PutIdentity(*k, *v)));
     ops.extend(
@@ -296,7 +271,11 @@ pub fn plan_in(live: &Contents, target: &Contents, scope: &Scope) -> Vec<MapOp> 
             .map(|k| MapOp::DeleteIdentity(*k)),
     );
     ops.extend(removed(&live.policy, &target.policy).map(|k| MapOp::DeletePolicy(*k)));
-    ops.extend(gone_rules.into_iter().map(|r| MapOp::DeleteRule(*r)));
+    ops.extend(
+        live.rules
+            .difference(&target.rules)
+            .map(|r| MapOp::DeleteRule(*r)),
+    );
     ops
 }
 
@@ -511,7 +490,7 @@ fn pending_fallbacks(
     let mut out: BTreeMap<u32, Vec<(IpNet, u32)>> = BTreeMap::new();
     let writes: Vec<(&IpNet, &u32)> = match scope {
         Scope::All => changed(&live.identities, &target.identities).collect(),
-        Scope::Keys { prefixes, .. } => {
+        Scope::Prefixes(prefixes) => {
             changed_in(&live.identities, &target.identities, prefixes).collect()
         }
     };

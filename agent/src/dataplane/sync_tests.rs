@@ -527,63 +527,73 @@ fn port_writes_are_verdict_writes_and_read_back_into_live() {
 }
 
 #[test]
-fn a_scoped_sync_compares_only_the_named_cluster_wide_entries_and_retries_failures() {
+fn a_scoped_sync_compares_only_the_named_prefixes_and_retries_failures() {
     let old = contents(100, 20);
     let mut live = old.clone();
     let mut fake = Fake {
         maps: old.clone(),
         ..Fake::default()
     };
-    // Two prefixes change and a rule appears, but the scope names one prefix and the
-    // rule: the other prefix's difference is not looked at.
+    // Two prefixes change, but the scope names one: the other's difference is not
+    // looked at.
     let named = IpNet::from(pod(5));
     let unnamed = IpNet::from(pod(6));
     let mut target = old.clone();
     target.identities.insert(named, 21);
     target.identities.insert(unnamed, 22);
-    target.rules.insert(8);
     let mut scope = Scope::default();
     scope.prefix(named);
-    scope.rule(8);
     assert_eq!(
         plan_in(&live, &target, &scope),
-        vec![MapOp::PutRule(8), MapOp::PutIdentity(named, 21)]
+        vec![MapOp::PutIdentity(named, 21)]
     );
-    // The node-local maps are compared whole, scope or not.
+    // The node-local maps and the rule counters are compared whole, scope or not.
     target.endpoints.insert(pod(9), endpoint(100));
+    target.rules.insert(8);
     let ops = plan_in(&live, &target, &scope);
     assert!(
         ops.contains(&MapOp::PutEndpoint(pod(9), endpoint(100))),
         "{ops:?}"
     );
+    assert!(ops.contains(&MapOp::PutRule(8)), "{ops:?}");
     // A failed write in scope is named in the next scope.
     fake.fail_on = Some(MapOp::PutIdentity(named, 21));
     let report = sync_in(&mut fake, &mut live, &target, &scope);
     assert_eq!(report.failed.len(), 1);
     let retry = Scope::of_failures(&report);
-    assert_eq!(
-        retry,
-        Scope::Keys {
-            prefixes: BTreeSet::from([named]),
-            rules: BTreeSet::new()
-        }
-    );
+    assert_eq!(retry, Scope::Prefixes(BTreeSet::from([named])));
     fake.fail_on = None;
     let report = sync_in(&mut fake, &mut live, &target, &retry);
     assert_eq!(report.applied, 1);
     assert_eq!(live.identities.get(&named), Some(&21));
     assert_eq!(fake.maps, live);
-    // With every key in scope, a scoped plan is the whole plan.
-    let all = Scope::Keys {
-        prefixes: target
-            .identities
-            .keys()
-            .chain(live.identities.keys())
+    // With every prefix in scope, a scoped plan is the whole plan.
+    let all = Scope::Prefixes(
+        (target.identities.keys().chain(live.identities.keys()))
             .copied()
             .collect(),
-        rules: target.rules.iter().chain(&live.rules).copied().collect(),
-    };
+    );
     assert_eq!(plan_in(&live, &target, &all), plan(&live, &target));
+}
+
+#[test]
+fn rule_counters_are_the_rules_policy_entries_name() {
+    use crate::image::RuleInfo;
+    let mut image = Image::default();
+    let info = RuleInfo {
+        namespace: "x".to_owned(),
+        policy: "p".to_owned(),
+        direction: netfence_common::DIR_INGRESS,
+        index: 0,
+    };
+    // Rules of the whole cluster, two of them in this node's entries.
+    for rule in [7, 8, 9] {
+        image.rules.insert(rule, info.clone());
+    }
+    image.policy.insert(entry(100, 20, 80), 7);
+    image.policy.insert(entry(100, 21, 80), 9);
+    let contents = Contents::from_image(&image, &BTreeMap::new());
+    assert_eq!(contents.rules, BTreeSet::from([7, 9]));
 }
 
 #[test]
@@ -627,9 +637,6 @@ fn contents_patched_equal_contents_of_the_patched_image() {
     assert_eq!(contents, Contents::from_image(&image, &bindings));
     assert_eq!(
         scope,
-        Scope::Keys {
-            prefixes: BTreeSet::from([IpNet::from(pod(4)), IpNet::from(pod(5))]),
-            rules: BTreeSet::from([7])
-        }
+        Scope::Prefixes(BTreeSet::from([IpNet::from(pod(4)), IpNet::from(pod(5))]))
     );
 }
