@@ -13,6 +13,9 @@ use anyhow::{Context as _, bail};
 use crate::cmd::{cargo, run};
 use crate::setup::setup;
 
+/// Section keys of `--only kernel` (the per-packet cost and map memory).
+const KERNEL_SECTIONS: [&str; 2] = ["per_packet", "map_memory"];
+
 /// Section keys the bench's JSON must hold.
 const SECTIONS: [&str; 6] = [
     "per_packet",
@@ -31,7 +34,9 @@ fn target_dir() -> PathBuf {
     )
 }
 
-pub fn bench(quick: bool) -> anyhow::Result<()> {
+/// `kernel_only`: sections 1, 1b and 6 only (`--only kernel`: the TC programs' cost
+/// through BPF_PROG_TEST_RUN, no traffic, compile or propagation sections).
+pub fn bench(quick: bool, kernel_only: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     if !quick {
         setup()?;
@@ -66,10 +71,18 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         cmd.arg("--quick");
     }
+    if kernel_only {
+        cmd.args(["--only", "kernel"]);
+    }
     run(&mut cmd)?;
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
-    let missing: Vec<&str> = SECTIONS
+    let sections: &[&str] = if kernel_only {
+        &KERNEL_SECTIONS
+    } else {
+        &SECTIONS
+    };
+    let missing: Vec<&str> = sections
         .iter()
         .filter(|key| !text.contains(&format!("\"{key}\": {{")))
         .copied()
@@ -79,7 +92,7 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     }
     println!(
         "xtask bench: {} sections in {:.1} s",
-        SECTIONS.len(),
+        sections.len(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -51,6 +51,10 @@ enum Task {
         /// Small sizes, debug build: seconds (CI runs this so the bench cannot rot).
         #[arg(long)]
         quick: bool,
+        /// Only these sections (`kernel`: 1, 1b and 6, the TC programs' own cost
+        /// through BPF_PROG_TEST_RUN, without traffic, compile or propagation).
+        #[arg(long, value_enum)]
+        only: Option<BenchOnly>,
     },
     /// The datapath's differential fuzz, long: release build, millions of random
     /// frames through the TC programs and the spec model (needs root).
@@ -78,6 +82,13 @@ enum Target {
     Aarch64,
 }
 
+/// Sections of `cargo xtask bench --only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchOnly {
+    /// Sections 1, 1b and 6: per-packet cost of the TC programs and map memory.
+    Kernel,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { aarch64: false } => setup::setup(),
@@ -99,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build {
             target: Some(Target::Aarch64),
         } => aarch64::build(),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, only } => bench::bench(quick, only == Some(BenchOnly::Kernel)),
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }

@@ -46,9 +46,24 @@ pub struct Args {
     /// Where to write the JSON results.
     #[arg(long)]
     pub out: PathBuf,
+    /// Only these sections: `kernel` runs sections 1, 1b and 6 (the TC programs' cost
+    /// and map memory: BPF_PROG_TEST_RUN, no namespaces or traffic).
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Runs per cell of sections 1 and 1b (default 20,000 with `--quick`, else
+    /// 200,000): more runs, steadier figures on a busy machine.
+    #[arg(long)]
+    pub repeat: Option<u32>,
     /// Internal: run the compile measurement of section 4 and print it as JSON.
     #[arg(long, num_args = 3, value_names = ["PODS", "POLICIES", "LOCAL"], hide = true)]
     pub compile_child: Option<Vec<usize>>,
+}
+
+/// A subset of the sections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Sections 1, 1b and 6.
+    Kernel,
 }
 
 /// Prints a progress line (stderr, so the table on stdout stays clean).
@@ -66,9 +81,11 @@ fn main() -> anyhow::Result<()> {
     let mut report = Report::new(args.quick);
     report.machine();
     kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
-    traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
-    scale::run(&args, &mut report).context("section 4: compile and memory")?;
-    propagation::run(&args, &mut report).context("section 5: propagation")?;
+    if args.only.is_none() {
+        traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
+        scale::run(&args, &mut report).context("section 4: compile and memory")?;
+        propagation::run(&args, &mut report).context("section 5: propagation")?;
+    }
     report.finish(start.elapsed());
     report.print();
     report.write(&args.out)?;
