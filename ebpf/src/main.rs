@@ -12,6 +12,7 @@ mod maps;
 mod parse;
 mod policy;
 mod verdict;
+mod zero;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use netfence_common::{DIR_EGRESS, DIR_INGRESS};

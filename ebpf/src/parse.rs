@@ -10,6 +10,8 @@ use netfence_common::{
     Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped,
 };
 
+use crate::zero::{self, Zeroable};
+
 const ETH_HLEN: usize = 14;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
@@ -38,18 +40,21 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// Where the packet stands with respect to IP fragmentation.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
-    /// A whole datagram.
-    None,
+    /// A whole datagram (0: a zeroed `Packet`'s).
+    None = 0,
     /// Offset 0 with more fragments to come: carries the L4 header.
     First,
     /// Offset ≠ 0: no L4 header; follows the first fragment's verdict.
     NonFirst,
 }
 
-/// One parsed packet. Fields the packet does not have stay 0.
+/// One parsed packet. Fields the packet does not have stay 0. 8-byte aligned, so
+/// that `Packet::empty` and the addresses are written a word at a time.
 #[derive(Clone, Copy)]
+#[repr(align(8))]
 pub struct Packet {
     pub src: Addr,
     pub dst: Addr,
@@ -85,28 +90,17 @@ pub struct Packet {
     pub fragment: Fragment,
 }
 
+// SAFETY: every field is an integer, a byte array, a bool or `Fragment` (whose 0 is
+// `None`): all-zero bytes are a valid `Packet`.
+unsafe impl Zeroable for Packet {}
+
 impl Packet {
-    pub const EMPTY: Packet = Packet {
-        src: [0; 16],
-        dst: [0; 16],
-        l4_offset: 0,
-        l4_end: 0,
-        frag_id: 0,
-        frag_protocol: 0,
-        src_port: 0,
-        dst_port: 0,
-        echo_id: 0,
-        ip_len: 0,
-        l3_offset: 0,
-        protocol: 0,
-        hop_limit: 0,
-        l2_group: false,
-        tcp_flags: 0,
-        icmp_type: 0,
-        is_ipv6: false,
-        is_echo: false,
-        fragment: Fragment::None,
-    };
+    /// `slot` as a packet with every field 0 (`Fragment::None`, no flags), for
+    /// `parse` to fill.
+    #[inline(always)]
+    pub fn empty(slot: &mut core::mem::MaybeUninit<Self>) -> &mut Self {
+        zero::fill(slot)
+    }
 
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
@@ -176,6 +170,19 @@ pub fn is_link_local(addr: &Addr) -> bool {
 #[inline(always)]
 pub fn is_unspecified(addr: &Addr) -> bool {
     *addr == [0; 16]
+}
+
+/// `v4_mapped`, written as two words: the ten zero bytes of the const fn's array
+/// literal would be a `memset` (see `zero`).
+#[inline(always)]
+pub fn mapped(octets: [u8; 4]) -> Addr {
+    let low = u64::from_ne_bytes([
+        0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]);
+    let mut addr = [0; 16];
+    addr[..8].copy_from_slice(&0u64.to_ne_bytes());
+    addr[8..].copy_from_slice(&low.to_ne_bytes());
+    addr
 }
 
 #[inline(always)]
@@ -291,8 +298,8 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     {
         return Err(Reason::DropMalformed);
     }
-    pkt.src = v4_mapped(ip.src);
-    pkt.dst = v4_mapped(ip.dst);
+    pkt.src = mapped(ip.src);
+    pkt.dst = mapped(ip.dst);
     pkt.protocol = ip.protocol;
     pkt.frag_protocol = ip.protocol;
     pkt.hop_limit = ip.ttl;
@@ -513,8 +520,8 @@ pub fn quoted(ctx: &TcContext, pkt: &Packet, local_is_src: bool, key: &mut CtKey
             return None;
         }
         key.protocol = ctx.load::<u8>(inner + 9).ok()?;
-        *src = v4_mapped(ctx.load::<[u8; 4]>(inner + 12).ok()?);
-        *dst = v4_mapped(ctx.load::<[u8; 4]>(inner + 16).ok()?);
+        *src = mapped(ctx.load::<[u8; 4]>(inner + 12).ok()?);
+        *dst = mapped(ctx.load::<[u8; 4]>(inner + 16).ok()?);
         inner + header_len
     };
     // The quote ends where the error's IP datagram does: bytes behind it are frame

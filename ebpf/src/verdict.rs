@@ -112,6 +112,8 @@
 //! endpoints, broadcast and multicast to isolated pods, link-local traffic of isolated
 //! pods and tunnels to the node all drop.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
@@ -124,6 +126,7 @@ use netfence_common::{
 };
 
 use crate::parse::{self, Fragment, Packet, is_link_local};
+use crate::zero::{self, Zeroable};
 use crate::{conntrack, link, maps, policy};
 
 /// A first fragment's record is trusted this long (the longer of the IPv4 and IPv6
@@ -142,6 +145,10 @@ struct Verdict {
     /// re-checked flow the direction that opened it.
     direction: u8,
 }
+
+// SAFETY: integers and a `Reason` (repr(u32), 0 is `AllowEstablished`): all-zero
+// bytes are a valid `Verdict`.
+unsafe impl Zeroable for Verdict {}
 
 impl Verdict {
     #[inline(always)]
@@ -164,14 +171,19 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     if stage == 1 {
         return TC_ACT_UNSPEC;
     }
-    let mut pkt = Packet::EMPTY;
-    let parsed = parse::parse(ctx, &mut pkt);
+    // Zeroed in place (`zero`): a `Packet` or `Verdict` literal here was a `memset`.
+    let mut pkt_slot = MaybeUninit::uninit();
+    let pkt = Packet::empty(&mut pkt_slot);
+    let parsed = parse::parse(ctx, pkt);
     if stage == 2 {
         return TC_ACT_UNSPEC;
     }
-    let mut verdict = Verdict::of(Reason::DropMalformed, direction);
+    let mut verdict_slot = MaybeUninit::uninit();
+    let verdict = zero::fill::<Verdict>(&mut verdict_slot);
+    verdict.reason = Reason::DropMalformed;
+    verdict.direction = direction;
     verdict.reason = match parsed {
-        Err(Reason::AllowArp) => link::arp(ctx, &mut pkt, direction, ifindex),
+        Err(Reason::AllowArp) => link::arp(ctx, pkt, direction, ifindex),
         Err(reason) => reason,
         Ok(()) => {
             // Step 5's ICMP errors, here rather than in `decide`: `related`'s frame is
@@ -179,7 +191,7 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
             // 512-byte stack limit. (An ICMP error is neither ND nor a non-first
             // fragment, so steps 3 and 4 cannot decide it first.)
             let related = if pkt.is_icmp_error() {
-                conntrack::related(ctx, &pkt, direction, ifindex)
+                conntrack::related(ctx, pkt, direction, ifindex)
             } else {
                 None
             };
@@ -188,11 +200,11 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
                     verdict.rule = rule;
                     Reason::AllowRelatedIcmp
                 }
-                None => decide(ctx, &pkt, direction, ifindex, &mut verdict),
+                None => decide(ctx, pkt, direction, ifindex, verdict),
             };
             verdict.reason = reason;
             if pkt.fragment == Fragment::First {
-                record_first_fragment(&pkt, ifindex, &verdict);
+                record_first_fragment(pkt, ifindex, verdict);
             }
             reason
         }
@@ -200,7 +212,7 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     if stage != 0 {
         return TC_ACT_UNSPEC;
     }
-    finish(&pkt, ifindex, &verdict)
+    finish(pkt, ifindex, verdict)
 }
 
 /// Writes a verdict's policy, rule and direction into `out` and returns its reason.
@@ -513,7 +525,7 @@ fn fragment_key(pkt: &Packet, ifindex: u32) -> FragKey {
         ifindex,
         id: pkt.frag_id,
         protocol: pkt.frag_protocol,
-        _pad: [0; 3],
+        _pad: [0, 0, 0],
     }
 }
 
