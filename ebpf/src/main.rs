@@ -5,8 +5,11 @@
 //! policy lookup order in `policy`.
 #![no_std]
 #![no_main]
+// Inline BPF assembly (`header::load!`: one load as wide as a header field).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod conntrack;
+mod header;
 mod link;
 mod maps;
 mod parse;
