@@ -186,10 +186,10 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
         Err(Reason::AllowArp) => link::arp(ctx, pkt, direction, ifindex),
         Err(reason) => reason,
         Ok(()) => {
-            // Step 5's ICMP errors, here rather than in `decide`: `related`'s frame is
-            // then a sibling of `decide`'s, which keeps every call chain under the
-            // 512-byte stack limit. (An ICMP error is neither ND nor a non-first
-            // fragment, so steps 3 and 4 cannot decide it first.)
+            // Step 5's ICMP errors first: `related`'s frame is then a sibling of
+            // `judge`'s, which keeps every call chain under the 512-byte stack limit.
+            // (An ICMP error is neither ND nor a non-first fragment, so steps 3 and 4
+            // cannot decide it first.)
             let related = if pkt.is_icmp_error() {
                 conntrack::related(ctx, pkt, direction, ifindex)
             } else {
@@ -200,7 +200,10 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
                     verdict.rule = rule;
                     Reason::AllowRelatedIcmp
                 }
-                None => decide(ctx, pkt, direction, ifindex, verdict),
+                None if pkt.is_neighbour_discovery() || pkt.fragment == Fragment::NonFirst => {
+                    link_or_fragment(ctx, pkt, direction, ifindex, verdict)
+                }
+                None => flow(pkt, direction, ifindex, verdict),
             };
             verdict.reason = reason;
             if pkt.fragment == Fragment::First {
@@ -228,15 +231,18 @@ fn give(out: &mut Verdict, verdict: Verdict) -> Reason {
     verdict.reason
 }
 
-/// Steps 3–5 for a parsed IP packet, into `out` (see `give`); `judge` does 6–9.
-/// `stage` is the bench's cut-off (`maps::bench_stage`; 0 in an agent: the verifier
-/// prunes it).
-// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
-// which keeps every call chain under the 512-byte stack limit (inlined, the whole
-// program needed 624 bytes).
+/// Steps 3–4 for a parsed IP packet that is ND/MLD or a non-first fragment, into
+/// `out` (see `give`).
+// A BPF-to-BPF call, not inlined: its stack frame is a sibling of `judge`'s, which
+// keeps every call chain under the 512-byte stack limit.
 #[inline(never)]
-fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut Verdict) -> Reason {
-    let stage = maps::bench_stage();
+fn link_or_fragment(
+    ctx: &TcContext,
+    pkt: &Packet,
+    direction: u8,
+    ifindex: u32,
+    out: &mut Verdict,
+) -> Reason {
     // 3. ND/MLD pass without policy only as validated link traffic (without them no
     //    IPv6 address resolves); fragmented, they fail closed (RFC 6980).
     if pkt.is_neighbour_discovery() {
@@ -265,9 +271,21 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
             }
             _ => Verdict::of(Reason::DropFragment, direction),
         };
-        return give(out, verdict);
+        give(out, verdict)
+    } else {
+        // Not reached: `run` calls this for ND and non-first fragments only (fails
+        // closed if it were).
+        give(out, Verdict::of(Reason::DropMalformed, direction))
     }
+}
 
+/// Step 5 for any other parsed IP packet, into `out` (see `give`); `judge` does 6–9.
+/// Inline in `run`, so that an established packet makes no BPF-to-BPF call after
+/// `parse` (each costs about as much as a map lookup; bench section 1b). `stage` is
+/// the bench's cut-off (`maps::bench_stage`; 0 in an agent).
+#[inline(always)]
+fn flow(pkt: &Packet, direction: u8, ifindex: u32, out: &mut Verdict) -> Reason {
+    let stage = maps::bench_stage();
     // 5. Conntrack first. ICMP errors are no flow of their own: they pass only through
     //    the flow they quote, or as ICMP through policy, and never create an entry.
     let key = conntrack::flow_key(pkt, direction, ifindex);
@@ -541,37 +559,44 @@ fn record_first_fragment(pkt: &Packet, ifindex: u32, verdict: &Verdict) {
 }
 
 /// Step 10: count, report, act. The action comes from the reason alone.
-// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
-// which keeps every call chain under the 512-byte stack limit (inlined, the whole
-// program needed 624 bytes).
-#[inline(never)]
+#[inline(always)]
 fn finish(pkt: &Packet, ifindex: u32, verdict: &Verdict) -> i32 {
     maps::count(verdict.reason);
     let drop = verdict.reason.is_drop();
     let audit = verdict.reason == Reason::AuditPolicy;
     if drop || audit || (verdict.reason == Reason::AllowPolicy && maps::event_allows()) {
-        maps::emit(&Event {
-            src: pkt.src,
-            dst: pkt.dst,
-            ifindex,
-            reason: verdict.reason.code(),
-            policy: verdict.policy,
-            rule: verdict.rule,
-            src_port: pkt.src_port,
-            dst_port: pkt.dst_port,
-            protocol: pkt.protocol,
-            direction: verdict.direction,
-            verdict: if drop {
-                VERDICT_DROP
-            } else if audit {
-                VERDICT_AUDIT
-            } else {
-                VERDICT_ALLOW
-            },
-            _pad: 0,
-        });
+        report(pkt, ifindex, verdict);
     }
     // An allow is TCX_NEXT / TC_ACT_UNSPEC: netfence only removes packets, and what
     // it lets through still meets every later program and filter on the port.
     if drop { TC_ACT_SHOT } else { TC_ACT_UNSPEC }
+}
+
+/// Step 10's event, for a drop, an audit or (with EVENT_ALLOWS) a policy allow.
+// A BPF-to-BPF call, not inlined: the event's stack frame is separate from its
+// siblings', which keeps every call chain under the 512-byte stack limit; the count
+// and the action stay inline, so an established packet makes no call here.
+#[inline(never)]
+fn report(pkt: &Packet, ifindex: u32, verdict: &Verdict) {
+    let drop = verdict.reason.is_drop();
+    maps::emit(&Event {
+        src: pkt.src,
+        dst: pkt.dst,
+        ifindex,
+        reason: verdict.reason.code(),
+        policy: verdict.policy,
+        rule: verdict.rule,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        protocol: pkt.protocol,
+        direction: verdict.direction,
+        verdict: if drop {
+            VERDICT_DROP
+        } else if verdict.reason == Reason::AuditPolicy {
+            VERDICT_AUDIT
+        } else {
+            VERDICT_ALLOW
+        },
+        _pad: 0,
+    });
 }
