@@ -177,9 +177,7 @@ pub fn is_unspecified(addr: &Addr) -> bool {
 /// literal would be a `memset` (see `zero`).
 #[inline(always)]
 pub fn mapped(octets: [u8; 4]) -> Addr {
-    let low = u64::from_ne_bytes([
-        0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-    ]);
+    let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]);
     let mut addr = [0; 16];
     addr[..8].copy_from_slice(&0u64.to_ne_bytes());
     addr[8..].copy_from_slice(&low.to_ne_bytes());
