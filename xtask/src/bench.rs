@@ -16,6 +16,9 @@ use crate::setup::setup;
 /// Section keys of `--only kernel` (the per-packet cost and map memory).
 const KERNEL_SECTIONS: [&str; 2] = ["per_packet", "map_memory"];
 
+/// Section keys of `--only traffic` (nftables comparison, throughput and latency).
+const TRAFFIC_SECTIONS: [&str; 2] = ["nftables", "throughput"];
+
 /// Section keys the bench's JSON must hold.
 const SECTIONS: [&str; 6] = [
     "per_packet",
@@ -34,9 +37,10 @@ fn target_dir() -> PathBuf {
     )
 }
 
-/// `kernel_only`: sections 1, 1b and 6 only (`--only kernel`: the TC programs' cost
-/// through BPF_PROG_TEST_RUN, no traffic, compile or propagation sections).
-pub fn bench(quick: bool, kernel_only: bool) -> anyhow::Result<()> {
+/// `only`: `kernel` (sections 1, 1b and 6: the TC programs' cost through
+/// BPF_PROG_TEST_RUN) or `traffic` (sections 2 and 3: real traffic), passed to the
+/// bench binary's `--only`; `None` runs every section.
+pub fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     let start = Instant::now();
     if !quick {
         setup()?;
@@ -71,16 +75,17 @@ pub fn bench(quick: bool, kernel_only: bool) -> anyhow::Result<()> {
     if quick {
         cmd.arg("--quick");
     }
-    if kernel_only {
-        cmd.args(["--only", "kernel"]);
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
     }
     run(&mut cmd)?;
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
-    let sections: &[&str] = if kernel_only {
-        &KERNEL_SECTIONS
-    } else {
-        &SECTIONS
+    let sections: &[&str] = match only {
+        Some("kernel") => &KERNEL_SECTIONS,
+        Some("traffic") => &TRAFFIC_SECTIONS,
+        Some(other) => bail!("no bench section group {other:?}"),
+        None => &SECTIONS,
     };
     let missing: Vec<&str> = sections
         .iter()

@@ -52,7 +52,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only these sections (`kernel`: 1, 1b and 6, the TC programs' own cost
-        /// through BPF_PROG_TEST_RUN, without traffic, compile or propagation).
+        /// through BPF_PROG_TEST_RUN; `traffic`: 2 and 3, real traffic).
         #[arg(long, value_enum)]
         only: Option<BenchOnly>,
     },
@@ -87,6 +87,8 @@ enum Target {
 enum BenchOnly {
     /// Sections 1, 1b and 6: per-packet cost of the TC programs and map memory.
     Kernel,
+    /// Sections 2 and 3: nftables comparison, throughput and latency on real traffic.
+    Traffic,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,7 +112,13 @@ fn main() -> anyhow::Result<()> {
         Task::Build {
             target: Some(Target::Aarch64),
         } => aarch64::build(),
-        Task::Bench { quick, only } => bench::bench(quick, only == Some(BenchOnly::Kernel)),
+        Task::Bench { quick, only } => bench::bench(
+            quick,
+            only.map(|only| match only {
+                BenchOnly::Kernel => "kernel",
+                BenchOnly::Traffic => "traffic",
+            }),
+        ),
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }

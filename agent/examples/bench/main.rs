@@ -47,7 +47,8 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Only these sections: `kernel` runs sections 1, 1b and 6 (the TC programs' cost
-    /// and map memory: BPF_PROG_TEST_RUN, no namespaces or traffic).
+    /// and map memory: BPF_PROG_TEST_RUN, no namespaces or traffic), `traffic` sections
+    /// 2 and 3 (real traffic between namespaces: nftables, throughput, latency).
     #[arg(long, value_enum)]
     pub only: Option<Only>,
     /// Runs per cell of sections 1 and 1b (default 20,000 with `--quick`, else
@@ -64,6 +65,8 @@ pub struct Args {
 pub enum Only {
     /// Sections 1, 1b and 6.
     Kernel,
+    /// Sections 2 and 3.
+    Traffic,
 }
 
 /// Prints a progress line (stderr, so the table on stdout stays clean).
@@ -80,9 +83,13 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut report = Report::new(args.quick);
     report.machine();
-    kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
-    if args.only.is_none() {
+    if args.only != Some(Only::Traffic) {
+        kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
+    }
+    if args.only != Some(Only::Kernel) {
         traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
+    }
+    if args.only.is_none() {
         scale::run(&args, &mut report).context("section 4: compile and memory")?;
         propagation::run(&args, &mut report).context("section 5: propagation")?;
     }
