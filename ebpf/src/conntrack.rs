@@ -20,6 +20,7 @@ use netfence_common::{
 
 use crate::maps;
 use crate::parse::{self, Packet, TCP_FIN, TCP_RST};
+use crate::zero;
 
 /// `last_seen_ns` is rewritten only when older than this: an established flow costs
 /// one lookup and at most one store a second, not one per packet.
@@ -57,7 +58,8 @@ pub fn flow_key(pkt: &Packet, direction: u8, ifindex: u32) -> CtKey {
         local_port,
         remote_port,
         protocol: pkt.protocol,
-        _pad: [0; 3],
+        // Not `[0; 3]`: a repeat expression is a `memset` (see `zero`).
+        _pad: [0, 0, 0],
     }
 }
 
@@ -237,16 +239,10 @@ fn related_in(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Opt
     {
         return None;
     }
-    let mut key = CtKey {
-        local: [0; 16],
-        remote: [0; 16],
-        ifindex,
-        local_port: 0,
-        remote_port: 0,
-        protocol: 0,
-        _pad: [0; 3],
-    };
-    parse::quoted(ctx, pkt, !egress, &mut key)?;
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let key = zero::fill::<CtKey>(&mut slot);
+    key.ifindex = ifindex;
+    parse::quoted(ctx, pkt, !egress, key)?;
     let (outer_local, outer_remote) = if egress {
         (&pkt.src, &pkt.dst)
     } else {
@@ -258,7 +254,7 @@ fn related_in(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32) -> Opt
     if egress && key.remote != *outer_remote {
         return None;
     }
-    let entry = maps::conntrack(&key)?;
+    let entry = maps::conntrack(key)?;
     // SAFETY: a valid pointer into the map's value, read only.
     let entry = unsafe { &*entry };
     live(entry, key.protocol, maps::now_ns()).then_some(entry.rule)

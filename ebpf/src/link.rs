@@ -5,10 +5,10 @@
 //! way leaves the link or carries more than the protocol needs.
 
 use aya_ebpf::programs::TcContext;
-use netfence_common::{Addr, DIR_EGRESS, IDENTITY_HOST, Reason, v4_mapped};
+use netfence_common::{Addr, DIR_EGRESS, IDENTITY_HOST, Reason};
 
 use crate::maps;
-use crate::parse::{Packet, is_link_local, is_multicast, is_unspecified};
+use crate::parse::{Packet, is_link_local, is_multicast, is_unspecified, mapped};
 
 const ARP_HTYPE_ETHERNET: u16 = 1;
 const ARP_PTYPE_IPV4: u16 = 0x0800;
@@ -61,8 +61,8 @@ pub fn arp(ctx: &TcContext, pkt: &mut Packet, direction: u8, ifindex: u32) -> Re
     let Ok(arp) = ctx.load::<ArpIpv4>(usize::from(pkt.l3_offset)) else {
         return Reason::DropMalformed;
     };
-    pkt.src = v4_mapped(arp.sender_ip);
-    pkt.dst = v4_mapped(arp.target_ip);
+    pkt.src = mapped(arp.sender_ip);
+    pkt.dst = mapped(arp.target_ip);
     if direction != DIR_EGRESS {
         return Reason::AllowArp;
     }

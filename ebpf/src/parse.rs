@@ -1,14 +1,17 @@
 //! Packet parsing: Ethernet (one VLAN tag), IPv4, IPv6 with its extension headers,
 //! and the first bytes of TCP, UDP, SCTP, ICMP and ICMPv6, into one `Packet` both
-//! families share (addresses IPv4-mapped). Headers are read in place where they lie in
-//! the skb's linear data (`read`: a bounds check against `data_end`, no helper call),
-//! else through `bpf_skb_load_bytes` (`TcContext::load`), which also reads non-linear
-//! skbs; a failed read is a truncated packet.
+//! families share (addresses IPv4-mapped). The fixed headers are read field by field
+//! through `header::read` (in place where they lie in the skb's linear data, else
+//! through `bpf_skb_load_bytes`); IPv6 extension headers and ICMP quotes through
+//! `TcContext::load`; a failed read is a truncated packet.
 
 use aya_ebpf::programs::TcContext;
 use netfence_common::{
     Addr, CtKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, v4_mapped,
 };
+
+use crate::header::{Header, load, read};
+use crate::zero::{self, Zeroable};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_ARP: u16 = 0x0806;
@@ -38,18 +41,21 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// Where the packet stands with respect to IP fragmentation.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
-    /// A whole datagram.
-    None,
+    /// A whole datagram (0: a zeroed `Packet`'s).
+    None = 0,
     /// Offset 0 with more fragments to come: carries the L4 header.
     First,
     /// Offset ≠ 0: no L4 header; follows the first fragment's verdict.
     NonFirst,
 }
 
-/// One parsed packet. Fields the packet does not have stay 0.
+/// One parsed packet. Fields the packet does not have stay 0. 8-byte aligned, so
+/// that `Packet::empty` and the addresses are written a word at a time.
 #[derive(Clone, Copy)]
+#[repr(align(8))]
 pub struct Packet {
     pub src: Addr,
     pub dst: Addr,
@@ -85,28 +91,17 @@ pub struct Packet {
     pub fragment: Fragment,
 }
 
+// SAFETY: every field is an integer, a byte array, a bool or `Fragment` (whose 0 is
+// `None`): all-zero bytes are a valid `Packet`.
+unsafe impl Zeroable for Packet {}
+
 impl Packet {
-    pub const EMPTY: Packet = Packet {
-        src: [0; 16],
-        dst: [0; 16],
-        l4_offset: 0,
-        l4_end: 0,
-        frag_id: 0,
-        frag_protocol: 0,
-        src_port: 0,
-        dst_port: 0,
-        echo_id: 0,
-        ip_len: 0,
-        l3_offset: 0,
-        protocol: 0,
-        hop_limit: 0,
-        l2_group: false,
-        tcp_flags: 0,
-        icmp_type: 0,
-        is_ipv6: false,
-        is_echo: false,
-        fragment: Fragment::None,
-    };
+    /// `slot` as a packet with every field 0 (`Fragment::None`, no flags), for
+    /// `parse` to fill.
+    #[inline(always)]
+    pub fn empty(slot: &mut core::mem::MaybeUninit<Self>) -> &mut Self {
+        zero::fill(slot)
+    }
 
     /// A TCP SYN without ACK: the first packet of a new connection.
     #[inline(always)]
@@ -178,44 +173,50 @@ pub fn is_unspecified(addr: &Addr) -> bool {
     *addr == [0; 16]
 }
 
+/// `v4_mapped`, written as two words: the ten zero bytes of the const fn's array
+/// literal would be a `memset` (see `zero`).
+#[inline(always)]
+pub fn mapped(octets: [u8; 4]) -> Addr {
+    let low = u64::from_ne_bytes([0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]);
+    let mut addr = [0; 16];
+    addr[..8].copy_from_slice(&0u64.to_ne_bytes());
+    addr[8..].copy_from_slice(&low.to_ne_bytes());
+    addr
+}
+
 #[inline(always)]
 fn is_v4_mapped(addr: &Addr) -> bool {
     addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
-/// Offsets past this are read through the helper only (a bound the verifier needs for
-/// in-place reads; every header netfence reads on the fast path lies well within it).
-const MAX_DIRECT_OFFSET: usize = 0x3fff;
+/// The Ethernet header: the destination's group bit and the EtherType.
+struct EthHeader {
+    group: bool,
+    ethertype: u16,
+}
 
-/// The `T` at `offset` of the frame: in place when it lies in the linear data, else
-/// through `bpf_skb_load_bytes`; fails closed (`DropMalformed`) past the frame's end.
-#[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, Reason> {
-    if offset <= MAX_DIRECT_OFFSET {
-        let at = ctx.data() + offset;
-        if at + core::mem::size_of::<T>() <= ctx.data_end() {
-            // SAFETY: `at .. at + size_of::<T>()` is inside the skb's linear data
-            // (checked against `data_end` just above); `T` is plain bytes, read
-            // unaligned.
-            return Ok(unsafe { (at as *const T).read_unaligned() });
+impl Header for EthHeader {
+    const SIZE: usize = ETH_HLEN;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self {
+            group: load!(u8, at, 0) & 1 != 0,
+            ethertype: u16::from_be(load!(u16, at, 12)),
         }
     }
-    ctx.load::<T>(offset).map_err(|_| Reason::DropMalformed)
 }
 
-/// The Ethernet header.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct EthHeader {
-    dst: [u8; 6],
-    src: [u8; 6],
-    ethertype: [u8; 2],
-}
+/// A big-endian u16 (the EtherType behind a VLAN tag).
+struct Be16(u16);
 
-/// A big-endian u16 at `offset`.
-#[inline(always)]
-fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
-    read::<[u8; 2]>(ctx, offset).map(u16::from_be_bytes)
+impl Header for Be16 {
+    const SIZE: usize = 2;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self(u16::from_be(load!(u16, at, 0)))
+    }
 }
 
 /// Parses `ctx` into `pkt`. `Ok` means an IP packet to judge; `Err(reason)` means
@@ -223,22 +224,21 @@ fn load_u16(ctx: &TcContext, offset: usize) -> Result<u16, Reason> {
 /// (`pkt.l3_offset` points at it) for the caller to judge; `DropLinkLayer`,
 /// `DropMalformed` and `DropUnsupported` drop.
 /// `pkt` keeps what was parsed before a failure (for the drop event).
-// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
-// which keeps every call chain under the 512-byte stack limit (inlined, the whole
-// program needed 624 bytes).
-#[inline(never)]
+// Inline in `run`: a BPF-to-BPF call costs about as much as a map lookup (bench
+// section 1b), and every packet parses.
+#[inline(always)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     // Fails closed: a frame too short for an Ethernet header is malformed.
     let eth = read::<EthHeader>(ctx, 0)?;
-    let mut ethertype = u16::from_be_bytes(eth.ethertype);
-    pkt.l2_group = eth.dst[0] & 1 != 0;
+    let mut ethertype = eth.ethertype;
+    pkt.l2_group = eth.group;
     let mut l3 = ETH_HLEN;
     // One 802.1Q / 802.1ad tag still in the frame (the kernel usually moves the outer
     // tag to skb metadata before TC; what remains in the data is parsed) is skipped and
     // the inner frame judged. A second tag fails closed (`DropUnsupported`): treating a
     // stacked tag as non-IP would let any IP packet through behind it.
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = load_u16(ctx, ETH_HLEN + VLAN_HLEN - 2)?;
+        ethertype = read::<Be16>(ctx, ETH_HLEN + VLAN_HLEN - 2)?.0;
         l3 += VLAN_HLEN;
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
             return Err(Reason::DropUnsupported);
@@ -260,20 +260,34 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     parse_l4(ctx, pkt)
 }
 
-/// Bytes of the fixed IPv4 header netfence reads.
-#[repr(C)]
-#[derive(Clone, Copy)]
+/// The fields of the fixed IPv4 header netfence reads.
 struct Ipv4Header {
     version_ihl: u8,
-    tos: u8,
-    total_len: [u8; 2],
-    id: [u8; 2],
-    frag: [u8; 2],
+    total_len: u16,
+    id: u16,
+    frag: u16,
     ttl: u8,
     protocol: u8,
-    check: [u8; 2],
     src: [u8; 4],
     dst: [u8; 4],
+}
+
+impl Header for Ipv4Header {
+    const SIZE: usize = 20;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self {
+            version_ihl: load!(u8, at, 0),
+            total_len: u16::from_be(load!(u16, at, 2)),
+            id: u16::from_be(load!(u16, at, 4)),
+            frag: u16::from_be(load!(u16, at, 6)),
+            ttl: load!(u8, at, 8),
+            protocol: load!(u8, at, 9),
+            src: load!(u32, at, 12).to_ne_bytes(),
+            dst: load!(u32, at, 16).to_ne_bytes(),
+        }
+    }
 }
 
 /// IPv4: version, IHL ≥ 5, total length covering the header and inside the frame.
@@ -283,7 +297,7 @@ struct Ipv4Header {
 fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason> {
     let ip = read::<Ipv4Header>(ctx, l3)?;
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes(ip.total_len));
+    let total_len = usize::from(ip.total_len);
     if ip.version_ihl >> 4 != 4
         || header_len < 20
         || total_len < header_len
@@ -291,16 +305,16 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     {
         return Err(Reason::DropMalformed);
     }
-    pkt.src = v4_mapped(ip.src);
-    pkt.dst = v4_mapped(ip.dst);
+    pkt.src = mapped(ip.src);
+    pkt.dst = mapped(ip.dst);
     pkt.protocol = ip.protocol;
     pkt.frag_protocol = ip.protocol;
     pkt.hop_limit = ip.ttl;
     pkt.ip_len = total_len as u16;
-    let frag = u16::from_be_bytes(ip.frag);
+    let frag = ip.frag;
     let more_fragments = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
-    pkt.frag_id = u32::from(u16::from_be_bytes(ip.id));
+    pkt.frag_id = u32::from(ip.id);
     pkt.fragment = if offset != 0 {
         Fragment::NonFirst
     } else if more_fragments {
@@ -312,16 +326,40 @@ fn parse_ipv4(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     pkt.ip_end_check(l3 + total_len)
 }
 
-/// The fixed IPv6 header, without the flow label bytes netfence ignores.
-#[repr(C)]
-#[derive(Clone, Copy)]
+/// The fields of the fixed IPv6 header netfence reads (not the class and flow label).
 struct Ipv6Header {
-    version_class_flow: [u8; 4],
-    payload_len: [u8; 2],
+    /// The first byte: version and the class's high bits.
+    version_class: u8,
+    payload_len: u16,
     next_header: u8,
     hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: Addr,
+    dst: Addr,
+}
+
+/// The address in the 16 bytes of `high` and `low` (frame byte order).
+#[inline(always)]
+fn addr_of(high: u64, low: u64) -> Addr {
+    let mut addr = [0; 16];
+    addr[..8].copy_from_slice(&high.to_ne_bytes());
+    addr[8..].copy_from_slice(&low.to_ne_bytes());
+    addr
+}
+
+impl Header for Ipv6Header {
+    const SIZE: usize = IPV6_HLEN;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self {
+            version_class: load!(u8, at, 0),
+            payload_len: u16::from_be(load!(u16, at, 4)),
+            next_header: load!(u8, at, 6),
+            hop_limit: load!(u8, at, 7),
+            src: addr_of(load!(u64, at, 8), load!(u64, at, 16)),
+            dst: addr_of(load!(u64, at, 24), load!(u64, at, 32)),
+        }
+    }
 }
 
 /// IPv6 and its extension header chain: hop-by-hop, routing, destination options and
@@ -333,8 +371,8 @@ fn parse_ipv6(ctx: &TcContext, l3: usize, pkt: &mut Packet) -> Result<(), Reason
     let ip = read::<Ipv6Header>(ctx, l3)?;
     // A jumbogram (payload length 0 with a hop-by-hop jumbo option) cannot cross a
     // veth with a normal MTU; it is treated as an empty payload and fails closed below.
-    let end = l3 + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len));
-    if ip.version_class_flow[0] >> 4 != 6 || end > ctx.len() as usize {
+    let end = l3 + IPV6_HLEN + usize::from(ip.payload_len);
+    if ip.version_class >> 4 != 6 || end > ctx.len() as usize {
         return Err(Reason::DropMalformed);
     }
     pkt.is_ipv6 = true;
@@ -431,6 +469,61 @@ impl Packet {
     }
 }
 
+/// The ports of TCP, UDP and SCTP: the header's first 4 bytes.
+struct Ports {
+    src: u16,
+    dst: u16,
+}
+
+impl Header for Ports {
+    const SIZE: usize = 4;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self {
+            src: u16::from_be(load!(u16, at, 0)),
+            dst: u16::from_be(load!(u16, at, 2)),
+        }
+    }
+}
+
+/// The TCP header up to its flags byte.
+struct TcpHeader {
+    ports: Ports,
+    flags: u8,
+}
+
+impl Header for TcpHeader {
+    const SIZE: usize = 14;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self {
+            // SAFETY: the ports are the first 4 of these 14 bytes.
+            ports: unsafe { Ports::decode(at) },
+            flags: load!(u8, at, 13),
+        }
+    }
+}
+
+/// The first 8 bytes of ICMP / ICMPv6: the type and, for an echo, the identifier.
+struct IcmpHeader {
+    icmp_type: u8,
+    echo_id: u16,
+}
+
+impl Header for IcmpHeader {
+    const SIZE: usize = 8;
+
+    #[inline(always)]
+    unsafe fn decode(at: usize) -> Self {
+        Self {
+            icmp_type: load!(u8, at, 0),
+            echo_id: u16::from_be(load!(u16, at, 4)),
+        }
+    }
+}
+
 /// Reads the L4 header's ports, flags and ICMP type. A header cut short by the frame
 /// or by the IP length fails closed (`DropMalformed`): without ports the flow cannot be
 /// checked. No-next-header (59) and unknown protocols have no ports (0), and only rules
@@ -444,10 +537,10 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             if l4 + 20 > end {
                 return Err(Reason::DropMalformed);
             }
-            let hdr = read::<[u8; 14]>(ctx, l4)?;
-            pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
-            pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
-            pkt.tcp_flags = hdr[13];
+            let hdr = read::<TcpHeader>(ctx, l4)?;
+            pkt.src_port = hdr.ports.src;
+            pkt.dst_port = hdr.ports.dst;
+            pkt.tcp_flags = hdr.flags;
         }
         // SCTP: the ports are the first 4 bytes of the 12-byte common header.
         PROTO_UDP | PROTO_SCTP => {
@@ -455,23 +548,23 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             if l4 + len > end {
                 return Err(Reason::DropMalformed);
             }
-            let hdr = read::<[u8; 4]>(ctx, l4)?;
-            pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
-            pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
+            let ports = read::<Ports>(ctx, l4)?;
+            pkt.src_port = ports.src;
+            pkt.dst_port = ports.dst;
         }
         PROTO_ICMP | PROTO_ICMPV6 if pkt.is_icmp() => {
             if l4 + 8 > end {
                 return Err(Reason::DropMalformed);
             }
-            let hdr = read::<[u8; 8]>(ctx, l4)?;
-            pkt.icmp_type = hdr[0];
+            let hdr = read::<IcmpHeader>(ctx, l4)?;
+            pkt.icmp_type = hdr.icmp_type;
             pkt.is_echo = if pkt.protocol == PROTO_ICMP {
-                hdr[0] == ICMP_ECHO_REQUEST || hdr[0] == ICMP_ECHO_REPLY
+                hdr.icmp_type == ICMP_ECHO_REQUEST || hdr.icmp_type == ICMP_ECHO_REPLY
             } else {
-                hdr[0] == ICMPV6_ECHO_REQUEST || hdr[0] == ICMPV6_ECHO_REPLY
+                hdr.icmp_type == ICMPV6_ECHO_REQUEST || hdr.icmp_type == ICMPV6_ECHO_REPLY
             };
             if pkt.is_echo {
-                pkt.echo_id = u16::from_be_bytes([hdr[4], hdr[5]]);
+                pkt.echo_id = hdr.echo_id;
             }
         }
         _ => {}
@@ -513,8 +606,8 @@ pub fn quoted(ctx: &TcContext, pkt: &Packet, local_is_src: bool, key: &mut CtKey
             return None;
         }
         key.protocol = ctx.load::<u8>(inner + 9).ok()?;
-        *src = v4_mapped(ctx.load::<[u8; 4]>(inner + 12).ok()?);
-        *dst = v4_mapped(ctx.load::<[u8; 4]>(inner + 16).ok()?);
+        *src = mapped(ctx.load::<[u8; 4]>(inner + 12).ok()?);
+        *dst = mapped(ctx.load::<[u8; 4]>(inner + 16).ok()?);
         inner + header_len
     };
     // The quote ends where the error's IP datagram does: bytes behind it are frame

@@ -112,6 +112,8 @@
 //! endpoints, broadcast and multicast to isolated pods, link-local traffic of isolated
 //! pods and tunnels to the node all drop.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
@@ -124,6 +126,7 @@ use netfence_common::{
 };
 
 use crate::parse::{self, Fragment, Packet, is_link_local};
+use crate::zero::{self, Zeroable};
 use crate::{conntrack, link, maps, policy};
 
 /// A first fragment's record is trusted this long (the longer of the IPv4 and IPv6
@@ -142,6 +145,10 @@ struct Verdict {
     /// re-checked flow the direction that opened it.
     direction: u8,
 }
+
+// SAFETY: integers and a `Reason` (repr(u32), 0 is `AllowEstablished`): all-zero
+// bytes are a valid `Verdict`.
+unsafe impl Zeroable for Verdict {}
 
 impl Verdict {
     #[inline(always)]
@@ -164,22 +171,27 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     if stage == 1 {
         return TC_ACT_UNSPEC;
     }
-    let mut pkt = Packet::EMPTY;
-    let parsed = parse::parse(ctx, &mut pkt);
+    // Zeroed in place (`zero`): a `Packet` or `Verdict` literal here was a `memset`.
+    let mut pkt_slot = MaybeUninit::uninit();
+    let pkt = Packet::empty(&mut pkt_slot);
+    let parsed = parse::parse(ctx, pkt);
     if stage == 2 {
         return TC_ACT_UNSPEC;
     }
-    let mut verdict = Verdict::of(Reason::DropMalformed, direction);
+    let mut verdict_slot = MaybeUninit::uninit();
+    let verdict = zero::fill::<Verdict>(&mut verdict_slot);
+    verdict.reason = Reason::DropMalformed;
+    verdict.direction = direction;
     verdict.reason = match parsed {
-        Err(Reason::AllowArp) => link::arp(ctx, &mut pkt, direction, ifindex),
+        Err(Reason::AllowArp) => link::arp(ctx, pkt, direction, ifindex),
         Err(reason) => reason,
         Ok(()) => {
-            // Step 5's ICMP errors, here rather than in `decide`: `related`'s frame is
-            // then a sibling of `decide`'s, which keeps every call chain under the
-            // 512-byte stack limit. (An ICMP error is neither ND nor a non-first
-            // fragment, so steps 3 and 4 cannot decide it first.)
+            // Step 5's ICMP errors first, in a BPF-to-BPF call (`related_flow`) whose
+            // frame is not added to the inlined rest of step 5–9's, which keeps every
+            // call chain under the 512-byte stack limit. (An ICMP error is neither ND
+            // nor a non-first fragment, so steps 3 and 4 cannot decide it first.)
             let related = if pkt.is_icmp_error() {
-                conntrack::related(ctx, &pkt, direction, ifindex)
+                conntrack::related(ctx, pkt, direction, ifindex)
             } else {
                 None
             };
@@ -188,11 +200,14 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
                     verdict.rule = rule;
                     Reason::AllowRelatedIcmp
                 }
-                None => decide(ctx, &pkt, direction, ifindex, &mut verdict),
+                None if pkt.is_neighbour_discovery() || pkt.fragment == Fragment::NonFirst => {
+                    link_or_fragment(ctx, pkt, direction, ifindex, verdict)
+                }
+                None => flow(pkt, direction, ifindex, verdict),
             };
             verdict.reason = reason;
             if pkt.fragment == Fragment::First {
-                record_first_fragment(&pkt, ifindex, &verdict);
+                record_first_fragment(pkt, ifindex, verdict);
             }
             reason
         }
@@ -200,7 +215,7 @@ pub fn run(ctx: &TcContext, direction: u8) -> i32 {
     if stage != 0 {
         return TC_ACT_UNSPEC;
     }
-    finish(&pkt, ifindex, &verdict)
+    finish(pkt, ifindex, verdict)
 }
 
 /// Writes a verdict's policy, rule and direction into `out` and returns its reason.
@@ -216,15 +231,18 @@ fn give(out: &mut Verdict, verdict: Verdict) -> Reason {
     verdict.reason
 }
 
-/// Steps 3–5 for a parsed IP packet, into `out` (see `give`); `judge` does 6–9.
-/// `stage` is the bench's cut-off (`maps::bench_stage`; 0 in an agent: the verifier
-/// prunes it).
-// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
-// which keeps every call chain under the 512-byte stack limit (inlined, the whole
-// program needed 624 bytes).
+/// Steps 3–4 for a parsed IP packet that is ND/MLD or a non-first fragment, into
+/// `out` (see `give`).
+// A BPF-to-BPF call, not inlined: its stack frame is not added to `run`'s (which holds
+// steps 5–9 inline), which keeps every call chain under the 512-byte stack limit.
 #[inline(never)]
-fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut Verdict) -> Reason {
-    let stage = maps::bench_stage();
+fn link_or_fragment(
+    ctx: &TcContext,
+    pkt: &Packet,
+    direction: u8,
+    ifindex: u32,
+    out: &mut Verdict,
+) -> Reason {
     // 3. ND/MLD pass without policy only as validated link traffic (without them no
     //    IPv6 address resolves); fragmented, they fail closed (RFC 6980).
     if pkt.is_neighbour_discovery() {
@@ -253,9 +271,21 @@ fn decide(ctx: &TcContext, pkt: &Packet, direction: u8, ifindex: u32, out: &mut 
             }
             _ => Verdict::of(Reason::DropFragment, direction),
         };
-        return give(out, verdict);
+        give(out, verdict)
+    } else {
+        // Not reached: `run` calls this for ND and non-first fragments only (fails
+        // closed if it were).
+        give(out, Verdict::of(Reason::DropMalformed, direction))
     }
+}
 
+/// Step 5 for any other parsed IP packet, into `out` (see `give`); `judge` does 6–9.
+/// Inline in `run`, so that an established packet makes no BPF-to-BPF call after
+/// `parse` (each costs about as much as a map lookup; bench section 1b). `stage` is
+/// the bench's cut-off (`maps::bench_stage`; 0 in an agent).
+#[inline(always)]
+fn flow(pkt: &Packet, direction: u8, ifindex: u32, out: &mut Verdict) -> Reason {
+    let stage = maps::bench_stage();
     // 5. Conntrack first. ICMP errors are no flow of their own: they pass only through
     //    the flow they quote, or as ICMP through policy, and never create an entry.
     let key = conntrack::flow_key(pkt, direction, ifindex);
@@ -352,9 +382,10 @@ fn is_tunnel(pkt: &Packet) -> bool {
 }
 
 /// Steps 6–9 (`decide_new`) into `out` (see `give`).
-// A BPF-to-BPF call, not inlined: its frame is a sibling of `related`'s, not added to
-// it, which keeps every call chain under the 512-byte stack limit.
-#[inline(never)]
+// Inline in `run` (a BPF-to-BPF call costs about as much as a map lookup): `run`'s
+// frame is then 272 bytes, and with `related_flow`'s 160 the deepest chain stays under
+// the 512-byte stack limit.
+#[inline(always)]
 fn judge(
     pkt: &Packet,
     key: &CtKey,
@@ -513,7 +544,7 @@ fn fragment_key(pkt: &Packet, ifindex: u32) -> FragKey {
         ifindex,
         id: pkt.frag_id,
         protocol: pkt.frag_protocol,
-        _pad: [0; 3],
+        _pad: [0, 0, 0],
     }
 }
 
@@ -529,37 +560,44 @@ fn record_first_fragment(pkt: &Packet, ifindex: u32, verdict: &Verdict) {
 }
 
 /// Step 10: count, report, act. The action comes from the reason alone.
-// A BPF-to-BPF call, not inlined: its stack frame is separate from its siblings',
-// which keeps every call chain under the 512-byte stack limit (inlined, the whole
-// program needed 624 bytes).
-#[inline(never)]
+#[inline(always)]
 fn finish(pkt: &Packet, ifindex: u32, verdict: &Verdict) -> i32 {
     maps::count(verdict.reason);
     let drop = verdict.reason.is_drop();
     let audit = verdict.reason == Reason::AuditPolicy;
     if drop || audit || (verdict.reason == Reason::AllowPolicy && maps::event_allows()) {
-        maps::emit(&Event {
-            src: pkt.src,
-            dst: pkt.dst,
-            ifindex,
-            reason: verdict.reason.code(),
-            policy: verdict.policy,
-            rule: verdict.rule,
-            src_port: pkt.src_port,
-            dst_port: pkt.dst_port,
-            protocol: pkt.protocol,
-            direction: verdict.direction,
-            verdict: if drop {
-                VERDICT_DROP
-            } else if audit {
-                VERDICT_AUDIT
-            } else {
-                VERDICT_ALLOW
-            },
-            _pad: 0,
-        });
+        report(pkt, ifindex, verdict);
     }
     // An allow is TCX_NEXT / TC_ACT_UNSPEC: netfence only removes packets, and what
     // it lets through still meets every later program and filter on the port.
     if drop { TC_ACT_SHOT } else { TC_ACT_UNSPEC }
+}
+
+/// Step 10's event, for a drop, an audit or (with EVENT_ALLOWS) a policy allow.
+// A BPF-to-BPF call, not inlined: the event's stack frame is separate from its
+// siblings', which keeps every call chain under the 512-byte stack limit; the count
+// and the action stay inline, so an established packet makes no call here.
+#[inline(never)]
+fn report(pkt: &Packet, ifindex: u32, verdict: &Verdict) {
+    let drop = verdict.reason.is_drop();
+    maps::emit(&Event {
+        src: pkt.src,
+        dst: pkt.dst,
+        ifindex,
+        reason: verdict.reason.code(),
+        policy: verdict.policy,
+        rule: verdict.rule,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        protocol: pkt.protocol,
+        direction: verdict.direction,
+        verdict: if drop {
+            VERDICT_DROP
+        } else if verdict.reason == Reason::AuditPolicy {
+            VERDICT_AUDIT
+        } else {
+            VERDICT_ALLOW
+        },
+        _pad: 0,
+    });
 }

@@ -13,6 +13,15 @@ use anyhow::{Context as _, bail};
 use crate::cmd::{cargo, run};
 use crate::setup::setup;
 
+/// Section keys of `--only kernel` (the per-packet cost and map memory).
+const KERNEL_SECTIONS: [&str; 2] = ["per_packet", "map_memory"];
+
+/// Section keys of `--only traffic` (nftables comparison, throughput and latency).
+const TRAFFIC_SECTIONS: [&str; 2] = ["nftables", "throughput"];
+
+/// Section keys of `--only scale` (the engine per change, propagation at sizes).
+const SCALE_SECTIONS: [&str; 2] = ["compile", "propagation"];
+
 /// Section keys the bench's JSON must hold.
 const SECTIONS: [&str; 6] = [
     "per_packet",
@@ -31,7 +40,11 @@ fn target_dir() -> PathBuf {
     )
 }
 
-pub fn bench(quick: bool) -> anyhow::Result<()> {
+/// `only`: `kernel` (sections 1, 1b and 6: the TC programs' cost through
+/// BPF_PROG_TEST_RUN), `traffic` (sections 2 and 3: real traffic) or `scale`
+/// (sections 4 and 5: the engine and the real agent at cluster sizes), passed to the
+/// bench binary's `--only`; `None` runs every section.
+pub fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     let start = Instant::now();
     if !quick {
         setup()?;
@@ -68,10 +81,20 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     if quick {
         cmd.arg("--quick");
     }
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
+    }
     run(&mut cmd)?;
     let text =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
-    let missing: Vec<&str> = SECTIONS
+    let sections: &[&str] = match only {
+        Some("kernel") => &KERNEL_SECTIONS,
+        Some("traffic") => &TRAFFIC_SECTIONS,
+        Some("scale") => &SCALE_SECTIONS,
+        Some(other) => bail!("no bench section group {other:?}"),
+        None => &SECTIONS,
+    };
+    let missing: Vec<&str> = sections
         .iter()
         .filter(|key| !text.contains(&format!("\"{key}\": {{")))
         .copied()
@@ -81,7 +104,7 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     }
     println!(
         "xtask bench: {} sections in {:.1} s",
-        SECTIONS.len(),
+        sections.len(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

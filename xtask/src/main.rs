@@ -51,6 +51,11 @@ enum Task {
         /// Small sizes, debug build: seconds (CI runs this so the bench cannot rot).
         #[arg(long)]
         quick: bool,
+        /// Only these sections (`kernel`: 1, 1b and 6, the TC programs' own cost
+        /// through BPF_PROG_TEST_RUN; `traffic`: 2 and 3, real traffic; `scale`: 4
+        /// and 5, the engine and the real agent at cluster sizes).
+        #[arg(long, value_enum)]
+        only: Option<BenchOnly>,
     },
     /// The datapath's differential fuzz, long: release build, millions of random
     /// frames through the TC programs and the spec model (needs root).
@@ -78,6 +83,18 @@ enum Target {
     Aarch64,
 }
 
+/// Sections of `cargo xtask bench --only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchOnly {
+    /// Sections 1, 1b and 6: per-packet cost of the TC programs and map memory.
+    Kernel,
+    /// Sections 2 and 3: nftables comparison, throughput and latency on real traffic.
+    Traffic,
+    /// Sections 4 and 5: the engine per change and propagation with the real agent,
+    /// at cluster sizes up to 150,000 pods.
+    Scale,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { aarch64: false } => setup::setup(),
@@ -99,7 +116,14 @@ fn main() -> anyhow::Result<()> {
         Task::Build {
             target: Some(Target::Aarch64),
         } => aarch64::build(),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, only } => bench::bench(
+            quick,
+            only.map(|only| match only {
+                BenchOnly::Kernel => "kernel",
+                BenchOnly::Traffic => "traffic",
+                BenchOnly::Scale => "scale",
+            }),
+        ),
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }

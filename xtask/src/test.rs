@@ -31,7 +31,9 @@ pub fn test() -> anyhow::Result<()> {
     })?;
     // The bench at small sizes, on the debug build: only that it runs and prints every
     // section (no timing is asserted), so the bench code cannot rot.
-    timed("cargo xtask bench --quick", || crate::bench::bench(true))?;
+    timed("cargo xtask bench --quick", || {
+        crate::bench::bench(true, None)
+    })?;
     println!(
         "xtask test: all passed in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -130,8 +130,8 @@ fn measure(ebpf: &Ebpf, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result
 }
 
 /// Needs BPF statistics on (section 1's guard) while it runs.
-pub fn run(quick: bool, report: &mut Report) -> anyhow::Result<()> {
-    let repeat = if quick { 20_000 } else { 200_000 };
+/// `repeat`: runs per cell, as section 1's.
+pub fn run(quick: bool, repeat: u32, report: &mut Report) -> anyhow::Result<()> {
     let client = std::net::IpAddr::V4(scene::CLIENT);
     let server = std::net::IpAddr::V4(scene::SERVER);
     let to_pod = packet(server, client, &tcp(scene::TCP_PORT, 40000, TCP_ACK));

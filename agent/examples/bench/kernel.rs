@@ -190,6 +190,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     } else {
         (&[100, 1_000, 10_000], &[0, 100, 1_000, 10_000], 200_000)
     };
+    let repeat = args.repeat.unwrap_or(repeat);
     let _stats = enable_stats()?;
     let empty = floor::Empty::load()?;
     let mut s1 = Section::new(
@@ -321,7 +322,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     s6.note("RULE_HITS is a preallocated per-CPU hash (65,536 rules), so B/policy counts the POLICY trie only.");
     report.sections.push(s1);
     progress("per-packet cost: the established path, stage by stage");
-    breakdown::run(args.quick, report)?;
+    breakdown::run(args.quick, repeat, report)?;
     report.sections.push(s6);
     Ok(())
 }

@@ -47,17 +47,35 @@ pub struct Args {
     /// Where to write the JSON results.
     #[arg(long)]
     pub out: PathBuf,
-    /// Sections 4 and 5 alone (the engine per change, and propagation with the real
-    /// agent at cluster sizes): no packet or traffic sections.
+    /// Only these sections: `kernel` runs sections 1, 1b and 6 (the TC programs' cost
+    /// and map memory: BPF_PROG_TEST_RUN, no namespaces or traffic), `traffic` sections
+    /// 2 and 3 (real traffic between namespaces: nftables, throughput, latency),
+    /// `scale` sections 4 and 5 (the engine per change at cluster sizes, and
+    /// propagation with the real agent at cluster sizes).
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Runs per cell of sections 1 and 1b (default 20,000 with `--quick`, else
+    /// 200,000): more runs, steadier figures on a busy machine.
     #[arg(long)]
-    pub scale_only: bool,
-    /// Section 5 alone (with `--scale-only`), at these cluster sizes (generated pods
-    /// beside the two real ones) instead of the defaults.
+    pub repeat: Option<u32>,
+    /// Section 5 at these cluster sizes (generated pods beside the two real ones)
+    /// instead of the defaults, and no section 4.
     #[arg(long, value_delimiter = ',')]
     pub propagation_sizes: Option<Vec<usize>>,
     /// Internal: run the compile measurement of section 4 and print it as JSON.
     #[arg(long, num_args = 3, value_names = ["PODS", "POLICIES", "LOCAL"], hide = true)]
     pub compile_child: Option<Vec<usize>>,
+}
+
+/// A subset of the sections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Sections 1, 1b and 6.
+    Kernel,
+    /// Sections 2 and 3.
+    Traffic,
+    /// Sections 4 and 5.
+    Scale,
 }
 
 /// Prints a progress line (stderr, so the table on stdout stays clean).
@@ -74,14 +92,19 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut report = Report::new(args.quick);
     report.machine();
-    if !args.scale_only {
+    let runs = |section: Only| args.only.is_none_or(|only| only == section);
+    if runs(Only::Kernel) {
         kernel::run(&args, &mut report).context("section 1/6: per-packet kernel cost")?;
+    }
+    if runs(Only::Traffic) {
         traffic::run(&args, &mut report).context("sections 2/3: traffic")?;
     }
-    if args.propagation_sizes.is_none() {
-        scale::run(&args, &mut report).context("section 4: compile and memory")?;
+    if runs(Only::Scale) {
+        if args.propagation_sizes.is_none() {
+            scale::run(&args, &mut report).context("section 4: compile and memory")?;
+        }
+        propagation::run(&args, &mut report).context("section 5: propagation")?;
     }
-    propagation::run(&args, &mut report).context("section 5: propagation")?;
     report.finish(start.elapsed());
     report.print();
     report.write(&args.out)?;

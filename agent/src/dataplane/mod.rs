@@ -17,3 +17,7 @@ pub mod sync;
 /// The compiled TC programs (the `netfence-ebpf` crate, built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netfence-ebpf"));
+
+#[cfg(test)]
+#[path = "object_tests.rs"]
+mod object_tests;
