@@ -4,14 +4,15 @@
 //! namespace, 110 of its pods on this node). The server's NetworkPolicy file is
 //! rewritten (atomically, as an editor or a GitOps sync would) to alternately deny
 //! and allow UDP 7000 from the client, while the client probes continuously with new
-//! flows (a fresh socket, so a fresh source port, per probe). The figure is the time
+//! flows (each probe from a source port no earlier probe used: a reused 5-tuple whose
+//! conntrack entry still lives would pass as established whatever the policy). The figure is the time
 //! from the rename to the send of the first probe that gets the new verdict
 //! (allowed: the echo came back within 5 ms; denied: it did not), confirmed by the
 //! two probes after it. Per size also: the agent's cold start to `netfence: ready`,
 //! its peak RSS (`VmHWM`, the whole process) and its CPU time per change.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -49,9 +50,31 @@ fn policy_yaml(allow_udp: bool) -> String {
     )
 }
 
-/// One probe from a fresh socket: whether the echo came back within `wait`.
+/// The next probe's source port: probes count up through 20,000–59,999, so no probe
+/// reuses the 5-tuple of an earlier one whose conntrack entry still lives (a kernel
+/// ephemeral port can, and then the probe is no new flow: it passes as established).
+static NEXT_PORT: AtomicU16 = AtomicU16::new(FIRST_PORT);
+const FIRST_PORT: u16 = 20_000;
+const PORTS: u16 = 40_000;
+
+/// A UDP socket on the next unused probe port.
+fn fresh_socket() -> anyhow::Result<UdpSocket> {
+    for _ in 0..PORTS {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST_PORT + n.wrapping_sub(FIRST_PORT) % PORTS;
+        match UdpSocket::bind(("0.0.0.0", port)) {
+            Ok(socket) => return Ok(socket),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    bail!("no free probe port in {FIRST_PORT}..{}", FIRST_PORT + PORTS)
+}
+
+/// One probe from a fresh socket (a new flow): whether the echo came back within
+/// `wait`.
 fn probe(target: SocketAddr, wait: Duration) -> anyhow::Result<bool> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = fresh_socket()?;
     socket.connect(target)?;
     socket.set_read_timeout(Some(wait))?;
     socket.send(b"probe")?;
@@ -252,7 +275,7 @@ pub fn run(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     );
     s.method("the real `netfence run` (manifest watch, 100 ms quiet debounce, engine update, sync) on a testbed node, the");
     s.method("generated cluster beside the two real pods (a JSON file per namespace, one policy per 15 pods, 110 pods local);");
-    s.method("probes: UDP from a fresh source port every ≤5 ms; a verdict counts when 3 probes in a row agree, timed from the");
+    s.method("probes: UDP from an unused source port every ≤5 ms; a verdict counts when 3 probes in a row agree, timed from the");
     s.method("first of them; resolution ≈ 5 ms for denials, < 0.1 ms for allows. agent: cold start to `netfence: ready`, peak");
     s.method("and current RSS of the whole process, its CPU time per change (ticks included).");
     let mut json_rows = Vec::new();
