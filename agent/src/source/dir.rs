@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Batch, Change, Kind, Load, Object, ObjectKey, SourceError};
 use super::{manifest_files, parse_str, state_of};
@@ -42,7 +43,8 @@ struct File {
     /// `None`: read again next time (it had problems, or could not be read).
     stamp: Option<Stamp>,
     /// Its objects (after falling back to last good versions), the first of each key.
-    objects: BTreeMap<ObjectKey, Object>,
+    /// Shared with `good` where enforced: one copy of each object.
+    objects: BTreeMap<ObjectKey, Arc<Object>>,
 }
 
 /// A watched directory of manifests and the last good version of each object in it.
@@ -56,7 +58,7 @@ pub struct ManifestDir {
     /// The keys more than one file holds.
     duplicated: BTreeSet<ObjectKey>,
     /// What the last read enforced, by key.
-    good: BTreeMap<ObjectKey, Object>,
+    good: BTreeMap<ObjectKey, Arc<Object>>,
     /// Files the last read parsed.
     parsed: usize,
 }
@@ -86,7 +88,7 @@ impl ManifestDir {
     pub fn load(&mut self) -> Load {
         let batch = self.reload();
         Load {
-            state: state_of(&self.good),
+            state: state_of(self.good.iter().map(|(k, v)| (k, &**v))),
             errors: batch.errors,
             warnings: batch.warnings,
         }
@@ -157,7 +159,7 @@ impl ManifestDir {
             let previous = self.good.get(&key);
             match winner {
                 Some(object) if previous != Some(object) => {
-                    batch.changes.push(Change::Put(object.clone()));
+                    batch.changes.push(Change::Put((**object).clone()));
                     self.good.insert(key, object.clone());
                 }
                 Some(_) => {}
@@ -180,7 +182,7 @@ impl ManifestDir {
             .map(|kind| {
                 let objects = (self.good.iter())
                     .filter(|(key, _)| key.kind == kind)
-                    .map(|(_, object)| object.clone())
+                    .map(|(_, object)| (**object).clone())
                     .collect();
                 Change::Relist(kind, objects)
             })
@@ -214,7 +216,9 @@ impl ManifestDir {
         let mut objects = BTreeMap::new();
         for entry in parsed.entries {
             // An invalid object keeps its last good version.
-            let Some(object) = entry.object.or_else(|| self.good.get(&entry.key).cloned()) else {
+            let Some(object) =
+                (entry.object.map(Arc::new)).or_else(|| self.good.get(&entry.key).cloned())
+            else {
                 continue;
             };
             match objects.entry(object.key()) {

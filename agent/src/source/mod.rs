@@ -89,11 +89,11 @@ fn is_manifest_name(name: &str) -> bool {
             .any(|ext| name.ends_with(ext))
 }
 
-/// Builds the state from objects by key; the key order gives pods, policies, services
+/// Builds the state from objects in key order, which gives pods, policies, services
 /// and endpoint slices sorted by (namespace, name).
-fn state_of(objects: &BTreeMap<ObjectKey, Object>) -> State {
+fn state_of<'a>(objects: impl IntoIterator<Item = (&'a ObjectKey, &'a Object)>) -> State {
     let mut state = State::default();
-    for object in objects.values() {
+    for (_, object) in objects {
         match object {
             Object::Namespace(ns) => {
                 state.namespaces.insert(ns.name.clone(), ns.clone());
