@@ -21,7 +21,7 @@ use serde_json::json;
 
 use netfence::scenario;
 
-use crate::report::{Report, Section, f1, int, quantile};
+use crate::report::{Report, Section, f1, int, quantile, status_kib};
 use crate::{Args, backdrop, progress, scene};
 
 /// A probe without an echo after this long is a dropped one...
@@ -156,23 +156,6 @@ struct Measured {
     cpu_ms_per_change: f64,
 }
 
-/// A field of `/proc/PID/status` in kB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|l| {
-            l.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 /// User plus system CPU time of process `pid`, in ms.
 fn cpu_ms(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -253,8 +236,8 @@ fn measure(args: &Args, pods: usize, changes: usize) -> anyhow::Result<Measured>
         files,
         ready_ms,
         samples,
-        peak_rss_kib: status_kib(pid, "VmHWM"),
-        rss_kib: status_kib(pid, "VmRSS"),
+        peak_rss_kib: status_kib(&pid.to_string(), "VmHWM"),
+        rss_kib: status_kib(&pid.to_string(), "VmRSS"),
         cpu_ms_per_change,
     })
 }

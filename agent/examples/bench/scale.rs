@@ -19,24 +19,8 @@ use netfence::source::Change;
 use netfence_policy::change;
 use serde_json::{Value, json};
 
-use crate::report::{Report, Section, f1, f2, int, quantile};
+use crate::report::{Report, Section, f1, f2, int, quantile, status_kib};
 use crate::{Args, progress, scene};
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|l| {
-            l.trim_start_matches(':')
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
 
 fn kinds(ops: &[MapOp]) -> Value {
     let mut out = serde_json::Map::new();
@@ -68,11 +52,11 @@ pub fn child(sizes: &[usize]) -> anyhow::Result<()> {
     let start = Instant::now();
     let state = scenario::generate(&params);
     let generate_ms = start.elapsed().as_secs_f64() * 1e3;
-    let rss_state_kib = status_kib("VmRSS");
+    let rss_state_kib = status_kib("self", "VmRSS");
     let start = Instant::now();
     let image = compile(&state, Some(scene::NODE));
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-    let peak_kib = status_kib("VmHWM");
+    let peak_kib = status_kib("self", "VmHWM");
     let live = Contents::from_image(&image, &Default::default());
     let full_writes = plan(&Contents::default(), &live).len();
     let mut changes = Vec::new();
@@ -92,7 +76,7 @@ pub fn child(sizes: &[usize]) -> anyhow::Result<()> {
     let samples = if *pods >= 100_000 { 7 } else { 11 };
     let engine = engine_changes(&state, &params, samples)?;
     let out = json!({
-        "engine": engine, "peak_rss_with_engine_kib": status_kib("VmHWM"),
+        "engine": engine, "peak_rss_with_engine_kib": status_kib("self", "VmHWM"),
         "pods": pods, "policies": policies, "local_pods": local,
         "generate_ms": generate_ms, "compile_ms": compile_ms,
         "rss_after_generate_kib": rss_state_kib, "peak_rss_kib": peak_kib,
@@ -137,7 +121,7 @@ fn engine_changes(state: &State, params: &Params, samples: usize) -> anyhow::Res
         bail!("the engine's first update is not a whole image");
     };
     let mut target = Contents::from_image(&image, &Default::default());
-    let rss_engine_kib = status_kib("VmRSS");
+    let rss_engine_kib = status_kib("self", "VmRSS");
     if image != compile(state, Some(scene::NODE)) {
         bail!("the engine's first image differs from compile's");
     }
