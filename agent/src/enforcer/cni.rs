@@ -34,6 +34,7 @@ use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
 use crate::dataplane::owners::Owner;
 use crate::dataplane::sync::Mode;
+use crate::source::{Change, Kind, Object};
 
 /// The pending endpoints and the ADDs waiting for them.
 #[derive(Debug, Default)]
@@ -222,11 +223,16 @@ impl Enforcer {
                     tracing::info!(container = %stale, "cni: dropped a pending container whose address was reused (its DEL was missed)");
                 }
                 self.save_pending();
-                // While an update holds the engine, the next update decides: it
-                // fills a named pod or denies the address.
-                let named = (self.compiler)
-                    .takes_announced(&endpoint.announced())
-                    .unwrap_or(true);
+                // A pod the engine knows, or one whose change is still queued for it
+                // (the kubelet runs the ADD right after the pod is bound: its watch
+                // event may not have reached the engine yet), is compiled with its
+                // policy. While an update holds the engine, the next update decides:
+                // it fills a named pod or denies the address.
+                let announced = endpoint.announced();
+                let named = self
+                    .compiler
+                    .takes_announced(&announced)
+                    .is_none_or(|takes| takes || queues_pod(&self.queued, announced.pod.as_ref()));
                 self.cni.waiters.push(Waiter {
                     container_id: request.container_id,
                     pod,
@@ -398,5 +404,65 @@ impl Enforcer {
                 }
             }
         }
+    }
+}
+
+/// True when a change that may put pod `(namespace, name)` (a put of it, or every pod
+/// relisted) waits in `queued` for the engine.
+fn queues_pod(queued: &[Change], pod: Option<&(String, String)>) -> bool {
+    let Some((namespace, name)) = pod else {
+        return false;
+    };
+    queued.iter().any(|change| match change {
+        Change::Put(Object::Pod(p)) => p.namespace == *namespace && p.name == *name,
+        Change::Relist(Kind::Pod, _) => true,
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Namespace, Pod, PodPhase};
+
+    fn pod(namespace: &str, name: &str) -> Pod {
+        Pod {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: Default::default(),
+            node_name: Some("node-1".to_owned()),
+            ips: Vec::new(),
+            host_network: false,
+            phase: PodPhase::Pending,
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_queued_put_or_pod_relist_counts_as_the_named_pod_and_nothing_else_does() {
+        let key = ("x".to_owned(), "web".to_owned());
+        let other = Change::Put(Object::Pod(pod("x", "db")));
+        let namespace = Change::Put(Object::Namespace(Namespace {
+            name: "x".to_owned(),
+            labels: Default::default(),
+        }));
+        let deleted = Change::Delete(Object::Pod(pod("x", "web")).key());
+        assert!(!queues_pod(
+            &[other.clone(), namespace.clone(), deleted],
+            Some(&key)
+        ));
+        assert!(queues_pod(
+            &[other.clone(), Change::Put(Object::Pod(pod("x", "web")))],
+            Some(&key)
+        ));
+        assert!(queues_pod(
+            &[namespace, Change::Relist(Kind::Pod, Vec::new())],
+            Some(&key)
+        ));
+        assert!(
+            !queues_pod(&[Change::Put(Object::Pod(pod("x", "web")))], None),
+            "an announcement naming no pod"
+        );
+        assert!(!queues_pod(&[], Some(&key)));
     }
 }
