@@ -121,10 +121,20 @@ keyed!(
     model::EndpointSlice
 );
 
+/// Where the item with `key` is in `items` (sorted by key), or would go.
+pub(crate) fn find_sorted<T: Keyed>(items: &[T], key: (&str, &str)) -> Result<usize, usize> {
+    items.binary_search_by(|i| i.key().cmp(&key))
+}
+
+/// The item with `key` in `items` (sorted by key).
+pub(crate) fn get_sorted<'a, T: Keyed>(items: &'a [T], key: (&str, &str)) -> Option<&'a T> {
+    find_sorted(items, key).ok().map(|at| &items[at])
+}
+
 /// Puts `item` into `items` (sorted by key) in place of the one with its key;
 /// returns that one.
 pub(crate) fn put_sorted<T: Keyed>(items: &mut Vec<T>, item: T) -> Option<T> {
-    match items.binary_search_by(|i| i.key().cmp(&item.key())) {
+    match find_sorted(items, item.key()) {
         Ok(at) => Some(std::mem::replace(&mut items[at], item)),
         Err(at) => {
             items.insert(at, item);
@@ -135,7 +145,7 @@ pub(crate) fn put_sorted<T: Keyed>(items: &mut Vec<T>, item: T) -> Option<T> {
 
 /// Removes the item with `key` from `items` (sorted by key).
 pub(crate) fn delete_sorted<T: Keyed>(items: &mut Vec<T>, key: (&str, &str)) -> Option<T> {
-    let at = items.binary_search_by(|i| i.key().cmp(&key)).ok()?;
+    let at = find_sorted(items, key).ok()?;
     Some(items.remove(at))
 }
 

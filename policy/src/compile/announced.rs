@@ -17,6 +17,7 @@ use std::net::IpAddr;
 
 use netfence_common::IDENTITY_WORLD;
 
+use crate::change::find_sorted;
 use crate::image::{Endpoint, Image};
 use crate::model::{Pod, PodPhase, State};
 
@@ -46,10 +47,7 @@ pub(crate) fn takes_addresses(pod: &Pod, node: &str) -> bool {
 /// names, when it takes the addresses (see [`takes_addresses`]).
 fn fillable(announced: &Announced, state: &State, node: &str) -> Option<usize> {
     let (namespace, name) = announced.pod.as_ref()?;
-    let index = state
-        .pods
-        .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
-        .ok()?;
+    let index = find_sorted(&state.pods, (namespace, name)).ok()?;
     takes_addresses(&state.pods[index], node).then_some(index)
 }
 

@@ -172,11 +172,9 @@ impl Cluster {
     /// Notes whether Service `key` of `state` picks its backends by labels (it has a
     /// selector and no EndpointSlice).
     pub(super) fn note_selector(&mut self, key: &(String, String), state: &State) {
-        let service = state.services.binary_search_by(|s| {
-            (s.namespace.as_str(), s.name.as_str()).cmp(&(key.0.as_str(), key.1.as_str()))
-        });
-        let by_labels = service.is_ok_and(|at| state.services[at].selector.is_some())
-            && !self.slices_of.contains_key(key);
+        let service = get_sorted(&state.services, (&key.0, &key.1));
+        let by_labels =
+            service.is_some_and(|s| s.selector.is_some()) && !self.slices_of.contains_key(key);
         if by_labels {
             self.unsliced_selectors.insert(key.clone());
         } else {
@@ -238,14 +236,8 @@ impl Cluster {
                 .get(&ip)
                 .and_then(|c| c.first())
                 .and_then(|(ns, name)| {
-                    let index = state
-                        .pods
-                        .binary_search_by(|p| {
-                            (p.namespace.as_str(), p.name.as_str())
-                                .cmp(&(ns.as_str(), name.as_str()))
-                        })
-                        .ok()?;
-                    Some((&state.pods[index], format!("{ns}/{name}")))
+                    let pod = get_sorted(&state.pods, (ns, name))?;
+                    Some((pod, format!("{ns}/{name}")))
                 });
         // Release what the address held.
         if let Some(id) = self.identities.of_pod_ip.remove(&ip) {
@@ -429,26 +421,14 @@ impl Cluster {
         trie: &BTreeMap<IpNet, u32>,
     ) -> bool {
         for (namespace, name) in services {
-            let Ok(index) = state.services.binary_search_by(|s| {
-                (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace.as_str(), name.as_str()))
-            }) else {
+            let Some(service) = get_sorted(&state.services, (namespace, name)) else {
                 continue; // slices of no Service
             };
-            let service = &state.services[index];
             let slices: Vec<&EndpointSlice> =
                 (self.slices_of.get(&(namespace.clone(), name.clone())))
                     .into_iter()
                     .flatten()
-                    .filter_map(|slice| {
-                        let at = state
-                            .endpoint_slices
-                            .binary_search_by(|s| {
-                                (s.namespace.as_str(), s.name.as_str())
-                                    .cmp(&(namespace.as_str(), slice.as_str()))
-                            })
-                            .ok()?;
-                        Some(&state.endpoint_slices[at])
-                    })
+                    .filter_map(|slice| get_sorted(&state.endpoint_slices, (namespace, slice)))
                     .collect();
             let pods: Vec<&Pod> = if slices.is_empty() {
                 let start = state.pods.partition_point(|p| p.namespace < *namespace);

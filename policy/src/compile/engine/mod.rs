@@ -51,7 +51,9 @@ use super::{
     NodeContext, ResolvedFrontend, Shared, add_node_inputs, frontends_by_backend, host_addresses,
     local_part, node_rules, with_node_rules,
 };
-use crate::change::{Change, Keyed, Object, changed, delete_sorted, put_sorted};
+use crate::change::{
+    Change, Keyed, Object, changed, delete_sorted, find_sorted, get_sorted, put_sorted,
+};
 use crate::error::Kind;
 use crate::image::{IdentityInfo, Image, Patch, RuleInfo, canonical_addr};
 use crate::model::{EndpointSlice, Pod, Policy, Service, State};
@@ -494,9 +496,7 @@ fn is_local(pod: &Pod, node: Option<&str>) -> bool {
 
 /// The index of pod `namespace/name` in a state sorted by (namespace, name).
 fn find_pod(state: &State, namespace: &str, name: &str) -> Result<usize, usize> {
-    state
-        .pods
-        .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+    find_sorted(&state.pods, (namespace, name))
 }
 
 /// A pod's canonical addresses while it is a live endpoint.
