@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Batch, Change, Kind, Load, Object, ObjectKey, SourceError};
-use super::{manifest_files, parse_str, state_of};
+use super::{manifest_entries, parse_str, state_of};
 
 /// What identifies one version of a file's contents without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,15 +25,15 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(path: &Path) -> Option<Stamp> {
-        // Follows links: a ConfigMap volume's files are links into `..data/`.
-        let meta = std::fs::metadata(path).ok()?;
-        Some(Stamp {
+    /// From a file's metadata (links followed: a ConfigMap volume's files are links
+    /// into `..data/`).
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
             len: meta.len(),
             modified: (meta.mtime(), meta.mtime_nsec()),
             changed: (meta.ctime(), meta.ctime_nsec()),
             inode: (meta.dev(), meta.ino()),
-        })
+        }
     }
 }
 
@@ -100,8 +100,8 @@ impl ManifestDir {
     pub fn reload(&mut self) -> Batch {
         let mut batch = Batch::default();
         self.parsed = 0;
-        let names = match manifest_files(&self.dir) {
-            Ok(names) => names,
+        let entries = match manifest_entries(&self.dir) {
+            Ok(entries) => entries,
             Err(source) => {
                 batch.errors.push(SourceError::Directory {
                     dir: self.dir.display().to_string(),
@@ -112,7 +112,7 @@ impl ManifestDir {
         };
         // Files gone, then files new or changed: the keys to resolve again.
         let mut affected: BTreeSet<ObjectKey> = BTreeSet::new();
-        let listed: BTreeSet<&String> = names.iter().collect();
+        let listed: BTreeSet<&String> = entries.iter().map(|(name, _)| name).collect();
         let gone: Vec<String> = (self.files.keys())
             .filter(|name| !listed.contains(name))
             .cloned()
@@ -122,11 +122,14 @@ impl ManifestDir {
                 self.forget(&name, file.objects.keys(), &mut affected);
             }
         }
-        for name in names {
+        for (name, meta) in entries {
             let path = self.dir.join(&name);
-            let stamp = Stamp::of(&path);
-            let previous = self.files.get(&name);
-            if stamp.is_some() && previous.is_some_and(|f| f.stamp == stamp) {
+            let stamp = Stamp::of(&meta);
+            if self
+                .files
+                .get(&name)
+                .is_some_and(|f| f.stamp == Some(stamp))
+            {
                 continue;
             }
             self.parsed += 1;
@@ -191,7 +194,7 @@ impl ManifestDir {
 
     /// Reads and parses one file; `None` when it cannot be read or is not YAML/JSON
     /// (reported; the caller keeps what the file gave last time).
-    fn read_file(&self, path: &Path, stamp: Option<Stamp>, batch: &mut Batch) -> Option<File> {
+    fn read_file(&self, path: &Path, stamp: Stamp, batch: &mut Batch) -> Option<File> {
         let display = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -237,7 +240,7 @@ impl ManifestDir {
             }
         }
         Some(File {
-            stamp: stamp.filter(|_| clean),
+            stamp: clean.then_some(stamp),
             objects,
         })
     }

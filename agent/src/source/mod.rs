@@ -62,6 +62,14 @@ pub struct Load {
 /// that are regular files (or links to them), skipping hidden files and editor
 /// leftovers (`.#x`, `#x#`, `x~`, `.x.swp`).
 pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    Ok(manifest_entries(dir)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// [`manifest_files`] with each file's metadata (the one `stat` that chose it).
+fn manifest_entries(dir: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -72,11 +80,13 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<String>> {
             continue;
         }
         // Follows links: a ConfigMap volume's files are links into `..data/`.
-        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
-            names.push(name);
+        if let Ok(meta) = std::fs::metadata(entry.path())
+            && meta.is_file()
+        {
+            names.push((name, meta));
         }
     }
-    names.sort();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(names)
 }
 
