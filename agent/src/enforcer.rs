@@ -81,16 +81,16 @@ struct Enforcer {
     bindings: BTreeMap<IpAddr, u32>,
     /// The binding problems found last (each is logged as a warning once).
     bind_problems: BTreeSet<String>,
-    /// Who owned each pod address at the last compile (`None` before the first):
-    /// addresses that change owner have their conntrack entries purged.
+    /// Who owned each pod address at the last compile: addresses that change owner
+    /// have their conntrack entries purged. `None` before the first compile has
+    /// succeeded (the first is a whole build, which gives every owner): until then
+    /// there is no image to sync either.
     owners: Option<BTreeMap<IpAddr, Owner>>,
     live: Contents,
     /// What the maps should hold (the node-local maps are recomputed at each sync),
     /// and which cluster-wide entries may differ from `live`.
     target: Contents,
     scope: sync::Scope,
-    /// A compile has succeeded: there is an image to sync.
-    compiled_once: bool,
     generation: u64,
     names: tokio::sync::watch::Sender<Arc<Names>>,
     /// Names for the flow log (sent only while a flow log reads them).
@@ -230,7 +230,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         live,
         target: Contents::default(),
         scope: sync::Scope::All,
-        compiled_once: false,
         generation: 0,
         names,
         flow_context,
@@ -491,7 +490,6 @@ impl Enforcer {
                 patch.apply_to(&mut self.image);
             }
         }
-        self.compiled_once = true;
         // ADDs programmed while the compile ran went into the image it replaces:
         // keep them (the merge the compile made, with the newer pending set).
         let later = self
@@ -553,7 +551,7 @@ impl Enforcer {
     }
 
     fn sync(&mut self, cause: &str) {
-        if !self.compiled_once {
+        if self.owners.is_none() {
             tracing::warn!(
                 cause,
                 "no compile has succeeded yet: the maps keep what they hold"
