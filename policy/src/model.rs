@@ -108,6 +108,21 @@ impl LabelInterner {
     }
 }
 
+/// The process's label maps, each distinct one stored once: every validated object's
+/// labels and selectors go through [`intern`], so the pods of a ReplicaSet (and the
+/// policies and Services that name the same labels) share one map, whichever source
+/// read them. (A two-entry `BTreeMap` allocates a whole node, over 500 bytes.)
+static INTERNED: std::sync::Mutex<Option<LabelInterner>> = std::sync::Mutex::new(None);
+
+/// `labels`, or the equal map already held (see [`INTERNED`]).
+pub fn intern(labels: Labels) -> Labels {
+    match INTERNED.lock() {
+        Ok(mut interner) => interner.get_or_insert_with(Default::default).intern(labels),
+        // A panic while interning left the set as it was: share nothing more.
+        Err(_) => labels,
+    }
+}
+
 impl<'a> IntoIterator for &'a Labels {
     type Item = (&'a String, &'a String);
     type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
@@ -132,7 +147,7 @@ pub struct State {
     pub endpoint_slices: Vec<EndpointSlice>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Namespace {
     pub name: String,
     /// Includes `kubernetes.io/metadata.name`, which the API server always sets; a
@@ -149,7 +164,7 @@ pub enum PodPhase {
     Unknown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
@@ -243,7 +258,7 @@ pub enum Operator {
     DoesNotExist,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Policy {
     pub namespace: String,
     pub name: String,
@@ -262,7 +277,7 @@ pub struct Policy {
 }
 
 /// One ingress or egress rule: traffic from/to any of `peers` on any of `ports`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Rule {
     /// Empty: every peer (the `from`/`to` field absent or empty).
     pub peers: Vec<Peer>,
@@ -270,7 +285,7 @@ pub struct Rule {
     pub ports: Vec<PortSpec>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Peer {
     /// Pods chosen by selectors. `namespace_selector: None` means the policy's own
     /// namespace; `pod_selector: None` means every pod of the selected namespaces.
@@ -282,7 +297,7 @@ pub enum Peer {
     IpBlock { cidr: IpNet, except: Vec<IpNet> },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PortSpec {
     /// Defaults to TCP.
     pub protocol: Protocol,
@@ -292,7 +307,7 @@ pub struct PortSpec {
     pub end_port: Option<u16>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Port {
     Number(u16),
     /// A container port name, resolved per pod.
@@ -304,7 +319,7 @@ pub enum Port {
 pub const MODE_ANNOTATION: &str = "netfence.io/mode";
 
 /// A Service (`v1`), reduced to what fronts pods: its cluster IPs and ports.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
@@ -316,7 +331,7 @@ pub struct Service {
     pub selector: Option<Labels>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct ServicePort {
     /// Required (and unique) when the Service has more than one port.
     pub name: Option<String>,
@@ -328,7 +343,7 @@ pub struct ServicePort {
 }
 
 /// An EndpointSlice (`discovery.k8s.io/v1`): the backends of one Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct EndpointSlice {
     pub namespace: String,
     pub name: String,
@@ -342,14 +357,14 @@ pub struct EndpointSlice {
     pub endpoints: Vec<SliceEndpoint>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct SlicePort {
     pub name: Option<String>,
     pub protocol: Protocol,
     pub port: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct SliceEndpoint {
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready` (an absent condition counts as ready, as the API says).

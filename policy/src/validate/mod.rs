@@ -72,7 +72,7 @@ impl<'a> Checker<'a> {
         field: &str,
         labels: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Labels {
-        let labels = Labels::from(labels.cloned().unwrap_or_default());
+        let labels = crate::model::intern(Labels::from(labels.cloned().unwrap_or_default()));
         for (key, value) in &labels {
             self.check(
                 field,

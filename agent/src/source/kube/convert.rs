@@ -66,17 +66,6 @@ impl<T> std::ops::Deref for Stored<T> {
     }
 }
 
-/// Pods' label maps, each distinct one stored once (the pods of a ReplicaSet share
-/// theirs), across every watcher of the process.
-static POD_LABELS: std::sync::Mutex<Option<model::LabelInterner>> = std::sync::Mutex::new(None);
-
-fn intern_pod_labels(labels: model::Labels) -> model::Labels {
-    match POD_LABELS.lock() {
-        Ok(mut interner) => interner.get_or_insert_with(Default::default).intern(labels),
-        Err(_) => labels,
-    }
-}
-
 /// Kind, namespace and name of a raw object; `None` without a name.
 pub fn key_of(kind: Kind, meta: &ObjectMeta) -> Option<ObjectKey> {
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
@@ -159,10 +148,7 @@ impl Slim for Stored<model::Pod> {
             }
             _ => None,
         };
-        let value = value.map(|mut pod| {
-            pod.labels = intern_pod_labels(pod.labels);
-            pod
-        });
+        // Its labels are interned by validation (`model::intern`).
         finish(key, value.map(Stored), cx)
     }
 
