@@ -7,7 +7,7 @@ use crate::error::{Kind, ObjectKey};
 use crate::model::{self, State};
 
 /// A validated object of one of the kinds netfence reads.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Object {
     Namespace(model::Namespace),
     Pod(model::Pod),

@@ -136,3 +136,91 @@ fn a_file_with_problems_is_read_and_reported_every_time() {
         assert!(batch.changes.is_empty(), "the last good version stays");
     }
 }
+
+#[test]
+fn a_directory_for_the_engine_hands_on_the_same_changes_and_keeps_no_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut whole = ManifestDir::new(dir.path());
+    let mut engine = ManifestDir::for_engine(dir.path());
+    let steps: [&dyn Fn(&Path); 6] = [
+        &|d| {
+            write(d, "a.yaml", &format!("{}---\n{}", pod("a", 1), pod("b", 2)));
+            write(d, "p.yaml", &policy(80));
+        },
+        // Invalid: the last good version stays, no change.
+        &|d| write(d, "p.yaml", &POLICY.replace("PORT", "80, protocol: HTTP")),
+        &|d| write(d, "p.yaml", &policy(82)),
+        // The same policy in a file before it: that one's version wins.
+        &|d| write(d, "0.yaml", &policy(83)),
+        // Gone again: p.yaml's, which was not parsed in this read, is read again.
+        &|d| std::fs::remove_file(d.join("0.yaml")).unwrap(),
+        &|d| std::fs::remove_file(d.join("a.yaml")).unwrap(),
+    ];
+    let expected: [&[(&str, &str)]; 6] = [
+        &[
+            ("put", "Pod x/a"),
+            ("put", "Pod x/b"),
+            ("put", "NetworkPolicy x/p"),
+        ],
+        &[],
+        &[("put", "NetworkPolicy x/p")],
+        &[("put", "NetworkPolicy x/p")],
+        &[("put", "NetworkPolicy x/p")],
+        &[("delete", "Pod x/a"), ("delete", "Pod x/b")],
+    ];
+    for (step, expected) in steps.iter().zip(expected) {
+        step(dir.path());
+        let expected: Vec<(&str, String)> = expected
+            .iter()
+            .map(|(c, k)| (*c, (*k).to_owned()))
+            .collect();
+        let (a, b) = (whole.reload(), engine.reload());
+        assert_eq!(summary(&a), expected);
+        assert_eq!(a.changes, b.changes, "the same changes either way");
+    }
+    assert_eq!(whole.loaded.as_ref().map(BTreeMap::len), Some(1));
+    assert!(engine.loaded.is_none(), "no copy of the objects");
+    let port = |source: &mut ManifestDir| {
+        let policies = source.load().state.policies;
+        format!("{:?}", policies[0].ingress[0].ports[0].port)
+    };
+    assert_eq!(port(&mut whole), "Some(Number(82))");
+    write(dir.path(), "p.yaml", &policy(84));
+    assert_eq!(port(&mut engine), "Some(Number(84))", "what changed");
+}
+
+#[test]
+fn a_snapshot_relists_every_kind_from_the_files_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", &pod("a", 1));
+    write(dir.path(), "p.yaml", &policy(80));
+    let mut source = ManifestDir::for_engine(dir.path());
+    source.reload();
+    write(dir.path(), "b.yaml", &pod("b", 2));
+    let snapshot = source.snapshot();
+    let listed: Vec<(Kind, Vec<String>)> = snapshot
+        .iter()
+        .map(|change| match change {
+            Change::Relist(kind, objects) => {
+                (*kind, objects.iter().map(|o| o.key().to_string()).collect())
+            }
+            other => panic!("not a relist: {other:?}"),
+        })
+        .collect();
+    let names = |keys: &[&str]| keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        listed,
+        [
+            (Kind::Namespace, names(&[])),
+            (Kind::Pod, names(&["Pod x/a", "Pod x/b"])),
+            (Kind::NetworkPolicy, names(&["NetworkPolicy x/p"])),
+            (Kind::Service, names(&[])),
+            (Kind::EndpointSlice, names(&[])),
+        ]
+    );
+    assert_eq!(
+        summary(&source.reload()),
+        [("put", "Pod x/b".to_owned())],
+        "a snapshot does not change what the next read hands on"
+    );
+}

@@ -101,9 +101,9 @@ fn is_manifest_name(name: &str) -> bool {
 
 /// Builds the state from objects in key order, which gives pods, policies, services
 /// and endpoint slices sorted by (namespace, name).
-fn state_of<'a>(objects: impl IntoIterator<Item = (&'a ObjectKey, &'a Object)>) -> State {
+fn state_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> State {
     let mut state = State::default();
-    for (_, object) in objects {
+    for object in objects {
         match object {
             Object::Namespace(ns) => {
                 state.namespaces.insert(ns.name.clone(), ns.clone());
@@ -144,7 +144,7 @@ pub fn state_from_str(file_name: &str, text: &str) -> Load {
                 }
             }
             Load {
-                state: state_of(&objects),
+                state: state_of(objects.values()),
                 errors,
                 warnings: parsed.warnings,
             }
