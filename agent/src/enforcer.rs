@@ -403,20 +403,22 @@ impl Enforcer {
 
     /// Updates the engine with the queued changes for this node on the blocking pool
     /// (or, while an update runs, once it is applied); the result is synced by
-    /// [`Self::compiled`]. An engine that starts anew gets a snapshot of the source.
+    /// [`Self::compiled`]. The first engine takes every change queued since the source
+    /// started; one that starts anew after an update panicked gets a snapshot.
     fn recompile(&mut self, cause: &'static str) {
         let (source, queued) = (&self.source, &mut self.queued);
         let (node, addresses) = (&self.node, &self.node_addresses);
         let (allow_node, pending) = (self.allow_node, &self.cni.pending);
         let audit_all = self.mode == sync::Mode::Audit;
         let flow_log = self.flow_context.receiver_count() > 0;
-        self.compiler.request(cause, |cause, fresh| Input {
-            changes: if fresh {
-                // Every object: what was queued is in the snapshot.
-                queued.clear();
-                source.snapshot()
-            } else {
-                std::mem::take(queued)
+        self.compiler.request(cause, |cause, feed| Input {
+            changes: match feed {
+                compiling::Feed::Snapshot => {
+                    // Every object: what was queued is in the snapshot.
+                    queued.clear();
+                    source.snapshot()
+                }
+                compiling::Feed::Changes | compiling::Feed::First => std::mem::take(queued),
             },
             node: node.clone(),
             addresses: addresses.clone(),

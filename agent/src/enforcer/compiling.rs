@@ -144,23 +144,42 @@ pub(super) struct Compiler {
     engine: Option<Engine>,
     running: Option<JoinHandle<(Engine, Compiled)>>,
     queued: Option<&'static str>,
+    /// An update panicked: the engine it held is gone.
+    lost: bool,
+}
+
+/// What the next update must be fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Feed {
+    /// The changes since the last update: the engine is kept.
+    Changes,
+    /// Every change since the source started (all still queued): the first engine.
+    /// No snapshot is taken, so the start holds no second copy of the cluster.
+    First,
+    /// A snapshot of the source: a new engine after an update lost the last one.
+    Snapshot,
 }
 
 impl Compiler {
-    /// Starts compiling `input(cause, fresh)` now, or, while a compile runs,
+    /// Starts compiling `input(cause, feed)` now, or, while a compile runs,
     /// remembers to compile again once it is applied (the input is taken then: the
-    /// changes queued until then). `fresh`: the engine starts anew (the first
-    /// compile, or after one panicked), so the input must hold every object.
+    /// changes queued until then). `feed`: what the input must hold (every object
+    /// when the engine starts anew: the first compile, or after one panicked).
     pub(super) fn request(
         &mut self,
         cause: &'static str,
-        input: impl FnOnce(&'static str, bool) -> Input,
+        input: impl FnOnce(&'static str, Feed) -> Input,
     ) {
         if self.running.is_some() {
             self.queued.get_or_insert(cause);
             return;
         }
-        let input = input(cause, self.engine.is_none());
+        let feed = match (&self.engine, self.lost) {
+            (Some(_), _) => Feed::Changes,
+            (None, false) => Feed::First,
+            (None, true) => Feed::Snapshot,
+        };
+        let input = input(cause, feed);
         let mut engine = self.engine.take().unwrap_or_default();
         self.running = Some(tokio::task::spawn_blocking(move || {
             let compiled = compile(&mut engine, input);
@@ -188,6 +207,7 @@ impl Compiler {
         };
         let result = running.await;
         self.running = None;
+        self.lost |= result.is_err();
         result.map(|(engine, compiled)| {
             self.engine = Some(engine);
             compiled
@@ -221,8 +241,8 @@ mod tests {
         let state = scenario::generate(&Params::new(2_000, 130, 20, "node-1"));
         let mut compiler = Compiler::default();
         let mut inputs = 0;
-        compiler.request("manifests", |cause, fresh| {
-            assert!(fresh, "the first compile builds a new engine");
+        compiler.request("manifests", |cause, feed| {
+            assert_eq!(feed, Feed::First, "the first compile builds a new engine");
             inputs += 1;
             input(&state, cause)
         });
@@ -250,6 +270,38 @@ mod tests {
             "the first queued cause names the coalesced compile"
         );
         assert_eq!(compiler.take_queued(), None);
+    }
+
+    #[tokio::test]
+    async fn the_first_engine_takes_the_queue_and_one_after_a_panic_a_snapshot() {
+        let state = scenario::generate(&Params::new(50, 4, 2, "node-1"));
+        let mut compiler = Compiler::default();
+        let mut feeds = Vec::new();
+        let mut request = |compiler: &mut Compiler| {
+            compiler.request("manifests", |cause, feed| {
+                feeds.push(feed);
+                input(&state, cause)
+            })
+        };
+        request(&mut compiler);
+        compiler.finished().await.expect("the first compile");
+        request(&mut compiler);
+        compiler.finished().await.expect("an update");
+        // An update that panics takes the engine with it.
+        let engine = compiler.engine.take();
+        compiler.running = Some(tokio::task::spawn_blocking(|| panic!("an engine bug")));
+        assert!(compiler.finished().await.is_err());
+        drop(engine);
+        request(&mut compiler);
+        compiler
+            .finished()
+            .await
+            .expect("a compile from a snapshot");
+        request(&mut compiler);
+        assert_eq!(
+            feeds,
+            [Feed::First, Feed::Changes, Feed::Snapshot, Feed::Changes]
+        );
     }
 
     #[test]

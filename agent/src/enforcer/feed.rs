@@ -120,7 +120,7 @@ pub async fn open(args: &RunArgs) -> anyhow::Result<Opened> {
             crate::source::watch(dir).with_context(|| format!("watching {}", dir.display()))?;
         return Ok(Opened {
             source: Box::new(Manifests {
-                dir: ManifestDir::new(dir),
+                dir: ManifestDir::for_engine(dir),
                 _watcher: watcher,
             }),
             changes,
