@@ -21,6 +21,9 @@ pub(super) type Pairs<T> = BTreeMap<(String, String), (Option<T>, Option<T>)>;
 /// [`Delta`] while changes are applied.
 #[derive(Debug, Default)]
 pub(super) struct Collecting {
+    /// Nothing is collected (puts are not copied): the update rebuilds anyway, as
+    /// the first does, which would otherwise hold a second copy of the cluster.
+    pub(super) off: bool,
     pub(super) pods: Pairs<Pod>,
     pub(super) policies: Pairs<Policy>,
     pub(super) services: Pairs<Service>,
@@ -51,6 +54,17 @@ pub(super) fn record<T: Keyed>(pairs: &mut Pairs<T>, old: Option<T>, new: Option
     };
     let key = (namespace.to_owned(), name.to_owned());
     pairs.entry(key).or_insert_with(|| (old, None)).1 = new;
+}
+
+/// Puts `item` into `items` (sorted), recording the change unless collecting is
+/// `off`.
+fn put<T: Keyed + Clone>(items: &mut Vec<T>, pairs: &mut Pairs<T>, off: bool, item: T) {
+    if off {
+        put_sorted(items, item);
+    } else {
+        let old = put_sorted(items, item.clone());
+        record(pairs, old, Some(item));
+    }
 }
 
 /// The pairs of [`changed`], owned.
@@ -111,20 +125,16 @@ impl Engine {
                 } else {
                     self.filled.remove(&key);
                 }
-                let old = put_sorted(&mut state.pods, pod.clone());
-                record(&mut c.pods, old, Some(pod));
+                put(&mut state.pods, &mut c.pods, c.off, pod);
             }
             Change::Put(Object::Policy(policy)) => {
-                let old = put_sorted(&mut state.policies, policy.clone());
-                record(&mut c.policies, old, Some(policy));
+                put(&mut state.policies, &mut c.policies, c.off, policy);
             }
             Change::Put(Object::Service(service)) => {
-                let old = put_sorted(&mut state.services, service.clone());
-                record(&mut c.services, old, Some(service));
+                put(&mut state.services, &mut c.services, c.off, service);
             }
             Change::Put(Object::EndpointSlice(slice)) => {
-                let old = put_sorted(&mut state.endpoint_slices, slice.clone());
-                record(&mut c.slices, old, Some(slice));
+                put(&mut state.endpoint_slices, &mut c.slices, c.off, slice);
             }
             Change::Delete(key) => {
                 let at = (key.namespace.as_str(), key.name.as_str());

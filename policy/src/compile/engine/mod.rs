@@ -218,7 +218,10 @@ impl Engine {
     /// image to it with `announced`. An object changed twice counts once (its first
     /// old and last new version).
     pub fn apply(&mut self, changes: Vec<Change>, announced: &[Announced]) -> Work {
-        let mut collecting = Collecting::default();
+        let mut collecting = Collecting {
+            off: self.cluster.is_none(),
+            ..Collecting::default()
+        };
         let mut state = std::mem::take(&mut self.state);
         {
             // Copies the state only if someone else holds it.
