@@ -171,6 +171,8 @@ pub fn pod(cx: &mut Checker<'_>, pod: &core::Pod) -> Option<Pod> {
         }
     }
     ports.sort();
+    // Stored for the pod's life: no spare capacity (a pushed vector holds four).
+    ports.shrink_to_fit();
     let status = pod.status.as_ref();
     let phase = match status.and_then(|s| s.phase.as_deref()) {
         // What the API server sets on create, before the kubelet reports.
@@ -251,6 +253,7 @@ fn pod_ips(cx: &mut Checker<'_>, status: &core::PodStatus) -> Vec<IpAddr> {
             Err(_) => cx.error(&field, format!("{text:?}: must be a valid IP address")),
         }
     }
+    ips.shrink_to_fit();
     ips
 }
 

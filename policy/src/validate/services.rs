@@ -269,8 +269,10 @@ pub fn endpoint_slice(
             .as_ref()
             .and_then(|c| c.ready)
             .unwrap_or(true);
+        addresses.shrink_to_fit();
         endpoints.push(SliceEndpoint { addresses, ready });
     }
+    endpoints.shrink_to_fit();
     let ports = slice_ports(cx, slice.ports.as_deref().unwrap_or_default());
     validate::finish(
         cx,

@@ -91,7 +91,10 @@ impl Cluster {
         for pod in state.pods.iter().filter(|p| p.is_live_endpoint()) {
             for ip in live_addresses(Some(pod)) {
                 // In state order: the first claimant owns the address, as in a build.
-                cluster.claims.entry(ip).or_default().push(key_of(pod));
+                // One claimant but for a conflict: no spare capacity.
+                (cluster.claims.entry(ip))
+                    .or_insert_with(|| Vec::with_capacity(1))
+                    .push(key_of(pod));
             }
         }
         let mut allocator = IdAllocator::new(reserved_identity);
@@ -211,7 +214,7 @@ impl Cluster {
             }
         }
         for ip in &after {
-            let claims = self.claims.entry(*ip).or_default();
+            let claims = (self.claims.entry(*ip)).or_insert_with(|| Vec::with_capacity(1));
             if let Err(at) = claims.binary_search(&key) {
                 claims.insert(at, key.clone());
             }
