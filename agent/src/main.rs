@@ -4,6 +4,14 @@ use clap::Parser as _;
 use netfence::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: the agent allocates many small objects from
+/// several threads (sources, the engine on the blocking pool), and glibc's arenas
+/// keep what they freed. At the 150,000-pod bench (section 5) the whole agent's peak
+/// RSS was 643 MiB with glibc and 542 MiB with mimalloc, ready 8.5 s against 6.9 s
+/// (measured with LD_PRELOAD on the same binary; jemalloc gave 595 MiB).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rust_log = std::env::var("RUST_LOG").ok();
