@@ -12,6 +12,8 @@ mod audit;
 mod common_state;
 #[path = "explain/exit_codes.rs"]
 mod exit_codes;
+#[path = "explain/files.rs"]
+mod files;
 #[path = "explain/service.rs"]
 mod service;
 

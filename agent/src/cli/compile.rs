@@ -8,7 +8,7 @@ use super::{CompileArgs, Output, input};
 
 /// Runs `netfence compile`: exit 0 with the image printed, 2 on bad input.
 pub fn compile(args: &CompileArgs) -> anyhow::Result<ExitCode> {
-    let state = match input::load(&args.manifests, args.keep_going) {
+    let state = match input::load(&args.input, args.keep_going) {
         Ok(state) => state,
         Err(error) => {
             eprintln!("netfence: error: {error}");

@@ -484,7 +484,7 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         (None, ExplainProtocol::Icmp) => 0,
         (None, protocol) => return Err(ExplainError::PortRequired(protocol.as_str()).into()),
     };
-    let state = input::load(&args.manifests, args.keep_going)?;
+    let state = input::load(&args.input, args.keep_going)?;
     let image = crate::compile::compile(&state, None);
     let probe = Probe {
         protocol: args.protocol,

@@ -205,9 +205,9 @@ pub struct RunArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CompileArgs {
-    /// Directory of Kubernetes manifests.
-    #[arg(long)]
-    pub manifests: PathBuf,
+    /// `--manifests`, `-f`, `-R`.
+    #[command(flatten)]
+    pub input: input::InputArgs,
     /// Compile for this node only (default: every pod is local).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -221,9 +221,9 @@ pub struct CompileArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// Directory of Kubernetes manifests.
-    #[arg(long)]
-    pub manifests: PathBuf,
+    /// `--manifests`, `-f`, `-R`.
+    #[command(flatten)]
+    pub input: input::InputArgs,
     /// Source: NAMESPACE/POD or an IP address.
     #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<String>,
