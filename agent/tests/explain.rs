@@ -14,6 +14,8 @@ mod common_state;
 mod exit_codes;
 #[path = "explain/files.rs"]
 mod files;
+#[path = "explain/policies.rs"]
+mod policies;
 #[path = "explain/service.rs"]
 mod service;
 

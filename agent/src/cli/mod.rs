@@ -4,6 +4,8 @@
 pub mod compile;
 pub mod explain;
 pub mod input;
+pub mod output;
+pub mod policies;
 pub mod status;
 pub mod uninstall;
 
@@ -87,6 +89,9 @@ pub enum Command {
     /// or print the allow/deny matrix of every pod pair (exit 0), computed through the
     /// compiled image.
     Explain(ExplainArgs),
+    /// Which NetworkPolicies select a pod, per direction, and which of its
+    /// container ports they open (exit 0; 2 on bad input or an unknown pod).
+    Policies(PoliciesArgs),
     /// Show what the pinned state enforces: attachments, map fill, counters, last
     /// sync, and whether the agent runs.
     Status(StatusArgs),
@@ -251,6 +256,21 @@ pub struct ExplainArgs {
     pub output: Output,
     /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
     /// stderr and answer from the rest, instead of exiting 2.
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoliciesArgs {
+    /// The pod: NAMESPACE/POD.
+    #[arg(value_name = "NS/POD")]
+    pub pod: String,
+    /// `--manifests`, `-f`, `-R`.
+    #[command(flatten)]
+    pub input: input::InputArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Text)]
+    pub output: output::Format,
+    /// Report bad input on stderr and answer from the rest, instead of exiting 2.
     #[arg(long)]
     pub keep_going: bool,
 }
