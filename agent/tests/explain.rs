@@ -18,6 +18,8 @@ mod files;
 mod policies;
 #[path = "explain/service.rs"]
 mod service;
+#[path = "explain/why.rs"]
+mod why;
 
 use std::path::PathBuf;
 use std::process::Command;

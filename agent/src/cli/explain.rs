@@ -18,6 +18,7 @@ mod matrix;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod why;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -194,6 +195,11 @@ pub struct Check {
     pub rule: Option<String>,
     /// The rule id (the RULE_HITS key and the `rule=` of flow-log lines).
     pub rule_id: Option<u32>,
+    /// When `denied` or `audited`: per isolating policy, per rule in this direction,
+    /// whether the peer or the port did not match. Absent otherwise, and for a
+    /// Service ClusterIP destination (its backends' rules decide).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub why: Vec<why::PolicyWhy>,
 }
 
 /// The verdict for one address pair.
@@ -263,6 +269,7 @@ fn check(image: &Image, local: IpAddr, verdict: DirectionVerdict, direction: u8)
         isolated_by,
         rule: rule_id.and_then(|id| rule_name(image, id)),
         rule_id,
+        why: Vec::new(),
     }
 }
 
@@ -364,6 +371,9 @@ pub fn explain_with(
                 let mut c = connection(&image, *src, *dst, probe.protocol, probe.port);
                 let protocol = protocol_number(probe.protocol, *dst);
                 c.service = service::peer(state, &image, &c, protocol, probe.reported_port());
+                if c.service.is_none() {
+                    explain_why(state, &mut c, protocol, probe.reported_port());
+                }
                 connections.push(c);
             }
         }
@@ -382,6 +392,23 @@ pub fn explain_with(
         mode: probe.mode,
         connections,
     })
+}
+
+/// Fills in `why` for each direction that denies (or audits what it would deny).
+fn explain_why(state: &State, c: &mut Connection, protocol: u8, port: u16) {
+    for (check, ingress) in [(&mut c.egress, false), (&mut c.ingress, true)] {
+        if matches!(check.verdict, "denied" | "audited") {
+            check.why = why::why(
+                state,
+                &check.isolated_by,
+                ingress,
+                c.src,
+                c.dst,
+                protocol,
+                port,
+            );
+        }
+    }
 }
 
 fn check_text(out: &mut String, what: &str, check: &Check, mode: Mode) {
@@ -420,6 +447,7 @@ fn check_text(out: &mut String, what: &str, check: &Check, mode: Mode) {
             ),
         },
     };
+    why::text(out, what, &check.why);
 }
 
 impl Explanation {
