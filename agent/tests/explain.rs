@@ -14,10 +14,14 @@ mod common_state;
 mod exit_codes;
 #[path = "explain/files.rs"]
 mod files;
+#[path = "explain/formats.rs"]
+mod formats;
 #[path = "explain/policies.rs"]
 mod policies;
 #[path = "explain/service.rs"]
 mod service;
+#[path = "explain/whatif.rs"]
+mod whatif;
 #[path = "explain/why.rs"]
 mod why;
 

@@ -18,6 +18,7 @@ mod matrix;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod whatif;
 pub mod why;
 
 use std::borrow::Cow;
@@ -30,7 +31,8 @@ use serde::Serialize;
 
 pub use self::matrix::{Matrix, matrix, matrix_with};
 pub use self::service::ServicePeer;
-use super::{ExplainArgs, ExplainProtocol, Family, Output, input};
+use super::output::Format;
+use super::{ExplainArgs, ExplainProtocol, Family, input};
 use crate::dataplane::sync::Mode;
 use crate::image::{DirectionVerdict, Image, Packet, canonical_addr};
 use crate::model::State;
@@ -451,7 +453,14 @@ fn check_text(out: &mut String, what: &str, check: &Check, mode: Mode) {
 }
 
 impl Explanation {
+    /// The text form.
     pub fn text(&self) -> String {
+        self.text_with(false)
+    }
+
+    /// The text form; `wide` adds each connection's identities (the IDENTITIES
+    /// values the checks see).
+    pub fn text_with(&self, wide: bool) -> String {
         let mut out = String::new();
         if self.mode == Mode::Audit {
             let _ = writeln!(
@@ -486,6 +495,13 @@ impl Explanation {
                 c.dst,
                 name(&c.ingress, c.dst)
             );
+            if wide {
+                let _ = writeln!(
+                    out,
+                    "  identities: source {}, destination {}",
+                    c.src_identity, c.dst_identity
+                );
+            }
             check_text(&mut out, "egress", &c.egress, self.mode);
             match &c.service {
                 Some(service) => service::text(&mut out, c, service, self.protocol, self.port),
@@ -506,13 +522,40 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// The matrix pairs that `--with` changes.
+fn what_if(
+    args: &ExplainArgs,
+    objects: &std::collections::BTreeMap<crate::source::ObjectKey, crate::source::Object>,
+    probe: &Probe,
+) -> anyhow::Result<whatif::WhatIf> {
+    let dash = |paths: &[std::path::PathBuf]| paths.iter().any(|p| p.as_os_str() == "-");
+    if dash(&args.input.filenames) && dash(&args.with) {
+        return Err(input::InputError::StdinTwice("-".to_owned()).into());
+    }
+    let with = input::load_with(&args.with, args.input.recursive, args.keep_going)?;
+    let before_state = input::state_of(objects);
+    let before = matrix_with(
+        &before_state,
+        &crate::compile::compile(&before_state, None),
+        probe,
+    );
+    let after_state = input::state_of(&input::overlay(objects, with));
+    let after = matrix_with(
+        &after_state,
+        &crate::compile::compile(&after_state, None),
+        probe,
+    );
+    Ok(whatif::diff(&before, &after))
+}
+
 fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let port = match (args.port, args.protocol) {
         (Some(port), _) => port,
         (None, ExplainProtocol::Icmp) => 0,
         (None, protocol) => return Err(ExplainError::PortRequired(protocol.as_str()).into()),
     };
-    let state = input::load(&args.input, args.keep_going)?;
+    let objects = input::load_objects(&args.input, args.keep_going)?;
+    let state = input::state_of(&objects);
     let image = crate::compile::compile(&state, None);
     let probe = Probe {
         protocol: args.protocol,
@@ -520,11 +563,24 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         family: args.family,
         mode: args.mode,
     };
+    if !args.with.is_empty() {
+        if !args.matrix {
+            anyhow::bail!("--with compares matrices: give --matrix");
+        }
+        let what_if = what_if(args, &objects, &probe)?;
+        match args.output.document(&what_if)? {
+            Some(document) => print!("{document}"),
+            None => print!("{}", what_if.text()),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.matrix {
         let matrix = matrix_with(&state, &image, &probe);
         match args.output {
-            Output::Json => println!("{}", serde_json::to_string(&matrix)?),
-            Output::Text => print!("{}", matrix.text()),
+            // The DESIGN.md contract: one line.
+            Format::Json => println!("{}", serde_json::to_string(&matrix)?),
+            Format::Yaml => print!("{}", serde_yaml_ng::to_string(&matrix)?),
+            Format::Text | Format::Wide => print!("{}", matrix.text()),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -532,9 +588,9 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give --from and --to, or --matrix");
     };
     let explanation = explain_with(&state, &image, from, to, &probe)?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-        Output::Text => print!("{}", explanation.text()),
+    match args.output.document(&explanation)? {
+        Some(document) => print!("{document}"),
+        None => print!("{}", explanation.text_with(args.output == Format::Wide)),
     }
     Ok(if explanation.allowed() {
         ExitCode::SUCCESS

@@ -216,8 +216,9 @@ pub struct CompileArgs {
     /// Compile for this node only (default: every pod is local).
     #[arg(long)]
     pub node_name: Option<String>,
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// text, wide (with identities and ids), json or yaml (names, not numbers).
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Text)]
+    pub output: output::Format,
     /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
     /// stderr and compile the rest, instead of exiting 2.
     #[arg(long)]
@@ -239,6 +240,11 @@ pub struct ExplainArgs {
     /// Print the allow/deny table of every pod pair instead.
     #[arg(long)]
     pub matrix: bool,
+    /// What-if: with --matrix, print only the pod pairs whose verdict changes when
+    /// the objects of FILE are added (an object of the same kind, namespace and name
+    /// replaces the one read). Repeatable; `-` for stdin, -R for directories, as -f.
+    #[arg(long, value_name = "FILE")]
+    pub with: Vec<PathBuf>,
     /// Destination port, 1-65535 (not needed for ICMP).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -252,8 +258,9 @@ pub struct ExplainArgs {
     /// matrix).
     #[arg(long, value_enum, default_value_t = crate::dataplane::sync::Mode::Enforce)]
     pub mode: crate::dataplane::sync::Mode,
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// text, wide (with identities and ids), json or yaml (names, not numbers).
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Text)]
+    pub output: output::Format,
     /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
     /// stderr and answer from the rest, instead of exiting 2.
     #[arg(long)]
