@@ -7,6 +7,7 @@
 //! `compile`'s.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod apiserver;
 #[path = "explain/audit.rs"]
 mod audit;
 mod common_state;
@@ -16,6 +17,8 @@ mod exit_codes;
 mod files;
 #[path = "explain/formats.rs"]
 mod formats;
+#[path = "explain/live.rs"]
+mod live;
 #[path = "explain/policies.rs"]
 mod policies;
 #[path = "explain/service.rs"]

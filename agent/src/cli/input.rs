@@ -48,15 +48,18 @@ pub struct InputArgs {
     /// Read the directories given with -f (and --with) and their subdirectories.
     #[arg(short = 'R', long)]
     pub recursive: bool,
+    /// Answer from a live cluster through this kubeconfig (its current context):
+    /// listed once, read-only, no watch. Without --manifests, -f or --kubeconfig, the
+    /// in-cluster service account is used when running in a pod.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["manifests", "filenames"])]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Why the input gives no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// Problems found (each printed on stderr as it was found).
-    #[error(
-        "{count} problem(s) in the manifests in {what}; fix them, or give --keep-going to skip what they name"
-    )]
+    #[error("{count} problem(s) in {what}; fix them, or give --keep-going to skip what they name")]
     Manifests { what: String, count: usize },
     /// A directory that cannot be listed, a path that does not exist, stdin read
     /// twice.
@@ -64,8 +67,13 @@ pub enum InputError {
     Path(SourceError),
     #[error("{0:?}: stdin can be read only once")]
     StdinTwice(String),
-    #[error("no input: give --manifests DIR or -f FILE")]
+    #[error(
+        "no input: give --manifests DIR, -f FILE or --kubeconfig FILE (in a pod, the in-cluster service account is used)"
+    )]
     NoInput,
+    /// The live cluster could not be listed.
+    #[error("{0}")]
+    Live(String),
 }
 
 /// One place objects are read from.
@@ -100,17 +108,23 @@ impl Objects {
         self.errors.extend(parsed.errors);
         self.warnings.extend(parsed.warnings);
         for object in parsed.entries.into_iter().filter_map(|e| e.object) {
-            match self.objects.entry(object.key()) {
-                std::collections::btree_map::Entry::Occupied(first) => {
-                    self.errors.push(SourceError::Duplicate {
-                        file: file.to_owned(),
-                        object: first.key().to_string(),
-                        first: first.get().0.clone(),
-                    });
-                }
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert((file.to_owned(), object));
-                }
+            self.insert(file, object);
+        }
+    }
+
+    /// Adds one valid object read from `file` (a key seen before is a duplicate,
+    /// the first kept).
+    pub fn insert(&mut self, file: &str, object: Object) {
+        match self.objects.entry(object.key()) {
+            std::collections::btree_map::Entry::Occupied(first) => {
+                self.errors.push(SourceError::Duplicate {
+                    file: file.to_owned(),
+                    object: first.key().to_string(),
+                    first: first.get().0.clone(),
+                });
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((file.to_owned(), object));
             }
         }
     }
@@ -245,7 +259,7 @@ fn report(read: &mut Objects, what: String, keep_going: bool) -> Result<(), Inpu
     Ok(())
 }
 
-/// Reads the files the input flags name,
+/// Reads the files the input flags name (not a live cluster),
 /// reporting problems on stderr.
 pub fn load_files(
     args: &InputArgs,
@@ -256,7 +270,11 @@ pub fn load_files(
         return Err(InputError::NoInput);
     }
     let mut read = read_places(&places, args.recursive)?;
-    report(&mut read, describe(&places), keep_going)?;
+    report(
+        &mut read,
+        format!("the manifests in {}", describe(&places)),
+        keep_going,
+    )?;
     Ok(read.into_map())
 }
 
@@ -275,12 +293,26 @@ pub fn load_with(
     load_files(&args, keep_going)
 }
 
-/// Loads the input's objects once.
+/// Loads the input's objects once: files, or a live cluster (`--kubeconfig`, or
+/// in-cluster when no input flag is given and `KUBERNETES_SERVICE_HOST` is set).
 pub fn load_objects(
     args: &InputArgs,
     keep_going: bool,
 ) -> Result<BTreeMap<ObjectKey, Object>, InputError> {
-    load_files(args, keep_going)
+    if args.manifests.is_some() || !args.filenames.is_empty() {
+        return load_files(args, keep_going);
+    }
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if args.kubeconfig.is_none() && !in_cluster {
+        return Err(InputError::NoInput);
+    }
+    let mut read = super::live::read(args.kubeconfig.as_deref())?;
+    let what = match &args.kubeconfig {
+        Some(path) => format!("the objects listed through {}", path.display()),
+        None => "the objects listed in-cluster".to_owned(),
+    };
+    report(&mut read, what, keep_going)?;
+    Ok(read.into_map())
 }
 
 /// Loads the input's state once.

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod explain;
 pub mod input;
+pub mod live;
 pub mod output;
 pub mod policies;
 pub mod status;
