@@ -522,32 +522,6 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
-/// The matrix pairs that `--with` changes.
-fn what_if(
-    args: &ExplainArgs,
-    objects: &std::collections::BTreeMap<crate::source::ObjectKey, crate::source::Object>,
-    probe: &Probe,
-) -> anyhow::Result<whatif::WhatIf> {
-    let dash = |paths: &[std::path::PathBuf]| paths.iter().any(|p| p.as_os_str() == "-");
-    if dash(&args.input.filenames) && dash(&args.with) {
-        return Err(input::InputError::StdinTwice("-".to_owned()).into());
-    }
-    let with = input::load_with(&args.with, args.input.recursive, args.keep_going)?;
-    let before_state = input::state_of(objects);
-    let before = matrix_with(
-        &before_state,
-        &crate::compile::compile(&before_state, None),
-        probe,
-    );
-    let after_state = input::state_of(&input::overlay(objects, with));
-    let after = matrix_with(
-        &after_state,
-        &crate::compile::compile(&after_state, None),
-        probe,
-    );
-    Ok(whatif::diff(&before, &after))
-}
-
 fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let port = match (args.port, args.protocol) {
         (Some(port), _) => port,
@@ -567,7 +541,7 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         if !args.matrix {
             anyhow::bail!("--with compares matrices: give --matrix");
         }
-        let what_if = what_if(args, &objects, &probe)?;
+        let what_if = whatif::what_if(args, &objects, &state, &image, &probe)?;
         match args.output.document(&what_if)? {
             Some(document) => print!("{document}"),
             None => print!("{}", what_if.text()),

@@ -384,6 +384,79 @@ mod tests {
         );
     }
 
+    fn parse(args: &[&str]) -> Result<crate::cli::Command, String> {
+        use clap::Parser as _;
+        crate::cli::Cli::try_parse_from(args)
+            .map(|cli| cli.command)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn input_flags_parse_as_kubectl_s_and_kubeconfig_excludes_files() {
+        let Ok(crate::cli::Command::Explain(args)) = parse(&[
+            "netfence",
+            "explain",
+            "-f",
+            "a.yaml",
+            "--filename",
+            "-",
+            "-R",
+            "--matrix",
+            "--with",
+            "b.yaml",
+            "--with",
+            "c/",
+            "-o",
+            "yaml",
+        ]) else {
+            panic!("explain -f parses");
+        };
+        assert_eq!(
+            args.input.filenames,
+            [PathBuf::from("a.yaml"), PathBuf::from("-")]
+        );
+        assert!(args.input.recursive);
+        assert_eq!(args.with, [PathBuf::from("b.yaml"), PathBuf::from("c/")]);
+        assert_eq!(args.output, crate::cli::output::Format::Yaml);
+        let Ok(crate::cli::Command::Policies(args)) = parse(&[
+            "netfence",
+            "policies",
+            "x/a",
+            "--kubeconfig",
+            "kc",
+            "-o",
+            "wide",
+        ]) else {
+            panic!("policies parses");
+        };
+        assert_eq!(
+            (args.pod.as_str(), args.input.kubeconfig),
+            ("x/a", Some("kc".into()))
+        );
+        for conflict in [
+            &["netfence", "compile", "--kubeconfig", "kc", "-f", "a.yaml"][..],
+            &[
+                "netfence",
+                "compile",
+                "--kubeconfig",
+                "kc",
+                "--manifests",
+                "m",
+            ],
+        ] {
+            let error = parse(conflict).unwrap_err();
+            assert!(
+                error.contains("cannot be used with"),
+                "{conflict:?}: {error}"
+            );
+        }
+        let error = parse(&["netfence", "compile", "-f", "a", "-o", "table"]).unwrap_err();
+        assert!(
+            error.contains("[possible values: text, wide, json, yaml]"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn places_keep_the_order_given_and_dash_is_stdin() {
         let args = InputArgs {

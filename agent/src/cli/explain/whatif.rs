@@ -8,8 +8,35 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Matrix;
+use super::{Matrix, Probe, matrix_with};
 use crate::cli::output::columns;
+use crate::cli::{ExplainArgs, input};
+use crate::image::Image;
+use crate::model::State;
+use crate::source::{Object, ObjectKey};
+
+/// The matrix pairs that `args.with` changes, from the input's `objects` (whose
+/// state and image are given).
+pub fn what_if(
+    args: &ExplainArgs,
+    objects: &BTreeMap<ObjectKey, Object>,
+    state: &State,
+    image: &Image,
+    probe: &Probe,
+) -> anyhow::Result<WhatIf> {
+    let dash = |paths: &[std::path::PathBuf]| paths.iter().any(|p| p.as_os_str() == "-");
+    if dash(&args.input.filenames) && dash(&args.with) {
+        return Err(input::InputError::StdinTwice("-".to_owned()).into());
+    }
+    let with = input::load_with(&args.with, args.input.recursive, args.keep_going)?;
+    let before = matrix_with(state, image, probe);
+    let after_state = input::state_of(&input::overlay(objects, with));
+    let after_image = crate::compile::compile(&after_state, None);
+    Ok(diff(
+        &before,
+        &matrix_with(&after_state, &after_image, probe),
+    ))
+}
 
 /// One pair whose verdict changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
