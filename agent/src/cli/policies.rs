@@ -84,6 +84,10 @@ pub struct PodPolicies {
     /// `ns/name`.
     pub pod: String,
     pub ips: Vec<std::net::IpAddr>,
+    /// The pod has an address of its own that policy applies to; false for a
+    /// hostNetwork pod, one with no IP yet, or one that has terminated (the policies
+    /// below select it but nothing is enforced for it).
+    pub enforced: bool,
     pub ingress: DirectionPolicies,
     pub egress: DirectionPolicies,
 }
@@ -315,6 +319,7 @@ pub fn policies(state: &State, image: &Image, target: &str) -> Result<PodPolicie
     Ok(PodPolicies {
         pod: target.to_owned(),
         ips: pod.ips.clone(),
+        enforced: pod.is_live_endpoint(),
         ingress: direction(image, pod, &selecting, true),
         egress: direction(image, pod, &selecting, false),
     })
@@ -393,6 +398,11 @@ impl PodPolicies {
                 ips.join(", ")
             }
         );
+        if !self.enforced {
+            out.push_str(
+                "not enforced: hostNetwork, no IP yet, or terminated: no policy applies to its traffic\n",
+            );
+        }
         out.push_str(&columns(&rows));
         let _ = writeln!(
             out,

@@ -1,13 +1,15 @@
 //! Live mode: `--kubeconfig` lists Namespaces, Pods, NetworkPolicies, Services and
 //! EndpointSlices once from the test API server (no watch request) and answers
-//! `explain`, `policies` and `compile` from them, exactly as from the same objects
-//! in a file; an object the API source cannot convert is fatal (exit 2, naming the
+//! `explain` (to pods and to a Service), `policies` and `compile` from them, exactly
+//! as from the same objects in a file; an object the API source cannot convert is fatal (exit 2, naming the
 //! resource, object and field) unless `--keep-going`; an unreachable server exits 2.
 
 use serde_json::{Value, json};
 
-use super::apiserver::{ApiServer, NAMESPACES, PODS, POLICIES, RESOURCES};
-use super::files::{CLUSTER, Run, netfence};
+use super::apiserver::{
+    ApiServer, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, RESOURCES, SERVICES,
+};
+use super::files::{Run, netfence};
 
 fn pod(name: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -23,6 +25,27 @@ fn policy() -> Value {
            "spec": {"podSelector": {"matchLabels": {"app": "a"}},
                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "b"}}}],
                                  "ports": [{"port": "http"}]}]}})
+}
+
+/// Service x/web (ClusterIP 10.96.0.10, port 80 to `http`) backed by x/a.
+fn service() -> [(&'static str, Value); 2] {
+    [
+        (
+            SERVICES,
+            json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "x"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "selector": {"app": "a"},
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}}),
+        ),
+        (
+            ENDPOINT_SLICES,
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "x", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["198.18.0.1"], "conditions": {"ready": true}}],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}),
+        ),
+    ]
 }
 
 /// Runs the binary off the runtime's threads (the server answers meanwhile).
@@ -45,14 +68,24 @@ fn args(kubeconfig: &std::path::Path, rest: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_mode_lists_once_and_answers_as_from_files() {
     let server = ApiServer::start().await;
-    server.apply(
-        NAMESPACES,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
-    );
-    server.apply(PODS, pod("a", "198.18.0.1"));
-    server.apply(PODS, pod("b", "198.18.0.2"));
-    server.apply(PODS, pod("c", "198.18.0.3"));
-    server.apply(POLICIES, policy());
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
+    let mut objects = vec![
+        (NAMESPACES, namespace),
+        (PODS, pod("a", "198.18.0.1")),
+        (PODS, pod("b", "198.18.0.2")),
+        (PODS, pod("c", "198.18.0.3")),
+        (POLICIES, policy()),
+    ];
+    objects.extend(service());
+    // The same objects as a file.
+    let mut yaml = String::new();
+    for (resource, object) in objects {
+        yaml.push_str(&format!(
+            "---\n{}",
+            serde_yaml_ng::to_string(&object).unwrap()
+        ));
+        server.apply(resource, object);
+    }
     let dir = tempfile::Builder::new().prefix("nfl").tempdir().unwrap();
     let kubeconfig = server.kubeconfig(dir.path());
 
@@ -92,23 +125,44 @@ async fn live_mode_lists_once_and_answers_as_from_files() {
         &[
             "explain", "-f", "-", "--matrix", "--port", "80", "-o", "json",
         ],
-        CLUSTER,
+        &yaml,
     );
     assert_eq!(matrix.stdout, from_file.stdout);
     let policies = run(args(&kubeconfig, &["policies", "x/a", "-o", "json"])).await;
-    let from_file = netfence(&["policies", "x/a", "-f", "-", "-o", "json"], CLUSTER);
+    let from_file = netfence(&["policies", "x/a", "-f", "-", "-o", "json"], &yaml);
     assert_eq!(policies.code, 0, "{}", policies.stderr);
-    let (live, file): (Value, Value) = (
-        serde_json::from_str(&policies.stdout).unwrap(),
-        serde_json::from_str(&from_file.stdout).unwrap(),
-    );
-    assert_eq!(live["ingress"]["policies"], file["ingress"]["policies"]);
-    let compiled = run(args(&kubeconfig, &["compile"])).await;
+    assert_eq!(policies.stdout, from_file.stdout);
+    let compiled = run(args(&kubeconfig, &["compile", "-o", "json"])).await;
     assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    let from_file = netfence(&["compile", "-f", "-", "-o", "json"], &yaml);
+    assert_eq!(compiled.stdout, from_file.stdout);
     assert!(
-        compiled.stdout.starts_with("3 endpoints, "),
+        compiled.stdout.contains("\"service\": \"x/web\""),
         "{}",
         compiled.stdout
+    );
+    // Services and EndpointSlices: the ClusterIP resolves to its backend's rule.
+    let to_service = [
+        "explain",
+        "--from",
+        "x/b",
+        "--to",
+        "svc/x/web",
+        "--port",
+        "80",
+    ];
+    let live = run(args(&kubeconfig, &to_service)).await;
+    assert_eq!(live.code, 0, "{}", live.stderr);
+    let from_file = netfence(
+        &[&to_service[..1], &["-f", "-"], &to_service[1..]].concat(),
+        &yaml,
+    );
+    assert_eq!(live.stdout, from_file.stdout);
+    assert!(
+        live.stdout
+            .starts_with("TCP 198.18.0.2 (x/b) -> 10.96.0.10 (Service x/web) port 80: ALLOWED\n"),
+        "{}",
+        live.stdout
     );
 
     // Read-only and once: list requests only, each resource listed once per run.
@@ -116,7 +170,7 @@ async fn live_mode_lists_once_and_answers_as_from_files() {
     assert!(requests.iter().all(|r| !r.is_watch()), "{requests:?}");
     for resource in RESOURCES {
         let lists = requests.iter().filter(|r| r.path == resource).count();
-        assert_eq!(lists, 5, "{resource}: one list per run: {requests:?}");
+        assert_eq!(lists, 6, "{resource}: one list per run: {requests:?}");
     }
 }
 

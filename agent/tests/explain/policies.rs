@@ -106,11 +106,31 @@ fn wide_adds_rule_ids_and_json_and_yaml_use_names() {
     assert_eq!(yaml.code, 0, "{}", yaml.stderr);
     assert!(
         yaml.stdout.starts_with(
-            "pod: x/b\nips:\n- 198.18.0.2\ningress:\n  isolated: false\n  policies: []\n  open: []\n  closed: []\negress:\n  isolated: true\n  policies:\n  - policy: x/a-egress\n    audit: true\n"
+            "pod: x/b\nips:\n- 198.18.0.2\nenforced: true\ningress:\n  isolated: false\n  policies: []\n  open: []\n  closed: []\negress:\n  isolated: true\n  policies:\n  - policy: x/a-egress\n    audit: true\n"
         ),
         "{}",
         yaml.stdout
     );
+}
+
+#[test]
+fn a_host_network_pod_is_said_to_be_unenforced() {
+    let host = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: h, namespace: x, labels: {app: a}}\nspec: {hostNetwork: true, containers: [{name: c, image: nginx}]}\nstatus: {phase: Running, podIP: 198.18.9.9}\n";
+    let run = netfence(&["policies", "x/h", "-f", "-"], &format!("{CLUSTER}{host}"));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "pod x/h (198.18.9.9)
+not enforced: hostNetwork, no IP yet, or terminated: no policy applies to its traffic
+DIRECTION  POLICY      RULE        PEERS            PORTS     OPENS
+ingress    x/a-from-b  ingress[0]  pods app=b in x  TCP http  -
+egress     -           -           everyone         any       not isolated
+ingress container ports open: -; closed: -
+"
+    );
+    let run = netfence(&["policies", "x/a", "-f", "-", "-o", "json"], CLUSTER);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(value["enforced"], true);
 }
 
 #[test]
