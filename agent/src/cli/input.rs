@@ -190,8 +190,26 @@ fn read_file(objects: &mut Objects, path: &Path) {
 }
 
 /// A directory's manifest files by name, then (with `recursive`) its subdirectories
-/// by name, skipping hidden ones (a ConfigMap volume's `..data`).
+/// by name, skipping hidden ones (a ConfigMap volume's `..data`) and any directory
+/// already read (a link back up the tree would loop forever).
 fn read_dir(objects: &mut Objects, dir: &Path, recursive: bool) -> Result<(), InputError> {
+    read_dir_once(
+        objects,
+        dir,
+        recursive,
+        &mut std::collections::BTreeSet::new(),
+    )
+}
+
+fn read_dir_once(
+    objects: &mut Objects,
+    dir: &Path,
+    recursive: bool,
+    seen: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<(), InputError> {
+    if !seen.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+        return Ok(());
+    }
     let listing_error = |source| {
         InputError::Path(SourceError::Directory {
             dir: dir.display().to_string(),
@@ -212,7 +230,7 @@ fn read_dir(objects: &mut Objects, dir: &Path, recursive: bool) -> Result<(), In
         }
         subdirs.sort();
         for subdir in subdirs {
-            read_dir(objects, &subdir, true)?;
+            read_dir_once(objects, &subdir, true, seen)?;
         }
     }
     Ok(())
@@ -455,6 +473,21 @@ mod tests {
             error.contains("[possible values: text, wide, json, yaml]"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn recursion_reads_each_directory_once_through_links() {
+        let dir = tempfile::Builder::new().prefix("nfr").tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("a.yaml"), POD_A).unwrap();
+        // sub/up -> .. and sub/again -> sub: loops.
+        std::os::unix::fs::symlink(dir.path(), sub.join("up")).unwrap();
+        std::os::unix::fs::symlink(&sub, dir.path().join("again")).unwrap();
+        let mut read = Objects::default();
+        read_dir(&mut read, dir.path(), true).unwrap();
+        assert_eq!(read.objects.len(), 1);
+        assert!(read.errors.is_empty(), "{:?}", read.errors);
     }
 
     #[test]
