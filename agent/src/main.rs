@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
             .and_then(|runtime| runtime.block_on(netfence::enforcer::run(args))),
         Command::Compile(args) => netfence::cli::compile::compile(&args),
         Command::Explain(args) => netfence::cli::explain::run(&args),
+        Command::Policies(args) => netfence::cli::policies::run(&args),
         Command::Status(args) => netfence::cli::status::run(&args),
         Command::Uninstall(args) => netfence::cli::uninstall::run(&args),
         Command::CniInstall(args) => netfence::cni::command::run(&args),

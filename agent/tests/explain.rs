@@ -7,13 +7,26 @@
 //! `compile`'s.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod apiserver;
 #[path = "explain/audit.rs"]
 mod audit;
 mod common_state;
 #[path = "explain/exit_codes.rs"]
 mod exit_codes;
+#[path = "explain/files.rs"]
+mod files;
+#[path = "explain/formats.rs"]
+mod formats;
+#[path = "explain/live.rs"]
+mod live;
+#[path = "explain/policies.rs"]
+mod policies;
 #[path = "explain/service.rs"]
 mod service;
+#[path = "explain/whatif.rs"]
+mod whatif;
+#[path = "explain/why.rs"]
+mod why;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -18,6 +18,8 @@ mod matrix;
 mod service;
 #[cfg(test)]
 mod tests;
+pub mod whatif;
+pub mod why;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -29,7 +31,8 @@ use serde::Serialize;
 
 pub use self::matrix::{Matrix, matrix, matrix_with};
 pub use self::service::ServicePeer;
-use super::{ExplainArgs, ExplainProtocol, Family, Output, input};
+use super::output::Format;
+use super::{ExplainArgs, ExplainProtocol, Family, input};
 use crate::dataplane::sync::Mode;
 use crate::image::{DirectionVerdict, Image, Packet, canonical_addr};
 use crate::model::State;
@@ -194,6 +197,11 @@ pub struct Check {
     pub rule: Option<String>,
     /// The rule id (the RULE_HITS key and the `rule=` of flow-log lines).
     pub rule_id: Option<u32>,
+    /// When `denied` or `audited`: per isolating policy, per rule in this direction,
+    /// whether the peer or the port did not match. Absent otherwise, and for a
+    /// Service ClusterIP destination (its backends' rules decide).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub why: Vec<why::PolicyWhy>,
 }
 
 /// The verdict for one address pair.
@@ -263,6 +271,7 @@ fn check(image: &Image, local: IpAddr, verdict: DirectionVerdict, direction: u8)
         isolated_by,
         rule: rule_id.and_then(|id| rule_name(image, id)),
         rule_id,
+        why: Vec::new(),
     }
 }
 
@@ -364,6 +373,9 @@ pub fn explain_with(
                 let mut c = connection(&image, *src, *dst, probe.protocol, probe.port);
                 let protocol = protocol_number(probe.protocol, *dst);
                 c.service = service::peer(state, &image, &c, protocol, probe.reported_port());
+                if c.service.is_none() {
+                    explain_why(state, &mut c, protocol, probe.reported_port());
+                }
                 connections.push(c);
             }
         }
@@ -382,6 +394,23 @@ pub fn explain_with(
         mode: probe.mode,
         connections,
     })
+}
+
+/// Fills in `why` for each direction that denies (or audits what it would deny).
+fn explain_why(state: &State, c: &mut Connection, protocol: u8, port: u16) {
+    for (check, ingress) in [(&mut c.egress, false), (&mut c.ingress, true)] {
+        if matches!(check.verdict, "denied" | "audited") {
+            check.why = why::why(
+                state,
+                &check.isolated_by,
+                ingress,
+                c.src,
+                c.dst,
+                protocol,
+                port,
+            );
+        }
+    }
 }
 
 fn check_text(out: &mut String, what: &str, check: &Check, mode: Mode) {
@@ -420,10 +449,18 @@ fn check_text(out: &mut String, what: &str, check: &Check, mode: Mode) {
             ),
         },
     };
+    why::text(out, what, &check.why);
 }
 
 impl Explanation {
+    /// The text form.
     pub fn text(&self) -> String {
+        self.text_with(false)
+    }
+
+    /// The text form; `wide` adds each connection's identities (the IDENTITIES
+    /// values the checks see).
+    pub fn text_with(&self, wide: bool) -> String {
         let mut out = String::new();
         if self.mode == Mode::Audit {
             let _ = writeln!(
@@ -458,6 +495,13 @@ impl Explanation {
                 c.dst,
                 name(&c.ingress, c.dst)
             );
+            if wide {
+                let _ = writeln!(
+                    out,
+                    "  identities: source {}, destination {}",
+                    c.src_identity, c.dst_identity
+                );
+            }
             check_text(&mut out, "egress", &c.egress, self.mode);
             match &c.service {
                 Some(service) => service::text(&mut out, c, service, self.protocol, self.port),
@@ -484,7 +528,8 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         (None, ExplainProtocol::Icmp) => 0,
         (None, protocol) => return Err(ExplainError::PortRequired(protocol.as_str()).into()),
     };
-    let state = input::load(&args.manifests, args.keep_going)?;
+    let objects = input::load_objects(&args.input, args.keep_going)?;
+    let state = input::state_of(&objects);
     let image = crate::compile::compile(&state, None);
     let probe = Probe {
         protocol: args.protocol,
@@ -492,11 +537,24 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         family: args.family,
         mode: args.mode,
     };
+    if !args.with.is_empty() {
+        if !args.matrix {
+            anyhow::bail!("--with compares matrices: give --matrix");
+        }
+        let what_if = whatif::what_if(args, &objects, &state, &image, &probe)?;
+        match args.output.document(&what_if)? {
+            Some(document) => print!("{document}"),
+            None => print!("{}", what_if.text()),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.matrix {
         let matrix = matrix_with(&state, &image, &probe);
         match args.output {
-            Output::Json => println!("{}", serde_json::to_string(&matrix)?),
-            Output::Text => print!("{}", matrix.text()),
+            // The DESIGN.md contract: one line.
+            Format::Json => println!("{}", serde_json::to_string(&matrix)?),
+            Format::Yaml => print!("{}", serde_yaml_ng::to_string(&matrix)?),
+            Format::Text | Format::Wide => print!("{}", matrix.text()),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -504,9 +562,9 @@ fn answer(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("give --from and --to, or --matrix");
     };
     let explanation = explain_with(&state, &image, from, to, &probe)?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
-        Output::Text => print!("{}", explanation.text()),
+    match args.output.document(&explanation)? {
+        Some(document) => print!("{document}"),
+        None => print!("{}", explanation.text_with(args.output == Format::Wide)),
     }
     Ok(if explanation.allowed() {
         ExitCode::SUCCESS

@@ -4,6 +4,9 @@
 pub mod compile;
 pub mod explain;
 pub mod input;
+pub mod live;
+pub mod output;
+pub mod policies;
 pub mod status;
 pub mod uninstall;
 
@@ -87,6 +90,9 @@ pub enum Command {
     /// or print the allow/deny matrix of every pod pair (exit 0), computed through the
     /// compiled image.
     Explain(ExplainArgs),
+    /// Which NetworkPolicies select a pod, per direction, and which of its
+    /// container ports they open (exit 0; 2 on bad input or an unknown pod).
+    Policies(PoliciesArgs),
     /// Show what the pinned state enforces: attachments, map fill, counters, last
     /// sync, and whether the agent runs.
     Status(StatusArgs),
@@ -205,14 +211,15 @@ pub struct RunArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CompileArgs {
-    /// Directory of Kubernetes manifests.
-    #[arg(long)]
-    pub manifests: PathBuf,
+    /// `--manifests`, `-f`, `-R`.
+    #[command(flatten)]
+    pub input: input::InputArgs,
     /// Compile for this node only (default: every pod is local).
     #[arg(long)]
     pub node_name: Option<String>,
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// text, wide (with identities and ids), json or yaml (names, not numbers).
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Text)]
+    pub output: output::Format,
     /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
     /// stderr and compile the rest, instead of exiting 2.
     #[arg(long)]
@@ -221,9 +228,9 @@ pub struct CompileArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// Directory of Kubernetes manifests.
-    #[arg(long)]
-    pub manifests: PathBuf,
+    /// `--manifests`, `-f`, `-R`.
+    #[command(flatten)]
+    pub input: input::InputArgs,
     /// Source: NAMESPACE/POD or an IP address.
     #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
     pub from: Option<String>,
@@ -234,6 +241,11 @@ pub struct ExplainArgs {
     /// Print the allow/deny table of every pod pair instead.
     #[arg(long)]
     pub matrix: bool,
+    /// What-if: with --matrix, print only the pod pairs whose verdict changes when
+    /// the objects of FILE are added (an object of the same kind, namespace and name
+    /// replaces the one read). Repeatable; `-` for stdin, -R for directories, as -f.
+    #[arg(long, value_name = "FILE")]
+    pub with: Vec<PathBuf>,
     /// Destination port, 1-65535 (not needed for ICMP).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
@@ -247,10 +259,26 @@ pub struct ExplainArgs {
     /// matrix).
     #[arg(long, value_enum, default_value_t = crate::dataplane::sync::Mode::Enforce)]
     pub mode: crate::dataplane::sync::Mode,
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
+    /// text, wide (with identities and ids), json or yaml (names, not numbers).
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Text)]
+    pub output: output::Format,
     /// Report bad input (broken YAML, invalid objects, unknown fields, duplicates) on
     /// stderr and answer from the rest, instead of exiting 2.
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoliciesArgs {
+    /// The pod: NAMESPACE/POD.
+    #[arg(value_name = "NS/POD")]
+    pub pod: String,
+    /// `--manifests`, `-f`, `-R`.
+    #[command(flatten)]
+    pub input: input::InputArgs,
+    #[arg(short = 'o', long, value_enum, default_value_t = output::Format::Text)]
+    pub output: output::Format,
+    /// Report bad input on stderr and answer from the rest, instead of exiting 2.
     #[arg(long)]
     pub keep_going: bool,
 }

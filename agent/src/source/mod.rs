@@ -101,7 +101,7 @@ fn is_manifest_name(name: &str) -> bool {
 
 /// Builds the state from objects in key order, which gives pods, policies, services
 /// and endpoint slices sorted by (namespace, name).
-fn state_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> State {
+pub fn state_of<'a>(objects: impl IntoIterator<Item = &'a Object>) -> State {
     let mut state = State::default();
     for object in objects {
         match object {

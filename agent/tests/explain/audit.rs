@@ -51,6 +51,8 @@ fn mode_audit_audits_every_isolated_direction() {
             "TCP 198.18.1.3 (x/c) -> 198.18.1.1 (x/a) port 80: ALLOWED (audit: would be denied)",
             "  egress at x/c: not isolated (no policy selects it for egress): allowed",
             "  ingress at x/a: isolated by x/a-ingress; no rule allows it: passes (audit, --mode audit: would be denied by x/a-ingress)",
+            "    x/a-ingress ingress[0]: port not matched",
+            "    x/a-ingress ingress[1]: peer not matched",
         ]
     );
     let json = serde_json::to_value(&e).unwrap();
