@@ -120,6 +120,10 @@ pub struct UninstallArgs {
     /// /opt/cni/bin).
     #[arg(long, value_name = "DIR")]
     pub cni_bin_dir: Option<PathBuf>,
+    /// The agent's CNI socket (`run --cni-socket`): the pending-pods file and the
+    /// lease beside it are removed (and a stale socket file).
+    #[arg(long, value_name = "PATH", default_value = netfence_cni::spec::DEFAULT_SOCKET_PATH)]
+    pub cni_socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -15,6 +15,12 @@
 //! `--cni-conf-dir` the plugin's conflist entry is re-ensured ([`crate::cni::keep`]).
 //! The runtime's own record of ADDs (`--cni-cache-dir`, [`crate::cni::cache`]) is
 //! read with every interface reconcile, beside the pending set.
+//!
+//! Safe removal ([`crate::cni::removal`]): the agent renews its lease beside the
+//! socket every few seconds while it runs; on SIGTERM ([`Enforcer::cni_stop`]) it
+//! asks whether netfence is being uninstalled (its DaemonSet or namespace deleted):
+//! then the conflist entry goes and the lease expires; otherwise the lease runs on
+//! for the next agent.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -30,6 +36,7 @@ use crate::cli::RunArgs;
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
 use crate::cni::pending::{NetnsView, look_at_netns, programmed};
+use crate::cni::removal::{self, LeaseWriter, Stop};
 use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
 use crate::dataplane::owners::Owner;
@@ -49,6 +56,10 @@ pub(super) struct CniEndpoints {
     pub(super) cache_dir: PathBuf,
     /// Listing `cache_dir` failed last time (warned once).
     pub(super) cache_failing: bool,
+    /// The lease beside the socket (none without a socket), and whether its last
+    /// write failed (warned once).
+    lease: Option<LeaseWriter>,
+    lease_failing: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +115,11 @@ impl CniEndpoints {
                 ),
             }
             cni.file = Some(file);
+            cni.lease = Some(LeaseWriter::new(
+                Path::new(&args.cni_socket),
+                args.cni.removal.lease_seconds,
+            ));
+            cni.renew_lease();
         }
         if let Some(dir) = &args.cni.conf_dir {
             if args.cni_socket.is_empty() {
@@ -121,6 +137,24 @@ impl CniEndpoints {
             }
         }
         cni
+    }
+}
+
+impl CniEndpoints {
+    /// Renews the lease (at most every few seconds); a failure is warned once.
+    fn renew_lease(&mut self) {
+        let Some(lease) = &mut self.lease else { return };
+        match lease.renew() {
+            Ok(()) => self.lease_failing = false,
+            Err(error) if !self.lease_failing => {
+                self.lease_failing = true;
+                tracing::warn!(
+                    path = %lease.path().display(),
+                    "cni: writing the lease (without it netfence-cni fails closed only until the last lease written expires): {error}"
+                );
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -333,6 +367,7 @@ impl Enforcer {
     /// Every tick: forgets pending pods whose network namespace is gone (a missed
     /// DEL), recompiling if ready; re-ensures the conflist entry (`--cni-conf-dir`).
     pub(super) fn cni_tick(&mut self, ready: bool) {
+        self.cni.renew_lease();
         if let Some(keeper) = &mut self.cni.keeper {
             let check = keeper.check();
             log_check(keeper.dir(), check, false);
@@ -353,6 +388,72 @@ impl Enforcer {
         if !gone.is_empty() && ready {
             self.recompile("cni");
         }
+    }
+
+    /// On SIGTERM/SIGINT: asks whether netfence is being uninstalled (`--daemonset`).
+    /// An uninstall takes netfence-cni out of every conflist in `--cni-conf-dir`
+    /// (first: no runtime may wait for an agent that is going), expires the lease
+    /// and forgets the pending pods; the caller then removes the pinned state. A
+    /// restart (or an unknown reason) leaves the entry and runs the lease on. Returns
+    /// why it is an uninstall.
+    pub(super) async fn cni_stop(&mut self, args: &RunArgs) -> Option<String> {
+        use netfence_cni::lease::LeaseState;
+        let stop = match &args.cni.removal.daemonset {
+            None => Stop::Unknown("no --daemonset to ask about".to_owned()),
+            Some(daemonset) => {
+                let connection = match (&args.cni.removal.daemonset_kubeconfig, &args.kubeconfig) {
+                    (Some(path), _) | (None, Some(path)) => {
+                        crate::source::kube::Connection::Kubeconfig(path.clone())
+                    }
+                    (None, None) => crate::source::kube::Connection::InCluster,
+                };
+                removal::ask(daemonset, &connection).await
+            }
+        };
+        let lease_seconds = args.cni.removal.lease_seconds;
+        let (state, uninstall) = match stop {
+            Stop::Uninstall(why) => {
+                tracing::warn!("netfence is being uninstalled from this node: {why}");
+                if let Some(dir) = &args.cni.conf_dir {
+                    self.cni.keeper = None;
+                    match crate::cni::install::remove_from_conflists(dir) {
+                        Ok(files) if files.is_empty() => {
+                            tracing::info!(dir = %dir.display(), "netfence-cni: in no conflist");
+                        }
+                        Ok(files) => {
+                            for file in files {
+                                tracing::info!(file = %file.display(), "netfence-cni removed from {}", file.display());
+                            }
+                        }
+                        Err(error) => tracing::error!(
+                            "netfence-cni: removing the entry: {error} (new pods pass once the lease written now has expired)"
+                        ),
+                    }
+                }
+                if let Some(file) = &self.cni.file {
+                    let _ = std::fs::remove_file(file);
+                }
+                (LeaseState::Uninstalled, Some(why))
+            }
+            Stop::Restart(why) => {
+                tracing::info!(
+                    "restart, not an uninstall ({why}): netfence-cni stays chained; new pods wait for the next agent for up to {lease_seconds} s"
+                );
+                (LeaseState::Restarting, None)
+            }
+            Stop::Unknown(why) => {
+                tracing::info!(
+                    "stopping without knowing whether netfence is being uninstalled ({why}): netfence-cni stays chained; new pods wait for an agent for up to {lease_seconds} s, then start with a warning"
+                );
+                (LeaseState::Stopped, None)
+            }
+        };
+        if let Some(lease) = &mut self.cni.lease
+            && let Err(error) = lease.write(state)
+        {
+            tracing::error!(path = %lease.path().display(), "cni: writing the lease: {error}");
+        }
+        uninstall
     }
 
     fn cni_programmed(&self, ips: &[IpAddr]) -> Result<Enforcement, String> {
