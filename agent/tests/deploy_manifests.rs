@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use netfence::cli::{Cli, Command};
 use netfence::source::kube::{VERBS, WATCHED};
 use serde::de::DeserializeOwned;
@@ -89,6 +89,8 @@ fn every_manifest_decodes_into_its_kubernetes_type() {
             "ServiceAccount" => drop(typed::<ServiceAccount>(&file, &value)),
             "ClusterRole" => drop(typed::<ClusterRole>(&file, &value)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&file, &value)),
+            "Role" => drop(typed::<Role>(&file, &value)),
+            "RoleBinding" => drop(typed::<RoleBinding>(&file, &value)),
             "DaemonSet" => drop(typed::<DaemonSet>(&file, &value)),
             "Deployment" => drop(typed::<Deployment>(&file, &value)),
             "Service" => drop(typed::<Service>(&file, &value)),
@@ -383,4 +385,64 @@ fn example_workloads_follow_restricted_container_practices() {
             );
         }
     }
+}
+
+#[test]
+fn the_agent_may_get_exactly_its_own_daemonset_for_safe_removal() {
+    let (_, container) = agent_daemonset();
+    let run = parsed_run(&container);
+    let daemonset = run
+        .cni
+        .removal
+        .daemonset
+        .clone()
+        .expect("--daemonset is set: an uninstall is told from a restart");
+    let sets = objects::<DaemonSet>("DaemonSet");
+    let meta = &sets[0].1.metadata;
+    assert_eq!(
+        (Some(&daemonset.namespace), Some(&daemonset.name)),
+        (meta.namespace.as_ref(), meta.name.as_ref()),
+        "--daemonset names this DaemonSet"
+    );
+    assert_eq!(run.cni.removal.lease_seconds, 300);
+    let roles = objects::<Role>("Role");
+    assert_eq!(roles.len(), 1);
+    let role = &roles[0].1;
+    assert_eq!(role.metadata.namespace.as_ref(), Some(&daemonset.namespace));
+    let rules = role.rules.clone().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["apps".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["daemonsets".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&[daemonset.name.clone()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get"]);
+    let bindings = objects::<RoleBinding>("RoleBinding");
+    assert_eq!(bindings.len(), 1);
+    let binding = &bindings[0].1;
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects = binding.subjects.clone().unwrap();
+    let accounts = objects::<ServiceAccount>("ServiceAccount");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (Some(&subjects[0].name), subjects[0].namespace.as_ref()),
+        (
+            accounts[0].1.metadata.name.as_ref(),
+            accounts[0].1.metadata.namespace.as_ref()
+        )
+    );
+    // The namespace it also reads is granted by the ClusterRole (get namespaces).
+    let cluster = objects::<ClusterRole>("ClusterRole");
+    assert!(cluster[0].1.rules.iter().flatten().any(|r| {
+        r.resources.iter().flatten().any(|x| x == "namespaces")
+            && r.verbs.iter().any(|v| v == "get")
+    }));
 }
