@@ -108,6 +108,8 @@ struct Enforcer {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Capabilities and bpf(2) first: a clear error instead of an EPERM from the loader.
+    crate::runtime::check().map_err(anyhow::Error::msg)?;
     // Flannel's bridge unless told otherwise.
     let bridge = args.bridge.clone().or_else(|| {
         args.interfaces
