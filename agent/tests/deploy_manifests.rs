@@ -446,3 +446,106 @@ fn the_agent_may_get_exactly_its_own_daemonset_for_safe_removal() {
             && r.verbs.iter().any(|v| v == "get")
     }));
 }
+
+/// The Localhost seccomp profile deploy/seccomp ships: the runtime default as it
+/// applies to the agent's capabilities, plus bpf(2) and perf_event_open(2).
+#[test]
+fn the_seccomp_profile_allows_bpf_and_perf_event_open_and_the_overlay_uses_it() {
+    let dir = deploy_dir().join("seccomp");
+    let profile: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("netfence.json")).unwrap()).unwrap();
+    assert_eq!(
+        profile["defaultAction"], "SCMP_ACT_ERRNO",
+        "deny by default"
+    );
+    let architectures = profile["architectures"].as_array().unwrap();
+    for arch in ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"] {
+        assert!(architectures.iter().any(|a| a == arch), "{arch}");
+    }
+    let rules = profile["syscalls"].as_array().unwrap();
+    // Portable between the OCI format (containerd) and containers/common's (CRI-O):
+    // names, action, args and errnoRet only, no capability or arch conditions.
+    for rule in rules {
+        for key in rule.as_object().unwrap().keys() {
+            assert!(
+                ["names", "action", "args", "errnoRet"].contains(&key.as_str()),
+                "{key} in {rule}"
+            );
+        }
+    }
+    let allows = |name: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ALLOW"
+                && r.get("args").is_none()
+                && r["names"].as_array().unwrap().iter().any(|n| n == name)
+        })
+    };
+    let denies = |name: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ERRNO"
+                && r["names"].as_array().unwrap().iter().any(|n| n == name)
+        })
+    };
+    for name in ["bpf", "perf_event_open", "read", "sendmsg", "mount_setattr"] {
+        assert!(!denies(name), "{name} denied");
+    }
+    for name in [
+        "bpf",
+        "perf_event_open",
+        "read",
+        "openat",
+        "socket",
+        "setns",
+    ] {
+        assert!(allows(name) || name == "socket", "{name} not allowed");
+    }
+    // Still denied as by the runtime default without CAP_SYS_ADMIN and the others.
+    for name in [
+        "init_module",
+        "kexec_load",
+        "open_by_handle_at",
+        "chroot",
+        "sethostname",
+    ] {
+        assert!(denies(name), "{name} not denied");
+        assert!(!allows(name), "{name} allowed");
+    }
+
+    // The overlay: the base with the agent container's profile replaced.
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let overlay: Value =
+        serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap())
+            .unwrap();
+    assert_eq!(overlay["resources"], serde_json::json!(["../"]));
+    let patch = &overlay["patches"][0];
+    assert_eq!(patch["target"]["kind"], "DaemonSet");
+    let sets = objects::<DaemonSet>("DaemonSet");
+    assert_eq!(
+        Some(patch["target"]["name"].as_str().unwrap()),
+        sets[0].1.metadata.name.as_deref()
+    );
+    let ops: Value = serde_json::to_value(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(patch["patch"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let op = &ops[0];
+    assert_eq!(op["op"], "replace");
+    let mut daemonset = serde_json::to_value(&sets[0].1).unwrap();
+    let target = daemonset
+        .pointer_mut(op["path"].as_str().unwrap())
+        .expect("the patched path exists in the base");
+    assert_eq!(*target, serde_json::json!({"type": "RuntimeDefault"}));
+    *target = op["value"].clone();
+    let patched: DaemonSet = serde_json::from_value(daemonset).unwrap();
+    let container = &patched.spec.unwrap().template.spec.unwrap().containers[0];
+    let profile = container
+        .security_context
+        .clone()
+        .unwrap()
+        .seccomp_profile
+        .unwrap();
+    assert_eq!(
+        (profile.type_.as_str(), profile.localhost_profile.as_deref()),
+        ("Localhost", Some("netfence.json"))
+    );
+}
