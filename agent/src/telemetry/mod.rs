@@ -1,8 +1,10 @@
 //! The agent's HTTP telemetry endpoint (hyper, HTTP/1.1, plain text): `/healthz`
 //! (liveness: the run loop is turning), `/readyz` (readiness: enforcing a state
 //! built from complete lists) and `/metrics` (Prometheus, see [`metrics`]). Routing is
-//! one `match` in [`route`].
+//! one `match` in [`route`]. [`eventlog`] limits the verdict events in the agent's
+//! own log.
 
+pub mod eventlog;
 mod health;
 pub mod metrics;
 
