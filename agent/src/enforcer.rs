@@ -168,7 +168,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let event_reader = tokio::spawn(events::read(ring, names_rx, flows));
+    let limiter = crate::telemetry::eventlog::EventLimiter::new(args.event_log_lines);
+    let event_reader = tokio::spawn(events::read(ring, names_rx, flows, limiter));
 
     let feed::Opened {
         source,
