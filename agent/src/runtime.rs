@@ -157,6 +157,11 @@ pub fn probe_bpf() -> Result<(), i32> {
 /// The check `netfence run` makes first: capabilities, then the probe.
 pub fn check() -> Result<(), String> {
     let status = ProcStatus::read()?;
+    tracing::info!(
+        cap_eff = %format!("{:016x}", status.cap_eff),
+        seccomp = status.seccomp.map_or(-1, i32::from),
+        "runtime: effective capabilities and seccomp mode (/proc/self/status)"
+    );
     if let Some(error) = missing_error(&status) {
         return Err(error);
     }
