@@ -549,3 +549,23 @@ fn the_seccomp_profile_allows_bpf_and_perf_event_open_and_the_overlay_uses_it() 
         ("Localhost", Some("netfence.json"))
     );
 }
+
+/// No environment variable in deploy/ overrides a flag (RUST_LOG would win over
+/// --log-level), and the agent logs JSON.
+#[test]
+fn the_daemonset_sets_no_env_that_overrides_flags_and_logs_json() {
+    let (spec, container) = agent_daemonset();
+    for c in spec.init_containers.iter().flatten().chain([&container]) {
+        let names: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        for name in &names {
+            assert_eq!(*name, "NODE_NAME", "{}: env {name}", c.name);
+        }
+        assert!(c.env_from.is_none(), "{}: envFrom", c.name);
+    }
+    let mut argv = vec!["netfence".to_owned()];
+    argv.extend(container.args.clone().unwrap());
+    argv.extend(["--node-name".to_owned(), "n".to_owned()]);
+    let cli = Cli::try_parse_from(&argv).unwrap();
+    assert_eq!(cli.log_format, netfence::cli::LogFormat::Json);
+    assert_eq!(cli.log_level, netfence::cli::LogLevel::Info);
+}
