@@ -243,6 +243,20 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
         (Some("drop"), Some("policy_deny")),
         "{first_ip}"
     );
+    // Named from the CNI request (the state does not have the pod yet), and why.
+    assert_eq!(
+        (
+            first_ip["src"]["namespace"].as_str(),
+            first_ip["src"]["pod"].as_str(),
+            first_ip["why"].as_str()
+        ),
+        (
+            Some("x"),
+            Some("new"),
+            Some("pod not yet programmed: deny until ready")
+        ),
+        "{first_ip}"
+    );
     assert!(
         !tcp_connects(&new.netns, &srv.netns, srv.ip4(), 80).unwrap(),
         "new → srv:80 before its policy"
@@ -292,6 +306,14 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
     assert!(
         !tcp_connects(&new.netns, &srv.netns, srv.ip4(), 81).unwrap(),
         "new → srv:81 is not allowed"
+    );
+    // Programmed now: a plain policy drop, isolated by its policy, no "why".
+    let by_policy = flow_line(&flows, |l| l["verdict"] == "drop" && l["dst"]["port"] == 81);
+    assert!(by_policy.get("why").is_none(), "{by_policy}");
+    assert_eq!(
+        by_policy["isolated_by"],
+        json!(["x/new-to-srv"]),
+        "{by_policy}"
     );
     assert!(
         tcp_connects(&peer.netns, &new.netns, new.ip4(), 8080).unwrap(),
