@@ -94,14 +94,27 @@ pub enum Stop {
 }
 
 /// Decides from the GET of the DaemonSet and (asked only when that did not decide)
-/// of its namespace.
-pub fn decide(daemonset: &DaemonSetRef, found: &Lookup, namespace: Option<&Lookup>) -> Stop {
+/// of its namespace. `readable_at_start`: the agent could read its DaemonSet when it
+/// started; only then is a refusal now (401/403) access revoked by an uninstall, and
+/// not RBAC that never granted it (which would take every restart for an uninstall).
+pub fn decide(
+    daemonset: &DaemonSetRef,
+    found: &Lookup,
+    namespace: Option<&Lookup>,
+    readable_at_start: bool,
+) -> Stop {
     let ds = format!("DaemonSet {daemonset}");
     let ns = format!("namespace {}", daemonset.namespace);
     let denied = |what: &str, code: u16| {
-        Stop::Uninstall(format!(
-            "reading {what} is refused ({code}): the agent's ServiceAccount or its RBAC binding was deleted, as an uninstall does"
-        ))
+        if readable_at_start {
+            Stop::Uninstall(format!(
+                "reading {what} is refused ({code}): the agent's ServiceAccount or its RBAC binding was deleted, as an uninstall does"
+            ))
+        } else {
+            Stop::Unknown(format!(
+                "reading {what} is refused ({code}), and the DaemonSet was not readable at start either: grant get on it (deploy/rbac.yaml, Role netfence-removal)"
+            ))
+        }
     };
     match found {
         Lookup::NotFound => return Stop::Uninstall(format!("{ds} is deleted")),
@@ -143,8 +156,33 @@ where
     }
 }
 
+/// The GET of the DaemonSet alone (at most [`ASK_TIMEOUT`]): at start, whether the
+/// agent may read it.
+pub async fn lookup_daemonset(
+    daemonset: &DaemonSetRef,
+    connection: &crate::source::kube::Connection,
+) -> Lookup {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let asked = async {
+        let client = crate::source::kube::client(connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sets = kube::Api::<DaemonSet>::namespaced(client, &daemonset.namespace);
+        Ok::<_, String>(lookup(sets.get_opt(&daemonset.name).await))
+    };
+    match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(error)) => Lookup::Failed(format!("no API client: {error}")),
+        Err(_) => Lookup::Failed(format!("no answer within {} s", ASK_TIMEOUT.as_secs())),
+    }
+}
+
 /// Asks the API server through `connection` (at most [`ASK_TIMEOUT`] in all).
-pub async fn ask(daemonset: &DaemonSetRef, connection: &crate::source::kube::Connection) -> Stop {
+pub async fn ask(
+    daemonset: &DaemonSetRef,
+    connection: &crate::source::kube::Connection,
+    readable_at_start: bool,
+) -> Stop {
     use k8s_openapi::api::apps::v1::DaemonSet;
     use k8s_openapi::api::core::v1::Namespace;
     let asked = async {
@@ -159,7 +197,12 @@ pub async fn ask(daemonset: &DaemonSetRef, connection: &crate::source::kube::Con
         } else {
             None
         };
-        Ok::<_, String>(decide(daemonset, &found, namespace.as_ref()))
+        Ok::<_, String>(decide(
+            daemonset,
+            &found,
+            namespace.as_ref(),
+            readable_at_start,
+        ))
     };
     match tokio::time::timeout(ASK_TIMEOUT, asked).await {
         Ok(Ok(stop)) => stop,
@@ -308,11 +351,21 @@ mod tests {
         ];
         for (found, namespace, want) in table {
             assert_eq!(
-                decide(&ds(), &found, namespace.as_ref()),
+                decide(&ds(), &found, namespace.as_ref(), true),
                 want,
                 "{found:?} {namespace:?}"
             );
         }
+        // Refused now and at start: RBAC that never granted it, not an uninstall.
+        assert_eq!(
+            decide(&ds(), &Lookup::Denied(403), None, false),
+            Stop::Unknown("reading DaemonSet netfence-system/netfence is refused (403), and the DaemonSet was not readable at start either: grant get on it (deploy/rbac.yaml, Role netfence-removal)".to_owned())
+        );
+        assert_eq!(
+            decide(&ds(), &Lookup::NotFound, None, false),
+            Stop::Uninstall("DaemonSet netfence-system/netfence is deleted".to_owned()),
+            "a deleted DaemonSet is an uninstall whatever the start saw"
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ use crate::cli::RunArgs;
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
 use crate::cni::pending::{NetnsView, look_at_netns, programmed};
-use crate::cni::removal::{self, LeaseWriter, Stop};
+use std::sync::{Arc, Mutex};
+
+use crate::cni::removal::{self, LeaseWriter, Lookup, Stop};
 use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
 use crate::dataplane::owners::Owner;
@@ -60,6 +62,20 @@ pub(super) struct CniEndpoints {
     /// write failed (warned once).
     lease: Option<LeaseWriter>,
     lease_failing: bool,
+    /// With `--daemonset`: what the GET of the DaemonSet found at start (filled by a
+    /// task), so that a refusal at SIGTERM counts as revoked access only if it was
+    /// readable before.
+    daemonset_at_start: Option<Arc<Mutex<Option<Lookup>>>>,
+}
+
+/// The API connection `--daemonset` is asked through.
+fn removal_connection(args: &RunArgs) -> crate::source::kube::Connection {
+    match (&args.cni.removal.daemonset_kubeconfig, &args.kubeconfig) {
+        (Some(path), _) | (None, Some(path)) => {
+            crate::source::kube::Connection::Kubeconfig(path.clone())
+        }
+        (None, None) => crate::source::kube::Connection::InCluster,
+    }
 }
 
 #[derive(Debug)]
@@ -120,6 +136,31 @@ impl CniEndpoints {
                 args.cni.removal.lease_seconds,
             ));
             cni.renew_lease();
+        }
+        if let Some(daemonset) = args.cni.removal.daemonset.clone() {
+            let slot: Arc<Mutex<Option<Lookup>>> = Arc::default();
+            cni.daemonset_at_start = Some(slot.clone());
+            let connection = removal_connection(args);
+            tokio::spawn(async move {
+                let found = removal::lookup_daemonset(&daemonset, &connection).await;
+                match &found {
+                    Lookup::Found { .. } => tracing::info!(
+                        "safe removal: DaemonSet {daemonset} is readable (on SIGTERM it tells an uninstall from a restart)"
+                    ),
+                    Lookup::Denied(code) => tracing::error!(
+                        "safe removal: reading DaemonSet {daemonset} is refused ({code}): grant get on it (deploy/rbac.yaml, Role netfence-removal); until then a stop is taken for a restart and netfence-cni is left to the lease"
+                    ),
+                    Lookup::NotFound => tracing::warn!(
+                        "safe removal: DaemonSet {daemonset} does not exist: --daemonset must name the DaemonSet this agent runs in (a stop now is taken for an uninstall)"
+                    ),
+                    Lookup::Failed(error) => tracing::warn!(
+                        "safe removal: reading DaemonSet {daemonset} at start: {error}"
+                    ),
+                }
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(found);
+                }
+            });
         }
         if let Some(dir) = &args.cni.conf_dir {
             if args.cni_socket.is_empty() {
@@ -401,13 +442,11 @@ impl Enforcer {
         let stop = match &args.cni.removal.daemonset {
             None => Stop::Unknown("no --daemonset to ask about".to_owned()),
             Some(daemonset) => {
-                let connection = match (&args.cni.removal.daemonset_kubeconfig, &args.kubeconfig) {
-                    (Some(path), _) | (None, Some(path)) => {
-                        crate::source::kube::Connection::Kubeconfig(path.clone())
-                    }
-                    (None, None) => crate::source::kube::Connection::InCluster,
-                };
-                removal::ask(daemonset, &connection).await
+                let readable_at_start = self.cni.daemonset_at_start.as_ref().is_some_and(|slot| {
+                    slot.lock()
+                        .is_ok_and(|found| matches!(*found, Some(Lookup::Found { .. })))
+                });
+                removal::ask(daemonset, &removal_connection(args), readable_at_start).await
             }
         };
         let lease_seconds = args.cni.removal.lease_seconds;

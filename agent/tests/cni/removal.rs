@@ -317,7 +317,12 @@ fn a_restart_keeps_the_plugin_chained_new_pods_wait_and_the_next_agent_programs_
     bed.chain_plugin(&plugin_entry(&socket, true), &plugins)
         .unwrap();
 
-    // A rollout: SIGTERM while the DaemonSet exists.
+    // A rollout: SIGTERM while the DaemonSet exists (and was readable at start, so a
+    // refusal would have meant revoked access).
+    let mut agent = agent;
+    agent
+        .wait_for_line(&["safe removal: DaemonSet netfence-system/netfence is readable"])
+        .unwrap();
     assert!(agent.stop().unwrap().success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
