@@ -22,11 +22,14 @@
 //!    runtime's log; a restart within the lease leaves no new pod unprotected.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netfence_cni::lease::{self, LEASE_VERSION, Lease, LeaseState};
 
 use super::install::write_atomically;
+use crate::cli::RunArgs;
+use crate::source::kube::Connection;
 
 /// How long a stopping agent waits for the API server's answers in all (the
 /// DaemonSet's termination grace period is 10 s).
@@ -158,10 +161,7 @@ where
 
 /// The GET of the DaemonSet alone (at most [`ASK_TIMEOUT`]): at start, whether the
 /// agent may read it.
-pub async fn lookup_daemonset(
-    daemonset: &DaemonSetRef,
-    connection: &crate::source::kube::Connection,
-) -> Lookup {
+pub async fn lookup_daemonset(daemonset: &DaemonSetRef, connection: &Connection) -> Lookup {
     use k8s_openapi::api::apps::v1::DaemonSet;
     let asked = async {
         let client = crate::source::kube::client(connection)
@@ -180,7 +180,7 @@ pub async fn lookup_daemonset(
 /// Asks the API server through `connection` (at most [`ASK_TIMEOUT`] in all).
 pub async fn ask(
     daemonset: &DaemonSetRef,
-    connection: &crate::source::kube::Connection,
+    connection: &Connection,
     readable_at_start: bool,
 ) -> Stop {
     use k8s_openapi::api::apps::v1::DaemonSet;
@@ -212,6 +212,117 @@ pub async fn ask(
             ASK_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// What the GET of the DaemonSet found at start, filled in by a task.
+pub type StartRead = Arc<Mutex<Option<Lookup>>>;
+
+/// The API connection `--daemonset` is asked through: `--daemonset-kubeconfig`, else
+/// `--kubeconfig`, else the in-cluster service account.
+pub fn connection(args: &RunArgs) -> Connection {
+    match (&args.cni.removal.daemonset_kubeconfig, &args.kubeconfig) {
+        (Some(path), _) | (None, Some(path)) => Connection::Kubeconfig(path.clone()),
+        (None, None) => Connection::InCluster,
+    }
+}
+
+/// With `--daemonset`: reads the DaemonSet once in a task (the run loop does not
+/// wait) and logs whether the agent may read it. Must run inside a tokio runtime.
+pub fn read_at_start(args: &RunArgs) -> Option<StartRead> {
+    let daemonset = args.cni.removal.daemonset.clone()?;
+    let slot: StartRead = Arc::default();
+    let filled = slot.clone();
+    let connection = connection(args);
+    tokio::spawn(async move {
+        let found = lookup_daemonset(&daemonset, &connection).await;
+        match &found {
+            Lookup::Found { .. } => tracing::info!(
+                "safe removal: DaemonSet {daemonset} is readable (on SIGTERM it tells an uninstall from a restart)"
+            ),
+            Lookup::Denied(code) => tracing::error!(
+                "safe removal: reading DaemonSet {daemonset} is refused ({code}): grant get on it (deploy/rbac.yaml, Role netfence-removal); until then a stop is taken for a restart and netfence-cni is left to the lease"
+            ),
+            Lookup::NotFound => tracing::warn!(
+                "safe removal: DaemonSet {daemonset} does not exist: --daemonset must name the DaemonSet this agent runs in (a stop now is taken for an uninstall)"
+            ),
+            Lookup::Failed(error) => {
+                tracing::warn!("safe removal: reading DaemonSet {daemonset} at start: {error}")
+            }
+        }
+        if let Ok(mut slot) = filled.lock() {
+            *slot = Some(found);
+        }
+    });
+    Some(slot)
+}
+
+/// True when the read at start found the DaemonSet.
+pub fn readable_at_start(read: Option<&StartRead>) -> bool {
+    read.is_some_and(|slot| {
+        slot.lock()
+            .is_ok_and(|found| matches!(*found, Some(Lookup::Found { .. })))
+    })
+}
+
+/// On SIGTERM/SIGINT: asks whether netfence is being uninstalled (`--daemonset`).
+/// An uninstall takes netfence-cni out of every conflist in `--cni-conf-dir`
+/// (first: no runtime may wait for an agent that is going), expires the lease and
+/// removes the pending pods' file; the caller then removes the pinned state. A
+/// restart (or an unknown reason) leaves the entry and runs the lease on. Returns
+/// why it is an uninstall.
+pub async fn on_stop(
+    args: &RunArgs,
+    lease: Option<&mut LeaseWriter>,
+    pending_file: Option<&Path>,
+    readable_at_start: bool,
+) -> Option<String> {
+    let stop = match &args.cni.removal.daemonset {
+        None => Stop::Unknown("no --daemonset to ask about".to_owned()),
+        Some(daemonset) => ask(daemonset, &connection(args), readable_at_start).await,
+    };
+    let lease_seconds = args.cni.removal.lease_seconds;
+    let (state, uninstall) = match stop {
+        Stop::Uninstall(why) => {
+            tracing::warn!("netfence is being uninstalled from this node: {why}");
+            if let Some(dir) = &args.cni.conf_dir {
+                match super::install::remove_from_conflists(dir) {
+                    Ok(files) if files.is_empty() => {
+                        tracing::info!(dir = %dir.display(), "netfence-cni: in no conflist");
+                    }
+                    Ok(files) => {
+                        for file in files {
+                            tracing::info!(file = %file.display(), "netfence-cni removed from {}", file.display());
+                        }
+                    }
+                    Err(error) => tracing::error!(
+                        "netfence-cni: removing the entry: {error} (new pods pass once the lease written now has expired)"
+                    ),
+                }
+            }
+            if let Some(file) = pending_file {
+                let _ = std::fs::remove_file(file);
+            }
+            (LeaseState::Uninstalled, Some(why))
+        }
+        Stop::Restart(why) => {
+            tracing::info!(
+                "restart, not an uninstall ({why}): netfence-cni stays chained; new pods wait for the next agent for up to {lease_seconds} s"
+            );
+            (LeaseState::Restarting, None)
+        }
+        Stop::Unknown(why) => {
+            tracing::info!(
+                "stopping without knowing whether netfence is being uninstalled ({why}): netfence-cni stays chained; new pods wait for an agent for up to {lease_seconds} s, then start with a warning"
+            );
+            (LeaseState::Stopped, None)
+        }
+    };
+    if let Some(lease) = lease
+        && let Err(error) = lease.write(state)
+    {
+        tracing::error!(path = %lease.path().display(), "cni: writing the lease: {error}");
+    }
+    uninstall
 }
 
 /// The agent's side of the lease file.

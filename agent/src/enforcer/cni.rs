@@ -36,9 +36,7 @@ use crate::cli::RunArgs;
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
 use crate::cni::pending::{NetnsView, look_at_netns, programmed};
-use std::sync::{Arc, Mutex};
-
-use crate::cni::removal::{self, LeaseWriter, Lookup, Stop};
+use crate::cni::removal::{self, LeaseWriter, StartRead};
 use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
 use crate::dataplane::owners::Owner;
@@ -65,17 +63,7 @@ pub(super) struct CniEndpoints {
     /// With `--daemonset`: what the GET of the DaemonSet found at start (filled by a
     /// task), so that a refusal at SIGTERM counts as revoked access only if it was
     /// readable before.
-    daemonset_at_start: Option<Arc<Mutex<Option<Lookup>>>>,
-}
-
-/// The API connection `--daemonset` is asked through.
-fn removal_connection(args: &RunArgs) -> crate::source::kube::Connection {
-    match (&args.cni.removal.daemonset_kubeconfig, &args.kubeconfig) {
-        (Some(path), _) | (None, Some(path)) => {
-            crate::source::kube::Connection::Kubeconfig(path.clone())
-        }
-        (None, None) => crate::source::kube::Connection::InCluster,
-    }
+    daemonset_at_start: Option<StartRead>,
 }
 
 #[derive(Debug)]
@@ -137,31 +125,7 @@ impl CniEndpoints {
             ));
             cni.renew_lease();
         }
-        if let Some(daemonset) = args.cni.removal.daemonset.clone() {
-            let slot: Arc<Mutex<Option<Lookup>>> = Arc::default();
-            cni.daemonset_at_start = Some(slot.clone());
-            let connection = removal_connection(args);
-            tokio::spawn(async move {
-                let found = removal::lookup_daemonset(&daemonset, &connection).await;
-                match &found {
-                    Lookup::Found { .. } => tracing::info!(
-                        "safe removal: DaemonSet {daemonset} is readable (on SIGTERM it tells an uninstall from a restart)"
-                    ),
-                    Lookup::Denied(code) => tracing::error!(
-                        "safe removal: reading DaemonSet {daemonset} is refused ({code}): grant get on it (deploy/rbac.yaml, Role netfence-removal); until then a stop is taken for a restart and netfence-cni is left to the lease"
-                    ),
-                    Lookup::NotFound => tracing::warn!(
-                        "safe removal: DaemonSet {daemonset} does not exist: --daemonset must name the DaemonSet this agent runs in (a stop now is taken for an uninstall)"
-                    ),
-                    Lookup::Failed(error) => tracing::warn!(
-                        "safe removal: reading DaemonSet {daemonset} at start: {error}"
-                    ),
-                }
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(found);
-                }
-            });
-        }
+        cni.daemonset_at_start = removal::read_at_start(args);
         if let Some(dir) = &args.cni.conf_dir {
             if args.cni_socket.is_empty() {
                 tracing::error!(dir = %dir.display(), "--cni-conf-dir without a CNI socket (--cni-socket ''): the conflist is left alone");
@@ -431,68 +395,19 @@ impl Enforcer {
         }
     }
 
-    /// On SIGTERM/SIGINT: asks whether netfence is being uninstalled (`--daemonset`).
-    /// An uninstall takes netfence-cni out of every conflist in `--cni-conf-dir`
-    /// (first: no runtime may wait for an agent that is going), expires the lease
-    /// and forgets the pending pods; the caller then removes the pinned state. A
-    /// restart (or an unknown reason) leaves the entry and runs the lease on. Returns
-    /// why it is an uninstall.
+    /// On SIGTERM/SIGINT: [`removal::on_stop`] (uninstall or restart?). Returns why
+    /// it is an uninstall; the caller then removes the pinned state.
     pub(super) async fn cni_stop(&mut self, args: &RunArgs) -> Option<String> {
-        use netfence_cni::lease::LeaseState;
-        let stop = match &args.cni.removal.daemonset {
-            None => Stop::Unknown("no --daemonset to ask about".to_owned()),
-            Some(daemonset) => {
-                let readable_at_start = self.cni.daemonset_at_start.as_ref().is_some_and(|slot| {
-                    slot.lock()
-                        .is_ok_and(|found| matches!(*found, Some(Lookup::Found { .. })))
-                });
-                removal::ask(daemonset, &removal_connection(args), readable_at_start).await
-            }
-        };
-        let lease_seconds = args.cni.removal.lease_seconds;
-        let (state, uninstall) = match stop {
-            Stop::Uninstall(why) => {
-                tracing::warn!("netfence is being uninstalled from this node: {why}");
-                if let Some(dir) = &args.cni.conf_dir {
-                    self.cni.keeper = None;
-                    match crate::cni::install::remove_from_conflists(dir) {
-                        Ok(files) if files.is_empty() => {
-                            tracing::info!(dir = %dir.display(), "netfence-cni: in no conflist");
-                        }
-                        Ok(files) => {
-                            for file in files {
-                                tracing::info!(file = %file.display(), "netfence-cni removed from {}", file.display());
-                            }
-                        }
-                        Err(error) => tracing::error!(
-                            "netfence-cni: removing the entry: {error} (new pods pass once the lease written now has expired)"
-                        ),
-                    }
-                }
-                if let Some(file) = &self.cni.file {
-                    let _ = std::fs::remove_file(file);
-                }
-                (LeaseState::Uninstalled, Some(why))
-            }
-            Stop::Restart(why) => {
-                tracing::info!(
-                    "restart, not an uninstall ({why}): netfence-cni stays chained; new pods wait for the next agent for up to {lease_seconds} s"
-                );
-                (LeaseState::Restarting, None)
-            }
-            Stop::Unknown(why) => {
-                tracing::info!(
-                    "stopping without knowing whether netfence is being uninstalled ({why}): netfence-cni stays chained; new pods wait for an agent for up to {lease_seconds} s, then start with a warning"
-                );
-                (LeaseState::Stopped, None)
-            }
-        };
-        if let Some(lease) = &mut self.cni.lease
-            && let Err(error) = lease.write(state)
-        {
-            tracing::error!(path = %lease.path().display(), "cni: writing the lease: {error}");
-        }
-        uninstall
+        // No more ticks: the keeper would put the entry back.
+        self.cni.keeper = None;
+        let readable = removal::readable_at_start(self.cni.daemonset_at_start.as_ref());
+        removal::on_stop(
+            args,
+            self.cni.lease.as_mut(),
+            self.cni.file.as_deref(),
+            readable,
+        )
+        .await
     }
 
     fn cni_programmed(&self, ips: &[IpAddr]) -> Result<Enforcement, String> {
