@@ -419,3 +419,66 @@ fn an_agent_gone_without_a_reason_fails_closed_until_its_lease_expires() {
     let pod = bed.pod("x", "late", &[("app", "late")], 11, &[]);
     assert!(pod.is_ok(), "expired lease: the pod starts: {pod:?}");
 }
+
+#[test]
+fn revoked_access_is_an_uninstall_only_when_the_daemonset_was_readable_at_start() {
+    netfence_testbed::require_root().unwrap();
+    let mut bed = bed("nfr7d");
+    bed.namespace("x", &[]);
+    bed.write_cluster().unwrap();
+    let api = FakeApi::start(bed.node());
+    let kubeconfig = api.kubeconfig(&bed.scratch(""));
+    let (conf, flannel) = conflist_dir(&bed);
+    let socket = bed.scratch("cni.sock");
+    let mut args = removal_args(&socket, &conf, Some(&kubeconfig));
+    args.push("--detach-on-exit".as_ref());
+    let start = |log: &str| {
+        Agent::start_with(
+            netfence_bin(),
+            bed.node(),
+            NODE_NAME,
+            &bed.manifests(),
+            &[],
+            Attach::Auto,
+            bed.scratch(log),
+            &args,
+        )
+        .unwrap_or_else(|error| panic!("starting netfence: {error:#}"))
+    };
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "daemonsets.apps \"netfence\" is forbidden", "reason": "Forbidden", "code": 403});
+
+    // RBAC that never granted the read: an error at start, and a stop is no uninstall.
+    api.answer(DS_PATH, 403, forbidden.clone());
+    let mut agent = start("agent-nfr7d-1.log");
+    agent
+        .wait_for_line(&[
+            "safe removal: reading DaemonSet netfence-system/netfence is refused (403): grant get on it",
+        ])
+        .unwrap();
+    assert!(agent.stop().unwrap().success());
+    let text = std::fs::read_to_string(bed.scratch("agent-nfr7d-1.log")).unwrap();
+    assert!(
+        text.contains("and the DaemonSet was not readable at start either"),
+        "{text}"
+    );
+    assert!(chains_netfence(&flannel), "not taken for an uninstall");
+    assert_eq!(lease_at(&socket).state, LeaseState::Stopped);
+
+    // Readable at start, refused at SIGTERM (kubectl delete -k removed the binding):
+    // an uninstall.
+    api.installed();
+    let mut agent = start("agent-nfr7d-2.log");
+    agent
+        .wait_for_line(&["safe removal: DaemonSet netfence-system/netfence is readable"])
+        .unwrap();
+    api.answer(DS_PATH, 403, forbidden);
+    assert!(agent.stop().unwrap().success());
+    let text = std::fs::read_to_string(bed.scratch("agent-nfr7d-2.log")).unwrap();
+    assert!(
+        text.contains("netfence is being uninstalled from this node: reading DaemonSet netfence-system/netfence is refused (403): the agent's ServiceAccount or its RBAC binding was deleted, as an uninstall does"),
+        "{text}"
+    );
+    assert!(!chains_netfence(&flannel), "the entry is gone");
+    assert_eq!(lease_at(&socket).state, LeaseState::Uninstalled);
+}
