@@ -108,6 +108,8 @@ struct Enforcer {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Capabilities and bpf(2) first: a clear error instead of an EPERM from the loader.
+    crate::runtime::check().map_err(anyhow::Error::msg)?;
     // Flannel's bridge unless told otherwise.
     let bridge = args.bridge.clone().or_else(|| {
         args.interfaces
@@ -166,7 +168,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let event_reader = tokio::spawn(events::read(ring, names_rx, flows));
+    let limiter = crate::telemetry::eventlog::EventLimiter::new(args.event_log_lines);
+    let event_reader = tokio::spawn(events::read(ring, names_rx, flows, limiter));
 
     let feed::Opened {
         source,
@@ -300,7 +303,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         health.beat();
     }
     event_reader.abort();
-    if args.detach_on_exit || !enforcer.attachments.survives_exit() {
+    // Plugin calls from here on find no agent (and a lease that still holds).
+    drop(cni_server);
+    // An uninstall (the DaemonSet is being deleted) takes everything away; a restart
+    // leaves it for the next agent.
+    let uninstall = enforcer.cni_stop(&args).await;
+    if uninstall.is_some() || args.detach_on_exit || !enforcer.attachments.survives_exit() {
         let detached = enforcer.attachments.detach_all(&mut enforcer.datapath.ebpf);
         // Nothing the last-sync record describes is enforced any more.
         let record = last_sync::path_for(enforcer.pins.root());
@@ -310,6 +318,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir(dir); // only if no other agent's record is there
         }
         tracing::info!(interfaces = detached, "detached; exiting");
+        if let Some(why) = &uninstall {
+            let root = enforcer.pins.root().to_owned();
+            match crate::cli::uninstall::uninstall(&root) {
+                Ok(_) => {
+                    tracing::info!(pin_dir = %root.display(), "netfence: uninstalled from this node ({why}); pinned state removed")
+                }
+                Err(error) => {
+                    tracing::error!(pin_dir = %root.display(), "netfence: uninstalling: {error:#}")
+                }
+            }
+        }
     } else {
         let kept = enforcer.attachments.release(&mut enforcer.datapath.ebpf);
         tracing::info!(

@@ -11,5 +11,6 @@ pub mod cli;
 pub mod cni;
 pub mod dataplane;
 pub mod enforcer;
+pub mod runtime;
 pub mod source;
 pub mod telemetry;

@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
     ));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(netfence::telemetry::ansi_for_stderr())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => subscriber.init(),

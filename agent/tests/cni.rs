@@ -6,12 +6,16 @@
 //! pending pod across a SIGKILL restart on pinned maps, and one whose namespace goes
 //! without a DEL; `run --cni-conf-dir` putting the entry back after Flannel rewrites
 //! its conflist; and `netfence cni-install` / `uninstall` on a CNI directory, with the
-//! DaemonSet's init container (no root).
+//! DaemonSet's init container (no root); safe removal: an uninstall (the DaemonSet
+//! deleted) against a restart, and the lease (`cni/removal.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 #[path = "cni/restarts.rs"]
 mod restarts;
+
+#[path = "cni/removal.rs"]
+mod removal;
 
 mod netns;
 
@@ -239,6 +243,20 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
         (Some("drop"), Some("policy_deny")),
         "{first_ip}"
     );
+    // Named from the CNI request (the state does not have the pod yet), and why.
+    assert_eq!(
+        (
+            first_ip["src"]["namespace"].as_str(),
+            first_ip["src"]["pod"].as_str(),
+            first_ip["why"].as_str()
+        ),
+        (
+            Some("x"),
+            Some("new"),
+            Some("pod not yet programmed: deny until ready")
+        ),
+        "{first_ip}"
+    );
     assert!(
         !tcp_connects(&new.netns, &srv.netns, srv.ip4(), 80).unwrap(),
         "new → srv:80 before its policy"
@@ -288,6 +306,14 @@ fn a_new_pod_is_denied_until_its_policy_exists_and_del_forgets_it() {
     assert!(
         !tcp_connects(&new.netns, &srv.netns, srv.ip4(), 81).unwrap(),
         "new → srv:81 is not allowed"
+    );
+    // Programmed now: a plain policy drop, isolated by its policy, no "why".
+    let by_policy = flow_line(&flows, |l| l["verdict"] == "drop" && l["dst"]["port"] == 81);
+    assert!(by_policy.get("why").is_none(), "{by_policy}");
+    assert_eq!(
+        by_policy["isolated_by"],
+        json!(["x/new-to-srv"]),
+        "{by_policy}"
     );
     assert!(
         tcp_connects(&peer.netns, &new.netns, new.ip4(), 8080).unwrap(),
@@ -415,14 +441,36 @@ fn cni_install_and_uninstall_edit_the_flannel_conflist_idempotently() {
         b"plugin bytes"
     );
 
+    // What a stopped agent left under its state directory: the last-sync record of
+    // its pin directory (in /run/netfence: root only), and beside its socket the
+    // pending pods, the lease and the socket file.
+    let pins = dir.path().join("no-pins");
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let socket = run_dir.join("cni.sock");
+    let leftovers = [
+        netfence::cni::persist::path_for(&socket),
+        netfence_cni::lease::path_for(&socket),
+        socket.clone(),
+    ];
+    for file in &leftovers {
+        std::fs::write(file, b"{}").unwrap();
+    }
+    let record = netfence::dataplane::last_sync::path_for(&pins);
+    let record_written = record
+        .parent()
+        .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+        && std::fs::write(&record, b"{}").is_ok();
     let uninstall = || {
         let out = Process::new(netfence_bin())
             .args(["uninstall", "--pin-dir"])
-            .arg(dir.path().join("no-pins"))
+            .arg(&pins)
             .arg("--cni-conf-dir")
             .arg(&conf)
             .arg("--cni-bin-dir")
             .arg(&bin)
+            .arg("--cni-socket")
+            .arg(&socket)
             .output()
             .unwrap();
         assert!(
@@ -437,6 +485,32 @@ fn cni_install_and_uninstall_edit_the_flannel_conflist_idempotently() {
         removed.contains("netfence-cni: removed from") && removed.contains("binary removed from"),
         "{removed}"
     );
+    for (file, what) in leftovers
+        .iter()
+        .zip(["the pending pods", "the lease", "the stale socket"])
+    {
+        assert!(!file.exists(), "{} left", file.display());
+        assert!(
+            removed.contains(&format!("removed {what} {}", file.display())),
+            "{removed}"
+        );
+    }
+    assert!(
+        !run_dir.exists(),
+        "the emptied state directory goes: {removed}"
+    );
+    if record_written {
+        assert!(!record.exists(), "last-sync record left: {removed}");
+        assert!(
+            removed.contains(&format!(
+                "removed the last-sync record {}",
+                record.display()
+            )),
+            "{removed}"
+        );
+    } else {
+        println!("not root: the last-sync record in /run/netfence was not tried");
+    }
     let restored: Value =
         serde_json::from_str(&std::fs::read_to_string(conf.join("10-flannel.conflist")).unwrap())
             .unwrap();

@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use netfence::cli::{Cli, Command};
 use netfence::source::kube::{VERBS, WATCHED};
 use serde::de::DeserializeOwned;
@@ -89,6 +89,8 @@ fn every_manifest_decodes_into_its_kubernetes_type() {
             "ServiceAccount" => drop(typed::<ServiceAccount>(&file, &value)),
             "ClusterRole" => drop(typed::<ClusterRole>(&file, &value)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&file, &value)),
+            "Role" => drop(typed::<Role>(&file, &value)),
+            "RoleBinding" => drop(typed::<RoleBinding>(&file, &value)),
             "DaemonSet" => drop(typed::<DaemonSet>(&file, &value)),
             "Deployment" => drop(typed::<Deployment>(&file, &value)),
             "Service" => drop(typed::<Service>(&file, &value)),
@@ -383,4 +385,187 @@ fn example_workloads_follow_restricted_container_practices() {
             );
         }
     }
+}
+
+#[test]
+fn the_agent_may_get_exactly_its_own_daemonset_for_safe_removal() {
+    let (_, container) = agent_daemonset();
+    let run = parsed_run(&container);
+    let daemonset = run
+        .cni
+        .removal
+        .daemonset
+        .clone()
+        .expect("--daemonset is set: an uninstall is told from a restart");
+    let sets = objects::<DaemonSet>("DaemonSet");
+    let meta = &sets[0].1.metadata;
+    assert_eq!(
+        (Some(&daemonset.namespace), Some(&daemonset.name)),
+        (meta.namespace.as_ref(), meta.name.as_ref()),
+        "--daemonset names this DaemonSet"
+    );
+    assert_eq!(run.cni.removal.lease_seconds, 300);
+    let roles = objects::<Role>("Role");
+    assert_eq!(roles.len(), 1);
+    let role = &roles[0].1;
+    assert_eq!(role.metadata.namespace.as_ref(), Some(&daemonset.namespace));
+    let rules = role.rules.clone().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].api_groups.as_deref(),
+        Some(&["apps".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["daemonsets".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&[daemonset.name.clone()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get"]);
+    let bindings = objects::<RoleBinding>("RoleBinding");
+    assert_eq!(bindings.len(), 1);
+    let binding = &bindings[0].1;
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
+    let subjects = binding.subjects.clone().unwrap();
+    let accounts = objects::<ServiceAccount>("ServiceAccount");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (Some(&subjects[0].name), subjects[0].namespace.as_ref()),
+        (
+            accounts[0].1.metadata.name.as_ref(),
+            accounts[0].1.metadata.namespace.as_ref()
+        )
+    );
+    // The namespace it also reads is granted by the ClusterRole (get namespaces).
+    let cluster = objects::<ClusterRole>("ClusterRole");
+    assert!(cluster[0].1.rules.iter().flatten().any(|r| {
+        r.resources.iter().flatten().any(|x| x == "namespaces")
+            && r.verbs.iter().any(|v| v == "get")
+    }));
+}
+
+/// The Localhost seccomp profile deploy/seccomp ships: the runtime default as it
+/// applies to the agent's capabilities, plus bpf(2) and perf_event_open(2).
+#[test]
+fn the_seccomp_profile_allows_bpf_and_perf_event_open_and_the_overlay_uses_it() {
+    let dir = deploy_dir().join("seccomp");
+    let profile: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("netfence.json")).unwrap()).unwrap();
+    assert_eq!(
+        profile["defaultAction"], "SCMP_ACT_ERRNO",
+        "deny by default"
+    );
+    let architectures = profile["architectures"].as_array().unwrap();
+    for arch in ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"] {
+        assert!(architectures.iter().any(|a| a == arch), "{arch}");
+    }
+    let rules = profile["syscalls"].as_array().unwrap();
+    // Portable between the OCI format (containerd) and containers/common's (CRI-O):
+    // names, action, args and errnoRet only, no capability or arch conditions.
+    for rule in rules {
+        for key in rule.as_object().unwrap().keys() {
+            assert!(
+                ["names", "action", "args", "errnoRet"].contains(&key.as_str()),
+                "{key} in {rule}"
+            );
+        }
+    }
+    let allows = |name: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ALLOW"
+                && r.get("args").is_none()
+                && r["names"].as_array().unwrap().iter().any(|n| n == name)
+        })
+    };
+    let denies = |name: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ERRNO"
+                && r["names"].as_array().unwrap().iter().any(|n| n == name)
+        })
+    };
+    for name in ["bpf", "perf_event_open", "read", "sendmsg", "mount_setattr"] {
+        assert!(!denies(name), "{name} denied");
+    }
+    for name in [
+        "bpf",
+        "perf_event_open",
+        "read",
+        "openat",
+        "socket",
+        "setns",
+    ] {
+        assert!(allows(name) || name == "socket", "{name} not allowed");
+    }
+    // Still denied as by the runtime default without CAP_SYS_ADMIN and the others.
+    for name in [
+        "init_module",
+        "kexec_load",
+        "open_by_handle_at",
+        "chroot",
+        "sethostname",
+    ] {
+        assert!(denies(name), "{name} not denied");
+        assert!(!allows(name), "{name} allowed");
+    }
+
+    // The overlay: the base with the agent container's profile replaced.
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let overlay: Value =
+        serde_json::to_value(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).unwrap())
+            .unwrap();
+    assert_eq!(overlay["resources"], serde_json::json!(["../"]));
+    let patch = &overlay["patches"][0];
+    assert_eq!(patch["target"]["kind"], "DaemonSet");
+    let sets = objects::<DaemonSet>("DaemonSet");
+    assert_eq!(
+        Some(patch["target"]["name"].as_str().unwrap()),
+        sets[0].1.metadata.name.as_deref()
+    );
+    let ops: Value = serde_json::to_value(
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(patch["patch"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let op = &ops[0];
+    assert_eq!(op["op"], "replace");
+    let mut daemonset = serde_json::to_value(&sets[0].1).unwrap();
+    let target = daemonset
+        .pointer_mut(op["path"].as_str().unwrap())
+        .expect("the patched path exists in the base");
+    assert_eq!(*target, serde_json::json!({"type": "RuntimeDefault"}));
+    *target = op["value"].clone();
+    let patched: DaemonSet = serde_json::from_value(daemonset).unwrap();
+    let container = &patched.spec.unwrap().template.spec.unwrap().containers[0];
+    let profile = container
+        .security_context
+        .clone()
+        .unwrap()
+        .seccomp_profile
+        .unwrap();
+    assert_eq!(
+        (profile.type_.as_str(), profile.localhost_profile.as_deref()),
+        ("Localhost", Some("netfence.json"))
+    );
+}
+
+/// No environment variable in deploy/ overrides a flag (RUST_LOG would win over
+/// --log-level), and the agent logs JSON.
+#[test]
+fn the_daemonset_sets_no_env_that_overrides_flags_and_logs_json() {
+    let (spec, container) = agent_daemonset();
+    for c in spec.init_containers.iter().flatten().chain([&container]) {
+        let names: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        for name in &names {
+            assert_eq!(*name, "NODE_NAME", "{}: env {name}", c.name);
+        }
+        assert!(c.env_from.is_none(), "{}: envFrom", c.name);
+    }
+    let mut argv = vec!["netfence".to_owned()];
+    argv.extend(container.args.clone().unwrap());
+    argv.extend(["--node-name".to_owned(), "n".to_owned()]);
+    let cli = Cli::try_parse_from(&argv).unwrap();
+    assert_eq!(cli.log_format, netfence::cli::LogFormat::Json);
+    assert_eq!(cli.log_level, netfence::cli::LogLevel::Info);
 }

@@ -1,6 +1,8 @@
 //! `/metrics` over HTTP from a running agent: after an allowed and a denied
 //! connection, the per-reason packet counters and the per-rule allow counter show
-//! them, with their stable names. Needs root (a test node).
+//! them, with their stable names. The agent's own log: a port scan gives at most
+//! `--event-log-lines` drop lines and one summary with the counts; colour only on a
+//! terminal; `--log-format json`. Needs root (a test node).
 
 #![allow(
     clippy::unwrap_used,
@@ -18,9 +20,13 @@ use netfence_testbed::{NODE_NAME, tcp_connects};
 use netns::{Agent, Attach, B_FROM_A, TestBed, abc_pods, bed, netfence_bin};
 
 fn get(bed: &TestBed, path: &str) -> String {
+    get_on(bed, 19896, path)
+}
+
+fn get_on(bed: &TestBed, port: u16, path: &str) -> String {
     bed.node()
         .run(|| {
-            let mut stream = TcpStream::connect("127.0.0.1:19896").unwrap();
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
             write!(
                 stream,
                 "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -144,4 +150,153 @@ fn metrics_count_packets_by_reason_and_allows_by_rule() {
         ),
         f64::from(netfence_common::MAX_CONNTRACK)
     );
+}
+
+#[test]
+fn a_port_scan_gives_a_few_drop_lines_and_one_summary_with_the_counts() {
+    let mut bed = bed();
+    let [_a, b, c] = abc_pods(&mut bed, B_FROM_A);
+    let log = bed.scratch("agent-scan.log");
+    let agent = Agent::start_with(
+        netfence_bin(),
+        bed.node(),
+        NODE_NAME,
+        &bed.manifests(),
+        &[],
+        Attach::Auto,
+        log,
+        &[
+            "--detach-on-exit".as_ref(),
+            "--event-log-lines".as_ref(),
+            "5".as_ref(),
+            "--health-addr".as_ref(),
+            "127.0.0.1:19897".as_ref(),
+        ],
+    )
+    .unwrap();
+    // c scans b: one datagram to each of 300 UDP ports, each a new denied flow.
+    let target = b.ip4();
+    c.netns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind((c.ip4(), 0)).unwrap();
+            for port in 20_000..20_300u16 {
+                socket.send_to(b"scan", (target, port)).unwrap();
+            }
+        })
+        .unwrap();
+    let group = format!(
+        "x drop ingress UDP {} (x/c) -> {} (x/b) reason=policy_deny",
+        c.ip4(),
+        b.ip4()
+    );
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let summary = loop {
+        let text = agent.log();
+        if let Some(line) = text.lines().find(|l| l.contains(&group)) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no summary:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = agent.log();
+    let single = text
+        .lines()
+        .filter(|l| l.contains("drop ingress UDP") && l.contains("ifindex="))
+        .count();
+    assert!(single <= 5, "{single} single lines:\n{text}");
+    assert!(
+        summary.contains("flow events in the last 10 s not logged one by one"),
+        "{summary}"
+    );
+    let held: u64 = summary
+        .split(&group)
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count before the group: {summary}"));
+    assert!(
+        held + single as u64 >= 300,
+        "every datagram counted: {held} held + {single} shown: {summary}"
+    );
+    // The counts are in the metrics too.
+    let metrics = get_on(&bed, 19897, "/metrics");
+    assert!(
+        sample(&metrics, "netfence_packets_total{reason=\"policy_deny\"}") >= 300.0,
+        "{metrics}"
+    );
+}
+
+/// `netfence run` under `setpriv` without CAP_NET_ADMIN: it logs the runtime line,
+/// then exits 1 (nothing is loaded). `wrap` runs it through `script` (a terminal).
+fn failing_run(extra: &[&str], terminal: bool) -> String {
+    let mut argv = vec![
+        "setpriv".to_owned(),
+        "--bounding-set=-net_admin".to_owned(),
+        netfence_bin().display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|a| (*a).to_owned()));
+    argv.extend(
+        [
+            "run",
+            "--node-name",
+            "n",
+            "--manifests",
+            "/nonexistent/nft-log",
+            "--cni-socket",
+            "",
+        ]
+        .map(str::to_owned),
+    );
+    let output = if terminal {
+        let line = argv
+            .iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    } else {
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    assert!(
+        text.contains("missing capabilities: CAP_NET_ADMIN"),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn logs_are_coloured_only_on_a_terminal_and_json_when_asked() {
+    netfence_testbed::require_root().unwrap();
+    let piped = failing_run(&[], false);
+    assert!(piped.contains("runtime: effective capabilities"), "{piped}");
+    assert!(!piped.contains('\u{1b}'), "ANSI codes in a pipe: {piped:?}");
+    let terminal = failing_run(&[], true);
+    assert!(
+        terminal.contains("\u{1b}["),
+        "no colour on a terminal: {terminal:?}"
+    );
+    let json = failing_run(&["--log-format", "json"], false);
+    let line = json
+        .lines()
+        .find(|l| l.contains("runtime: effective capabilities"))
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(value["level"], "INFO");
+    assert_eq!(
+        value["fields"]["message"],
+        "runtime: effective capabilities and seccomp mode (/proc/self/status)"
+    );
+    assert!(value["fields"]["cap_eff"].is_string(), "{value}");
 }

@@ -12,11 +12,16 @@
 //! Agent down, slow or refusing, for ADD and CHECK: `failClosed: true` (default) → a
 //! CNI error (code 11 "try again later" when the agent did not answer, 100 when it
 //! refused); `failClosed: false` → the previous result passes with a warning.
+//! `failClosed` holds while the agent's lease is fresh ([`crate::lease`]): an agent
+//! that does not answer and whose lease expired (netfence uninstalled, or its agent
+//! down longer than its lease) no longer blocks pods: ADD and CHECK pass with a
+//! warning naming the lease.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::lease::{self, Standing};
 use crate::protocol::{self, CallError, Command, PROTOCOL_VERSION, Request, Response};
 use crate::spec::{
     self, CniCommand, CniError, Env, NetConf, OWN_VERSION, SUPPORTED_VERSIONS, code,
@@ -33,6 +38,12 @@ pub struct Output {
 /// Calls the agent (the real one: [`protocol::call`]).
 pub trait Agent {
     fn call(&mut self, conf: &NetConf, request: &Request) -> Result<Response, CallError>;
+
+    /// The agent's lease, read when it did not answer (the real one: the file beside
+    /// `socketPath`, judged at the current time).
+    fn lease(&mut self, conf: &NetConf) -> Standing {
+        lease::standing(&lease::path_for(&conf.socket_path), lease::now_unix())
+    }
 }
 
 /// The agent behind `socketPath`.
@@ -151,9 +162,16 @@ fn add(
             Ok(result.to_string())
         }
         outcome => {
+            let unanswered = outcome.is_err();
             let error = failure("ADD", &pod, outcome);
-            if conf.fail_closed {
-                Err(error)
+            if let Some(why) = lease_expired(conf, agent, unanswered) {
+                stderr.push(format!(
+                    "netfence-cni: warning: {} ({}); {why}: the pod starts without waiting for netfence",
+                    error.msg, error.details
+                ));
+                Ok(result.to_string())
+            } else if conf.fail_closed {
+                Err(with_lease(error, conf, agent, unanswered))
             } else {
                 stderr.push(format!(
                     "netfence-cni: warning: {} ({}); failClosed is false: the pod starts without waiting for netfence",
@@ -182,9 +200,16 @@ fn check(
     match agent.call(conf, &request(env, Command::Check, addresses)) {
         Ok(response) if response.ok => Ok(()),
         outcome => {
+            let unanswered = outcome.is_err();
             let error = failure("CHECK", &pod, outcome);
-            if conf.fail_closed {
-                Err(error)
+            if let Some(why) = lease_expired(conf, agent, unanswered) {
+                stderr.push(format!(
+                    "netfence-cni: warning: {} ({}); {why}",
+                    error.msg, error.details
+                ));
+                Ok(())
+            } else if conf.fail_closed {
+                Err(with_lease(error, conf, agent, unanswered))
             } else {
                 stderr.push(format!(
                     "netfence-cni: warning: {} ({})",
@@ -216,6 +241,39 @@ fn del(env: &Env, conf: &NetConf, agent: &mut dyn Agent, stderr: &mut Vec<String
             "netfence-cni: warning: DEL: {error}; nothing to forget"
         )),
     }
+}
+
+/// Why an unanswered, fail-closed request passes: the agent's lease expired.
+fn lease_expired(conf: &NetConf, agent: &mut dyn Agent, unanswered: bool) -> Option<String> {
+    if !(conf.fail_closed && unanswered) {
+        return None;
+    }
+    match agent.lease(conf) {
+        Standing::Expired(why) => Some(why),
+        Standing::Missing | Standing::Fresh(_) => None,
+    }
+}
+
+/// An unanswered request's error, with what the lease said (why it fails closed).
+fn with_lease(
+    error: CniError,
+    conf: &NetConf,
+    agent: &mut dyn Agent,
+    unanswered: bool,
+) -> CniError {
+    if !unanswered {
+        return error;
+    }
+    let lease = match agent.lease(conf) {
+        Standing::Fresh(why) => why,
+        Standing::Missing => format!(
+            "no lease at {}: failing closed",
+            lease::path_for(&conf.socket_path).display()
+        ),
+        Standing::Expired(why) => why,
+    };
+    let details = format!("{}; {lease}", error.details);
+    error.with_details(details)
 }
 
 /// The longest DEL waits for the agent.

@@ -9,12 +9,17 @@ use crate::protocol::Enforcement;
 struct Fake {
     seen: Vec<Request>,
     answer: fn() -> Result<Response, CallError>,
+    lease: Standing,
 }
 
 impl Agent for Fake {
     fn call(&mut self, _conf: &NetConf, request: &Request) -> Result<Response, CallError> {
         self.seen.push(request.clone());
         (self.answer)()
+    }
+
+    fn lease(&mut self, _conf: &NetConf) -> Standing {
+        self.lease.clone()
     }
 }
 
@@ -72,6 +77,7 @@ fn fake(answer: fn() -> Result<Response, CallError>) -> Fake {
     Fake {
         seen: Vec::new(),
         answer,
+        lease: Standing::Missing,
     }
 }
 
@@ -220,4 +226,75 @@ fn version_lists_supported_versions() {
         answer,
         json!({"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]})
     );
+}
+
+#[test]
+fn agent_down_with_an_expired_lease_passes_add_and_check_with_a_warning() {
+    let uninstalled =
+        "netfence was uninstalled from this node (lease /run/netfence/cni.lease.json, 3 s ago)";
+    let mut agent = fake(down);
+    agent.lease = Standing::Expired(uninstalled.to_owned());
+    let out = run(env("ADD"), &conf(json!({})), &mut agent);
+    assert_eq!(out.exit, 0, "{out:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(out.stdout.as_deref().unwrap()).unwrap(),
+        prev()
+    );
+    assert_eq!(out.stderr.len(), 1, "{:?}", out.stderr);
+    assert!(
+        out.stderr[0].starts_with("netfence-cni: warning: netfence agent did not confirm ADD for prod/web-0 (netfence agent unreachable at /run/netfence/cni.sock"),
+        "{:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr[0].ends_with(&format!(
+            "; {uninstalled}: the pod starts without waiting for netfence"
+        )),
+        "{:?}",
+        out.stderr
+    );
+    let out = run(env("CHECK"), &conf(json!({})), &mut agent);
+    assert_eq!((out.exit, out.stdout), (0, None));
+    assert!(out.stderr[0].ends_with(uninstalled), "{:?}", out.stderr);
+}
+
+#[test]
+fn agent_down_with_a_fresh_or_missing_lease_fails_closed_and_says_why() {
+    let mut agent = fake(down);
+    agent.lease = Standing::Fresh(
+        "its lease /run/netfence/cni.lease.json (restarting, pid 7) is fresh for 290 s more"
+            .to_owned(),
+    );
+    let out = run(env("ADD"), &conf(json!({})), &mut agent);
+    assert_eq!(out.exit, 1);
+    let error: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
+    assert_eq!(error["code"], 11);
+    let details = error["details"].as_str().unwrap();
+    assert!(
+        details.ends_with(
+            "; its lease /run/netfence/cni.lease.json (restarting, pid 7) is fresh for 290 s more"
+        ),
+        "{details}"
+    );
+    let mut agent = fake(down);
+    let out = run(env("ADD"), &conf(json!({})), &mut agent);
+    let error: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
+    assert_eq!(error["code"], 11);
+    assert!(
+        error["details"]
+            .as_str()
+            .unwrap()
+            .ends_with("; no lease at /run/netfence/cni.lease.json: failing closed"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_agent_that_answers_and_refuses_fails_add_whatever_its_lease() {
+    let mut agent = fake(refused);
+    agent.lease = Standing::Expired("expired".to_owned());
+    let out = run(env("ADD"), &conf(json!({})), &mut agent);
+    let error: Value = serde_json::from_str(out.stdout.as_deref().unwrap()).unwrap();
+    assert_eq!((out.exit, error["code"].as_u64()), (1, Some(100)));
+    assert_eq!(error["details"], "endpoints map full");
 }

@@ -126,6 +126,10 @@ pub struct UninstallArgs {
     /// /opt/cni/bin).
     #[arg(long, value_name = "DIR")]
     pub cni_bin_dir: Option<PathBuf>,
+    /// The agent's CNI socket (`run --cni-socket`): the pending-pods file and the
+    /// lease beside it are removed (and a stale socket file).
+    #[arg(long, value_name = "PATH", default_value = netfence_cni::spec::DEFAULT_SOCKET_PATH)]
+    pub cni_socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,7 +174,8 @@ pub struct RunArgs {
     /// (an unanswered TCP SYN uses --ct-other-timeout).
     #[arg(long, default_value_t = 30)]
     pub ct_unreplied_timeout: u64,
-    /// Also log every allowed new flow (drops are always logged).
+    /// Also log every allowed new flow (drops are always logged, within
+    /// --event-log-lines or --flow-log-rate).
     #[arg(long)]
     pub log_allows: bool,
     /// Write the flow log (drops, and allowed new flows with --log-allows) as JSON
@@ -182,6 +187,12 @@ pub struct RunArgs {
     /// rest are counted (netfence_flow_log_suppressed_total).
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub flow_log_rate: u32,
+    /// Without --flow-log: flow events (drops, audits, allows with --log-allows)
+    /// logged one by one per 10 s at most; the rest are counted per flow (ports
+    /// left out) and summarised in one line every 10 s. The exact counts are in
+    /// netfence_packets_total.
+    #[arg(long, value_name = "N", default_value_t = crate::telemetry::eventlog::DEFAULT_LINES)]
+    pub event_log_lines: u32,
     /// Where maps and TCX links are pinned (on a BPF file system; one is mounted at
     /// the parent when it is not). A restarted agent adopts what it finds there.
     #[arg(long, value_name = "DIR", default_value = crate::dataplane::pin::DEFAULT_PIN_DIR)]

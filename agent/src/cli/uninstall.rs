@@ -6,6 +6,11 @@
 //! With `--cni-conf-dir` / `--cni-bin-dir` it also reverses `netfence cni-install`:
 //! the netfence-cni entry leaves every conflist (first, so no runtime calls a plugin
 //! that is gone), then the binary goes.
+//!
+//! The files the agent keeps under `/run/netfence` go too: the last-sync record of
+//! `--pin-dir`, and beside `--cni-socket` the pending-pods file, the lease and a stale
+//! socket (left alone, with a message, while an agent still serves that socket); the
+//! directory itself when nothing else is left in it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -40,6 +45,9 @@ pub fn run(args: &UninstallArgs) -> anyhow::Result<ExitCode> {
         if args.cni_conf_dir.is_some() && removed.conflists.is_empty() {
             println!("netfence-cni: in no conflist");
         }
+    }
+    for line in remove_state_files(&args.pin_dir, &args.cni_socket) {
+        println!("{line}");
     }
     match uninstall(&args.pin_dir)? {
         None => println!(
@@ -79,4 +87,42 @@ pub fn uninstall(dir: &Path) -> anyhow::Result<Option<Removed>> {
     }
     PinDir::remove_tree(dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
     Ok(Some(removed))
+}
+
+/// Removes the agent's files under `/run/netfence` for `pin_dir` and `socket`; one
+/// line per file removed (or left).
+pub fn remove_state_files(pin_dir: &Path, socket: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut remove = |path: &Path, what: &str| match std::fs::remove_file(path) {
+        Ok(()) => lines.push(format!("removed {what} {}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => lines.push(format!(
+            "could not remove {what} {}: {error}",
+            path.display()
+        )),
+    };
+    let record = crate::dataplane::last_sync::path_for(pin_dir);
+    remove(&record, "the last-sync record");
+    let serving = std::os::unix::net::UnixStream::connect(socket).is_ok();
+    if serving {
+        lines.push(format!(
+            "an agent still serves {}: its pending pods and lease are left (stop the agent first)",
+            socket.display()
+        ));
+    } else {
+        remove(&crate::cni::persist::path_for(socket), "the pending pods");
+        remove(&netfence_cni::lease::path_for(socket), "the lease");
+        remove(socket, "the stale socket");
+    }
+    let mut dirs = vec![record.parent().map(Path::to_owned)];
+    if !serving {
+        dirs.push(socket.parent().map(Path::to_owned));
+    }
+    for dir in dirs.into_iter().flatten() {
+        // Only when empty: other pin directories' records, or other files, stay.
+        if std::fs::remove_dir(&dir).is_ok() {
+            lines.push(format!("removed {}", dir.display()));
+        }
+    }
+    lines
 }

@@ -57,6 +57,37 @@ pub struct CniRunArgs {
     /// disables it.
     #[arg(long = "cni-cache-dir", value_name = "DIR", default_value = super::cache::DEFAULT_CACHE_DIR)]
     pub cache_dir: String,
+    /// `--cni-lease-seconds`, `--daemonset`, `--daemonset-kubeconfig` (boxed: `run`'s
+    /// arguments stay small).
+    #[command(flatten)]
+    pub removal: Box<RemovalArgs>,
+}
+
+/// `netfence run`'s flags for safe removal ([`super::removal`]).
+#[derive(Debug, clap::Args)]
+pub struct RemovalArgs {
+    /// How long netfence-cni keeps failing closed after the agent last ran: the lease
+    /// the agent renews beside its socket (`cni.lease.json`) while it runs, and
+    /// writes once more on SIGTERM for a restart. An ADD the agent does not answer
+    /// fails (and is retried) while the lease is fresh, and passes with a warning once
+    /// it expired (netfence removed, or its agent down for longer).
+    #[arg(long = "cni-lease-seconds", value_name = "SECONDS", default_value_t = super::removal::DEFAULT_LEASE_SECONDS, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub lease_seconds: u32,
+    /// The DaemonSet this agent runs in (deploy/ sets it). On SIGTERM the agent asks
+    /// the API server whether that DaemonSet or its namespace is being deleted (or
+    /// its access was revoked with them): then it is an uninstall, and the agent takes
+    /// netfence-cni out of the conflists in --cni-conf-dir, expires its lease and
+    /// removes its pinned state; otherwise (a restart, an upgrade) everything stays.
+    #[arg(long = "daemonset", value_name = "NAMESPACE/NAME")]
+    pub daemonset: Option<super::removal::DaemonSetRef>,
+    /// Ask about --daemonset through this kubeconfig instead of --kubeconfig or the
+    /// in-cluster service account (e.g. when running with --manifests).
+    #[arg(
+        long = "daemonset-kubeconfig",
+        value_name = "FILE",
+        requires = "daemonset"
+    )]
+    pub daemonset_kubeconfig: Option<PathBuf>,
 }
 
 /// Installs the binary, then chains it into the Flannel conflist.

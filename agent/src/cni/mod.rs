@@ -11,6 +11,8 @@
 //! - [`install`], [`command`]: `netfence cni-install` and `netfence uninstall`'s reverse.
 //! - [`keep`]: `netfence run --cni-conf-dir`, the entry put back when Flannel rewrites
 //!   its conflist.
+//! - [`removal`]: safe removal: the agent's lease, and on SIGTERM whether netfence is
+//!   being uninstalled (the entry goes) or restarted (it stays).
 
 pub mod cache;
 pub mod command;
@@ -18,6 +20,7 @@ pub mod install;
 pub mod keep;
 pub mod pending;
 pub mod persist;
+pub mod removal;
 pub mod server;
 
 pub use pending::{Pending, PendingEndpoint};

@@ -1,7 +1,11 @@
 //! Verdict events from the EVENTS ring buffer, decoded and written to the log in a
-//! form a person can read, with pod names filled in from the current image.
+//! form a person can read, with pod names filled in from the current image. Without
+//! a flow log, lines are limited per interval and the rest summarised
+//! ([`crate::telemetry::eventlog`]). An event of a pod that netfence-cni announced
+//! and the state does not have yet (deny-all until ready) names the pod (from the
+//! CNI request) and says so: `why="pod not yet programmed: deny until ready"`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::flowlog::{FlowContext, FlowLog};
 use crate::image::{EndpointPolicyInfo, Image};
+use crate::telemetry::eventlog::EventLimiter;
 
 /// What a log line names: pod addresses (`ns/pod`) and endpoint policies (the
 /// policies isolating their endpoints).
@@ -22,7 +27,13 @@ use crate::image::{EndpointPolicyInfo, Image};
 pub struct Names {
     pub pods: BTreeMap<IpAddr, String>,
     pub policies: BTreeMap<u32, EndpointPolicyInfo>,
+    /// Addresses of pods netfence-cni announced that the state does not have yet:
+    /// denied both ways until ready.
+    pub pending: BTreeSet<IpAddr>,
 }
+
+/// Why a pending pod's packets are dropped.
+pub const PENDING_WHY: &str = "pod not yet programmed: deny until ready";
 
 impl Names {
     pub fn new() -> Self {
@@ -31,6 +42,35 @@ impl Names {
 
     pub fn get(&self, addr: &IpAddr) -> Option<&String> {
         self.pods.get(addr)
+    }
+
+    /// The name (`ns/pod`, or its address when the CNI request named none) of the
+    /// event's local pod when it is pending.
+    pub fn pending_pod(&self, event: &Event) -> Option<String> {
+        self.pending_why(event)?;
+        let local = addr_of(if event.direction == DIR_EGRESS {
+            &event.src
+        } else {
+            &event.dst
+        });
+        Some(
+            self.get(&local)
+                .cloned()
+                .unwrap_or_else(|| local.to_string()),
+        )
+    }
+
+    /// [`PENDING_WHY`] when the event's local pod (the source of an egress event,
+    /// the destination of an ingress one) is pending.
+    pub fn pending_why(&self, event: &Event) -> Option<&'static str> {
+        let local = if event.direction == DIR_EGRESS {
+            event.src
+        } else {
+            event.dst
+        };
+        self.pending
+            .contains(&addr_of(&local))
+            .then_some(PENDING_WHY)
     }
 
     /// The policies that would deny a flow `event` reports as a policy drop or
@@ -58,6 +98,12 @@ pub fn names(image: &Image) -> Names {
             .map(|(addr, endpoint)| (*addr, format!("{}/{}", endpoint.namespace, endpoint.pod)))
             .collect(),
         policies: image.endpoint_policies.clone(),
+        pending: image
+            .endpoints
+            .iter()
+            .filter(|(_, endpoint)| crate::compile::announced::is_deny_all(endpoint))
+            .map(|(addr, _)| *addr)
+            .collect(),
     }
 }
 
@@ -108,14 +154,7 @@ impl fmt::Display for Described<'_> {
         } else {
             "ingress"
         };
-        let protocol = match e.protocol {
-            PROTO_TCP => "TCP".to_owned(),
-            PROTO_UDP => "UDP".to_owned(),
-            PROTO_SCTP => "SCTP".to_owned(),
-            PROTO_ICMP => "ICMP".to_owned(),
-            PROTO_ICMPV6 => "ICMPv6".to_owned(),
-            other => format!("proto-{other}"),
-        };
+        let protocol = protocol_name(e.protocol);
         let (src, dst) = (addr_of(&e.src), addr_of(&e.dst));
         write!(
             f,
@@ -135,6 +174,9 @@ impl fmt::Display for Described<'_> {
                 "isolated_by"
             };
             write!(f, " {label}={}", policies.join(","))?;
+        }
+        if let Some(why) = self.names.pending_why(e) {
+            write!(f, " why=\"{why}\"")?;
         }
         Ok(())
     }
@@ -156,38 +198,43 @@ fn endpoint(addr: IpAddr, port: u16, protocol: u8, names: &Names) -> String {
 pub type Flows = (FlowLog, tokio::sync::watch::Receiver<Arc<FlowContext>>);
 
 /// Reads events until the task is dropped: each goes to the flow log when there is
-/// one (`--flow-log`), else to the agent's log with the latest names.
+/// one, else to the agent's log through `limiter` (the lines over its limit are
+/// summarised when its interval ends, checked every second).
 pub async fn read(
     ring: RingBuf<MapData>,
     names: tokio::sync::watch::Receiver<Arc<Names>>,
     mut flows: Option<Flows>,
+    mut limiter: EventLimiter,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same for as
     // long as the `AsyncFd` owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        let mut guard = ring.readable_mut().await?;
+        let mut guard = tokio::select! {
+            guard = ring.readable_mut() => guard?,
+            _ = tick.tick() => {
+                if let Some(summary) = limiter.tick(std::time::Instant::now()) {
+                    tracing::warn!(target: "netfence::flow", "{summary}");
+                }
+                continue;
+            }
+        };
         let current = Arc::clone(&names.borrow());
         let context = flows.as_ref().map(|(_, rx)| Arc::clone(&rx.borrow()));
         while let Some(item) = guard.get_inner_mut().next() {
             match decode(&item) {
                 Some(event) => {
                     if let (Some((log, _)), Some(context)) = (flows.as_mut(), context.as_deref()) {
-                        if let Err(error) = log.log(&event, context, std::time::Instant::now()) {
+                        let pending = current.pending_pod(&event);
+                        let now = std::time::Instant::now();
+                        if let Err(error) = log.log(&event, context, pending.as_deref(), now) {
                             tracing::warn!("writing the flow log: {error}");
                         }
                         continue;
                     }
-                    let line = Described {
-                        event: &event,
-                        names: &current,
-                    };
-                    if event.verdict == VERDICT_DROP || event.verdict == VERDICT_AUDIT {
-                        tracing::warn!(target: "netfence::flow", "{line}");
-                    } else {
-                        tracing::info!(target: "netfence::flow", "{line}");
-                    }
+                    log_line(&event, &current, &mut limiter);
                 }
                 None => tracing::warn!("short event record ({} bytes)", item.len()),
             }
@@ -198,6 +245,59 @@ pub async fn read(
             tracing::warn!("writing the flow log: {error}");
         }
         guard.clear_ready();
+    }
+}
+
+/// One event to the agent's log, within the limiter's allowance.
+fn log_line(event: &Event, names: &Names, limiter: &mut EventLimiter) {
+    let line = Described { event, names };
+    let (summary, show) = limiter.event(std::time::Instant::now(), || group(event, names));
+    if let Some(summary) = summary {
+        tracing::warn!(target: "netfence::flow", "{summary}");
+    }
+    if !show {
+        return;
+    }
+    if event.verdict == VERDICT_DROP || event.verdict == VERDICT_AUDIT {
+        tracing::warn!(target: "netfence::flow", "{line}");
+    } else {
+        tracing::info!(target: "netfence::flow", "{line}");
+    }
+}
+
+/// An event's flow group in a summary: the line without ports, ifindex and rule.
+pub fn group(event: &Event, names: &Names) -> String {
+    let name = |addr: IpAddr| match names.get(&addr) {
+        Some(name) => format!("{addr} ({name})"),
+        None => addr.to_string(),
+    };
+    let reason = Reason::from_code(event.reason).map_or("unknown", Reason::name);
+    let direction = if event.direction == DIR_EGRESS {
+        "egress"
+    } else {
+        "ingress"
+    };
+    let mut text = format!(
+        "{} {direction} {} {} -> {} reason={reason}",
+        verdict_name(event.verdict),
+        protocol_name(event.protocol),
+        name(addr_of(&event.src)),
+        name(addr_of(&event.dst)),
+    );
+    if let Some(why) = names.pending_why(event) {
+        text.push_str(&format!(" why=\"{why}\""));
+    }
+    text
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        PROTO_TCP => "TCP".to_owned(),
+        PROTO_UDP => "UDP".to_owned(),
+        PROTO_SCTP => "SCTP".to_owned(),
+        PROTO_ICMP => "ICMP".to_owned(),
+        PROTO_ICMPV6 => "ICMPv6".to_owned(),
+        other => format!("proto-{other}"),
     }
 }
 
@@ -225,6 +325,7 @@ mod tests {
         let names = Names {
             pods: BTreeMap::from([(IpAddr::from([198, 18, 0, 3]), "prod/db".to_owned())]),
             policies: BTreeMap::new(),
+            pending: BTreeSet::new(),
         };
         let line = Described {
             event: &event,
@@ -262,6 +363,7 @@ mod tests {
                     egress: vec!["prod/other".into()],
                 },
             )]),
+            pending: BTreeSet::new(),
         };
         let line = Described {
             event: &event,
@@ -315,5 +417,59 @@ mod tests {
             addr_of(&v4_mapped([10, 1, 2, 3])),
             IpAddr::from([10, 1, 2, 3])
         );
+    }
+
+    #[test]
+    fn a_pending_pods_drop_names_it_and_says_why_and_groups_leave_ports_out() {
+        let event = Event {
+            src: v4_mapped([198, 18, 0, 12]),
+            dst: v4_mapped([198, 18, 0, 10]),
+            ifindex: 7,
+            reason: Reason::DropPolicy.code(),
+            policy: 0,
+            rule: 0,
+            src_port: 40000,
+            dst_port: 80,
+            protocol: PROTO_TCP,
+            direction: netfence_common::DIR_EGRESS,
+            verdict: VERDICT_DROP,
+            _pad: 0,
+        };
+        let new = IpAddr::from([198, 18, 0, 12]);
+        let mut names = Names {
+            pods: BTreeMap::from([(new, "x/new".to_owned())]),
+            policies: BTreeMap::new(),
+            pending: BTreeSet::from([new]),
+        };
+        let line = Described {
+            event: &event,
+            names: &names,
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "drop egress TCP 198.18.0.12:40000 (x/new) -> 198.18.0.10:80 reason=policy_deny ifindex=7 why=\"pod not yet programmed: deny until ready\""
+        );
+        assert_eq!(names.pending_pod(&event).as_deref(), Some("x/new"));
+        assert_eq!(
+            group(&event, &names),
+            "drop egress TCP 198.18.0.12 (x/new) -> 198.18.0.10 reason=policy_deny why=\"pod not yet programmed: deny until ready\""
+        );
+        // Once the pod is in the state (no longer pending): a plain drop line.
+        names.pending.clear();
+        assert_eq!(names.pending_pod(&event), None);
+        assert!(!group(&event, &names).contains("why="));
+    }
+
+    #[test]
+    fn names_mark_the_deny_all_endpoints_announced_by_the_cni_as_pending() {
+        let mut image = Image::default();
+        let announced = IpAddr::from([198, 18, 0, 12]);
+        image
+            .endpoints
+            .insert(announced, crate::compile::announced::deny_all("x", "new"));
+        let names = names(&image);
+        assert_eq!(names.pending, BTreeSet::from([announced]));
+        assert_eq!(names.get(&announced).map(String::as_str), Some("x/new"));
     }
 }

@@ -98,6 +98,11 @@ pub struct FlowRecord {
     pub isolated_by: Vec<String>,
     /// Events the rate limit dropped since the previous line.
     pub suppressed_before: u64,
+    /// Why the local pod's packets are dropped when no policy decided it: a pod
+    /// netfence-cni announced that the agent's state does not have yet
+    /// (`pod not yet programmed: deny until ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<&'static str>,
 }
 
 fn direction_name(direction: u8) -> &'static str {
@@ -109,11 +114,15 @@ fn direction_name(direction: u8) -> &'static str {
 }
 
 /// The record of `event`, named through `context`.
+///
+/// `pending`: the local pod (`ns/pod`) when it is a pod netfence-cni announced and the
+/// state does not have yet: the record names it (from the CNI request) and says why.
 pub fn record(
     event: &Event,
     context: &FlowContext,
     time: String,
     suppressed_before: u64,
+    pending: Option<&str>,
 ) -> FlowRecord {
     let ports = !matches!(event.protocol, PROTO_ICMP | PROTO_ICMPV6);
     let end = |addr, port| {
@@ -150,6 +159,21 @@ pub fn record(
         Some(info) if by_policy => info.ingress.clone(),
         _ => Vec::new(),
     };
+    let mut src = end(&event.src, event.src_port);
+    let mut dst = end(&event.dst, event.dst_port);
+    if let Some(name) = pending {
+        let local = if event.direction == DIR_EGRESS {
+            &mut src
+        } else {
+            &mut dst
+        };
+        if local.pod.is_none()
+            && let Some((namespace, pod)) = name.split_once('/')
+        {
+            local.namespace = Some(namespace.to_owned());
+            local.pod = Some(pod.to_owned());
+        }
+    }
     FlowRecord {
         time,
         verdict: verdict_name(event.verdict),
@@ -163,12 +187,13 @@ pub fn record(
             PROTO_ICMPV6 => "ICMPv6".to_owned(),
             other => format!("proto-{other}"),
         },
-        src: end(&event.src, event.src_port),
-        dst: end(&event.dst, event.dst_port),
+        src,
+        dst,
         ifindex: event.ifindex,
         rule,
         isolated_by,
         suppressed_before,
+        why: pending.map(|_| super::events::PENDING_WHY),
     }
 }
 
@@ -268,7 +293,14 @@ impl FlowLog {
     }
 
     /// Writes `event` as one line if the rate limit allows, else counts it.
-    pub fn log(&mut self, event: &Event, context: &FlowContext, now: Instant) -> io::Result<()> {
+    /// Writes `event` (`pending`: as [`record`]), or counts it when over the rate.
+    pub fn log(
+        &mut self,
+        event: &Event,
+        context: &FlowContext,
+        pending: Option<&str>,
+        now: Instant,
+    ) -> io::Result<()> {
         if !self.bucket.take(now) {
             self.pending_suppressed += 1;
             self.suppressed += 1;
@@ -282,6 +314,7 @@ impl FlowLog {
             context,
             rfc3339_now(),
             std::mem::take(&mut self.pending_suppressed),
+            pending,
         );
         let mut text = serde_json::to_vec(&line).map_err(io::Error::other)?;
         text.push(b'\n');

@@ -58,6 +58,7 @@ fn a_policy_drop_is_one_json_object_with_names_and_the_isolating_policies() {
         &context(),
         "T".into(),
         0,
+        None,
     );
     assert_eq!(
         serde_json::to_value(&line).unwrap(),
@@ -83,6 +84,7 @@ fn an_audited_flow_and_a_cut_flow_name_the_policies_that_deny_them() {
         &context(),
         "T".into(),
         0,
+        None,
     );
     assert_eq!((audit.verdict, audit.reason), ("audit", "policy_audit"));
     assert_eq!(
@@ -94,6 +96,7 @@ fn an_audited_flow_and_a_cut_flow_name_the_policies_that_deny_them() {
         &context(),
         "T".into(),
         0,
+        None,
     );
     assert_eq!((cut.verdict, cut.reason), ("drop", "policy_changed_deny"));
     assert_eq!(cut.isolated_by.len(), 2);
@@ -103,7 +106,7 @@ fn an_audited_flow_and_a_cut_flow_name_the_policies_that_deny_them() {
 fn an_allowed_flow_names_its_rule_and_unknown_peers_have_no_names() {
     let mut e = event(netfence_common::VERDICT_ALLOW, Reason::AllowPolicy, 77);
     e.src = v4_mapped([203, 0, 113, 9]);
-    let json = serde_json::to_value(record(&e, &context(), "T".into(), 3)).unwrap();
+    let json = serde_json::to_value(record(&e, &context(), "T".into(), 3, None)).unwrap();
     assert_eq!(json["verdict"], "allow");
     assert_eq!(json["reason"], "policy_allow");
     assert_eq!(
@@ -122,7 +125,7 @@ fn an_allowed_flow_names_its_rule_and_unknown_peers_have_no_names() {
 fn icmp_has_no_ports() {
     let mut e = event(VERDICT_DROP, Reason::DropSpoofed, 0);
     e.protocol = PROTO_ICMP;
-    let json = serde_json::to_value(record(&e, &context(), "T".into(), 0)).unwrap();
+    let json = serde_json::to_value(record(&e, &context(), "T".into(), 0, None)).unwrap();
     assert_eq!(json["protocol"], "ICMP");
     assert!(
         json["src"].get("port").is_none() && json["dst"].get("port").is_none(),
@@ -176,10 +179,10 @@ fn a_flood_writes_the_burst_counts_the_rest_and_reports_them_on_the_next_line() 
     let now = Instant::now();
     let drop = event(VERDICT_DROP, Reason::DropPolicy, 0);
     for _ in 0..1000 {
-        log.log(&drop, &context, now).unwrap();
+        log.log(&drop, &context, None, now).unwrap();
     }
     assert_eq!(log.suppressed, 995);
-    log.log(&drop, &context, now + Duration::from_secs(1))
+    log.log(&drop, &context, None, now + Duration::from_secs(1))
         .unwrap();
     let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -210,4 +213,24 @@ fn targets_parse() {
         "/var/log/f.json".parse::<Target>().unwrap(),
         Target::File("/var/log/f.json".into())
     );
+}
+
+#[test]
+fn a_drop_of_a_pending_cni_pod_names_it_from_the_cni_request_and_says_why() {
+    // The pod is not in the state (so not in the context): the name comes from the
+    // CNI request, through the announced endpoint.
+    let mut e = event(VERDICT_DROP, Reason::DropPolicy, 0);
+    e.dst = v4_mapped([198, 18, 0, 77]);
+    let json = serde_json::to_value(record(&e, &context(), "T".into(), 0, Some("x/new"))).unwrap();
+    assert_eq!(json["why"], "pod not yet programmed: deny until ready");
+    assert_eq!(
+        (
+            json["dst"]["namespace"].as_str(),
+            json["dst"]["pod"].as_str()
+        ),
+        (Some("x"), Some("new"))
+    );
+    let plain = serde_json::to_value(record(&e, &context(), "T".into(), 0, None)).unwrap();
+    assert!(plain.get("why").is_none(), "{plain}");
+    assert!(plain["dst"].get("pod").is_none(), "{plain}");
 }

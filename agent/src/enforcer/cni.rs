@@ -15,6 +15,12 @@
 //! `--cni-conf-dir` the plugin's conflist entry is re-ensured ([`crate::cni::keep`]).
 //! The runtime's own record of ADDs (`--cni-cache-dir`, [`crate::cni::cache`]) is
 //! read with every interface reconcile, beside the pending set.
+//!
+//! Safe removal ([`crate::cni::removal`]): the agent renews its lease beside the
+//! socket every few seconds while it runs; on SIGTERM ([`Enforcer::cni_stop`]) it
+//! asks whether netfence is being uninstalled (its DaemonSet or namespace deleted):
+//! then the conflist entry goes and the lease expires; otherwise the lease runs on
+//! for the next agent.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -30,6 +36,7 @@ use crate::cli::RunArgs;
 use crate::cni::install::plugin_entry;
 use crate::cni::keep::{Check, ConflistKeeper, Ensured};
 use crate::cni::pending::{NetnsView, look_at_netns, programmed};
+use crate::cni::removal::{self, LeaseWriter, StartRead};
 use crate::cni::{CniCall, CniServer, Pending, PendingEndpoint, persist};
 use crate::dataplane::last_sync::now_unix;
 use crate::dataplane::owners::Owner;
@@ -49,6 +56,14 @@ pub(super) struct CniEndpoints {
     pub(super) cache_dir: PathBuf,
     /// Listing `cache_dir` failed last time (warned once).
     pub(super) cache_failing: bool,
+    /// The lease beside the socket (none without a socket), and whether its last
+    /// write failed (warned once).
+    lease: Option<LeaseWriter>,
+    lease_failing: bool,
+    /// With `--daemonset`: what the GET of the DaemonSet found at start (filled by a
+    /// task), so that a refusal at SIGTERM counts as revoked access only if it was
+    /// readable before.
+    daemonset_at_start: Option<StartRead>,
 }
 
 #[derive(Debug)]
@@ -104,7 +119,13 @@ impl CniEndpoints {
                 ),
             }
             cni.file = Some(file);
+            cni.lease = Some(LeaseWriter::new(
+                Path::new(&args.cni_socket),
+                args.cni.removal.lease_seconds,
+            ));
+            cni.renew_lease();
         }
+        cni.daemonset_at_start = removal::read_at_start(args);
         if let Some(dir) = &args.cni.conf_dir {
             if args.cni_socket.is_empty() {
                 tracing::error!(dir = %dir.display(), "--cni-conf-dir without a CNI socket (--cni-socket ''): the conflist is left alone");
@@ -121,6 +142,24 @@ impl CniEndpoints {
             }
         }
         cni
+    }
+}
+
+impl CniEndpoints {
+    /// Renews the lease (at most every few seconds); a failure is warned once.
+    fn renew_lease(&mut self) {
+        let Some(lease) = &mut self.lease else { return };
+        match lease.renew() {
+            Ok(()) => self.lease_failing = false,
+            Err(error) if !self.lease_failing => {
+                self.lease_failing = true;
+                tracing::warn!(
+                    path = %lease.path().display(),
+                    "cni: writing the lease (without it netfence-cni fails closed only until the last lease written expires): {error}"
+                );
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -333,6 +372,7 @@ impl Enforcer {
     /// Every tick: forgets pending pods whose network namespace is gone (a missed
     /// DEL), recompiling if ready; re-ensures the conflist entry (`--cni-conf-dir`).
     pub(super) fn cni_tick(&mut self, ready: bool) {
+        self.cni.renew_lease();
         if let Some(keeper) = &mut self.cni.keeper {
             let check = keeper.check();
             log_check(keeper.dir(), check, false);
@@ -353,6 +393,21 @@ impl Enforcer {
         if !gone.is_empty() && ready {
             self.recompile("cni");
         }
+    }
+
+    /// On SIGTERM/SIGINT: [`removal::on_stop`] (uninstall or restart?). Returns why
+    /// it is an uninstall; the caller then removes the pinned state.
+    pub(super) async fn cni_stop(&mut self, args: &RunArgs) -> Option<String> {
+        // No more ticks: the keeper would put the entry back.
+        self.cni.keeper = None;
+        let readable = removal::readable_at_start(self.cni.daemonset_at_start.as_ref());
+        removal::on_stop(
+            args,
+            self.cni.lease.as_mut(),
+            self.cni.file.as_deref(),
+            readable,
+        )
+        .await
     }
 
     fn cni_programmed(&self, ips: &[IpAddr]) -> Result<Enforcement, String> {

@@ -1,8 +1,10 @@
 //! The agent's HTTP telemetry endpoint (hyper, HTTP/1.1, plain text): `/healthz`
 //! (liveness: the run loop is turning), `/readyz` (readiness: enforcing a state
 //! built from complete lists) and `/metrics` (Prometheus, see [`metrics`]). Routing is
-//! one `match` in [`route`].
+//! one `match` in [`route`]. [`eventlog`] limits the verdict events in the agent's
+//! own log.
 
+pub mod eventlog;
 mod health;
 pub mod metrics;
 
@@ -19,6 +21,22 @@ use tokio::task::JoinHandle;
 
 pub use health::Health;
 pub use metrics::Metrics;
+
+/// Whether log lines on stderr get ANSI colours: only when stderr is a terminal and
+/// `NO_COLOR` is unset or empty (<https://no-color.org>). Files and pipes (`kubectl
+/// logs`, journald) get plain text.
+pub fn ansi(stderr_is_terminal: bool, no_color: Option<&str>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(str::is_empty)
+}
+
+/// [`ansi`] for this process.
+pub fn ansi_for_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var("NO_COLOR").ok().as_deref(),
+    )
+}
 
 /// What the endpoints read. Cheap to share: handlers only read atomics.
 #[derive(Debug, Clone)]
@@ -128,4 +146,15 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod ansi_tests {
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(super::ansi(true, None));
+        assert!(super::ansi(true, Some("")));
+        assert!(!super::ansi(true, Some("1")));
+        assert!(!super::ansi(false, None), "a file or a pipe");
+    }
 }
