@@ -3,12 +3,14 @@
 //! `deploy/examples/` in network namespaces and prints what passes and what is dropped,
 //! `fuzz` runs the datapath's differential fuzz for millions of frames. `build` makes
 //! the release binaries; `--target aarch64` cross-builds and tests for aarch64 nodes.
+//! `image` writes the agent's OCI image (no base image) and loads it into podman.
 
 mod aarch64;
 mod bench;
 mod cmd;
 mod demo;
 mod fuzz;
+mod image;
 mod setup;
 mod test;
 
@@ -44,6 +46,21 @@ enum Task {
     Build {
         #[arg(long, value_enum)]
         target: Option<Target>,
+    },
+    /// Release build, then the agent's OCI image: the binaries, the dynamic loader and
+    /// the libraries they load, nothing else (no base image is downloaded). Written to
+    /// target/image/netfence-VERSION-ARCH.oci.tar and, when podman is installed,
+    /// loaded into its local storage as localhost/netfence:VERSION.
+    Image {
+        /// The debug build (debug info stripped) instead of the release build.
+        #[arg(long)]
+        debug: bool,
+        /// Where to write the archive.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+        /// Do not load it into podman.
+        #[arg(long)]
+        no_load: bool,
     },
     /// Build, then run the benchmarks and print their table (needs root); JSON goes to
     /// target/bench/bench.json.
@@ -123,6 +140,19 @@ fn main() -> anyhow::Result<()> {
                 BenchOnly::Traffic => "traffic",
                 BenchOnly::Scale => "scale",
             }),
+        ),
+        Task::Image {
+            debug,
+            out,
+            no_load,
+        } => image::image(
+            if debug {
+                image::Profile::Debug
+            } else {
+                image::Profile::Release
+            },
+            out,
+            !no_load,
         ),
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),

@@ -38,6 +38,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "containernetworking-plugins",
         "the real CNI bridge/host-local plugins",
     ),
+    (
+        "podman",
+        "`cargo xtask image` loads the agent's image into it; the image's lab test runs it \
+         as the DaemonSet does (crun, conmon and containers-common come with it)",
+    ),
 ];
 
 /// Debian packages of the aarch64 cross build and its tests (`--aarch64`), and why.
