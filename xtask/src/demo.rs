@@ -39,7 +39,7 @@ const SERVICES: [(&str, Ipv4Addr); 2] = [
 ];
 
 #[derive(Clone, Copy, Debug)]
-enum Probe {
+pub enum Probe {
     Tcp(u16),
     Icmp,
     /// TCP to the ClusterIP of the Service named as the target pod, on its port.
@@ -50,7 +50,7 @@ const ALLOWED: bool = true;
 const DENIED: bool = false;
 
 /// from, to, what, expected verdict.
-const PROBES: &[(&str, &str, Probe, bool)] = &[
+const PROBES: &[Row] = &[
     ("web", "api", Probe::Tcp(5000), ALLOWED),
     ("web", "api", Probe::Tcp(80), DENIED),
     ("web", "api", Probe::Icmp, DENIED),
@@ -171,35 +171,107 @@ pub fn demo(print_cluster: bool) -> anyhow::Result<()> {
     result
 }
 
-fn run_demo(binary: &Path) -> anyhow::Result<()> {
-    let examples = repo_root().join("deploy/examples");
-    let mut bed = TestBed::new("nfx")?;
-    bed.namespace(NAMESPACE, &[]);
-    let mut hosts: Vec<PodNs> = Vec::new();
-    for (name, host, app, port) in PODS {
-        hosts.push(bed.pod(NAMESPACE, name, &[("app", app)], host, &[port])?);
+/// The example built in network namespaces: node 1 with the example's pods and the
+/// backup host, `deploy/examples/` in its manifest directory, the Services' DNAT
+/// installed. Shared with the image's lab test, which enforces it from a container.
+#[derive(Debug)]
+pub struct Lab {
+    /// Dropped before the bed: each pod's CNI DEL needs its node.
+    pub hosts: Vec<PodNs>,
+    pub bed: TestBed,
+}
+
+impl Lab {
+    /// Builds the example on a fresh bed whose names start with `prefix`.
+    pub fn build(prefix: &str) -> anyhow::Result<Lab> {
+        let examples = repo_root().join("deploy/examples");
+        let mut bed = TestBed::new(prefix)?;
+        bed.namespace(NAMESPACE, &[]);
+        let mut hosts: Vec<PodNs> = Vec::new();
+        for (name, host, app, port) in PODS {
+            hosts.push(bed.pod(NAMESPACE, name, &[("app", app)], host, &[port])?);
+        }
+        hosts.push(bed.external(BACKUP.0, BACKUP.1)?);
+        check_examples(&examples)?;
+        for entry in std::fs::read_dir(&examples)
+            .with_context(|| format!("reading {}", examples.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|ext| ext == "yaml") {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                bed.write_manifest(&name, &std::fs::read_to_string(&path)?)?;
+            }
+        }
+        bed.install_services(&service_vips(&hosts)?)?;
+        Ok(Lab { hosts, bed })
     }
-    hosts.push(bed.external(BACKUP.0, BACKUP.1)?);
-    check_examples(&examples)?;
-    for entry in
-        std::fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))?
-    {
-        let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "yaml") {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            bed.write_manifest(&name, &std::fs::read_to_string(&path)?)?;
+
+    /// Runs every probe of the example's table in order, calling `each` with the
+    /// probe's row and what was observed (true: the connection was made).
+    pub fn probe_all(
+        &self,
+        mut each: impl FnMut(&Row, bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        for row in PROBES {
+            let observed = self.probe(row)?;
+            each(row, observed)?;
+        }
+        Ok(())
+    }
+
+    fn probe(&self, &(from, to, probe, _): &Row) -> anyhow::Result<bool> {
+        let (from, to) = (find(&self.hosts, from)?, find(&self.hosts, to)?);
+        let ip = IpAddr::V4(to.v4);
+        match probe {
+            Probe::Tcp(port) => tcp_connects(&from.netns, &to.netns, ip, port),
+            Probe::Icmp => ping(&from.netns, ip),
+            Probe::Service(port) => {
+                let vip = SERVICES
+                    .iter()
+                    .find(|s| s.0 == to.name)
+                    .map(|s| s.1)
+                    .with_context(|| format!("no Service {}", to.name))?;
+                let listen = SocketAddr::new(ip, port);
+                let connect = SocketAddr::new(IpAddr::V4(vip), port);
+                tcp_via(&from.netns, &to.netns, listen, connect)
+            }
         }
     }
+}
+
+/// A row of the probe table: from, to, what, expected verdict (true: allowed).
+pub type Row = (&'static str, &'static str, Probe, bool);
+
+#[cfg(test)]
+/// The probe table: how many rows, and how many of them are expected to pass.
+pub fn expected_counts() -> (usize, usize) {
+    (PROBES.len(), PROBES.iter().filter(|row| row.3).count())
+}
+
+#[cfg(test)]
+/// How a row is printed: `web → api :5000`, `web → svc/db :3306`, `api → web icmp`.
+pub fn describe(&(from, to, probe, _): &Row) -> String {
+    match probe {
+        Probe::Tcp(port) => format!("{from} → {to} :{port}"),
+        Probe::Icmp => format!("{from} → {to} icmp"),
+        Probe::Service(port) => format!("{from} → svc/{to} :{port}"),
+    }
+}
+
+fn run_demo(binary: &Path) -> anyhow::Result<()> {
+    let examples = repo_root().join("deploy/examples");
+    let lab = Lab::build("nfx")?;
+    let (bed, hosts) = (&lab.bed, &lab.hosts);
     println!(
         "node {} (node IP {NODE_IP}; pods created by the CNI bridge plugin on {BRIDGE} \
          {NODE_V4}/24 with host-local IPAM, as Flannel delegates), netfence enforcing {}:",
         bed.node().name(),
         examples.display()
     );
-    for host in &hosts {
+    for host in hosts {
         let role = if host.name == BACKUP.0 {
             "outside the cluster"
         } else {
@@ -220,7 +292,6 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
             host.name, host.v4, host.v6, host_if
         );
     }
-    bed.install_services(&service_vips(&hosts)?)?;
     for (service, vip) in SERVICES {
         println!(
             "  svc/{service:<11} {vip:<15} ClusterIP, DNAT by the node's nftables (as kube-proxy)"
@@ -234,44 +305,24 @@ fn run_demo(binary: &Path) -> anyhow::Result<()> {
     );
     let word = |allowed: bool| if allowed { "allowed" } else { "denied" };
     let mut wrong = 0;
-    for &(from, to, probe, expected) in PROBES {
+    lab.probe_all(|&(from, to, probe, expected), observed| {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bail!("interrupted");
         }
-        let (from, to) = (find(&hosts, from)?, find(&hosts, to)?);
-        let ip = IpAddr::V4(to.v4);
-        let mut to_name = to.name.clone();
-        let (port, observed) = match probe {
-            Probe::Tcp(port) => (
-                format!(":{port}"),
-                tcp_connects(&from.netns, &to.netns, ip, port)?,
-            ),
-            Probe::Icmp => ("icmp".to_owned(), ping(&from.netns, ip)?),
-            Probe::Service(port) => {
-                let vip = SERVICES
-                    .iter()
-                    .find(|s| s.0 == to.name)
-                    .map(|s| s.1)
-                    .with_context(|| format!("no Service {}", to.name))?;
-                to_name = format!("svc/{}", to.name);
-                let listen = SocketAddr::new(ip, port);
-                let connect = SocketAddr::new(IpAddr::V4(vip), port);
-                (
-                    format!(":{port}"),
-                    tcp_via(&from.netns, &to.netns, listen, connect)?,
-                )
-            }
+        let (to_name, port) = match probe {
+            Probe::Tcp(port) => (to.to_owned(), format!(":{port}")),
+            Probe::Icmp => (to.to_owned(), "icmp".to_owned()),
+            Probe::Service(port) => (format!("svc/{to}"), format!(":{port}")),
         };
         let mark = if observed == expected { "✓" } else { "✗" };
         wrong += usize::from(observed != expected);
         println!(
-            "{:<7} → {:<7} {port:<6} {:<9} {:<9} {mark}",
-            from.name,
-            to_name,
+            "{from:<7} → {to_name:<7} {port:<6} {:<9} {:<9} {mark}",
             word(expected),
             word(observed)
         );
-    }
+        Ok(())
+    })?;
     let drops = agent
         .log()
         .lines()

@@ -11,6 +11,9 @@
 //! same binaries gives the same digests. With podman present the archive is loaded
 //! into its local storage as `localhost/netfence:<version>`.
 
+#[cfg(test)]
+mod lab_test;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
