@@ -477,6 +477,29 @@ fn git(args: &[&str]) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
+    /// deploy/ runs the image this task builds.
+    #[test]
+    fn the_kustomization_names_the_image_this_builds() {
+        let path = repo_root().join("deploy/kustomization.yaml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap_or_default();
+        let image = &doc["images"][0];
+        assert_eq!(
+            image["name"].as_str(),
+            Some("netfence"),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            format!(
+                "{}:{}",
+                image["newName"].as_str().unwrap_or_default(),
+                image["newTag"].as_str().unwrap_or_default()
+            ),
+            reference()
+        );
+    }
+
     #[test]
     fn ldd_output_gives_the_loader_and_the_libraries() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
