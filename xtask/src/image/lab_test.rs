@@ -556,7 +556,9 @@ impl Podman {
     ) -> Container<'_> {
         let log = self.dir.join(format!("{}.log", spec.name));
         let mut args: Vec<String> = vec!["run".into(), "--detach".into()];
-        // The lab's limits: crun cannot raise them here (no CAP_SYS_RESOURCE).
+        // The lab's limits: without CAP_SYS_RESOURCE (this sandbox) crun fails to set
+        // podman's defaults, so ask for values under this process's own hard limits
+        // (a node's runtime sets its own; the DaemonSet asks for none).
         args.extend([
             "--cgroups=disabled".into(),
             "--ulimit".into(),
@@ -717,5 +719,5 @@ fn hard_limit(resource: libc::__rlimit_resource_t) -> u64 {
     };
     // SAFETY: getrlimit writes one rlimit into `limit`.
     unsafe { libc::getrlimit(resource, &mut limit) };
-    limit.rlim_max.min(1 << 20)
+    limit.rlim_max.min(65_536)
 }
