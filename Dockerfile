@@ -14,6 +14,10 @@
 #
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/netfence:TAG --push .
 #
+# Without Docker or a registry: `cargo xtask image` writes the same binaries, with the
+# loader and libraries they load and no base image, as an OCI archive and loads it into
+# podman (README, "The image"); that is the image deploy/kustomization.yaml names.
+#
 # An arm64 build machine builds linux/arm64 natively with the same file. Building
 # linux/amd64 on an arm64 machine is not supported (the stage stops with a message).
 
