@@ -60,6 +60,7 @@ impl Bpffs {
             .arg(&dir)
             .status()?;
         if !status.success() {
+            let _ = std::fs::remove_dir(&dir);
             bail!("mount -t bpf on {}: {status}", dir.display());
         }
         Ok(Bpffs(dir))
@@ -234,11 +235,11 @@ fn measure(args: &Args, pods: usize, seconds: u32) -> anyhow::Result<Measured> {
     drop(state);
 
     let bpffs = Bpffs::mount()?;
-    let dir = std::env::temp_dir().join(format!("nf7-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let kubeconfig = server.kubeconfig(&dir);
+    // Removed when dropped, also on an early return.
+    let dir = tempfile::Builder::new().prefix("nf7-").tempdir()?;
+    let kubeconfig = server.kubeconfig(dir.path());
     let started = Instant::now();
-    let agent = KubeAgent::start(args, &bed, &kubeconfig, &bpffs.pin_dir(), &dir)?;
+    let agent = KubeAgent::start(args, &bed, &kubeconfig, &bpffs.pin_dir(), dir.path())?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let identities = Identities::open(&bpffs.pin_dir())?;
 
@@ -298,7 +299,6 @@ fn measure(args: &Args, pods: usize, seconds: u32) -> anyhow::Result<Measured> {
     let sent = relabels.len();
     let peak_rss_kib = status_kib(&agent.pid().to_string(), "VmHWM");
     drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(Measured {
         pods,
         ready_ms,
