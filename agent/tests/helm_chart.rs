@@ -9,7 +9,9 @@
 //!
 //! Neither Helm nor kubectl runs here: `render` emulates `helm template` with a Go
 //! text/template engine and Helm's functions, `kustomize` emulates `kubectl kustomize`
-//! for the fields deploy/ uses (each module says what it covers and refuses).
+//! for the fields deploy/ uses (each module says what it covers and refuses). With
+//! NETFENCE_GORENDER set, the renderer is also compared with Go's own text/template
+//! and Sprig (helm_chart/gorender.go).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 #[path = "helm_chart/kustomize.rs"]
@@ -55,6 +57,10 @@ fn by_id(objects: &[Json]) -> BTreeMap<(String, String, String), Json> {
 /// The same objects, each compared whole; a difference names the object and shows
 /// both sides.
 fn assert_same_objects(chart: &[Json], kustomize: &[Json]) {
+    assert_same(("chart", chart), ("kustomize", kustomize));
+}
+
+fn assert_same((left, chart): (&str, &[Json]), (right, kustomize): (&str, &[Json])) {
     let (chart, kustomize) = (by_id(chart), by_id(kustomize));
     assert_eq!(
         chart.keys().collect::<Vec<_>>(),
@@ -65,7 +71,7 @@ fn assert_same_objects(chart: &[Json], kustomize: &[Json]) {
         assert_eq!(
             object,
             &kustomize[id],
-            "{id:?} differs:\nchart:\n{}\nkustomize:\n{}",
+            "{id:?} differs:\n{left}:\n{}\n{right}:\n{}",
             serde_yaml_ng::to_string(object).unwrap(),
             serde_yaml_ng::to_string(&kustomize[id]).unwrap()
         );
@@ -298,9 +304,9 @@ fn fail_closed_timeout_and_lease_reach_the_plugin_entry_and_the_agent() {
     }
 }
 
-#[test]
-fn each_value_reaches_what_it_names() {
-    let objects = render(json!({
+/// A value of every kind changed (every key of values.yaml).
+fn every_value_overrides() -> Json {
+    json!({
         "image": {"repository": "registry.example/netfence", "tag": "1.2.3", "pullPolicy": "Always"},
         "namespace": {"name": "fence", "create": false},
         "bridge": "",
@@ -311,7 +317,12 @@ fn each_value_reaches_what_it_names() {
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "edge", "effect": "NoSchedule"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "cni": {"binDir": "/usr/libexec/cni", "confDir": "/etc/cni/conf.d"},
-    }));
+    })
+}
+
+#[test]
+fn each_value_reaches_what_it_names() {
+    let objects = render(every_value_overrides());
     assert!(
         objects.iter().all(|o| o["kind"] != "Namespace"),
         "namespace.create=false"
@@ -455,5 +466,36 @@ fn the_chart_is_complete() {
             readme.contains(&format!("`{value}`")),
             "README.md does not document `{value}`"
         );
+    }
+}
+
+/// The test's renderer against Go's text/template and Sprig, the engine and function
+/// library Helm renders with: the same objects and notes for the defaults and for
+/// every override case above. Needs gorender (helm_chart/gorender.go says how to
+/// build it from Debian's packages) named by NETFENCE_GORENDER; without it, this test
+/// says so and compares nothing (`cargo xtask setup` installs no Go).
+#[test]
+fn go_text_template_and_sprig_render_the_same() {
+    let Some(program) = std::env::var_os("NETFENCE_GORENDER") else {
+        eprintln!(
+            "skipped: NETFENCE_GORENDER is not set (a gorender binary, see agent/tests/helm_chart/gorender.go)"
+        );
+        return;
+    };
+    let cases = [
+        json!({}),
+        json!({"seccomp": {"type": "Localhost"}}),
+        json!({"cni": {"enabled": false}}),
+        json!({"cni": {"failClosed": false, "timeoutSeconds": 30, "leaseSeconds": 900}}),
+        json!({"image": {"tag": ""}, "interfaces": ["veth*"]}),
+        json!({"cni": {"enabled": false}, "seccomp": {"type": "Localhost"}}),
+        every_value_overrides(),
+    ];
+    for overrides in cases {
+        let ours = render::render(&overrides).unwrap();
+        let go = render::render_with_go(Path::new(&program), &overrides).unwrap();
+        assert_same(("Go", &go.objects), ("gtmpl-ng", &ours.objects));
+        assert_eq!(go.objects.len(), ours.objects.len(), "{overrides}");
+        assert_eq!(go.notes, ours.notes, "{overrides}");
     }
 }

@@ -39,10 +39,18 @@ pub struct Rendered {
 
 pub fn render(overrides: &Json) -> Result<Rendered, String> {
     let dir = chart_dir();
+    let context = to_value(&context(overrides));
+    render_templates(&dir, &context)
+}
+
+/// What the templates see: `.Values` (values.yaml with the overrides merged),
+/// `.Release` (release `netfence` in `kube-system`, an install) and `.Chart`.
+pub fn context(overrides: &Json) -> Json {
+    let dir = chart_dir();
     let mut values = read_yaml(&dir.join("values.yaml"));
     coalesce(&mut values, overrides);
     let chart = read_yaml(&dir.join("Chart.yaml"));
-    let context = Json::Object(serde_json::Map::from_iter([
+    Json::Object(serde_json::Map::from_iter([
         ("Values".to_owned(), values),
         (
             "Release".to_owned(),
@@ -66,22 +74,31 @@ pub fn render(overrides: &Json) -> Result<Rendered, String> {
                 "Type": chart["type"],
             }),
         ),
-    ]));
-    let context = to_value(&context);
+    ]))
+}
 
+fn render_templates(dir: &Path, context: &Value) -> Result<Rendered, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("templates"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    let mut objects = Vec::new();
-    let mut notes = String::new();
+    let mut outputs = Vec::new();
     for file in files {
         let name = file.file_name().unwrap().to_str().unwrap().to_owned();
-        if name.starts_with('_') {
-            continue;
+        if !name.starts_with('_') {
+            outputs.push((name, render_file(&file, context)?));
         }
-        let text = render_file(&file, &context)?;
+    }
+    collect(outputs)
+}
+
+/// Each template's output (by file name) split into documents and parsed, as Helm
+/// does with them; NOTES.txt kept as text.
+fn collect(outputs: Vec<(String, String)>) -> Result<Rendered, String> {
+    let mut objects = Vec::new();
+    let mut notes = String::new();
+    for (name, text) in outputs {
         if name == "NOTES.txt" {
             notes = text;
         } else if name.ends_with(".yaml") {
@@ -99,6 +116,38 @@ pub fn render(overrides: &Json) -> Result<Rendered, String> {
         }
     }
     Ok(Rendered { objects, notes })
+}
+
+/// The same chart rendered by `gorender` (helm_chart/gorender.go: Go's text/template
+/// with Sprig, as Helm's engine sets them up), given the same context on stdin.
+pub fn render_with_go(program: &Path, overrides: &Json) -> Result<Rendered, String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(program)
+        .arg(chart_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(context(overrides).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(format!("{}: {}", program.display(), out.status));
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let outputs = text
+        .split("##### ")
+        .skip(1)
+        .map(|section| {
+            let (name, body) = section.split_once('\n').unwrap();
+            (name.to_owned(), body.to_owned())
+        })
+        .collect();
+    collect(outputs)
 }
 
 fn render_file(file: &Path, context: &Value) -> Result<String, String> {
