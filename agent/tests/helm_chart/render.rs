@@ -1,7 +1,7 @@
 //! `helm template`, emulated for deploy/helm/netfence: no Helm binary can be installed
 //! here, so the chart is rendered with gtmpl-ng (Go's text/template in Rust) and the
-//! five Helm functions the chart uses, written below after Helm's and Sprig's Go
-//! source: `toYaml`, `nindent`, `quote`, `default`, `int`. Values are the chart's
+//! Helm functions the chart uses, written below after Helm's and Sprig's Go source:
+//! `toYaml`, `nindent` (and the `indent` it is made of), `quote`, `default`, `int`. Values are the chart's
 //! values.yaml with overrides merged as `helm --set`/`-f` merge them (maps
 //! recursively, anything else replaced, `null` deletes). Each template's output is
 //! split into documents as Helm splits it, and documents that parse to nothing are
