@@ -40,7 +40,8 @@ enum Task {
         only: Option<aarch64::Part>,
     },
     /// Release build of the agent and netfence-cni, in target/release, or cross-built
-    /// in target/aarch64-unknown-linux-gnu/release with `--target aarch64`.
+    /// in target/aarch64-unknown-linux-gnu/release with `--target aarch64`; beside
+    /// them `kubectl-netfence`, a link to netfence (the kubectl plugin).
     Build {
         #[arg(long, value_enum)]
         target: Option<Target>,
@@ -107,15 +108,21 @@ fn main() -> anyhow::Result<()> {
             target: Some(Target::Aarch64),
             only,
         } => aarch64::test(only),
-        Task::Build { target: None } => cmd::run(cmd::cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "netfence",
-            "-p",
-            "netfence-cni",
-        ])),
+        Task::Build { target: None } => {
+            cmd::run(cmd::cargo().args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "netfence",
+                "-p",
+                "netfence-cni",
+            ]))?;
+            print_plugin(&cmd::link_kubectl_plugin(
+                &cmd::target_dir().join("release"),
+            )?);
+            Ok(())
+        }
         Task::Build {
             target: Some(Target::Aarch64),
         } => aarch64::build(),
@@ -131,4 +138,13 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }
+}
+
+/// Where the kubectl plugin link is, and how to use it.
+fn print_plugin(link: &std::path::Path) {
+    let dir = link.parent().unwrap_or(link).display();
+    println!(
+        "kubectl plugin: {} -> netfence (with {dir} on PATH: `kubectl netfence explain ...`)",
+        link.display()
+    );
 }
