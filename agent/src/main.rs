@@ -1,6 +1,6 @@
 //! The `netfence` binary: parses the command line and runs one subcommand.
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use netfence::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -12,8 +12,26 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `Cli::parse()`, except that as a kubectl plugin (`kubectl netfence ...` runs a
+/// `kubectl-netfence` link to this binary, with the arguments after the plugin name)
+/// usage and help name `kubectl netfence`. Everything else is the same.
+fn parse_command_line() -> Cli {
+    let mut command = Cli::command();
+    let invoked = std::env::args_os().next().map(std::path::PathBuf::from);
+    if invoked
+        .as_deref()
+        .and_then(std::path::Path::file_name)
+        .is_some_and(|name| name == "kubectl-netfence")
+    {
+        command = command.bin_name("kubectl netfence");
+    }
+    let mut matches = command.clone().get_matches();
+    Cli::from_arg_matches_mut(&mut matches)
+        .unwrap_or_else(|error| error.format(&mut command).exit())
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = EnvFilter::new(netfence::cli::log_directives(
         cli.log_level,

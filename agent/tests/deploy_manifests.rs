@@ -27,7 +27,8 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// Every YAML document under `dir` (recursively), with its file.
+/// Every YAML document under `dir` (recursively), with its file; not the Helm chart's
+/// templates and values (tests/helm_chart.rs renders the chart and checks its objects).
 fn documents(dir: &Path) -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -36,6 +37,9 @@ fn documents(dir: &Path) -> Vec<(PathBuf, Value)> {
         .collect();
     entries.sort();
     for path in entries {
+        if path.is_dir() && path.file_name().is_some_and(|n| n == "helm") {
+            continue;
+        }
         if path.is_dir() {
             out.extend(documents(&path));
         } else if path.extension().is_some_and(|e| e == "yaml") {

@@ -36,6 +36,18 @@ impl Object {
         }
     }
 
+    /// (namespace, name), borrowed: the order the state keeps each kind in (the
+    /// namespace is empty for a Namespace).
+    pub fn names(&self) -> (&str, &str) {
+        match self {
+            Object::Namespace(ns) => ("", &ns.name),
+            Object::Pod(pod) => (&pod.namespace, &pod.name),
+            Object::Policy(policy) => (&policy.namespace, &policy.name),
+            Object::Service(svc) => (&svc.namespace, &svc.name),
+            Object::EndpointSlice(slice) => (&slice.namespace, &slice.name),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Object::Namespace(_) => Kind::Namespace,

@@ -14,6 +14,7 @@
 //! every name carries a per-bed id (`<prefix><pid>x<n>`), so beds run in parallel.
 
 mod agent;
+pub mod apiserver;
 mod bed;
 pub mod cni;
 pub mod flannel;

@@ -33,6 +33,7 @@ const USER_TESTS: &[&str] = &[
     "compile_table_services",
     "deploy_manifests",
     "explain",
+    "helm_chart",
     "kube_source",
     "semantics_k8s",
     "source_manifest",
@@ -201,6 +202,7 @@ pub fn build() -> anyhow::Result<()> {
     if !embeds_bpf_object(&agent) {
         bail!("the aarch64 agent embeds no BPF ELF object");
     }
+    crate::print_plugin(&crate::cmd::link_kubectl_plugin(&dir)?);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: builds the bench binary (`agent/examples/bench/`) and the agent,
 //! then runs the benchmarks (root): per-packet kernel cost, nftables comparison,
-//! throughput, compile time and memory, propagation and map memory. The table goes to
+//! throughput, compile time and memory, propagation, map memory and the watch load. The table goes to
 //! stdout, JSON to `target/bench/bench.json`. `--quick` uses small sizes and the debug
 //! build (seconds; `cargo xtask test` runs it so the bench cannot rot, asserting only
 //! that it ran and produced every section, never a timing).
@@ -19,17 +19,22 @@ const KERNEL_SECTIONS: [&str; 2] = ["per_packet", "map_memory"];
 /// Section keys of `--only traffic` (nftables comparison, throughput and latency).
 const TRAFFIC_SECTIONS: [&str; 2] = ["nftables", "throughput"];
 
-/// Section keys of `--only scale` (the engine per change, propagation at sizes).
-const SCALE_SECTIONS: [&str; 2] = ["compile", "propagation"];
+/// Section keys of `--only scale` (the engine per change, propagation at sizes, the
+/// watch load on the test API server).
+const SCALE_SECTIONS: [&str; 3] = ["compile", "propagation", "watch_load"];
+
+/// Section keys of `--only watch`.
+const WATCH_SECTIONS: [&str; 1] = ["watch_load"];
 
 /// Section keys the bench's JSON must hold.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "per_packet",
     "nftables",
     "throughput",
     "compile",
     "propagation",
     "map_memory",
+    "watch_load",
 ];
 
 fn target_dir() -> PathBuf {
@@ -91,6 +96,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         Some("kernel") => &KERNEL_SECTIONS,
         Some("traffic") => &TRAFFIC_SECTIONS,
         Some("scale") => &SCALE_SECTIONS,
+        Some("watch") => &WATCH_SECTIONS,
         Some(other) => bail!("no bench section group {other:?}"),
         None => &SECTIONS,
     };

@@ -47,3 +47,73 @@ pub fn repo_root() -> PathBuf {
     let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     xtask.parent().unwrap_or(xtask).to_owned()
 }
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` at the root).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
+}
+
+/// The kubectl plugin: `kubectl-netfence` in `dir`, a relative symlink to the
+/// `netfence` binary beside it, so that with `dir` on PATH `kubectl netfence ...`
+/// runs netfence. Idempotent: a link already right is kept, another link is
+/// replaced, anything else of that name is left alone (an error).
+pub fn link_kubectl_plugin(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    const PLUGIN: &str = "kubectl-netfence";
+    const TARGET: &str = "netfence";
+    let link = dir.join(PLUGIN);
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if std::fs::read_link(&link)? == std::path::Path::new(TARGET) {
+                return Ok(link);
+            }
+            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a link: move it away, then run this again",
+            link.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading {}", link.display())),
+    }
+    std::os::unix::fs::symlink(TARGET, &link)
+        .with_context(|| format!("linking {} -> {TARGET}", link.display()))?;
+    Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubectl_plugin_link_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("xtask-plugin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("kubectl-netfence");
+        let _ = std::fs::remove_file(&link);
+        assert_eq!(link_kubectl_plugin(&dir).unwrap(), link);
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            std::path::Path::new("netfence")
+        );
+        // Again: nothing changes.
+        link_kubectl_plugin(&dir).unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            std::path::Path::new("netfence")
+        );
+        // A stale link is replaced.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/elsewhere/netfence", &link).unwrap();
+        link_kubectl_plugin(&dir).unwrap();
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            std::path::Path::new("netfence")
+        );
+        // A file of that name is not overwritten.
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, "mine").unwrap();
+        assert!(link_kubectl_plugin(&dir).is_err());
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), "mine");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -42,7 +42,8 @@ enum Task {
         only: Option<aarch64::Part>,
     },
     /// Release build of the agent and netfence-cni, in target/release, or cross-built
-    /// in target/aarch64-unknown-linux-gnu/release with `--target aarch64`.
+    /// in target/aarch64-unknown-linux-gnu/release with `--target aarch64`; beside
+    /// them `kubectl-netfence`, a link to netfence (the kubectl plugin).
     Build {
         #[arg(long, value_enum)]
         target: Option<Target>,
@@ -107,9 +108,12 @@ enum BenchOnly {
     Kernel,
     /// Sections 2 and 3: nftables comparison, throughput and latency on real traffic.
     Traffic,
-    /// Sections 4 and 5: the engine per change and propagation with the real agent,
-    /// at cluster sizes up to 150,000 pods.
+    /// Sections 4, 5 and 7: the engine per change, propagation with the real agent at
+    /// cluster sizes up to 150,000 pods, and the watch load on the test API server.
     Scale,
+    /// Section 7: 100 pod changes per second for 60 s from the test API server at
+    /// 150,000 pods, each timed to its map write.
+    Watch,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -121,15 +125,21 @@ fn main() -> anyhow::Result<()> {
             target: Some(Target::Aarch64),
             only,
         } => aarch64::test(only),
-        Task::Build { target: None } => cmd::run(cmd::cargo().args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "netfence",
-            "-p",
-            "netfence-cni",
-        ])),
+        Task::Build { target: None } => {
+            cmd::run(cmd::cargo().args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "netfence",
+                "-p",
+                "netfence-cni",
+            ]))?;
+            print_plugin(&cmd::link_kubectl_plugin(
+                &cmd::target_dir().join("release"),
+            )?);
+            Ok(())
+        }
         Task::Build {
             target: Some(Target::Aarch64),
         } => aarch64::build(),
@@ -139,6 +149,7 @@ fn main() -> anyhow::Result<()> {
                 BenchOnly::Kernel => "kernel",
                 BenchOnly::Traffic => "traffic",
                 BenchOnly::Scale => "scale",
+                BenchOnly::Watch => "watch",
             }),
         ),
         Task::Image {
@@ -157,4 +168,13 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { frames, seed } => fuzz::fuzz(frames, seed),
         Task::Demo { print_cluster } => demo::demo(print_cluster),
     }
+}
+
+/// Where the kubectl plugin link is, and how to use it.
+fn print_plugin(link: &std::path::Path) {
+    let dir = link.parent().unwrap_or(link).display();
+    println!(
+        "kubectl plugin: {} -> netfence (with {dir} on PATH: `kubectl netfence explain ...`)",
+        link.display()
+    );
 }

@@ -140,28 +140,33 @@ pub fn file_of(namespace: &str) -> String {
     format!("backdrop-{namespace}.json")
 }
 
+/// Every object of `state` as the API serves it: namespaces, pods, policies,
+/// Services, EndpointSlices.
+pub fn objects(state: &State) -> Vec<Value> {
+    let mut out: Vec<Value> = (state.namespaces.values())
+        .map(|namespace| {
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": namespace.name, "labels": namespace.labels}})
+        })
+        .collect();
+    out.extend(state.pods.iter().map(pod));
+    out.extend(state.policies.iter().map(policy));
+    out.extend(state.services.iter().map(service));
+    out.extend(state.endpoint_slices.iter().flat_map(slices));
+    out
+}
+
 /// Writes `state` into `dir`, a file per namespace; returns the number of files.
 pub fn write(dir: &Path, state: &State) -> anyhow::Result<usize> {
-    let mut items: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    for namespace in state.namespaces.values() {
-        let mut meta = json!({"name": namespace.name});
-        meta["labels"] = json!(namespace.labels);
-        items
-            .entry(&namespace.name)
-            .or_default()
-            .push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}));
-    }
-    for p in &state.pods {
-        items.entry(&p.namespace).or_default().push(pod(p));
-    }
-    for p in &state.policies {
-        items.entry(&p.namespace).or_default().push(policy(p));
-    }
-    for s in &state.services {
-        items.entry(&s.namespace).or_default().push(service(s));
-    }
-    for s in &state.endpoint_slices {
-        items.entry(&s.namespace).or_default().extend(slices(s));
+    let mut items: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for object in objects(state) {
+        let meta = &object["metadata"];
+        let namespace = match object["kind"].as_str() {
+            Some("Namespace") => &meta["name"],
+            _ => &meta["namespace"],
+        };
+        let namespace = namespace.as_str().unwrap_or_default().to_owned();
+        items.entry(namespace).or_default().push(object);
     }
     for (namespace, items) in &items {
         let list = json!({"apiVersion": "v1", "kind": "List", "items": items});

@@ -18,6 +18,7 @@ mod report;
 mod scale;
 mod scene;
 mod traffic;
+mod watchload;
 
 #[allow(
     dead_code,
@@ -50,8 +51,9 @@ pub struct Args {
     /// Only these sections: `kernel` runs sections 1, 1b and 6 (the TC programs' cost
     /// and map memory: BPF_PROG_TEST_RUN, no namespaces or traffic), `traffic` sections
     /// 2 and 3 (real traffic between namespaces: nftables, throughput, latency),
-    /// `scale` sections 4 and 5 (the engine per change at cluster sizes, and
-    /// propagation with the real agent at cluster sizes).
+    /// `scale` sections 4, 5 and 7 (the engine per change at cluster sizes,
+    /// propagation with the real agent at cluster sizes, and the watch load on the
+    /// test API server), `watch` section 7 alone.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
     /// Runs per cell of sections 1 and 1b (default 20,000 with `--quick`, else
@@ -74,8 +76,10 @@ pub enum Only {
     Kernel,
     /// Sections 2 and 3.
     Traffic,
-    /// Sections 4 and 5.
+    /// Sections 4, 5 and 7.
     Scale,
+    /// Section 7.
+    Watch,
 }
 
 /// Prints a progress line (stderr, so the table on stdout stays clean).
@@ -104,6 +108,9 @@ fn main() -> anyhow::Result<()> {
             scale::run(&args, &mut report).context("section 4: compile and memory")?;
         }
         propagation::run(&args, &mut report).context("section 5: propagation")?;
+    }
+    if runs(Only::Scale) && args.propagation_sizes.is_none() || args.only == Some(Only::Watch) {
+        watchload::run(&args, &mut report).context("section 7: watch load")?;
     }
     report.finish(start.elapsed());
     report.print();

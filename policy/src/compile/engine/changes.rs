@@ -163,8 +163,13 @@ impl Engine {
                 }
             }
             Change::Relist(kind, objects) => {
-                let objects: Vec<Object> =
+                let mut objects: Vec<Object> =
                     objects.into_iter().filter(|o| o.kind() == kind).collect();
+                // In the state's order (a reflector store lists in hash order): each
+                // put then appends or replaces in place, where unsorted puts into the
+                // sorted state moved half of it per object (from the API, 150,000
+                // pods took the agent 19-31 s to ready instead of 10.7, bench 7).
+                objects.sort_by(|a, b| a.names().cmp(&b.names()));
                 let listed: BTreeSet<crate::error::ObjectKey> =
                     objects.iter().map(Object::key).collect();
                 let present = keys_of(state, kind);
