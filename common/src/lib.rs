@@ -87,6 +87,20 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
+
+/// The name of an IP protocol the datapath knows, as policies and flow logs spell it
+/// (`TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`); `None` for any other number (each user
+/// spells those its own way).
+pub const fn protocol_name(protocol: u8) -> Option<&'static str> {
+    match protocol {
+        PROTO_TCP => Some("TCP"),
+        PROTO_UDP => Some("UDP"),
+        PROTO_SCTP => Some("SCTP"),
+        PROTO_ICMP => Some("ICMP"),
+        PROTO_ICMPV6 => Some("ICMPv6"),
+        _ => None,
+    }
+}
 /// Tunnel protocols a pod may never send (`Reason::DropTunnel`): what a node
 /// decapsulates carries any inner source. IP-in-IP, IPv6-in-IPv4, GRE.
 pub const PROTO_IPIP: u8 = 4;

@@ -68,15 +68,10 @@ pub fn direction_name(direction: u8) -> &'static str {
 /// The name of an IP protocol number as policies spell it (`TCP`, `UDP`, `SCTP`,
 /// `ICMP`, `ICMPv6`, `any` for a rule without ports), else the number.
 pub fn protocol_name(protocol: u8) -> String {
-    use netfence_common::{PROTO_ANY, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
-    match protocol {
-        PROTO_TCP => "TCP".to_owned(),
-        PROTO_UDP => "UDP".to_owned(),
-        PROTO_SCTP => "SCTP".to_owned(),
-        PROTO_ICMP => "ICMP".to_owned(),
-        PROTO_ICMPV6 => "ICMPv6".to_owned(),
-        PROTO_ANY => "any".to_owned(),
-        other => other.to_string(),
+    match netfence_common::protocol_name(protocol) {
+        Some(name) => name.to_owned(),
+        None if protocol == netfence_common::PROTO_ANY => "any".to_owned(),
+        None => protocol.to_string(),
     }
 }
 

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use aya::maps::{MapData, RingBuf};
 use netfence_common::{
-    Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
-    VERDICT_AUDIT, VERDICT_DROP,
+    Addr, DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, Reason, VERDICT_AUDIT, VERDICT_DROP,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -290,20 +289,16 @@ pub fn group(event: &Event, names: &Names) -> String {
     text
 }
 
-fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        PROTO_TCP => "TCP".to_owned(),
-        PROTO_UDP => "UDP".to_owned(),
-        PROTO_SCTP => "SCTP".to_owned(),
-        PROTO_ICMP => "ICMP".to_owned(),
-        PROTO_ICMPV6 => "ICMPv6".to_owned(),
-        other => format!("proto-{other}"),
-    }
+/// A packet's protocol in drop lines and the flow log: its name, else `proto-N`.
+pub(super) fn protocol_name(protocol: u8) -> String {
+    netfence_common::protocol_name(protocol)
+        .map_or_else(|| format!("proto-{protocol}"), str::to_owned)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netfence_common::PROTO_TCP;
     use netfence_common::v4_mapped;
 
     #[test]

@@ -11,11 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use netfence_common::{
-    DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
-};
+use netfence_common::{DIR_EGRESS, Event, PROTO_ICMP, PROTO_ICMPV6, Reason};
 
-use super::events::{addr_of, verdict_name};
+use super::events::{addr_of, protocol_name, verdict_name};
 use crate::image::{EndpointPolicyInfo, Image, RuleInfo};
 use crate::model::State;
 use crate::telemetry::Metrics;
@@ -179,14 +177,7 @@ pub fn record(
         verdict: verdict_name(event.verdict),
         reason: reason.map_or("unknown", Reason::name),
         direction: direction_name(event.direction),
-        protocol: match event.protocol {
-            PROTO_TCP => "TCP".to_owned(),
-            PROTO_UDP => "UDP".to_owned(),
-            PROTO_SCTP => "SCTP".to_owned(),
-            PROTO_ICMP => "ICMP".to_owned(),
-            PROTO_ICMPV6 => "ICMPv6".to_owned(),
-            other => format!("proto-{other}"),
-        },
+        protocol: protocol_name(event.protocol),
         src,
         dst,
         ifindex: event.ifindex,

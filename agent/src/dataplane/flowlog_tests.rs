@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use netfence_common::{DIR_INGRESS, VERDICT_DROP, v4_mapped};
+use netfence_common::{DIR_INGRESS, PROTO_TCP, VERDICT_DROP, v4_mapped};
 
 use super::*;
 
