@@ -232,6 +232,7 @@ impl TestBed {
             Ipv6Addr::new(x, y, z, 0, 0, 0, 0, 1),
         );
         let netns = Netns::new(&format!("{}-{name}", self.id))?;
+        crate::node::pod_is_a_host(&netns)?;
         let node = self.node();
         node.ip(&[
             "link",

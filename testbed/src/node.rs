@@ -174,6 +174,7 @@ impl Node {
         }
         let (v4, v6) = self.addrs.pod_addresses(host);
         let netns = Netns::new(ns_name)?;
+        pod_is_a_host(&netns)?;
         let loopback = ConfList::from_json(json!({
             "cniVersion": "1.0.0",
             "name": "cni-loopback",
@@ -296,6 +297,24 @@ impl Drop for PodNs {
 }
 
 /// Runs `program args...` inside `netns`.
+/// Makes a new pod namespace a host, not a router, whatever the machine's own
+/// setting: a new namespace takes the IPv4 `conf` settings of the initial one, so on a
+/// machine with forwarding on (a container runtime turns it on) a pod would route a
+/// frame addressed to it back out, looping until the TTL runs out (127 copies of 4
+/// diverted datagrams in an attack test's control half).
+pub(crate) fn pod_is_a_host(netns: &Netns) -> anyhow::Result<()> {
+    run_in(
+        netns,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.ip_forward=0",
+            "net.ipv6.conf.all.forwarding=0",
+        ],
+    )
+    .map(drop)
+}
+
 fn run_in(netns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<String> {
     crate::netns::run(netns.command(program).args(args))
 }
