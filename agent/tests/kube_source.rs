@@ -15,13 +15,13 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use apiserver::agent::KubeAgent;
 use apiserver::{ApiServer, NAMESPACES, PODS, POLICIES};
 use netfence::compile::compile;
 use netfence::compile::engine::{Engine, Node};
 use netfence::image::{Image, Packet};
 use netfence::source::Load;
 use netfence::source::kube::{self as kube_source, Connection, KubeSource};
+use netfence_testbed::kube_agent::KubeAgent;
 use serde_json::{Value, json};
 
 const NODE: &str = "nf6-node";
@@ -599,7 +599,10 @@ async fn packet_verdicts_follow_the_api_server() {
     let dir = tempfile::Builder::new().prefix("nf6-").tempdir().unwrap();
     let kubeconfig = server.kubeconfig(dir.path());
     let log = dir.path().join("agent.log");
-    let agent = tokio::task::block_in_place(|| KubeAgent::start(bed.node(), &kubeconfig, log));
+    let agent = tokio::task::block_in_place(|| {
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_netfence"));
+        KubeAgent::start(binary, bed.node(), &kubeconfig, log, &[], TIMEOUT).unwrap()
+    });
     assert!(agent.log().contains("source=kubeconfig"), "{}", agent.log());
     tokio::task::block_in_place(|| {
         netns::Verdicts::new()
@@ -616,7 +619,7 @@ async fn packet_verdicts_follow_the_api_server() {
     );
     server.apply(resource, policy);
     tokio::task::block_in_place(|| {
-        agent.wait_sync_after(generation);
+        agent.wait_sync_after(generation, TIMEOUT).unwrap();
         netns::Verdicts::new()
             .tcp(&client, &web, 80, netns::ALLOW)
             .tcp(&other, &web, 80, netns::DENY)
@@ -635,7 +638,7 @@ async fn packet_verdicts_follow_the_api_server() {
     relabelled["metadata"]["labels"] = json!({"app": "client"});
     server.apply(PODS, relabelled);
     tokio::task::block_in_place(|| {
-        agent.wait_sync_after(generation);
+        agent.wait_sync_after(generation, TIMEOUT).unwrap();
         netns::Verdicts::new()
             .tcp(&other, &web, 80, netns::ALLOW)
             .check();
@@ -644,7 +647,7 @@ async fn packet_verdicts_follow_the_api_server() {
     let generation = agent.generation();
     server.delete(POLICIES, "prod", "web");
     tokio::task::block_in_place(|| {
-        agent.wait_sync_after(generation);
+        agent.wait_sync_after(generation, TIMEOUT).unwrap();
         netns::Verdicts::new()
             .tcp(&client, &web, 80, netns::ALLOW)
             .tcp(&other, &web, 80, netns::ALLOW)

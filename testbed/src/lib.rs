@@ -19,6 +19,7 @@ mod bed;
 pub mod cni;
 pub mod flannel;
 pub mod forge;
+pub mod kube_agent;
 pub mod kube_proxy;
 mod manifest;
 mod netns;

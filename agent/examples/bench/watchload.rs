@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use netfence_testbed::TestBed;
 use netfence_testbed::apiserver::{
     ApiServer, ENDPOINT_SLICES, NAMESPACES, PODS, POLICIES, SERVICES,
 };
+use netfence_testbed::kube_agent::KubeAgent;
 use serde_json::{Value, json};
 
 use crate::propagation::cpu_ms;
@@ -79,77 +79,6 @@ impl Drop for Bpffs {
             .arg(&self.0)
             .status();
         let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// The agent on the API server, stopped (SIGTERM by its PID) when dropped.
-struct KubeAgent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl KubeAgent {
-    fn start(
-        args: &Args,
-        bed: &TestBed,
-        kubeconfig: &Path,
-        pin_dir: &Path,
-        dir: &Path,
-    ) -> anyhow::Result<KubeAgent> {
-        let log = dir.join("agent.log");
-        let out = std::fs::File::create(&log)?;
-        let child = bed
-            .node()
-            .command(&args.netfence.to_string_lossy())
-            .args(["run", "--node-name", scene::NODE, "--kubeconfig"])
-            .arg(kubeconfig)
-            .args(["--interfaces", netfence_testbed::POD_INTERFACES])
-            .args(["--health-addr", "127.0.0.1:0", "--detach-on-exit"])
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            .arg("--cni-socket")
-            .arg(dir.join("cni.sock"))
-            .args(["--cni-cache-dir", ""])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting netfence run --kubeconfig")?;
-        let agent = KubeAgent { child, log };
-        let timeout = std::env::var("NETFENCE_READY_TIMEOUT_S")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map_or(Duration::from_secs(300), Duration::from_secs);
-        let start = Instant::now();
-        while !agent.log().contains("netfence: ready") {
-            if start.elapsed() > timeout {
-                bail!(
-                    "netfence not ready within {timeout:?}; its log:\n{}",
-                    agent.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(agent)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for KubeAgent {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on the PID of a child we spawned and have not reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -239,7 +168,29 @@ fn measure(args: &Args, pods: usize, seconds: u32) -> anyhow::Result<Measured> {
     let dir = tempfile::Builder::new().prefix("nf7-").tempdir()?;
     let kubeconfig = server.kubeconfig(dir.path());
     let started = Instant::now();
-    let agent = KubeAgent::start(args, &bed, &kubeconfig, &bpffs.pin_dir(), dir.path())?;
+    let pin_dir = bpffs.pin_dir();
+    let socket = dir.path().join("cni.sock");
+    let extra: [&std::ffi::OsStr; 7] = [
+        "--detach-on-exit".as_ref(),
+        "--pin-dir".as_ref(),
+        pin_dir.as_os_str(),
+        "--cni-socket".as_ref(),
+        socket.as_os_str(),
+        "--cni-cache-dir".as_ref(),
+        "".as_ref(),
+    ];
+    let ready = std::env::var("NETFENCE_READY_TIMEOUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(300), Duration::from_secs);
+    let agent = KubeAgent::start(
+        &args.netfence,
+        bed.node(),
+        &kubeconfig,
+        dir.path().join("agent.log"),
+        &extra,
+        ready,
+    )?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let identities = Identities::open(&bpffs.pin_dir())?;
 

@@ -1,10 +1,4 @@
-//! The test Kubernetes API server (`netfence_testbed::apiserver`) and the real agent
-//! started on it (`agent`).
-#![allow(
-    dead_code,
-    reason = "each test file uses a different subset of the controls"
-)]
-
-pub mod agent;
+//! The test Kubernetes API server (`netfence_testbed::apiserver`); the real agent on
+//! it is `netfence_testbed::kube_agent`.
 
 pub use netfence_testbed::apiserver::*;
