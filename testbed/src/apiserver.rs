@@ -67,6 +67,8 @@ struct Inner {
     failing_lists: BTreeMap<&'static str, bool>,
     watches: Vec<(&'static str, mpsc::UnboundedSender<Message>)>,
     requests: Vec<Request>,
+    /// Canned answers (status, body) by path, for objects outside the five resources.
+    answers: BTreeMap<String, (u16, Value)>,
 }
 
 /// A running server; stops when dropped.
@@ -177,6 +179,14 @@ impl ApiServer {
             object["metadata"]["resourceVersion"] = json!(revision);
             stored.insert(key_of(&object), object);
         }
+    }
+
+    /// Answers every request for `path` with `code` and `body` from now on: an object
+    /// outside the five resources (the agent's own DaemonSet and namespace, read when
+    /// it stops), or a refusal (401, 403).
+    pub fn answer(&self, path: &str, code: u16, body: Value) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.answers.insert(path.to_owned(), (code, body));
     }
 
     /// Deletes an object (DELETED, carrying its last body).
@@ -333,8 +343,16 @@ async fn serve(stream: TcpStream, inner: Arc<Mutex<Inner>>) {
         query,
         accept,
     };
-    inner.lock().unwrap().requests.push(request.clone());
+    let answer = {
+        let mut inner = inner.lock().unwrap();
+        inner.requests.push(request.clone());
+        inner.answers.get(&request.path).cloned()
+    };
     let mut stream = stream.into_inner();
+    if let Some((code, body)) = answer {
+        respond(&mut stream, code, &body.to_string()).await;
+        return;
+    }
     let Some(resource) = resource_of(&request.path) else {
         let body = status_body(
             404,
@@ -360,6 +378,8 @@ fn status_body(code: u16, reason: &str, message: &str) -> String {
 async fn respond(stream: &mut TcpStream, code: u16, body: &str) {
     let reason = match code {
         200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         _ => "Service Unavailable",
     };

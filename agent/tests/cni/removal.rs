@@ -4,16 +4,12 @@
 //! for a restart (its DaemonSet still there) leaves everything, new pods wait (CNI
 //! error 11, the lease named) and the next agent programs them; an agent stopped
 //! without knowing why leaves a lease after whose expiry pods start. The API server
-//! the stopping agent asks is a small fake answering GETs of the DaemonSet and its
-//! namespace, listening inside the node's network namespace.
-
-use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+//! the stopping agent asks is the test API server answering GETs of the DaemonSet and
+//! its namespace, listening inside the node's network namespace.
 
 use netfence::cni::persist;
 use netfence_cni::lease::{self, Lease, LeaseState, Standing};
+use netfence_testbed::apiserver::ApiServer;
 use netns::{Bpffs, start_pinned};
 
 use super::*;
@@ -21,51 +17,37 @@ use super::*;
 const DS_PATH: &str = "/apis/apps/v1/namespaces/netfence-system/daemonsets/netfence";
 const NS_PATH: &str = "/api/v1/namespaces/netfence-system";
 
-/// Answers GETs by path with a canned (status, body); 404 for any other path. Runs
-/// on a thread until dropped (accept polled every 20 ms).
+/// The test API server (`netfence_testbed::apiserver`) inside `node` (where the agent
+/// runs), on a runtime of its own (these tests are not async), answering GETs of the
+/// DaemonSet and its namespace as a test sets them; 404 for any other object.
 struct FakeApi {
-    addr: std::net::SocketAddr,
-    answers: Arc<Mutex<BTreeMap<String, (u16, Value)>>>,
-    seen: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ApiServer,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl FakeApi {
-    /// Listens on 127.0.0.1 inside `node` (where the agent runs).
     fn start(node: &netfence_testbed::Netns) -> FakeApi {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = node
             .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap()
             .unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let answers: Arc<Mutex<BTreeMap<String, (u16, Value)>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s, halt) = (answers.clone(), seen.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !halt.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => serve(stream, &a, &s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
+        let server = {
+            let _entered = runtime.enter();
+            ApiServer::start_with(listener)
+        };
         FakeApi {
-            addr,
-            answers,
-            seen,
-            stop,
-            thread: Some(thread),
+            server,
+            _runtime: runtime,
         }
     }
 
     fn answer(&self, path: &str, code: u16, body: Value) {
-        self.answers
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), (code, body));
+        self.server.answer(path, code, body);
     }
 
     /// The DaemonSet and its namespace exist (a restart).
@@ -98,70 +80,13 @@ impl FakeApi {
     }
 
     fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("daemonset-kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: nf7\n  cluster:\n    server: http://{}\n\
-             contexts:\n- name: nf7\n  context:\n    cluster: nf7\n    user: nf7\n\
-             current-context: nf7\nusers:\n- name: nf7\n  user: {{}}\n",
-            self.addr
-        );
-        std::fs::write(&path, text).unwrap();
-        path
+        self.server.kubeconfig(dir)
     }
 
+    /// The paths requested so far.
     fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
+        self.server.requests().into_iter().map(|r| r.path).collect()
     }
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(
-    mut stream: std::net::TcpStream,
-    answers: &Mutex<BTreeMap<String, (u16, Value)>>,
-    seen: &Mutex<Vec<String>>,
-) {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
-    let path = text
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    seen.lock().unwrap().push(path.clone());
-    let (code, body) = answers.lock().unwrap().get(&path).cloned().unwrap_or((
-        404,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": "not found", "reason": "NotFound", "code": 404}),
-    ));
-    let body = body.to_string();
-    let reply = format!(
-        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(reply.as_bytes());
 }
 
 fn lease_at(socket: &Path) -> Lease {
